@@ -1,0 +1,61 @@
+"""The Litestar app factory: routes, problem+json errors, and the NATS/storage lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from services.api.context import ApiContext
+from services.api.problems import handle_exception
+from services.api.routes.health import healthz, readyz
+from services.api.routes.ingest import ingest
+from services.api.routes.jobs import get_job
+from shared import subjects
+from shared.event_store import EventStore
+from shared.nats_conn import connect
+from shared.settings import Settings
+from shared.storage import open_storage
+
+log = logging.getLogger("audioprep.api")
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the API; it connects to NATS when it starts, not when it is built."""
+    holder: dict[str, ApiContext] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        nc = await connect(settings, "api")
+        js = nc.jetstream()
+        holder["ctx"] = ApiContext(
+            settings=settings,
+            nc=nc,
+            js=js,
+            events=EventStore(nc, js),
+            storage=open_storage(settings.storage),
+            jobs_kv=await js.key_value(subjects.JOBS_BUCKET),
+        )
+        if not settings.api_keys:
+            log.warning("no API keys configured: running open, single tenant 'default'")
+        try:
+            yield
+        finally:
+            await nc.drain()
+
+    def provide_api() -> ApiContext:
+        return holder["ctx"]
+
+    return Litestar(
+        route_handlers=[ingest, get_job, healthz, readyz],
+        dependencies={"api": Provide(provide_api, sync_to_thread=False)},
+        exception_handlers={Exception: handle_exception},
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="audioprep", version="0.1.0", path="/schema"),
+        request_max_body_size=1024 * 1024,
+        debug=False,
+    )

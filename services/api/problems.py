@@ -1,0 +1,105 @@
+"""RFC 9457 problem+json: one exception type and one place that maps exceptions to responses."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+log = logging.getLogger("audioprep.api")
+
+PROBLEM_JSON = "application/problem+json"
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+class ProblemError(Exception):
+    """Raise from a handler to answer with a problem document and a stable `code`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or code.replace("_", " ").capitalize()
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def problem_response(request: Request[Any, Any, Any], problem: ProblemError) -> Response[Any]:
+    body: dict[str, Any] = {
+        "type": f"https://audioprep.dev/problems/{problem.code}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+        "instance": request.url.path,
+    }
+    if problem.field:
+        body["field"] = problem.field
+    body.update(problem.extra)
+    return Response(
+        body, status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
+
+
+def field_from_message(message: str) -> str | None:
+    """`Expected int >= 0 - at `$.trim.startMs`` → `trim.startMs`."""
+    match = _FIELD_RE.search(message)
+    return match.group(1) if match else None
+
+
+def _validation_problem(exc: ValidationException) -> ProblemError:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    messages = [str(e.get("message", "")) for e in extra if isinstance(e, dict)]
+    message = "; ".join(m for m in messages if m) or str(exc.detail)
+    if "malformed" in message.lower() or "JSON is malformed" in message:
+        return ProblemError(400, "malformed_json", message)
+    if "Expected `object`" in message and "$." not in message:
+        return ProblemError(400, "malformed_json", message)
+    field = field_from_message(message)
+    if field is None:
+        for item in extra:
+            if isinstance(item, dict) and item.get("key"):
+                field = str(item["key"])
+                break
+    return ProblemError(422, "validation_error", message, field=field)
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The single exception → problem+json mapping for the whole API."""
+    if isinstance(exc, ProblemError):
+        return problem_response(request, exc)
+    if isinstance(exc, ValidationException):
+        return problem_response(request, _validation_problem(exc))
+    if isinstance(exc, NotFoundException):
+        return problem_response(request, ProblemError(404, "not_found", str(exc.detail)))
+    if isinstance(exc, HTTPException):
+        code = {
+            401: "unauthorized",
+            403: "forbidden",
+            405: "method_not_allowed",
+            413: "too_large",
+            415: "unsupported_media_type",
+            429: "rate_limited",
+        }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return problem_response(request, problem)
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(request, ProblemError(500, "internal_error", "internal server error"))
+
+
+__all__ = ["PROBLEM_JSON", "MediaType", "ProblemError", "handle_exception", "problem_response"]

@@ -1,0 +1,45 @@
+"""Request and response bodies (camelCase JSON, validated by msgspec through Litestar)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from shared.recipe import OutputOptions, Recipe, SaveFormat
+
+_Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+_Filename = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    pass
+
+
+class UrlIngestRequest(_Body, kw_only=True):
+    source: Literal["url", "youtube"]
+    url: _Url
+
+
+class PreviewRequest(_Body, kw_only=True):
+    source_key: _Key
+    recipe: Recipe = msgspec.field(default_factory=Recipe)
+    format: Literal["opus", "aac"] = "opus"
+
+
+class SaveRequest(_Body, kw_only=True):
+    source_key: _Key
+    recipe: Recipe = msgspec.field(default_factory=Recipe)
+    format: SaveFormat
+    filename: _Filename | None = None
+    options: OutputOptions | None = None
+
+
+class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    job_id: str
+    status: str = "pending"
+
+
+class DownloadLink(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    download_url: str

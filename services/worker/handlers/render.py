@@ -1,0 +1,84 @@
+"""Preview and save: render a stored source with a recipe into a stored output."""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.worker.context import JobContext
+from services.worker.media_process import run_media_call
+from services.worker.pipeline.formats import output_format
+from services.worker.pipeline.render import RenderResult, render
+from services.worker.source_files import local_source
+from shared import keys, render_cache
+from shared.errors import Permanent
+from shared.events import JobResult
+from shared.recipe import OutputOptions, Recipe, check_recipe
+
+PREVIEW_DEFAULT_FORMAT = "opus"
+
+
+def output_key(ctx: JobContext, ext: str) -> str:
+    """Deterministic output key: a rerun overwrites instead of producing a second result."""
+    req = ctx.request
+    if req.kind == "preview":
+        return keys.preview_key(req.tenant, req.cache_key or req.job_id, ext)
+    source_name = (req.source_key or "audio").rsplit("/", 1)[-1]
+    return keys.prepared_key(req.tenant, req.job_id, req.filename or source_name, ext)
+
+
+def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
+    req = ctx.request
+    try:
+        recipe = msgspec.convert(req.recipe or {}, Recipe)
+        check_recipe(recipe)
+        options = msgspec.convert(req.options, OutputOptions) if req.options else None
+    except msgspec.ValidationError as exc:
+        raise Permanent(f"invalid recipe: {exc}", code="invalid_recipe") from exc
+    return recipe, options
+
+
+async def run_render(ctx: JobContext) -> JobResult:
+    req = ctx.request
+    if not req.source_key:
+        raise Permanent("render job without sourceKey", code="invalid_request")
+    recipe, options = _recipe_and_options(ctx)
+    fmt = req.format or PREVIEW_DEFAULT_FORMAT
+    ext = output_format(fmt).extension
+    src = await local_source(ctx, req.source_key)
+    dst = ctx.scratch / f"output.{ext}"
+    await ctx.progress(1, "rendering", force=True)
+    rendered: RenderResult = await run_media_call(
+        render,
+        str(src),
+        str(dst),
+        recipe,
+        fmt,
+        options=options,
+        on_progress=ctx.progress_callback(1, 95, "rendering"),
+    )
+    await ctx.progress(96, "storing", force=True)
+    key = output_key(ctx, ext)
+    size = await ctx.storage.put_file(key, dst)
+    if req.kind == "preview" and req.cache_key:
+        await render_cache.remember(ctx.js, req.cache_key, key)
+    return JobResult(
+        source_key=req.source_key,
+        duration_ms=rendered.duration_ms,
+        sample_rate=rendered.sample_rate,
+        channels=rendered.channels,
+        codec=rendered.codec,
+        format=fmt,
+        size_bytes=size,
+        preview_key=key if req.kind == "preview" else None,
+        prepared_key=key if req.kind == "save" else None,
+    )
+
+
+async def cleanup_render(ctx: JobContext) -> None:
+    """Remove a partial output (the scratch dir goes anyway)."""
+    fmt = ctx.request.format or PREVIEW_DEFAULT_FORMAT
+    try:
+        ext = output_format(fmt).extension
+    except Exception:
+        return
+    await ctx.storage.delete(output_key(ctx, ext))

@@ -1,0 +1,42 @@
+"""Worker process entrypoint: wire handlers to the consumer loop and run until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.worker.handlers.ingest import cleanup_ingest, run_ingest
+from services.worker.handlers.render import cleanup_render, run_render
+from services.worker.job_runner import Cleanup, Handler
+from services.worker.service import WorkerService
+from shared.bootstrap import Deps, service_deps, stop_on_signals
+from shared.settings import Settings
+
+HANDLERS: dict[str, Handler] = {"ingest": run_ingest, "preview": run_render, "save": run_render}
+CLEANUPS: dict[str, Cleanup] = {
+    "ingest": cleanup_ingest,
+    "preview": cleanup_render,
+    "save": cleanup_render,
+}
+
+
+def build_worker(deps: Deps) -> WorkerService:
+    return WorkerService(
+        nc=deps.nc,
+        js=deps.js,
+        settings=deps.settings,
+        storage=deps.storage,
+        handlers=HANDLERS,
+        cleanups=CLEANUPS,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    async with service_deps(settings, "worker") as deps:
+        await build_worker(deps).run(stop)
+
+
+async def main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    await run_worker(settings, stop)

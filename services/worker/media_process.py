@@ -1,0 +1,111 @@
+"""Run one CPU-heavy media call in its own child process, with progress and hard cancel.
+
+Why a process per call rather than threads: PyAV's light codecs are partly GIL-bound and any
+CPU-bound Python thread slows a render badly (NOTES.md), while a child process keeps the
+event loop free for heartbeats and cancel messages; cancel is simply `terminate()`.
+The forkserver context preloads PyAV once, so a call starts in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+from collections.abc import Callable
+from typing import Any
+
+from shared.errors import AudioprepError, Cancelled, Permanent, Retryable
+
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["av", "numpy", "services.worker.pipeline"])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def _child_main(
+    conn: multiprocessing.connection.Connection,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    def on_progress(fraction: float) -> None:
+        conn.send(("progress", fraction))
+
+    try:
+        result = fn(*args, on_progress=on_progress, **kwargs)
+    except AudioprepError as exc:
+        conn.send(("error", (type(exc).__name__, exc.code, exc.message)))
+    except BaseException as exc:  # anything else is reported, never silently lost
+        conn.send(("crash", f"{type(exc).__name__}: {exc}"))
+    else:
+        conn.send(("result", result))
+    finally:
+        conn.close()
+
+
+def _rebuild_error(kind: str, code: str, message: str) -> AudioprepError:
+    if kind == "Retryable":
+        return Retryable(message, code=code)
+    if kind == "Cancelled":
+        return Cancelled(message, code=code)
+    return Permanent(message, code=code)
+
+
+async def run_media_call(
+    fn: Callable[..., Any],
+    *args: Any,
+    on_progress: Callable[[float], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Await `fn(*args, on_progress=..., **kwargs)` run in a child process.
+
+    Cancelling the awaiting task terminates the child at once.
+    """
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs), daemon=True)
+    proc.start()
+    child.close()
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            inbox.put_nowait(parent.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(parent.fileno())
+            inbox.put_nowait(("eof", proc.exitcode))
+
+    loop.add_reader(parent.fileno(), readable)
+    try:
+        while True:
+            kind, payload = await inbox.get()
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(payload)
+                continue
+            if kind == "result":
+                return payload
+            if kind == "error":
+                raise _rebuild_error(*payload)
+            if kind == "crash":
+                raise Retryable(f"media process failed: {payload}", code="worker_crash")
+            await asyncio.to_thread(proc.join, 5)
+            raise Retryable(
+                f"media process died (exit code {proc.exitcode})", code="worker_crash"
+            )
+    finally:
+        try:
+            loop.remove_reader(parent.fileno())
+        except (ValueError, OSError):
+            pass
+        parent.close()
+        if proc.is_alive():
+            proc.terminate()
+        await asyncio.to_thread(proc.join, 5)

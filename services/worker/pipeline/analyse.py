@@ -1,0 +1,51 @@
+"""Ingest analysis: info, loudness and peaks from ONE decode pass (decoding is the cost)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.worker.pipeline.decode import decode_frames, open_audio
+from services.worker.pipeline.filters import make_graph, run_graph
+from services.worker.pipeline.loudness import METER, Loudness, LoudnessMeter
+from services.worker.pipeline.peaks import PLANAR_FLOAT, PeakAccumulator
+from services.worker.pipeline.probe import MediaInfo, header_duration_ms, media_info
+from services.worker.pipeline.progress import Progress
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything ingest reports about a source."""
+
+    info: MediaInfo
+    loudness: Loudness
+    peaks: dict[str, Any]
+
+
+def analyse(
+    path: str,
+    *,
+    points: int = 2000,
+    on_progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Analysis:
+    """Probe, measure loudness and compute peaks; the duration is the decoded sample count."""
+    with open_audio(path) as (container, stream):
+        rate = stream.codec_context.sample_rate
+        header_ms = header_duration_ms(container, stream)
+        acc = PeakAccumulator(
+            points=points, expected_samples=int((header_ms or 0) * rate / 1000), sample_rate=rate
+        )
+        meter = LoudnessMeter()
+        progress = Progress(on_progress, header_ms)
+        samples = 0
+        graph = make_graph(stream, [METER, PLANAR_FLOAT])
+        for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
+            meter.feed(frame)
+            acc.feed(frame.to_ndarray())  # type: ignore[arg-type]
+            samples += frame.samples
+            progress.advance_samples(frame.samples, rate)
+        info = media_info(container, stream, round(samples * 1000 / rate))
+    progress.done()
+    return Analysis(info=info, loudness=meter.result(), peaks=acc.result())

@@ -1,0 +1,132 @@
+"""Recipe → libavfilter chain, as pure data so every rule is unit-tested without media."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.recipe import Recipe
+
+from services.worker.pipeline.loudness import Loudness
+
+Filter = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The part of the source that is kept, in source milliseconds (end None = to the end)."""
+
+    start_ms: int
+    end_ms: int | None
+
+    def length_ms(self, source_duration_ms: int) -> int:
+        """Kept length, given the source length."""
+        end = source_duration_ms if self.end_ms is None else min(self.end_ms, source_duration_ms)
+        return max(end - self.start_ms, 0)
+
+
+def _secs(ms: float) -> str:
+    """Milliseconds as a seconds string libavfilter parses exactly."""
+    return f"{ms / 1000:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def kept_window(
+    recipe: Recipe, *, source_duration_ms: int, sound_bounds_ms: tuple[int, int] | None
+) -> Window:
+    """Trim window, narrowed to where sound is when trimSilence found any."""
+    start = recipe.trim.start_ms if recipe.trim else 0
+    end = recipe.trim.end_ms if recipe.trim else None
+    if recipe.trim_silence and sound_bounds_ms is not None:
+        sound_start, sound_end = sound_bounds_ms
+        if sound_end > max(start, sound_start) and (end is None or sound_start < end):
+            start = max(start, sound_start)
+            end = sound_end if end is None else min(end, sound_end)
+    if end is not None and end >= source_duration_ms:
+        end = None
+    return Window(min(start, source_duration_ms), end)
+
+
+def output_length_ms(
+    recipe: Recipe, *, source_duration_ms: int, sound_bounds_ms: tuple[int, int] | None
+) -> float:
+    """Length of the rendered audio: kept window over speed."""
+    window = kept_window(
+        recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
+    )
+    return window.length_ms(source_duration_ms) / recipe.speed
+
+
+def prefix_chain(
+    recipe: Recipe, *, source_duration_ms: int, sound_bounds_ms: tuple[int, int] | None
+) -> list[Filter]:
+    """Timing filters (zero-based pts, trim, tempo): what normalisation has to measure."""
+    window = kept_window(
+        recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
+    )
+    chain: list[Filter] = [("asetpts", "PTS-STARTPTS")]
+    if window.start_ms > 0 or window.end_ms is not None:
+        args = f"start={_secs(window.start_ms)}"
+        if window.end_ms is not None:
+            args += f":end={_secs(window.end_ms)}"
+        chain += [("atrim", args), ("asetpts", "PTS-STARTPTS")]
+    if recipe.speed != 1.0:
+        chain.append(("atempo", f"{recipe.speed:g}"))
+    return chain
+
+
+def gain_db(recipe: Recipe, measured: Loudness | None) -> float:
+    """Static gain: gainDb, or with normalize the gain to target limited by the peak ceiling."""
+    norm = recipe.normalize
+    if norm is None or measured is None or measured.integrated_lufs is None:
+        return recipe.gain_db
+    if measured.integrated_lufs <= -70.0:  # silence: nothing to normalise
+        return 0.0
+    gain = norm.target_lufs - measured.integrated_lufs
+    if measured.true_peak_db is not None:
+        gain = min(gain, norm.true_peak_db - measured.true_peak_db)
+    return gain
+
+
+def build_filter_chain(
+    recipe: Recipe,
+    *,
+    source_rate: int,
+    source_channels: int,
+    source_duration_ms: int,
+    measured: Loudness | None,
+    sound_bounds_ms: tuple[int, int] | None,
+    out_rate: int,
+    out_layout: str,
+    out_sample_fmt: str,
+) -> list[Filter]:
+    """Filters between the source's abuffer and the sink, in order."""
+    chain = prefix_chain(
+        recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
+    )
+    gain = gain_db(recipe, measured)
+    if abs(gain) >= 0.005:
+        chain.append(("volume", f"volume={gain:.3f}dB"))
+    length = output_length_ms(
+        recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
+    )
+    fade_in = min(recipe.fade_in_ms, length)
+    if fade_in > 0:
+        chain.append(("afade", f"t=in:st=0:d={_secs(fade_in)}"))
+    fade_out = min(recipe.fade_out_ms, length)
+    if fade_out > 0:
+        chain.append(("afade", f"t=out:st={_secs(length - fade_out)}:d={_secs(fade_out)}"))
+    if out_rate != source_rate:
+        chain.append(("aresample", str(out_rate)))
+    chain.append(
+        (
+            "aformat",
+            f"sample_fmts={out_sample_fmt}:sample_rates={out_rate}:channel_layouts={out_layout}",
+        )
+    )
+    return chain
+
+
+def output_layout(recipe: Recipe, source_channels: int) -> str:
+    """mono or stereo: the recipe's choice, else mono stays mono and the rest is downmixed."""
+    if recipe.channels is not None:
+        return recipe.channels
+    return "mono" if source_channels == 1 else "stereo"

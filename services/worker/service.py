@@ -1,0 +1,136 @@
+"""The worker process: one pull loop per kind, bounded concurrency, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError, ServiceUnavailableError
+
+from services.worker.job_runner import Cleanup, Handler, JobRunner
+from services.worker.slots import PrioritySlots
+from shared import subjects
+from shared.settings import Settings
+from shared.storage import Storage
+
+log = logging.getLogger("audioprep.worker")
+
+PRIORITY: dict[subjects.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
+FETCH_TIMEOUT_S = 5.0
+
+
+class WorkerService:
+    """Fetches requests for its kinds and runs at most `concurrency` jobs at once."""
+
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        settings: Settings,
+        storage: Storage,
+        handlers: dict[str, Handler],
+        cleanups: dict[str, Cleanup] | None = None,
+        kinds: tuple[subjects.Kind, ...] = subjects.KINDS,
+        drain_grace_s: float = 30.0,
+    ) -> None:
+        self.js = js
+        self.settings = settings
+        self.kinds = kinds
+        self.slots = PrioritySlots(max(1, settings.worker_concurrency))
+        self.runner = JobRunner(
+            nc=nc, js=js, settings=settings, storage=storage, handlers=handlers, cleanups=cleanups
+        )
+        self.drain_grace_s = drain_grace_s
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], Msg] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set, then drain: finish in-flight jobs or hand them back."""
+        loops = [asyncio.create_task(self._fetch_loop(kind, stop)) for kind in self.kinds]
+        log.info(
+            "worker ready",
+            extra={"kinds": ",".join(self.kinds), "concurrency": self.slots.size},
+        )
+        await stop.wait()
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        if not self._jobs:
+            return
+        log.info("draining", extra={"in_flight": len(self._jobs)})
+        _, pending = await asyncio.wait(self._jobs, timeout=self.drain_grace_s)
+        for task in pending:
+            msg = self._in_flight.get(task)
+            task.cancel()
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nak()  # immediate redelivery to another worker
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("handed back unfinished jobs", extra={"count": len(pending)})
+
+    async def _subscribe(self, kind: subjects.Kind) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe_bind(
+            durable=subjects.worker_consumer(kind), stream=subjects.STREAM
+        )
+
+    async def _fetch_loop(self, kind: subjects.Kind, stop: asyncio.Event) -> None:
+        sub = await self._subscribe(kind)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+            except (FetchTimeoutError, nats.errors.TimeoutError):
+                continue
+            except ServiceUnavailableError:
+                log.warning("consumer unavailable, resubscribing", extra={"kind": kind})
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    sub = await self._subscribe(kind)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed", extra={"kind": kind, "error": str(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._start(kind, msg)
+
+    async def _start(self, kind: subjects.Kind, msg: Msg) -> None:
+        waiting = asyncio.create_task(self._hold(msg))
+        try:
+            await self.slots.acquire(PRIORITY[kind])
+        finally:
+            waiting.cancel()
+        task = asyncio.create_task(self._run_one(msg))
+        self._jobs.add(task)
+        self._in_flight[task] = msg
+        task.add_done_callback(self._done)
+
+    async def _hold(self, msg: Msg) -> None:
+        """Keep a fetched message from being redelivered while it waits for a slot."""
+        while True:
+            await asyncio.sleep(max(0.5, self.settings.ack_wait_s / 2))
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _run_one(self, msg: Msg) -> None:
+        try:
+            await self.runner.handle(msg)
+        finally:
+            self.slots.release()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task crashed", exc_info=task.exception())

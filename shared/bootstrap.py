@@ -1,0 +1,43 @@
+"""The one place that builds a service's dependencies: NATS connection and storage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from shared.nats_conn import connect
+from shared.settings import Settings
+from shared.storage import Storage, open_storage
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    storage: Storage
+
+
+@contextlib.asynccontextmanager
+async def service_deps(settings: Settings, name: str) -> AsyncIterator[Deps]:
+    """Connect to NATS and open storage; close them on exit."""
+    nc = await connect(settings, name)
+    try:
+        yield Deps(settings=settings, nc=nc, js=nc.jetstream(), storage=open_storage(settings.storage))
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), timeout=5)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop` so services drain instead of dying mid-job."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,166 @@
+"""Job events: one frozen msgspec Struct each, a tagged union, one encoder and decoder."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from shared.subjects import EventName, Kind
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    """Event timestamps are always UTC."""
+    return datetime.now(UTC)
+
+
+class _Data(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """Payload pieces: camelCase JSON, unset optionals left out so natscli output stays short."""
+
+
+class ErrorInfo(_Data):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class LoudnessInfo(_Data):
+    integrated_lufs: float | None = None
+    true_peak_db: float | None = None
+    lra: float | None = None
+
+
+class JobResult(_Data):
+    """What a finished job produced; fields depend on the kind (ingest vs render)."""
+
+    source_key: str | None = None
+    duration_ms: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    codec: str | None = None
+    container: str | None = None
+    bit_rate: int | None = None
+    loudness: LoudnessInfo | None = None
+    peaks_key: str | None = None
+    title: str | None = None
+    preview_key: str | None = None
+    prepared_key: str | None = None
+    format: str | None = None
+    size_bytes: int | None = None
+    from_cache: bool = False
+
+
+class _Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    rename="camel",
+    omit_defaults=True,
+    tag_field="type",
+):
+    """Common envelope: which job, which kind, when, which schema."""
+
+    name: ClassVar[EventName]
+    terminal: ClassVar[bool] = False
+
+    job_id: str
+    kind: Kind
+    at: datetime = msgspec.field(default_factory=utcnow)
+    v: int = SCHEMA_VERSION
+    tenant: str = "default"
+
+
+class JobRequested(_Event, tag="JobRequested", kw_only=True):
+    """A client asked for work. Ingest: `source` + `upload_key` or `url`; render: the rest."""
+
+    name = "requested"
+    source: Literal["upload", "url", "youtube"] | None = None
+    upload_key: str | None = None
+    url: str | None = None
+    filename: str | None = None
+    source_key: str | None = None
+    recipe: dict[str, Any] | None = None
+    format: str | None = None
+    options: dict[str, Any] | None = None
+    cache_key: str | None = None
+    attempt_base: int = 0
+    retry_of: str | None = None
+
+
+class JobStarted(_Event, tag="JobStarted", kw_only=True):
+    name = "started"
+    attempt: int = 1
+    worker: str = ""
+
+
+class JobProgressed(_Event, tag="JobProgressed", kw_only=True):
+    name = "progressed"
+    progress: int = 0
+    stage: str = ""
+    attempt: int = 1
+
+
+class JobRetrying(_Event, tag="JobRetrying", kw_only=True):
+    name = "retrying"
+    attempt: int
+    error: ErrorInfo
+    delay_ms: int = 0
+
+
+class JobCompleted(_Event, tag="JobCompleted", kw_only=True):
+    name = "completed"
+    terminal = True
+    result: JobResult
+    attempt: int = 1
+
+
+class JobFailed(_Event, tag="JobFailed", kw_only=True):
+    name = "failed"
+    terminal = True
+    error: ErrorInfo
+    attempt: int = 1
+
+
+class JobCancelRequested(_Event, tag="JobCancelRequested", kw_only=True):
+    name = "cancel_requested"
+    reason: str = ""
+
+
+class JobCancelled(_Event, tag="JobCancelled", kw_only=True):
+    name = "cancelled"
+    terminal = True
+    attempt: int = 0
+
+
+Event = (
+    JobRequested
+    | JobStarted
+    | JobProgressed
+    | JobRetrying
+    | JobCompleted
+    | JobFailed
+    | JobCancelRequested
+    | JobCancelled
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+_result_decoder = msgspec.json.Decoder(JobResult)
+
+
+def encode_event(event: Event) -> bytes:
+    """Compact JSON, readable with `nats stream view`."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode any event; raises msgspec.DecodeError on garbage."""
+    return _decoder.decode(data)
+
+
+def is_terminal(event: Event) -> bool:
+    """Completed, failed and cancelled end a job."""
+    return event.terminal

@@ -1,0 +1,110 @@
+"""Idempotent provisioning of the stream, consumers and KV buckets (never at import time)."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from shared import subjects
+from shared.settings import Settings
+
+log = logging.getLogger("audioprep.provision")
+
+DUPLICATE_WINDOW_S = 120.0
+MAX_ACK_PENDING = 256
+
+
+def jobs_stream_config(settings: Settings) -> StreamConfig:
+    """The log of record: Limits retention so it stays replayable; no deletes, no purges."""
+    return StreamConfig(
+        name=subjects.STREAM,
+        subjects=[subjects.STREAM_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=float(settings.stream_max_age_s),
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=settings.stream_replicas,
+        allow_direct=True,
+        deny_delete=True,
+        deny_purge=True,
+        max_msg_size=1024 * 1024,
+    )
+
+
+def dlq_stream_config(settings: Settings) -> StreamConfig:
+    """Captures MAX_DELIVERIES advisories so a job whose worker died on its last try fails."""
+    return StreamConfig(
+        name=subjects.DLQ_STREAM,
+        subjects=[subjects.MAX_DELIVERIES_ADVISORY],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=float(settings.stream_max_age_s),
+        num_replicas=settings.stream_replicas,
+        allow_direct=True,
+    )
+
+
+def worker_consumer_config(kind: subjects.Kind, settings: Settings) -> ConsumerConfig:
+    """Durable pull consumer for one kind's requests."""
+    return ConsumerConfig(
+        durable_name=subjects.worker_consumer(kind),
+        filter_subject=subjects.requested_filter(kind),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=MAX_ACK_PENDING,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", extra={"stream": config.name})
+        return
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:
+        # Some fields (storage, replicas on a single server) can't change in place; keep going.
+        log.warning("stream not updated", extra={"stream": config.name, "error": str(exc)})
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    # add_consumer with a durable name creates or updates it (the server does the diff).
+    await js.add_consumer(stream, config)
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.key_value(config.bucket)
+    except Exception:  # BucketNotFoundError, or NotFoundError on older servers
+        await js.create_key_value(config)
+        log.info("kv bucket created", extra={"bucket": config.bucket})
+
+
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update everything audioprep needs; safe to run any number of times."""
+    await _ensure_stream(js, jobs_stream_config(settings))
+    await _ensure_stream(js, dlq_stream_config(settings))
+    for kind in subjects.KINDS:
+        await _ensure_consumer(js, subjects.STREAM, worker_consumer_config(kind, settings))
+    buckets = (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET, subjects.RENDER_CACHE_BUCKET)
+    for bucket in buckets:
+        config = KeyValueConfig(
+            bucket=bucket, history=1, storage=StorageType.FILE, replicas=settings.stream_replicas
+        )
+        await _ensure_kv(js, config)

@@ -1,0 +1,107 @@
+"""One frozen settings object, built from AUDIOPREP_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a service needs to know; nothing here connects to anything."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: Path = Path("./data")
+    storage_url: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    signing_secret: str = ""
+    signing_secret_is_ephemeral: bool = True
+    worker_concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_upload_bytes: int = 2 * GIB
+    max_duration_s: int = 4 * 3600
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    url_allow_hosts: frozenset[str] = frozenset()
+    log_format: str = "json"
+    log_level: str = "INFO"
+    stream_max_age_s: int = 30 * 24 * 3600
+    stream_replicas: int = 1
+    ack_wait_s: float = 60.0
+    max_deliver: int = 5
+    public_url: str = ""
+    metrics_port: int = 0
+    dev_mode: bool = True
+
+    @property
+    def storage(self) -> str:
+        """Storage URL with the data-dir default filled in."""
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients use to reach the API (for signed download links)."""
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests, CLI flags)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read AUDIOPREP_* variables; unset ones keep their working defaults."""
+        e = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return e.get(f"AUDIOPREP_{name}", default) or default
+
+        secret = e.get("AUDIOPREP_SIGNING_SECRET", "")
+        dev_mode = get("DEV_MODE", "1").lower() not in ("0", "false", "no")
+        return cls(
+            nats_url=get("NATS_URL", cls.nats_url),
+            data_dir=Path(get("DATA_DIR", "./data")),
+            storage_url=e.get("AUDIOPREP_STORAGE_URL", ""),
+            api_host=get("API_HOST", cls.api_host),
+            api_port=int(get("API_PORT", str(cls.api_port))),
+            signing_secret=secret or secrets.token_urlsafe(32),
+            signing_secret_is_ephemeral=not secret,
+            worker_concurrency=int(get("WORKER_CONCURRENCY", str(os.cpu_count() or 1))),
+            max_upload_bytes=int(get("MAX_UPLOAD_BYTES", str(2 * GIB))),
+            max_duration_s=int(get("MAX_DURATION_S", str(4 * 3600))),
+            api_keys=parse_api_keys(e.get("AUDIOPREP_API_KEYS", "")),
+            url_allow_hosts=frozenset(
+                h.strip().lower() for h in e.get("AUDIOPREP_URL_ALLOW_HOSTS", "").split(",") if h
+            ),
+            log_format=get("LOG_FORMAT", "json"),
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            stream_max_age_s=int(get("STREAM_MAX_AGE_S", str(30 * 24 * 3600))),
+            stream_replicas=int(get("STREAM_REPLICAS", "1")),
+            ack_wait_s=float(get("ACK_WAIT_S", "60")),
+            max_deliver=int(get("MAX_DELIVER", "5")),
+            public_url=e.get("AUDIOPREP_PUBLIC_URL", ""),
+            metrics_port=int(get("METRICS_PORT", "0")),
+            dev_mode=dev_mode,
+        )
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """`key1=tenantA,key2=tenantB` → {key: tenant}; a bare `@path` reads that file."""
+    raw = raw.strip()
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text().replace("\n", ",")
+    keys: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        key, sep, tenant = item.partition("=")
+        if not sep or not key.strip() or not tenant.strip():
+            raise ValueError("AUDIOPREP_API_KEYS entries must look like key=tenant")
+        keys[key.strip()] = tenant.strip()
+    return keys

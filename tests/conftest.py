@@ -1,0 +1,87 @@
+"""Shared fixtures: a real nats-server per session, real storage, the services in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+from nats.aio.client import Client
+
+from shared.nats_conn import connect
+from shared.nats_server import NatsServer
+from shared.provision import provision
+from shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats-store"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("data")
+    return Settings(
+        nats_url=nats_server.url,
+        data_dir=data,
+        storage_url=(data / "storage").resolve().as_uri(),
+        signing_secret="test-secret",
+        signing_secret_is_ephemeral=False,
+        worker_concurrency=2,
+        log_format="console",
+        url_allow_hosts=frozenset({"127.0.0.1", "localhost"}),
+    )
+
+
+@pytest.fixture(scope="session")
+async def nc(base_settings: Settings) -> AsyncIterator[Client]:
+    client = await connect(base_settings, "tests")
+    await provision(client.jetstream(), base_settings)
+    yield client
+    await client.close()
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    client: AsyncTestClient  # type: ignore[type-arg]
+    nc: Client
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings, nc: Client, *, workers: int = 1) -> AsyncIterator[Stack]:
+    """API (in-process test client), projector and worker tasks against the real server."""
+    from services.api.app import create_app
+    from services.projector.main import run_projector
+    from services.worker.main import run_worker
+
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_projector(settings, stop))]
+    tasks += [asyncio.create_task(run_worker(settings, stop)) for _ in range(workers)]
+    try:
+        async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
+            yield Stack(settings=settings, client=client, nc=nc)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+
+
+@pytest.fixture(scope="session")
+async def stack(base_settings: Settings, nc: Client) -> AsyncIterator[Stack]:
+    async with running_stack(base_settings, nc) as s:
+        yield s
+
+
+@pytest.fixture
+def media_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "media"
+    d.mkdir()
+    return d

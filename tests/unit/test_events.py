@@ -1,0 +1,77 @@
+"""Events round-trip through JSON and old payloads still decode."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from shared import subjects
+from shared.events import (
+    ErrorInfo,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobResult,
+    LoudnessInfo,
+    decode_event,
+    encode_event,
+)
+from shared.ids import idempotent_job_id, is_job_id, new_job_id
+
+
+def test_round_trip_every_shape() -> None:
+    events = [
+        JobRequested(job_id="A1", kind="ingest", source="url", url="https://x.test/a.mp3"),
+        JobRequested(
+            job_id="A2", kind="save", source_key="sources/A1/a.wav", recipe={"gainDb": 3}
+        ),
+        JobCompleted(
+            job_id="A1",
+            kind="ingest",
+            result=JobResult(duration_ms=1, loudness=LoudnessInfo(integrated_lufs=-23.0)),
+        ),
+        JobFailed(job_id="A1", kind="ingest", error=ErrorInfo(code="c", message="m")),
+    ]
+    for event in events:
+        assert decode_event(encode_event(event)) == event
+
+
+def test_payload_is_compact_camel_case_json_with_iso_time() -> None:
+    event = JobRequested(job_id="A1", kind="ingest", source="upload", upload_key="uploads/A1/x")
+    doc = json.loads(encode_event(event))
+    assert doc["type"] == "JobRequested"
+    assert doc["jobId"] == "A1" and doc["uploadKey"] == "uploads/A1/x"
+    assert doc["at"].endswith("Z") or "+00:00" in doc["at"]
+    assert "url" not in doc  # unset optionals are left out
+
+
+def test_old_event_without_new_fields_decodes() -> None:
+    old = b'{"type":"JobStarted","jobId":"A1","kind":"save","at":"2026-01-01T00:00:00Z"}'
+    event = decode_event(old)
+    assert event.tenant == "default" and event.v == 1
+
+
+def test_garbage_is_rejected() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_event(b'{"type":"Nope","jobId":"x","kind":"ingest"}')
+
+
+def test_subjects_are_built_and_parsed_in_one_place() -> None:
+    job_id = new_job_id()
+    subject = subjects.event_subject("save", job_id, "completed")
+    assert subject == f"jobs.save.{job_id}.completed"
+    assert subjects.parse_subject(subject) == ("save", job_id, "completed")
+    with pytest.raises(ValueError):
+        subjects.event_subject("save", "a.b", "completed")
+    with pytest.raises(ValueError):
+        subjects.event_subject("save", "a*", "completed")
+
+
+def test_job_ids_sort_by_time_and_idempotent_ids_are_stable() -> None:
+    assert new_job_id(1000) < new_job_id(2000)
+    assert is_job_id(new_job_id())
+    assert idempotent_job_id("t", "k") == idempotent_job_id("t", "k")
+    assert idempotent_job_id("t", "k") != idempotent_job_id("u", "k")
+    assert is_job_id(idempotent_job_id("t", "k"))

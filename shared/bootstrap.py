@@ -29,7 +29,9 @@ async def service_deps(settings: Settings, name: str) -> AsyncIterator[Deps]:
     """Connect to NATS and open storage; close them on exit."""
     nc = await connect(settings, name)
     try:
-        yield Deps(settings=settings, nc=nc, js=nc.jetstream(), storage=open_storage(settings.storage))
+        yield Deps(
+            settings=settings, nc=nc, js=nc.jetstream(), storage=open_storage(settings.storage)
+        )
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), timeout=5)

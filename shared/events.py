@@ -21,19 +21,19 @@ class _Data(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defa
     """Payload pieces: camelCase JSON, unset optionals left out so natscli output stays short."""
 
 
-class ErrorInfo(_Data):
+class ErrorInfo(_Data, frozen=True, kw_only=True, omit_defaults=False):
     code: str
     message: str
     retryable: bool = False
 
 
-class LoudnessInfo(_Data):
+class LoudnessInfo(_Data, frozen=True, kw_only=True):
     integrated_lufs: float | None = None
     true_peak_db: float | None = None
     lra: float | None = None
 
 
-class JobResult(_Data):
+class JobResult(_Data, frozen=True, kw_only=True):
     """What a finished job produced; fields depend on the kind (ingest vs render)."""
 
     source_key: str | None = None
@@ -73,7 +73,7 @@ class _Event(
     tenant: str = "default"
 
 
-class JobRequested(_Event, tag="JobRequested", kw_only=True):
+class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     """A client asked for work. Ingest: `source` + `upload_key` or `url`; render: the rest."""
 
     name = "requested"
@@ -90,46 +90,46 @@ class JobRequested(_Event, tag="JobRequested", kw_only=True):
     retry_of: str | None = None
 
 
-class JobStarted(_Event, tag="JobStarted", kw_only=True):
+class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):
     name = "started"
     attempt: int = 1
     worker: str = ""
 
 
-class JobProgressed(_Event, tag="JobProgressed", kw_only=True):
+class JobProgressed(_Event, tag="JobProgressed", frozen=True, kw_only=True):
     name = "progressed"
     progress: int = 0
     stage: str = ""
     attempt: int = 1
 
 
-class JobRetrying(_Event, tag="JobRetrying", kw_only=True):
+class JobRetrying(_Event, tag="JobRetrying", frozen=True, kw_only=True):
     name = "retrying"
     attempt: int
     error: ErrorInfo
     delay_ms: int = 0
 
 
-class JobCompleted(_Event, tag="JobCompleted", kw_only=True):
+class JobCompleted(_Event, tag="JobCompleted", frozen=True, kw_only=True):
     name = "completed"
     terminal = True
     result: JobResult
     attempt: int = 1
 
 
-class JobFailed(_Event, tag="JobFailed", kw_only=True):
+class JobFailed(_Event, tag="JobFailed", frozen=True, kw_only=True):
     name = "failed"
     terminal = True
     error: ErrorInfo
     attempt: int = 1
 
 
-class JobCancelRequested(_Event, tag="JobCancelRequested", kw_only=True):
+class JobCancelRequested(_Event, tag="JobCancelRequested", frozen=True, kw_only=True):
     name = "cancel_requested"
     reason: str = ""
 
 
-class JobCancelled(_Event, tag="JobCancelled", kw_only=True):
+class JobCancelled(_Event, tag="JobCancelled", frozen=True, kw_only=True):
     name = "cancelled"
     terminal = True
     attempt: int = 0
@@ -158,7 +158,8 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(data: bytes) -> Event:
     """Decode any event; raises msgspec.DecodeError on garbage."""
-    return _decoder.decode(data)
+    event: Event = _decoder.decode(data)
+    return event
 
 
 def is_terminal(event: Event) -> bool:

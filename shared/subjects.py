@@ -82,4 +82,4 @@ def parse_subject(subject: str) -> tuple[Kind, str, EventName]:
     kind, job_id, event = parts[1], parts[2], parts[3]
     if kind not in KINDS or event not in EVENT_NAMES:
         raise ValueError(f"not a job event subject: {subject}")
-    return kind, job_id, event  # type: ignore[return-value]
+    return kind, job_id, event

@@ -57,7 +57,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(settings: Settings, nc: Client, *, workers: int = 1) -> AsyncIterator[Stack]:
+async def running_stack(
+    settings: Settings, nc: Client, *, workers: int = 1
+) -> AsyncIterator[Stack]:
     """API (in-process test client), projector and worker tasks against the real server."""
     from services.api.app import create_app
     from services.projector.main import run_projector

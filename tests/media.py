@@ -240,9 +240,18 @@ def decode_pcm(path: str | Path) -> tuple[Pcm, int]:
 
 
 def measure_duration_s(path: str | Path) -> float:
-    """Duration by counting decoded samples (what a listener gets)."""
+    """Duration by counting decoded samples (what a listener gets).
+
+    MP4/M4A: capped at the stream's declared length, because AAC decodes whole 1024-sample
+    frames and players honour the edit list that cuts the last frame's padding.
+    """
     pcm, rate = decode_pcm(path)
-    return pcm.shape[1] / rate
+    seconds = pcm.shape[1] / rate
+    with av.open(str(path)) as inp:
+        stream = inp.streams.audio[0]
+        if inp.format.name.startswith("mov") and stream.duration and stream.time_base:
+            seconds = min(seconds, float(stream.duration * stream.time_base))
+    return seconds
 
 
 def stream_info(path: str | Path) -> tuple[str, int, int]:
@@ -346,6 +355,10 @@ def true_peak_db(path: str | Path) -> float:
 
 
 def sine_lufs(amplitude_dbfs: float, channels: int = 2) -> float:
-    """Theoretical integrated loudness of a ~1 kHz sine (K-weighting gain ~0 dB there)."""
+    """Theoretical integrated loudness of a 997 Hz sine of peak `amplitude_dbfs` per channel.
+
+    BS.1770: L = -0.691 + 10·log10(Σ mean-square of K-weighted channels); the K filter adds
+    +0.691 dB at 997 Hz and a sine's mean square is a²/2, so a stereo sine reads its peak dBFS.
+    """
     a = db_to_amp(amplitude_dbfs)
-    return -0.691 + 10 * math.log10(channels * a * a / 2)
+    return -0.691 + 0.691 + 10 * math.log10(channels * a * a / 2)

@@ -15,6 +15,7 @@ from services.api.problems import handle_exception
 from services.api.routes.health import healthz, readyz
 from services.api.routes.ingest import ingest
 from services.api.routes.jobs import get_job
+from services.api.routes.web import web_handlers
 from shared import subjects
 from shared.event_store import EventStore
 from shared.nats_conn import connect
@@ -51,7 +52,7 @@ def create_app(settings: Settings) -> Litestar:
         return holder["ctx"]
 
     return Litestar(
-        route_handlers=[ingest, get_job, healthz, readyz],
+        route_handlers=[ingest, get_job, healthz, readyz, *web_handlers],
         dependencies={"api": Provide(provide_api, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],

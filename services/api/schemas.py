@@ -17,18 +17,18 @@ class _Body(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_un
     pass
 
 
-class UrlIngestRequest(_Body, kw_only=True):
+class UrlIngestRequest(_Body, frozen=True, kw_only=True):
     source: Literal["url", "youtube"]
     url: _Url
 
 
-class PreviewRequest(_Body, kw_only=True):
+class PreviewRequest(_Body, frozen=True, kw_only=True):
     source_key: _Key
     recipe: Recipe = msgspec.field(default_factory=Recipe)
     format: Literal["opus", "aac"] = "opus"
 
 
-class SaveRequest(_Body, kw_only=True):
+class SaveRequest(_Body, frozen=True, kw_only=True):
     source_key: _Key
     recipe: Recipe = msgspec.field(default_factory=Recipe)
     format: SaveFormat

@@ -35,7 +35,9 @@ def _boundary(request: Request[Any, Any, Any]) -> str:
     return str(options["boundary"])
 
 
-async def _events(request: Request[Any, Any, Any], parser: PushMultipartParser) -> AsyncIterator[Any]:
+async def _events(
+    request: Request[Any, Any, Any], parser: PushMultipartParser
+) -> AsyncIterator[Any]:
     async for chunk in request.stream():
         if chunk:
             for event in parser.parse(chunk):
@@ -111,5 +113,8 @@ async def _store_part(
 
 def _too_large(max_bytes: int) -> ProblemError:
     return ProblemError(
-        413, "too_large", f"upload exceeds the limit of {max_bytes} bytes", extra={"limit": max_bytes}
+        413,
+        "too_large",
+        f"upload exceeds the limit of {max_bytes} bytes",
+        extra={"limit": max_bytes},
     )

@@ -17,7 +17,9 @@ from shared.nats_server import NatsServer, wait_for_port
 from shared.settings import Settings
 
 
-def _spawn(role: str, env: dict[str, str], extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    role: str, env: dict[str, str], extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "services.cli.main", role, *(extra or [])]
     return subprocess.Popen(cmd, env=env)
 

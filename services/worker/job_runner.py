@@ -9,8 +9,9 @@ import random
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,8 +37,8 @@ from shared.storage import Storage
 
 log = logging.getLogger("audioprep.worker")
 
-Handler = Callable[[JobContext], Awaitable[JobResult]]
-Cleanup = Callable[[JobContext], Awaitable[None]]
+Handler = Callable[[JobContext], Coroutine[Any, Any, JobResult]]
+Cleanup = Callable[[JobContext], Coroutine[Any, Any, None]]
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -101,8 +102,9 @@ class JobRunner:
                 await msg.in_progress()
 
     async def _finished(self, job_id: str) -> bool:
-        for name in ("completed", "failed", "cancelled"):
-            if await self.events.last_event(job_id, name) is not None:  # type: ignore[arg-type]
+        names: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
+        for name in names:
+            if await self.events.last_event(job_id, name) is not None:
                 return True
         return False
 
@@ -187,7 +189,7 @@ class JobRunner:
     async def _run_with_cancel(self, ctx: JobContext) -> JobResult:
         """Run the handler while listening for JobCancelRequested on the job's subject."""
         handler = self.handlers[ctx.request.kind]
-        task = asyncio.create_task(handler(ctx))
+        task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
         self.active[ctx.job_id] = task
         cancelled = asyncio.Event()
 

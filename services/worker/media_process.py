@@ -9,6 +9,7 @@ The forkserver context preloads PyAV once, so a call starts in tens of milliseco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 from collections.abc import Callable
@@ -97,14 +98,10 @@ async def run_media_call(
             if kind == "crash":
                 raise Retryable(f"media process failed: {payload}", code="worker_crash")
             await asyncio.to_thread(proc.join, 5)
-            raise Retryable(
-                f"media process died (exit code {proc.exitcode})", code="worker_crash"
-            )
+            raise Retryable(f"media process died (exit code {proc.exitcode})", code="worker_crash")
     finally:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(parent.fileno())
-        except (ValueError, OSError):
-            pass
         parent.close()
         if proc.is_alive():
             proc.terminate()

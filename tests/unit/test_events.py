@@ -24,9 +24,7 @@ from shared.ids import idempotent_job_id, is_job_id, new_job_id
 def test_round_trip_every_shape() -> None:
     events = [
         JobRequested(job_id="A1", kind="ingest", source="url", url="https://x.test/a.mp3"),
-        JobRequested(
-            job_id="A2", kind="save", source_key="sources/A1/a.wav", recipe={"gainDb": 3}
-        ),
+        JobRequested(job_id="A2", kind="save", source_key="sources/A1/a.wav", recipe={"gainDb": 3}),
         JobCompleted(
             job_id="A1",
             kind="ingest",

@@ -41,8 +41,8 @@ async def _url_request(request: Request[Any, Any, Any]) -> UrlIngestRequest:
     request_max_body_size=None,
     summary="Ingest audio from an upload or a URL",
     description=(
-        "multipart/form-data with a `file` part, or JSON `{\"source\": \"url\"|\"youtube\", "
-        "\"url\": ...}`. Answers 202 with the job id at once; poll the job for the result."
+        'multipart/form-data with a `file` part, or JSON `{"source": "url"|"youtube", '
+        '"url": ...}`. Answers 202 with the job id at once; poll the job for the result.'
     ),
 )
 async def ingest(request: Request[Any, Any, Any], api: ApiContext) -> Response[JobAccepted]:

@@ -33,6 +33,8 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"FORM"),  # AIFF
     (0, b"caff"),
 )
+# Demuxers that "succeed" on arbitrary bytes by rendering them as text art.
+_TEXT_FORMATS = frozenset({"bin", "tty", "ansi", "xbin", "idf", "adp"})
 # Undecodable packets tolerated (skipped, as the ffmpeg CLI does) before giving up.
 MAX_DECODE_ERRORS = 50
 CHECK_EVERY_FRAMES = 64
@@ -69,7 +71,7 @@ def audio_stream(container: av.container.InputContainer) -> AudioStream:
     """The best audio stream; a video-only file is `no_audio_stream`."""
     streams = container.streams.audio
     if not streams:
-        if container.streams.video:
+        if container.streams.video and container.format.name not in _TEXT_FORMATS:
             raise Permanent("the file has video but no audio track", code=NO_AUDIO_STREAM)
         raise Permanent("the file has no audio track", code=UNSUPPORTED_MEDIA)
     best = max(streams, key=lambda s: (s.codec_context.channels > 0, s.codec_context.sample_rate))

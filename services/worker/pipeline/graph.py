@@ -76,10 +76,10 @@ def prefix_chain(
 def gain_db(recipe: Recipe, measured: Loudness | None) -> float:
     """Static gain: gainDb, or with normalize the gain to target limited by the peak ceiling."""
     norm = recipe.normalize
-    if norm is None or measured is None or measured.integrated_lufs is None:
+    if norm is None or measured is None:
         return recipe.gain_db
-    if measured.integrated_lufs <= -70.0:  # silence: nothing to normalise
-        return 0.0
+    if measured.integrated_lufs is None or measured.integrated_lufs <= -70.0:
+        return 0.0  # silence: nothing to normalise
     gain = norm.target_lufs - measured.integrated_lufs
     if measured.true_peak_db is not None:
         gain = min(gain, norm.true_peak_db - measured.true_peak_db)

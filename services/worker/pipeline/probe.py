@@ -64,7 +64,7 @@ def media_info(
         duration_ms=duration_ms,
         sample_rate=cc.sample_rate,
         channels=cc.channels,
-        codec=cc.name,
+        codec=cc.codec.canonical_name,
         container=_container_name(container),
         bit_rate=bit_rate,
         title=_title(container, stream),

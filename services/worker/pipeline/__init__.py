@@ -1,0 +1,1 @@
+"""Pure media steps run by workers in a process pool: probe, analyse, render."""

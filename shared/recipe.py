@@ -119,7 +119,9 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         out: dict[str, Any] = {}
         defaults = type(value)()  # every Struct here has defaults for all fields
-        for name, encoded in zip(value.__struct_fields__, value.__struct_encode_fields__):
+        for name, encoded in zip(
+            value.__struct_fields__, value.__struct_encode_fields__, strict=True
+        ):
             field = getattr(value, name)
             if field != getattr(defaults, name):
                 out[encoded] = _canonical(field)

@@ -41,7 +41,12 @@ def db_to_amp(db: float) -> float:
 
 
 def tone(
-    *, seconds: float, freq: float = 440.0, rate: int = 44100, channels: int = 2, dbfs: float = -20.0
+    *,
+    seconds: float,
+    freq: float = 440.0,
+    rate: int = 44100,
+    channels: int = 2,
+    dbfs: float = -20.0,
 ) -> Pcm:
     """A sine of peak `dbfs`, identical on every channel, shape (channels, samples)."""
     t = np.arange(round(seconds * rate), dtype=np.float64) / rate
@@ -165,12 +170,12 @@ def write_tone(
 ) -> Path:
     """Write a sine (optionally wrapped in digital silence) to `path`."""
     parts = [silence(seconds=lead_silence_s, rate=rate, channels=channels)]
-    parts.append(tone(seconds=seconds, freq=freq, rate=rate, channels=channels, dbfs=amplitude_dbfs))
+    parts.append(
+        tone(seconds=seconds, freq=freq, rate=rate, channels=channels, dbfs=amplitude_dbfs)
+    )
     parts.append(silence(seconds=tail_silence_s, rate=rate, channels=channels))
     pcm = np.concatenate(parts, axis=1)
-    return write_samples(
-        path, pcm, rate=rate, codec=codec, title=title, video=video, layout=layout
-    )
+    return write_samples(path, pcm, rate=rate, codec=codec, title=title, video=video, layout=layout)
 
 
 def write_noise(

@@ -59,4 +59,5 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(title="audioprep", version="0.1.0", path="/schema"),
         request_max_body_size=1024 * 1024,
         debug=False,
+        logging_config=None,
     )

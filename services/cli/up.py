@@ -24,7 +24,12 @@ def _spawn(
     return subprocess.Popen(cmd, env=env)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops everything, like Ctrl-C
     data_dir = Path(args.data_dir or os.environ.get("AUDIOPREP_DATA_DIR", "./data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

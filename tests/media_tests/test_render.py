@@ -27,7 +27,7 @@ def tone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def out_path(tmp_path: Path, fmt: str) -> Path:
-    return tmp_path / f"out.{ 'm4a' if fmt == 'aac' else fmt}"
+    return tmp_path / f"out.{'m4a' if fmt == 'aac' else fmt}"
 
 
 @pytest.mark.parametrize(("fmt", "codec", "rate"), FORMATS)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.recipe import Recipe
-
 from services.worker.pipeline.loudness import Loudness
+from shared.recipe import Recipe
 
 Filter = tuple[str, str]
 

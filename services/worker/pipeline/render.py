@@ -12,9 +12,6 @@ import av.container
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
-from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
-from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
-
 from services.worker.pipeline.decode import decode_frames, open_audio
 from services.worker.pipeline.filters import make_graph, run_graph
 from services.worker.pipeline.formats import EncoderSettings, encoder_settings
@@ -30,6 +27,8 @@ from services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
 from services.worker.pipeline.probe import MediaInfo, probe
 from services.worker.pipeline.progress import Progress
 from services.worker.pipeline.silence import find_sound_bounds
+from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
+from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
 
@@ -104,7 +103,9 @@ def _plan(
         if whole and source_loudness is not None:
             measured = source_loudness
         else:
-            prefix = prefix_chain(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
+            prefix = prefix_chain(
+                recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds
+            )
             measured = measure_loudness(src_path, filters=prefix, should_stop=should_stop)
     rate = settings.fmt.output_rate(recipe.sample_rate or info.sample_rate)
     layout = output_layout(recipe, info.channels)

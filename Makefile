@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench install clean
+.PHONY: run test lint typecheck pytest bench install clean browser-deps test-browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -25,7 +25,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict services shared
 
-pytest: $(STAMP)
+# Debian's Chromium for the browser tests (tests/browser, Playwright from PyPI drives it).
+browser-deps:
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test-browser: $(STAMP) browser-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+pytest: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: lint typecheck pytest

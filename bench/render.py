@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.worker.pipeline import render as render_mod  # noqa: E402
-from services.worker.pipeline.formats import encoder_settings  # noqa: E402
+from services.worker.pipeline.formats import EncoderSettings, encoder_settings  # noqa: E402
 from shared.recipe import Recipe, Trim  # noqa: E402
 from tests import media  # noqa: E402
 
@@ -98,14 +100,15 @@ def source_2h() -> Path:
     return path
 
 
-def best_of(runs: int, work: Callable[[], object]) -> float:
-    """Minimum wall time of `runs` runs (the least disturbed by other load)."""
-    times = []
+def best_of(runs: int, *works: Callable[[], object]) -> list[float]:
+    """Minimum wall time of each work over `runs` interleaved rounds (fair under shared load)."""
+    times: list[list[float]] = [[] for _ in works]
     for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for work, spent in zip(works, times, strict=True):
+            start = time.perf_counter()
+            work()
+            spent.append(time.perf_counter() - start)
+    return [min(spent) for spent in times]
 
 
 def ours(src: Path, dst: Path, fmt: str) -> None:
@@ -122,7 +125,7 @@ def ours_mp3_bundled_lame(src: Path, dst: Path) -> None:
         layout=plan.layout,
         length_ms=plan.length_ms,
     )
-    generic = render_mod.EncoderSettings(settings.fmt, "mp3", "fltp", settings.bitrate_kbps)
+    generic = EncoderSettings(settings.fmt, "mp3", "fltp", settings.bitrate_kbps)
     render_mod._encode(str(src), str(dst), plan, generic, None, None, None, None)
 
 
@@ -174,16 +177,17 @@ def main() -> None:
     if ffmpeg is None:
         print("ffmpeg CLI not found (apt-get install -y ffmpeg): only our timings are shown")
     src = source_3min()
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for fmt, (ext, _) in CLI_ARGS.items():
-            ours_s = best_of(args.runs, lambda e=ext, f=fmt: ours(src, work / f"ours.{e}", f))
+            ours_work = partial(ours, src, work / f"ours.{ext}", fmt)
             cli_s = None
-            if ffmpeg is not None:
-                cli_s = best_of(
-                    args.runs, lambda e=ext, f=fmt: cli(ffmpeg, src, work / f"cli.{e}", f)
-                )
+            if ffmpeg is None:
+                (ours_s,) = best_of(args.runs, ours_work)
+            else:
+                cli_work = partial(cli, ffmpeg, src, work / f"cli.{ext}", fmt)
+                ours_s, cli_s = best_of(args.runs, ours_work, cli_work)
             rows.append(
                 {
                     "format": fmt,
@@ -194,7 +198,7 @@ def main() -> None:
                     "bytes": (work / f"ours.{ext}").stat().st_size,
                 }
             )
-        alt_s = best_of(args.runs, lambda: ours_mp3_bundled_lame(src, work / "alt.mp3"))
+        (alt_s,) = best_of(args.runs, partial(ours_mp3_bundled_lame, src, work / "alt.mp3"))
         mp3_cli = next(r["cli_s"] for r in rows if r["format"] == "mp3")
         rows.append(
             {
@@ -206,12 +210,12 @@ def main() -> None:
                 "bytes": (work / "alt.mp3").stat().st_size,
             }
         )
-        rss = {}
+        rss: dict[str, float] = {}
         rss["3min_opus_mib"], _ = measure_rss(src, "opus", work)
         if not args.skip_long:
             long_src = source_2h()
             rss["2h_opus_mib"], rss["2h_opus_s"] = measure_rss(long_src, "opus", work)
-    report = {
+    report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "arch": platform.machine()},
         "pyav": av.__version__,
         "ffmpeg_cli": _cli_version(ffmpeg),
@@ -231,11 +235,11 @@ def _cli_version(ffmpeg: str | None) -> str | None:
     return first.split("\n", 1)[0]
 
 
-def markdown(report: dict[str, object]) -> str:
+def markdown(report: Mapping[str, Any]) -> str:
     """The table for the README."""
     lines = [
         f"Work: {report['work']}. PyAV {report['pyav']}; CLI: {report['ffmpeg_cli']}.",
-        "Best of N runs, wall time.",
+        "Wall time, best of N interleaved runs (ours, CLI, ours, CLI, ...).",
         "",
         "| format | route | ours (s) | ffmpeg CLI (s) | ratio | output bytes |",
         "|---|---|---:|---:|---:|---:|",

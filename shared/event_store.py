@@ -16,6 +16,8 @@ from shared.events import Event, JobRequested, decode_event, encode_event
 
 WRONG_LAST_SEQUENCE = 10071
 HISTORY_BATCH = 256
+TERMINAL_CAS_RETRIES = 50
+TERMINAL_EVENTS: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
 
 
 class JobAlreadyExists(Exception):
@@ -113,6 +115,47 @@ class EventStore:
         if raw.data is None or raw.seq is None or raw.subject is None:
             return None
         return StoredEvent(seq=raw.seq, subject=raw.subject, event=decode_event(raw.data))
+
+    async def terminal_event(self, job_id: str) -> StoredEvent | None:
+        """The job's completed/failed/cancelled event, if it has one (three direct gets)."""
+        found = await asyncio.gather(*(self.last_event(job_id, n) for n in TERMINAL_EVENTS))
+        ended = [e for e in found if e is not None]
+        return min(ended, key=lambda e: e.seq) if ended else None
+
+    async def append_terminal(self, event: Event, *, traceparent: str | None = None) -> int | None:
+        """Append a terminal event unless the job already ended; returns its seq, else None.
+
+        Optimistic concurrency on the job's subjects (expected last sequence = the job's latest
+        event) makes "at most one terminal event per job" hold across workers, redeliveries and
+        the dead-letter failer, also after the Msg-Id dedupe window.
+        """
+        job_subject = subjects.job_subjects(event.job_id)
+        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        for _ in range(TERMINAL_CAS_RETRIES):
+            ended, last = await asyncio.gather(
+                self.terminal_event(event.job_id), self.last_event(event.job_id)
+            )
+            if ended is not None:
+                return None
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(last.seq if last else 0),
+                "Nats-Expected-Last-Subject-Sequence-Subject": job_subject,
+            }
+            msg_id = msg_id_for(event)
+            if msg_id:
+                headers["Nats-Msg-Id"] = msg_id
+            if traceparent:
+                headers["traceparent"] = traceparent
+            try:
+                ack = await self.js.publish(
+                    subject, encode_event(event), timeout=self.timeout, headers=headers
+                )
+            except BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                continue  # another event landed in between (or our lost-ack retry): look again
+            return None if ack.duplicate else ack.seq
+        raise RuntimeError(f"could not append {event.name} to {event.job_id}: too much contention")
 
     async def history(
         self, job_id: str, *, after_seq: int = 0, limit: int | None = None

@@ -88,6 +88,9 @@ class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     cache_key: str | None = None
     attempt_base: int = 0
     retry_of: str | None = None
+    # Preview answered from the render cache: the API appends JobCompleted right after this
+    # event, so workers must not start it (they wait for that event and ack).
+    from_cache: bool = False
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):

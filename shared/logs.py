@@ -1,21 +1,92 @@
-"""Structured logs: one JSON line per event (job id, kind, attempt...), or console lines."""
+"""Structured logs: one JSON line per event (job id, kind, attempt, trace id), or console lines.
+
+Fields bound with `bind()` (a context variable) are added to every record logged from the same
+asyncio task and the tasks it starts: the API binds the request's trace id, the worker binds
+job_id/kind/attempt/trace_id for the job it runs, so handler logs carry them without passing
+`extra` everywhere. Explicit `extra=` fields win over bound ones.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI copy of msg
+}
+_BOUND: ContextVar[dict[str, object] | None] = ContextVar("audioprep_log_fields", default=None)
+# W3C trace context: version-traceid-parentid-flags, lowercase hex, ids not all zero.
+_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace_id, parent_id) from a W3C `traceparent` header, or None when it is not valid."""
+    if not value:
+        return None
+    match = _TRACEPARENT_RE.match(value.strip())
+    if match is None or match.group(1) == "ff":
+        return None
+    trace_id, parent_id = match.group(2), match.group(3)
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, parent_id
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id part of a `traceparent`, for log lines."""
+    parsed = parse_traceparent(traceparent)
+    return parsed[0] if parsed else None
+
+
+def new_traceparent() -> str:
+    """A fresh sampled `traceparent` (for a request or CLI call that starts a trace)."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def bind(**fields: object) -> Token[dict[str, object] | None]:
+    """Add fields to every log record of the current task (and tasks it creates from now on)."""
+    current = _BOUND.get() or {}
+    merged = {**current, **{k: v for k, v in fields.items() if v is not None}}
+    return _BOUND.set(merged)
+
+
+def unbind(token: Token[dict[str, object] | None]) -> None:
+    """Undo a `bind()`."""
+    _BOUND.reset(token)
+
+
+@contextlib.contextmanager
+def bound(**fields: object) -> Iterator[None]:
+    """`with bound(job_id=...):` binds fields for the block."""
+    token = bind(**fields)
+    try:
+        yield
+    finally:
+        unbind(token)
+
+
+def bound_fields() -> dict[str, object]:
+    """What is bound right now (tests, and code that forwards context)."""
+    return dict(_BOUND.get() or {})
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    fields = dict(_BOUND.get() or {})
+    fields.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+    return fields
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"ts", "level", "logger", "msg", ...extras}` on one line."""
+    """`{"ts", "level", "logger", "msg", ...fields}` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -24,7 +95,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        doc.update(_extras(record))
+        for key, value in _extras(record).items():
+            doc.setdefault(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str, ensure_ascii=False)

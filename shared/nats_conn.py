@@ -7,6 +7,8 @@ import logging
 from urllib.parse import urlsplit
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 from shared.settings import Settings
@@ -16,6 +18,27 @@ log = logging.getLogger("audioprep.nats")
 
 class NatsUnavailable(Exception):
     """NATS could not be reached; the message says where and what to do."""
+
+
+def redact_url(url: str) -> str:
+    """The URL list without passwords or tokens, for logs and error messages."""
+    out = []
+    for server in url.split(","):
+        parts = urlsplit(server.strip())
+        if parts.password is not None or (parts.username and not parts.password):
+            user = parts.username if parts.password is not None else "***"
+            host = parts.netloc.rpartition("@")[2]
+            server = parts._replace(netloc=f"{user}:***@{host}").geturl()
+        out.append(server.strip())
+    return ",".join(out)
+
+
+def inbox_prefix_for(url: str) -> str:
+    """`_INBOX.<user>` when the URL names a user, so NATS permissions can keep inboxes apart."""
+    user = urlsplit(url.split(",")[0].strip()).username
+    if user and user.replace("-", "").replace("_", "").isalnum():
+        return f"_INBOX.{user}"
+    return "_INBOX"
 
 
 async def _reachable(url: str, timeout: float) -> None:
@@ -32,8 +55,8 @@ async def _reachable(url: str, timeout: float) -> None:
         writer.close()
         return
     raise NatsUnavailable(
-        f"cannot reach NATS at {url}: {', '.join(errors)}; start it with `audioprep up` "
-        "or point AUDIOPREP_NATS_URL at a running server"
+        f"cannot reach NATS at {redact_url(url)}: {', '.join(errors)}; start it with "
+        "`audioprep up` or point AUDIOPREP_NATS_URL at a running server"
     )
 
 
@@ -56,8 +79,10 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
     try:
         client = await asyncio.wait_for(
             nats.connect(
-                settings.nats_url,
+                # A comma-separated list (a cluster) becomes nats-py's server pool.
+                [s.strip() for s in settings.nats_url.split(",") if s.strip()],
                 name=f"audioprep-{name}",
+                inbox_prefix=inbox_prefix_for(settings.nats_url),
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
@@ -72,7 +97,27 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
         )
     except Exception as exc:  # nats raises several unrelated types here
         raise NatsUnavailable(
-            f"cannot reach NATS at {settings.nats_url} ({exc.__class__.__name__}): start it with "
+            f"cannot reach NATS at {redact_url(settings.nats_url)} ({exc.__class__.__name__}): "
+            "start it with "
             "`audioprep up` or set AUDIOPREP_NATS_URL"
         ) from exc
     return client
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a server restart or leader election explains: retry, don't give up."""
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.js.errors.ServerError):
+        return True  # 503/5xx: JetStream not ready yet (restart, leader election)
+    if isinstance(exc, nats.js.errors.APIError):
+        return False  # any other API answer is a real answer
+    return isinstance(
+        exc,
+        TimeoutError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError
+        | nats.js.errors.NoStreamResponseError
+        | ConnectionError,
+    )

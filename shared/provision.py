@@ -69,6 +69,19 @@ def worker_consumer_config(kind: subjects.Kind, settings: Settings) -> ConsumerC
     )
 
 
+def dlq_consumer_config(settings: Settings) -> ConsumerConfig:
+    """Durable pull consumer the workers share to turn MAX_DELIVERIES advisories into JobFailed."""
+    return ConsumerConfig(
+        durable_name=subjects.DLQ_CONSUMER,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_deliver=-1,  # a dead letter must never itself be dropped
+        max_ack_pending=64,
+        num_replicas=settings.stream_replicas,
+    )
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.stream_info(config.name or "")
@@ -102,6 +115,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await _ensure_stream(js, dlq_stream_config(settings))
     for kind in subjects.KINDS:
         await _ensure_consumer(js, subjects.STREAM, worker_consumer_config(kind, settings))
+    await _ensure_consumer(js, subjects.DLQ_STREAM, dlq_consumer_config(settings))
     buckets = (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET, subjects.RENDER_CACHE_BUCKET)
     for bucket in buckets:
         config = KeyValueConfig(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 GIB = 1024**3
+MIN_SECRET_CHARS = 32
+_TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +39,10 @@ class Settings:
     public_url: str = ""
     metrics_port: int = 0
     dev_mode: bool = True
+    # Requests per second per tenant on /api/ (token bucket); 0 = no limit. Built in code the
+    # limit is off; from the environment it defaults to 20/s with bursts of 100.
+    rate_limit_per_s: float = 0.0
+    rate_limit_burst: int = 100
 
     @property
     def storage(self) -> str:
@@ -63,6 +70,12 @@ class Settings:
 
         secret = e.get("AUDIOPREP_SIGNING_SECRET", "")
         dev_mode = get("DEV_MODE", "1").lower() not in ("0", "false", "no")
+        if not dev_mode and len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                "AUDIOPREP_SIGNING_SECRET (at least 32 characters) is required when "
+                "AUDIOPREP_DEV_MODE=0: signed download links must survive restarts and match "
+                "across API replicas"
+            )
         return cls(
             nats_url=get("NATS_URL", cls.nats_url),
             data_dir=Path(get("DATA_DIR", "./data")),
@@ -87,6 +100,8 @@ class Settings:
             public_url=e.get("AUDIOPREP_PUBLIC_URL", ""),
             metrics_port=int(get("METRICS_PORT", "0")),
             dev_mode=dev_mode,
+            rate_limit_per_s=float(get("RATE_LIMIT_PER_S", "20")),
+            rate_limit_burst=int(get("RATE_LIMIT_BURST", "100")),
         )
 
 
@@ -103,5 +118,10 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         key, sep, tenant = item.partition("=")
         if not sep or not key.strip() or not tenant.strip():
             raise ValueError("AUDIOPREP_API_KEYS entries must look like key=tenant")
+        if not _TENANT_RE.fullmatch(tenant.strip()):
+            raise ValueError(
+                f"AUDIOPREP_API_KEYS: tenant {tenant.strip()[:64]!r} must be 1-64 characters "
+                "of A-Z a-z 0-9 _ -"
+            )
         keys[key.strip()] = tenant.strip()
     return keys

@@ -251,7 +251,7 @@ def measure_duration_s(path: str | Path) -> float:
     frames and players honour the edit list that cuts the last frame's padding.
     """
     pcm, rate = decode_pcm(path)
-    seconds = pcm.shape[1] / rate
+    seconds = float(pcm.shape[1] / rate)
     with av.open(str(path)) as inp:
         stream = inp.streams.audio[0]
         if inp.format.name.startswith("mov") and stream.duration and stream.time_base:

@@ -10,12 +10,21 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from services.api.auth import api_key_guard
 from services.api.context import ApiContext
 from services.api.problems import handle_exception
+from services.api.rate_limit import rate_limit_middleware
 from services.api.routes.health import healthz, readyz
+from services.api.openapi import complete_schema
+from services.api.routes.cancel import cancel_job
+from services.api.routes.downloads import storage_download
+from services.api.routes.edit import preview, preview_audio, save
 from services.api.routes.ingest import ingest
+from services.api.routes.job_events import job_events
 from services.api.routes.jobs import get_job
+from services.api.routes.metrics import metrics_endpoint
 from services.api.routes.web import web_handlers
+from services.api.tracing import trace_middleware
 from shared import subjects
 from shared.event_store import EventStore
 from shared.nats_conn import connect
@@ -27,6 +36,10 @@ log = logging.getLogger("audioprep.api")
 
 def create_app(settings: Settings) -> Litestar:
     """Build the API; it connects to NATS when it starts, not when it is built."""
+    if not settings.dev_mode and (
+        settings.signing_secret_is_ephemeral or not settings.signing_secret
+    ):
+        raise RuntimeError("AUDIOPREP_SIGNING_SECRET is required outside dev mode")
     holder: dict[str, ApiContext] = {}
 
     @contextlib.asynccontextmanager
@@ -52,10 +65,26 @@ def create_app(settings: Settings) -> Litestar:
         return holder["ctx"]
 
     return Litestar(
-        route_handlers=[ingest, get_job, healthz, readyz, *web_handlers],
+        route_handlers=[
+            ingest,
+            preview,
+            save,
+            preview_audio,
+            cancel_job,
+            job_events,
+            storage_download,
+            get_job,
+            healthz,
+            readyz,
+            metrics_endpoint,
+            *web_handlers,
+        ],
+        middleware=[trace_middleware, rate_limit_middleware(settings)],
+        guards=[api_key_guard(settings)],
         dependencies={"api": Provide(provide_api, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
+        on_startup=[complete_schema],
         openapi_config=OpenAPIConfig(title="audioprep", version="0.1.0", path="/schema"),
         request_max_body_size=1024 * 1024,
         debug=False,

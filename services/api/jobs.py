@@ -11,6 +11,7 @@ from nats.js.errors import KeyNotFoundError
 from services.api.context import ApiContext
 from services.api.problems import ProblemError
 from services.projector.fold import fold
+from shared import metrics
 from shared.event_store import JobAlreadyExists
 from shared.events import JobRequested
 from shared.ids import idempotent_job_id, is_job_id, new_job_id
@@ -52,6 +53,7 @@ async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) 
     """Publish JobRequested once; a replay of the same request answers with the same job."""
     try:
         await ctx.events.request_job(event, traceparent=traceparent)
+        metrics.job_requested(event.kind)
     except JobAlreadyExists:
         existing = await existing_job(ctx, event.job_id, event.tenant)
         if existing is None:

@@ -13,6 +13,7 @@ log = logging.getLogger("audioprep.api")
 
 PROBLEM_JSON = "application/problem+json"
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 
 
 class ProblemError(Exception):
@@ -73,9 +74,15 @@ def _validation_problem(exc: ValidationException) -> ProblemError:
     field = field_from_message(message)
     if field is None:
         for item in extra:
-            if isinstance(item, dict) and item.get("key"):
+            # Litestar names the body parameter itself `data`: that is the root, not a field.
+            if isinstance(item, dict) and item.get("key") and item.get("key") != "data":
                 field = str(item["key"])
                 break
+    missing = _MISSING_RE.search(message)
+    if missing is not None:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+    if field is not None and (field == "recipe" or field.startswith("recipe.")):
+        return ProblemError(422, "invalid_recipe", message, field=field)
     return ProblemError(422, "validation_error", message, field=field)
 
 
@@ -96,6 +103,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             415: "unsupported_media_type",
             429: "rate_limited",
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        if exc.status_code == 400 and str(exc.detail).startswith("JSON is malformed"):
+            code = "malformed_json"
         problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
         return problem_response(request, problem)
     log.exception("unhandled error", extra={"path": request.url.path})

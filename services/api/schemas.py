@@ -43,3 +43,15 @@ class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 class DownloadLink(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     download_url: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """RFC 9457 problem details; `code` is stable and meant for programs."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    field: str | None = None

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from services.cli import run_services, up
+import httpx
+
+from services.cli import dlq, events, jobs, projection, run_services, submit, up
+from services.cli import storage as storage_cli
+from services.cli.common import CliError
 from shared.nats_conn import NatsUnavailable
 
 
@@ -17,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up.register(commands)
     run_services.register(commands)
+    submit.register(commands)
+    jobs.register(commands)
+    events.register(commands)
+    storage_cli.register(commands)
+    projection.register(commands)
+    dlq.register(commands)
     return parser
 
 
@@ -28,8 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     except NatsUnavailable as exc:
         print(f"audioprep: {exc}", file=sys.stderr)
         return 2
+    except CliError as exc:
+        print(f"audioprep: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except httpx.TransportError as exc:  # a command that called HTTP without its own handling
+        print(f"audioprep: cannot reach the API ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `audioprep events replay ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

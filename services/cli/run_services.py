@@ -74,7 +74,9 @@ async def provision_all(settings: Settings) -> None:
 def _provision(args: argparse.Namespace) -> int:
     settings = _settings(args)
     asyncio.run(provision_all(settings))
-    print(f"provisioned stream JOBS, consumers and KV buckets on {settings.nats_url}")
+    from shared.nats_conn import redact_url
+
+    print(f"provisioned stream JOBS, consumers and KV buckets on {redact_url(settings.nats_url)}")
     return 0
 
 

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.cli.common import metrics_env, metrics_note
 from services.cli.run_services import provision_all
+from shared.nats_cluster import NatsCluster, default_ports, wait_for_jetstream
 from shared.nats_server import NatsServer, wait_for_port
 from shared.settings import Settings
 
@@ -43,9 +45,17 @@ def _up(args: argparse.Namespace) -> int:
 
         env["AUDIOPREP_SIGNING_SECRET"] = secrets.token_urlsafe(32)
         print("note: AUDIOPREP_SIGNING_SECRET not set; download links last only for this run")
-    server: NatsServer | None = None
+    server: NatsServer | NatsCluster | None = None
     if args.nats_url:
         env["AUDIOPREP_NATS_URL"] = args.nats_url
+    elif args.cluster:
+        clients, routes = default_ports(args.nats_port)
+        server = NatsCluster(data_dir / "cluster", client_ports=clients, route_ports=routes)
+        server.start()
+        env["AUDIOPREP_NATS_URL"] = server.url
+        env["AUDIOPREP_STREAM_REPLICAS"] = "3"
+        asyncio.run(wait_for_jetstream(server.url))
+        print(f"nats cluster  {server.url}  (3 nodes, stream replicas 3, {data_dir / 'cluster'})")
     else:
         server = NatsServer(
             data_dir / "nats", port=args.nats_port, log_file=data_dir / "nats-server.log"
@@ -57,15 +67,16 @@ def _up(args: argparse.Namespace) -> int:
     asyncio.run(provision_all(settings))
     print("provisioned   stream JOBS, consumers workers-*, KV buckets jobs/render_cache")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = [
-        ("projector", _spawn("projector", env)),
+        ("projector", _spawn("projector", metrics_env(env, 0))),
         ("api", _spawn("api", env)),
     ]
     for i in range(args.workers):
-        procs.append((f"worker-{i + 1}", _spawn("worker", env)))
+        procs.append((f"worker-{i + 1}", _spawn("worker", metrics_env(env, i + 1))))
     try:
         wait_for_port(settings.api_host, settings.api_port, timeout=30)
         print(f"api           http://{settings.api_host}:{settings.api_port}  (OpenAPI: /schema)")
         print(f"workers       {args.workers} process(es); storage {settings.storage}")
+        print(metrics_note(env, args.workers))
         print("ready — press Ctrl-C to stop")
         while all(p.poll() is None for _, p in procs):
             time.sleep(0.5)
@@ -100,4 +111,10 @@ def register(commands: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes (0 = none)")
     p.add_argument("--nats-port", type=int, default=4222, help="port for the nats-server we start")
     p.add_argument("--nats-url", help="use a running NATS instead of starting one")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a 3-node JetStream cluster (ports nats-port..+2, routes 6222..) with "
+        "stream replicas 3 instead of one server",
+    )
     p.set_defaults(func=_up)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.projector.runner import Projector
+from shared import metrics
 from shared.bootstrap import service_deps, stop_on_signals
 from shared.settings import Settings
 
@@ -12,7 +13,10 @@ from shared.settings import Settings
 async def run_projector(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     async with service_deps(settings, "projector") as deps:
-        await Projector(deps.js).run(stop)
+        projector = Projector(deps.js)
+        sampler = metrics.projector_sampler(deps.js, lambda: projector.applied_seq)
+        async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
+            await projector.run(stop)
 
 
 async def main(settings: Settings) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import OrderedDict
 
 from nats.aio.msg import Msg
@@ -13,8 +15,9 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from services.projector.fold import fold
-from shared import subjects
+from shared import metrics, subjects
 from shared.events import Event, decode_event
+from shared.nats_conn import is_transient
 from shared.views import JobView, decode_view, encode_view
 
 log = logging.getLogger("audioprep.projector")
@@ -22,6 +25,10 @@ log = logging.getLogger("audioprep.projector")
 CHECKPOINT_EVERY_S = 1.0
 CACHE_SIZE = 10_000
 CAS_RETRIES = 20
+# With events waiting in the stream and none applied for this long, the ordered consumer is
+# presumed lost (nats-py does not always recreate it after a restart): subscribe again from
+# applied_seq + 1.
+STALL_S = 5.0
 
 
 class ViewWriter:
@@ -77,6 +84,7 @@ class Projector:
         self._writer: ViewWriter | None = None
         self._state: KeyValue | None = None
         self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+        self._stall_checked = 0.0
 
     async def load_checkpoint(self) -> int:
         state = await self.js.key_value(subjects.PROJECTOR_STATE_BUCKET)
@@ -91,16 +99,13 @@ class Projector:
         if self._state is not None and self.applied_seq:
             await self._state.put(subjects.PROJECTOR_CHECKPOINT_KEY, str(self.applied_seq).encode())
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Project until `stop` is set; the checkpoint is saved about once a second."""
-        self._writer = ViewWriter(await self.js.key_value(subjects.JOBS_BUCKET))
-        self.applied_seq = await self.load_checkpoint()
-        log.info("projector starting", extra={"from_seq": self.applied_seq + 1})
+    async def _subscribe(self) -> JetStreamContext.PushSubscription:
+        """An ordered consumer on the whole stream, starting after the last applied event."""
 
         async def on_msg(msg: Msg) -> None:
             await self._queue.put(msg)
 
-        sub = await self.js.subscribe(
+        return await self.js.subscribe(
             subjects.STREAM_SUBJECTS,
             stream=subjects.STREAM,
             ordered_consumer=True,
@@ -111,30 +116,94 @@ class Projector:
                 opt_start_seq=self.applied_seq + 1,
             ),
         )
+
+    async def _stalled(self, last_progress: float) -> bool:
+        """No progress for STALL_S although the stream has newer events."""
+        now = time.monotonic()
+        if now - last_progress < STALL_S or now - self._stall_checked < STALL_S:
+            return False
+        self._stall_checked = now
+        try:
+            info = await self.js.stream_info(subjects.STREAM)
+        except Exception:
+            return False  # NATS is down: nothing to resubscribe to yet
+        return (info.state.last_seq or 0) > self.applied_seq
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set; the checkpoint is saved about once a second."""
+        self._writer = ViewWriter(await self.js.key_value(subjects.JOBS_BUCKET))
+        self.applied_seq = await self.load_checkpoint()
+        log.info("projector starting", extra={"from_seq": self.applied_seq + 1})
+        sub: JetStreamContext.PushSubscription | None = await self._subscribe()
         saver = asyncio.create_task(self._checkpoint_loop(stop))
+        last_progress = time.monotonic()
         try:
             while not stop.is_set():
                 try:
                     msg = await asyncio.wait_for(self._queue.get(), timeout=0.5)
                 except TimeoutError:
+                    if sub is None or await self._stalled(last_progress):
+                        sub = await self._resubscribe(sub)
+                        last_progress = time.monotonic()
                     continue
-                await self._handle(msg)
+                if await self._handle(msg, stop):
+                    last_progress = time.monotonic()
         finally:
             saver.cancel()
-            await sub.unsubscribe()
-            await self.save_checkpoint()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            try:
+                await self.save_checkpoint()
+            except Exception as exc:
+                log.warning("checkpoint not saved at exit", extra={"error": repr(exc)})
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _resubscribe(
+        self, old: JetStreamContext.PushSubscription | None
+    ) -> JetStreamContext.PushSubscription | None:
+        log.warning("projector stalled, resubscribing", extra={"from_seq": self.applied_seq + 1})
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        try:
+            return await self._subscribe()
+        except Exception as exc:
+            log.warning("resubscribe failed", extra={"error": repr(exc)})
+            return None
+
+    async def _apply_patiently(self, seq: int, event: Event, stop: asyncio.Event) -> bool:
+        """Write one event's view, retrying through NATS outages; False if stopped first."""
+        assert self._writer is not None
+        delay = 0.1
+        while True:
+            try:
+                await self._writer.apply(seq, event)
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("view not written, retrying", extra={"seq": seq, "error": repr(exc)})
+            if stop.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    async def _handle(self, msg: Msg, stop: asyncio.Event) -> bool:
+        """Apply one delivered event; True if applied_seq moved."""
         seq = msg.metadata.sequence.stream
+        if seq <= self.applied_seq:
+            return False  # a redelivery after resubscribing: already applied, in stream order
         try:
             event = decode_event(msg.data)
         except Exception:
             log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
             self.applied_seq = seq
-            return
-        assert self._writer is not None
-        await self._writer.apply(seq, event)
+            return True
+        if not await self._apply_patiently(seq, event, stop):
+            return False
         self.applied_seq = seq
+        metrics.projector_applied(seq, type(event).__name__, msg.metadata.num_pending)
+        return True
 
     async def _checkpoint_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.worker.context import JobContext
-from shared import subjects
+from shared import logs, metrics, subjects
 from shared.errors import INTERNAL_ERROR, AudioprepError, Cancelled, Permanent, Retryable
 from shared.event_store import EventStore
 from shared.events import (
@@ -32,6 +33,7 @@ from shared.events import (
     JobStarted,
     decode_event,
 )
+from shared.nats_conn import is_transient
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -42,7 +44,38 @@ Cleanup = Callable[[JobContext], Coroutine[Any, Any, None]]
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
-WORKER_NAME = f"{socket.gethostname()}"
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"  # which process ran an attempt
+# How long to keep retrying a terminal event or an ack through a NATS outage (a restart, a
+# leader election) before handing the message back; the heartbeat holds it meanwhile.
+RECORD_PATIENCE_S = 30.0
+T = TypeVar("T")
+
+
+SCRATCH_PREFIX = "audioprep-w"
+
+
+def scratch_root() -> Path:
+    """This process's scratch parent: a SIGKILLed worker's leftovers are found by pid."""
+    root = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{os.getpid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def sweep_dead_scratch() -> int:
+    """Remove scratch dirs of worker processes that no longer exist (killed mid-job)."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX)
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
 
 
 def backoff_delay(attempt: int) -> float:
@@ -74,6 +107,8 @@ class JobRunner:
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
         self.active: dict[str, asyncio.Task[JobResult]] = {}
+        if swept := sweep_dead_scratch():
+            log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
     async def handle(self, msg: Msg) -> None:
         """Process one delivery; never raises (every outcome becomes an event + ack/nak/term)."""
@@ -86,10 +121,21 @@ class JobRunner:
         if not isinstance(event, JobRequested):
             await msg.term()
             return
+        metrics.run_begins(event)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self._run(msg, event)
+        except Exception as exc:
+            # NATS went away mid-job (or a bug): hand the message back; a redelivery finds the
+            # terminal event if we managed to write it, and acks.
+            log.warning(
+                "delivery not finished, handing back",
+                extra={"job_id": event.job_id, "kind": event.kind, "error": repr(exc)},
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_delay(msg.metadata.num_delivered or 1))
         finally:
+            metrics.run_ends(event)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -102,14 +148,54 @@ class JobRunner:
                 await msg.in_progress()
 
     async def _finished(self, job_id: str) -> bool:
-        names: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
-        for name in names:
-            if await self.events.last_event(job_id, name) is not None:
-                return True
-        return False
+        return await self.events.terminal_event(job_id) is not None
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry `call` through transient NATS failures for up to RECORD_PATIENCE_S."""
+        deadline = asyncio.get_running_loop().time() + RECORD_PATIENCE_S
+        delay = 0.25
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if not is_transient(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("nats unavailable, retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    async def _ack(self, msg: Msg) -> None:
+        await self._patiently("ack", msg.ack_sync)
+
+    async def _terminal(
+        self, event: JobCompleted | JobFailed | JobCancelled, tp: str | None
+    ) -> None:
+        """Record the job's end exactly once (see EventStore.append_terminal)."""
+        seq = await self._patiently(
+            event.name, lambda: self.events.append_terminal(event, traceparent=tp)
+        )
+        metrics.job_ended(event, recorded=seq is not None)
+        if seq is None:
+            log.info(
+                "job had already ended; nothing recorded",
+                extra={"job_id": event.job_id, "kind": event.kind, "event": event.name},
+            )
 
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
+
+    async def _answered_from_cache(self, request: JobRequested, wait_s: float = 5.0) -> bool:
+        """A render-cache hit: the API appends JobCompleted right after the request; never
+        start it, wait for that event. False (render normally) if the API died in between."""
+        if not request.from_cache:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while loop.time() < deadline:
+            if await self._finished(request.job_id):
+                return True
+            await asyncio.sleep(0.02)
+        return False
 
     async def _run(self, msg: Msg, request: JobRequested) -> None:
         delivery = msg.metadata.num_delivered or 1
@@ -118,14 +204,15 @@ class JobRunner:
         base = {"job_id": request.job_id, "kind": request.kind, "attempt": attempt}
         if traceparent:
             base["trace_id"] = traceparent.split("-")[1] if "-" in traceparent else traceparent
+        logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
-        if await self._finished(request.job_id):
+        if await self._finished(request.job_id) or await self._answered_from_cache(request):
             log.info("already finished, acking redelivery", extra=base)
-            await msg.ack_sync()
+            await self._ack(msg)
             return
         if await self._cancel_requested(request.job_id):
             await self._emit_cancelled(request, attempt, traceparent)
-            await msg.ack_sync()
+            await self._ack(msg)
             return
 
         await self.events.append(
@@ -138,8 +225,9 @@ class JobRunner:
             ),
             traceparent=traceparent,
         )
+        metrics.job_started(request.kind)
         log.info("job started", extra=base)
-        scratch = Path(tempfile.mkdtemp(prefix=f"audioprep-{request.job_id}-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{request.job_id}-", dir=scratch_root()))
         ctx = JobContext(
             request=request,
             attempt=attempt,
@@ -156,13 +244,13 @@ class JobRunner:
             await self._cleanup(ctx)
             await self._emit_cancelled(request, attempt, traceparent)
             log.info("job cancelled", extra=base)
-            await msg.ack_sync()
+            await self._ack(msg)
             return
         except Permanent as exc:
             await self._cleanup(ctx)
             await self._emit_failed(request, attempt, exc, traceparent)
             log.info("job failed", extra={**base, "code": exc.code, "error": exc.message})
-            await msg.term()
+            await self._patiently("term", msg.term)
             return
         except Exception as exc:
             error = exc if isinstance(exc, AudioprepError) else None
@@ -173,7 +261,7 @@ class JobRunner:
             return
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        await self.events.append(
+        await self._terminal(
             JobCompleted(
                 job_id=request.job_id,
                 kind=request.kind,
@@ -181,10 +269,10 @@ class JobRunner:
                 result=result,
                 attempt=attempt,
             ),
-            traceparent=traceparent,
+            traceparent,
         )
         log.info("job completed", extra=base)
-        await msg.ack_sync()
+        await self._ack(msg)
 
     async def _run_with_cancel(self, ctx: JobContext) -> JobResult:
         """Run the handler while listening for JobCancelRequested on the job's subject."""
@@ -235,7 +323,7 @@ class JobRunner:
             await self._cleanup(ctx)
             await self._emit_failed(request, ctx.attempt, error, ctx.traceparent)
             log.warning("job failed on last delivery", extra=base)
-            await msg.term()
+            await self._patiently("term", msg.term)
             return
         delay = backoff_delay(delivery)
         await self.events.append(
@@ -249,6 +337,7 @@ class JobRunner:
             ),
             traceparent=ctx.traceparent,
         )
+        metrics.job_retrying(request, error.code)
         log.warning("job will be retried", extra={**base, "delay_s": round(delay, 2)})
         await msg.nak(delay=delay)
 
@@ -263,10 +352,10 @@ class JobRunner:
             error=info,
             attempt=attempt,
         )
-        await self.events.append(event, traceparent=tp)
+        await self._terminal(event, tp)
 
     async def _emit_cancelled(self, request: JobRequested, attempt: int, tp: str | None) -> None:
         event = JobCancelled(
             job_id=request.job_id, kind=request.kind, tenant=request.tenant, attempt=attempt
         )
-        await self.events.append(event, traceparent=tp)
+        await self._terminal(event, tp)

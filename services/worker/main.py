@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from services.worker.dead_letters import DeadLetterFailer
 from services.worker.handlers.ingest import cleanup_ingest, run_ingest
 from services.worker.handlers.render import cleanup_render, run_render
 from services.worker.job_runner import Cleanup, Handler
 from services.worker.service import WorkerService
+from shared import metrics
 from shared.bootstrap import Deps, service_deps, stop_on_signals
+from shared.event_store import EventStore
 from shared.settings import Settings
 
 HANDLERS: dict[str, Handler] = {"ingest": run_ingest, "preview": run_render, "save": run_render}
@@ -33,7 +36,13 @@ def build_worker(deps: Deps) -> WorkerService:
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     async with service_deps(settings, "worker") as deps:
-        await build_worker(deps).run(stop)
+        sampler = metrics.worker_sampler(deps.js)
+        async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
+            # Every worker process also turns MAX_DELIVERIES advisories into JobFailed.
+            failer = DeadLetterFailer(
+                events=EventStore(deps.nc, deps.js), js=deps.js, settings=settings
+            )
+            await asyncio.gather(build_worker(deps).run(stop), failer.run(stop))
 
 
 async def main(settings: Settings) -> None:

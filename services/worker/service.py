@@ -10,18 +10,19 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError, ServiceUnavailableError
+from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from services.worker.job_runner import Cleanup, Handler, JobRunner
 from services.worker.slots import PrioritySlots
-from shared import subjects
+from shared import metrics, subjects
+from shared.provision import worker_consumer_config
 from shared.settings import Settings
 from shared.storage import Storage
 
 log = logging.getLogger("audioprep.worker")
 
 PRIORITY: dict[subjects.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
-FETCH_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 2.0  # also how long a stopping worker may wait for its fetch loops
 
 
 class WorkerService:
@@ -58,7 +59,10 @@ class WorkerService:
             extra={"kinds": ",".join(self.kinds), "concurrency": self.slots.size},
         )
         await stop.wait()
-        for task in loops:
+        # Let each loop finish its current fetch (a fetch cut short can strand a message
+        # until ack_wait), then cancel whatever is still waiting.
+        _, waiting = await asyncio.wait(loops, timeout=FETCH_TIMEOUT_S + 1.0)
+        for task in waiting:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await self._drain()
@@ -78,23 +82,37 @@ class WorkerService:
             await asyncio.gather(*pending, return_exceptions=True)
             log.info("handed back unfinished jobs", extra={"count": len(pending)})
 
-    async def _subscribe(self, kind: subjects.Kind) -> JetStreamContext.PullSubscription:
+    async def _subscribe(
+        self, kind: subjects.Kind, *, recreate: bool = False
+    ) -> JetStreamContext.PullSubscription:
+        if recreate:
+            # The consumer is gone (a server that lost its state): put it back as provisioned.
+            await self.js.add_consumer(subjects.STREAM, worker_consumer_config(kind, self.settings))
         return await self.js.pull_subscribe_bind(
             durable=subjects.worker_consumer(kind), stream=subjects.STREAM
         )
 
     async def _fetch_loop(self, kind: subjects.Kind, stop: asyncio.Event) -> None:
-        sub = await self._subscribe(kind)
+        sub: JetStreamContext.PullSubscription | None = None
         while not stop.is_set():
+            if sub is None:
+                try:
+                    sub = await self._subscribe(kind)
+                except Exception as exc:
+                    log.warning("cannot subscribe yet", extra={"kind": kind, "error": repr(exc)})
+                    await asyncio.sleep(1.0)
+                    continue
             try:
                 msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
             except (FetchTimeoutError, nats.errors.TimeoutError):
                 continue
-            except ServiceUnavailableError:
-                log.warning("consumer unavailable, resubscribing", extra={"kind": kind})
+            except (ServiceUnavailableError, NotFoundError) as exc:
+                log.warning(
+                    "consumer unavailable, resubscribing", extra={"kind": kind, "error": repr(exc)}
+                )
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
-                    sub = await self._subscribe(kind)
+                    sub = await self._subscribe(kind, recreate=True)
                 continue
             except asyncio.CancelledError:
                 raise
@@ -103,14 +121,28 @@ class WorkerService:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self._start(kind, msg)
+                metrics.job_delivered(kind, msg.metadata.num_delivered)
+                await self._start(kind, msg, stop)
 
-    async def _start(self, kind: subjects.Kind, msg: Msg) -> None:
+    async def _start(self, kind: subjects.Kind, msg: Msg, stop: asyncio.Event) -> None:
         waiting = asyncio.create_task(self._hold(msg))
+        acquire = asyncio.create_task(self.slots.acquire(PRIORITY[kind]))
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await self.slots.acquire(PRIORITY[kind])
+            await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiting.cancel()
+            stopping.cancel()
+            if not acquire.done() or stop.is_set():
+                # Stopping (or cancelled) before a slot came free: hand the message back now.
+                acquire.cancel()
+                await asyncio.gather(acquire, return_exceptions=True)
+                if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                    self.slots.release()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        if stop.is_set():
+            return
         task = asyncio.create_task(self._run_one(msg))
         self._jobs.add(task)
         self._in_flight[task] = msg

@@ -21,7 +21,7 @@ INPUTS = [
     ("a.wav", {"codec": "pcm_s24le"}, "pcm_s24le", "wav"),
     ("a.wav", {"codec": "pcm_f32le"}, "pcm_f32le", "wav"),
     ("a.flac", {}, "flac", "flac"),
-    ("a.mp3", {}, "mp3float", "mp3"),
+    ("a.mp3", {}, "mp3", "mp3"),
     ("a.ogg", {}, "vorbis", "ogg"),
     ("a.opus", {"rate": 48000}, "opus", "ogg"),
     ("a.m4a", {}, "aac", "mp4"),

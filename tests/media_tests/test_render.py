@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.worker.pipeline.render import render
@@ -45,7 +46,10 @@ def test_each_save_format(tmp_path: Path, tone_wav: Path, fmt: str, codec: str, 
 
 def test_mp3_mono_low_rate_has_exact_length(tmp_path: Path, tone_wav: Path) -> None:
     dst = tmp_path / "o.mp3"
-    render(str(tone_wav), str(dst), Recipe(channels="mono", sample_rate=22050), "mp3")
+    options = OutputOptions(bitrate=256, quality=7)  # 256 kbps is not legal at 22.05 kHz
+    render(
+        str(tone_wav), str(dst), Recipe(channels="mono", sample_rate=22050), "mp3", options=options
+    )
     assert media.stream_info(dst) == ("mp3float", 22050, 1)
     assert abs(media.measure_duration_s(dst) - 4.0) <= 0.02
     pcm, rate = media.decode_pcm(dst)
@@ -128,7 +132,7 @@ def test_normalize_limited_by_true_peak(tmp_path: Path) -> None:
 def test_normalize_measures_only_the_kept_part(tmp_path: Path) -> None:
     quiet = media.tone(seconds=2.0, freq=997, dbfs=-40.0)
     loud = media.tone(seconds=2.0, freq=997, dbfs=-10.0)
-    src = media.write_samples(tmp_path / "s.wav", media.np.concatenate([loud, quiet], axis=1))
+    src = media.write_samples(tmp_path / "s.wav", np.concatenate([loud, quiet], axis=1))
     dst = tmp_path / "o.wav"
     recipe = Recipe(trim=Trim(start_ms=2000), normalize=Normalize(target_lufs=-20.0))
     render(str(src), str(dst), recipe, "wav")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from services.worker.pipeline.formats import FORMATS
 from services.worker.pipeline.graph import build_filter_chain, gain_db, output_layout
 from services.worker.pipeline.loudness import Loudness
+from services.worker.pipeline.mp3 import mp3_bitrate
 from shared.recipe import Normalize, Recipe, Trim
 
 
@@ -98,3 +100,17 @@ def test_output_layout() -> None:
     assert output_layout(Recipe(), 1) == "mono"
     assert output_layout(Recipe(), 6) == "stereo"
     assert output_layout(Recipe(channels="mono"), 2) == "mono"
+
+
+def test_mp3_bitrate_snaps_to_legal_values() -> None:
+    assert mp3_bitrate(192, 44100) == 192
+    assert mp3_bitrate(250, 48000) == 256
+    assert mp3_bitrate(256, 22050) == 160
+    assert mp3_bitrate(96, 8000) == 96
+
+
+def test_output_rates_per_format() -> None:
+    assert FORMATS["opus"].output_rate(44100) == 48000
+    assert FORMATS["mp3"].output_rate(96000) == 48000
+    assert FORMATS["aac"].output_rate(22050) == 22050
+    assert FORMATS["wav"].output_rate(8000) == 8000

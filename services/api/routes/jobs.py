@@ -9,10 +9,21 @@ from litestar import Request, get
 from services.api.auth import tenant_for
 from services.api.context import ApiContext
 from services.api.jobs import load_view
+from services.api.links import with_download_url
+from services.api.openapi import problems
 from shared.views import JobView
 
 
-@get("/api/audio/jobs/{job_id:str}", summary="Poll a job")
+@get(
+    "/api/audio/jobs/{job_id:str}",
+    summary="Poll a job",
+    description=(
+        "The job's view, folded from its events. `downloadUrl` (signed, expiring) is added "
+        "when the result has a `previewKey` or `preparedKey`. A job accepted by a POST is "
+        "never a 404, even before the projector has caught up."
+    ),
+    responses=problems(401, 404),
+)
 async def get_job(request: Request[Any, Any, Any], api: ApiContext, job_id: str) -> JobView:
     tenant = tenant_for(request, api.settings)
-    return await load_view(api, job_id, tenant)
+    return await with_download_url(api, await load_view(api, job_id, tenant))

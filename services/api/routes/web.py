@@ -34,7 +34,9 @@ async def index() -> Response[bytes]:
         "404 for an unknown job or one without peaks; 409 while the job is not completed."
     ),
 )
-async def get_peaks(request: Request[Any, Any, Any], api: ApiContext, job_id: str) -> Response[bytes]:
+async def get_peaks(
+    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+) -> Response[bytes]:
     tenant = tenant_for(request, api.settings)
     view = await load_view(api, job_id, tenant)
     if view.kind != "ingest":

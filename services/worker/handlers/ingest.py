@@ -41,6 +41,7 @@ async def run_ingest(ctx: JobContext) -> JobResult:
         str(path),
         points=PEAK_POINTS,
         on_progress=ctx.progress_callback(40, 95, "analysing"),
+        max_duration_s=ctx.settings.max_duration_s,
     )
     info = analysis.info
     if info.duration_ms > ctx.settings.max_duration_s * 1000:

@@ -6,7 +6,7 @@ import msgspec
 
 from services.worker.context import JobContext
 from services.worker.media_process import run_media_call
-from services.worker.pipeline.formats import output_format
+from services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
 from services.worker.pipeline.render import RenderResult, render
 from services.worker.source_files import local_source
 from shared import keys, render_cache
@@ -42,6 +42,8 @@ async def run_render(ctx: JobContext) -> JobResult:
     if not req.source_key:
         raise Permanent("render job without sourceKey", code="invalid_request")
     recipe, options = _recipe_and_options(ctx)
+    if req.kind == "preview" and options is None:
+        options = PREVIEW_OPTIONS  # small and browser-playable; fixed, so the cache key holds
     fmt = req.format or PREVIEW_DEFAULT_FORMAT
     ext = output_format(fmt).extension
     src = await local_source(ctx, req.source_key)

@@ -86,7 +86,7 @@ def open_audio(path: str) -> Iterator[tuple[av.container.InputContainer, AudioSt
     container = open_input(path)
     try:
         stream = audio_stream(container)
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_type = "AUTO"
         yield container, stream
     finally:
         container.close()

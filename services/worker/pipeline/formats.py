@@ -42,6 +42,7 @@ FORMATS: dict[str, OutputFormat] = {
 }
 
 PREVIEW_BITRATE_KBPS = 96  # previews are for listening in a browser, not for keeping
+PREVIEW_OPTIONS = OutputOptions(bitrate=PREVIEW_BITRATE_KBPS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,9 @@ class Loudness:
     lra: float | None
 
 
+MIN_LRA_SECONDS = 3.5
+
+
 class LoudnessMeter:
     """Collects the ebur128 meter's running values from the frames it tags."""
 
@@ -32,9 +35,12 @@ class LoudnessMeter:
         self._integrated: float | None = None
         self._lra: float | None = None
         self._peak = 0.0
+        self._seconds = 0.0
 
     def feed(self, frame: AudioFrame) -> None:
         """Keep the latest integrated/LRA and the largest true peak seen."""
+        if frame.sample_rate:
+            self._seconds += frame.samples / frame.sample_rate
         meta: Mapping[str, str] = frame.metadata
         if not meta:
             return
@@ -51,7 +57,9 @@ class LoudnessMeter:
         if integrated is None or not math.isfinite(integrated) or integrated <= SILENCE_LUFS:
             integrated = None
         peak = round(20 * math.log10(self._peak), 2) if self._peak > 0 else None
-        lra = self._lra if integrated is not None else None
+        # LRA is built from 3 s short-term blocks: below that it is noise, not a measurement.
+        enough = self._seconds >= MIN_LRA_SECONDS
+        lra = self._lra if integrated is not None and enough else None
         return Loudness(
             integrated_lufs=None if integrated is None else round(integrated, 2),
             true_peak_db=peak,

@@ -25,6 +25,14 @@ _DECODER_DELAY = 528 + 1  # the mp3 decoder's own delay, added by ffmpeg on top 
 _XING_SIZE = 156  # "Info" .. tag CRC, as ffmpeg's mp3 muxer lays it out
 _DELAY_OFFSET = 141  # 12-bit delay + 12-bit padding, from the "Info"/"Xing" tag
 _CRC_SPAN = 190  # the LAME tag CRC covers the first 190 bytes of the frame
+_MPEG1_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_MPEG2_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+
+
+def mp3_bitrate(kbps: int, rate: int) -> int:
+    """The legal MP3 bitrate nearest to `kbps` at this sample rate (MPEG-1 or MPEG-2/2.5)."""
+    table = _MPEG1_KBPS if rate >= 32000 else _MPEG2_KBPS
+    return min(table, key=lambda b: abs(b - kbps))
 
 
 class LameWriter:
@@ -43,6 +51,7 @@ class LameWriter:
         self._rate = rate
         self._channels = channels
         self._encoder = lameenc.Encoder()
+        bitrate_kbps = mp3_bitrate(bitrate_kbps, rate)
         self._encoder.set_bit_rate(bitrate_kbps)
         self._encoder.set_in_sample_rate(rate)
         self._encoder.set_out_sample_rate(rate)
@@ -50,7 +59,9 @@ class LameWriter:
         self._encoder.set_quality(quality)
         # the stream only carries parameters for the muxer; packets come from lameenc
         layout = "mono" if channels == 1 else "stereo"
-        self.stream: AudioStream = container.add_stream("libmp3lame", rate=rate, layout=layout)
+        stream = container.add_stream("libmp3lame", rate=rate, layout=layout)
+        assert isinstance(stream, AudioStream)
+        self.stream = stream
         self.stream.bit_rate = bitrate_kbps * 1000
         self._parser = CodecContext.create("mp3", "r")
         self._frame_samples = 1152 if rate >= 32000 else 576

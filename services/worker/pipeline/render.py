@@ -30,6 +30,7 @@ from services.worker.pipeline.silence import find_sound_bounds
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
 from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
+_CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe reports them
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
 
 
@@ -130,6 +131,8 @@ def _open_encoder(
 ) -> AudioStream:
     """Add and open the output stream (frame_size is known only once open, see NOTES)."""
     stream = out.add_stream(settings.codec, rate=plan.rate, layout=plan.layout)
+    if not isinstance(stream, AudioStream):
+        raise Permanent(f"{settings.codec} is not an audio encoder", code=RENDER_FAILED)
     stream.format = settings.sample_fmt
     if settings.bitrate_kbps is not None:
         stream.bit_rate = settings.bitrate_kbps * 1000
@@ -195,7 +198,7 @@ def _encode(
         duration_ms=round(samples_out * 1000 / plan.rate),
         sample_rate=plan.rate,
         channels=channels,
-        codec=settings.codec,
+        codec=_CODEC_NAMES.get(settings.codec, settings.codec),
         bytes=os.path.getsize(dst_path),
     )
 

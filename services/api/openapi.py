@@ -1,0 +1,90 @@
+"""OpenAPI details Litestar can't infer: problem+json responses and the two-faced ingest body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+
+from services.api.problems import PROBLEM_JSON
+from services.api.schemas import Problem
+
+_DESCRIPTIONS = {
+    400: "Malformed request (bad JSON, bad header)",
+    401: "Missing or unknown API key",
+    403: "Forbidden (bad or expired signature)",
+    404: "Unknown job or object, or another tenant's",
+    409: "Conflict (job not in the right state, reused Idempotency-Key)",
+    413: "Body or upload too large",
+    415: "Unsupported content type",
+    416: "Range not satisfiable",
+    422: "Validation failed; `field` names the offending field",
+}
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """`responses=` entries documenting problem+json answers for these statuses."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_DESCRIPTIONS.get(status, "Problem"),
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+def _ingest_body() -> RequestBody:
+    multipart = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["file"],
+        properties={"file": Schema(type=OpenAPIType.STRING, format="binary")},  # type: ignore[arg-type]
+    )
+    url_body = Schema(
+        type=OpenAPIType.OBJECT,
+        required=["source", "url"],
+        properties={
+            "source": Schema(type=OpenAPIType.STRING, enum=["url", "youtube"]),
+            "url": Schema(type=OpenAPIType.STRING, format="uri", max_length=4096),  # type: ignore[arg-type]
+        },
+    )
+    return RequestBody(
+        required=True,
+        description=(
+            "Either a multipart upload (`file` part, streamed to storage, size-limited) or a "
+            "JSON URL ingest. The URL must be public http(s); private targets are refused."
+        ),
+        content={
+            "multipart/form-data": OpenAPIMediaType(schema=multipart),
+            "application/json": OpenAPIMediaType(schema=url_body),
+        },
+    )
+
+
+def complete_schema(app: Litestar) -> None:
+    """Startup hook: add what decorators can't say to the generated OpenAPI document."""
+    schema = app.openapi_schema
+    paths: dict[str, Any] = schema.paths or {}
+    ingest = paths.get("/api/audio/ingest")
+    if ingest is not None and ingest.post is not None:
+        ingest.post.request_body = _ingest_body()
+        responses = ingest.post.responses or {}
+        for status, spec in problems(400, 401, 409, 413, 415, 422).items():
+            responses.setdefault(
+                str(status),
+                _problem_response(spec.description),
+            )
+        ingest.post.responses = responses
+
+
+def _problem_response(description: str) -> OpenAPIResponse:
+    return OpenAPIResponse(
+        description=description,
+        content={
+            PROBLEM_JSON: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
+        },
+    )

@@ -1,0 +1,186 @@
+"""Preview requests: answer from the render cache, join an identical render in flight, or start one.
+
+Coalescing, in KV bucket `render_cache` next to the cache entries (`<cacheKey>` → output key):
+- `inflight.<cacheKey>` → id of the job rendering that preview, written with `create()` so
+  exactly one request wins the right to start a render;
+- a request that loses the race reads the marker and *joins* that job (answers its id) while
+  it is pending or running; a marker whose job ended (failed, cancelled) or never appeared is
+  deleted with compare-and-set on its revision and the request tries again;
+- `alias.<jobId>` → joined job id, when the joining request carried an Idempotency-Key, so a
+  retry with the same key answers the same job.
+Markers are cleaned up lazily by the next request for the same cache key (a completed job's
+marker leads to the cache entry, which the next request finds first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from services.api.context import ApiContext
+from services.api.jobs import submit
+from services.projector.fold import fold
+from shared import render_cache, subjects
+from shared.events import JobCompleted, JobRequested, JobResult
+from shared.recipe import Recipe, render_cache_key
+from shared.views import JobView
+
+log = logging.getLogger("audioprep.api")
+
+INFLIGHT = "inflight."
+ALIAS = "alias."
+JOIN_WAIT_S = 2.0  # how long a marker may point at a job whose request isn't visible yet
+ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewAnswer:
+    job_id: str
+    status: str
+    cache_key: str
+    from_cache: bool = False
+    joined: bool = False
+
+
+async def _bucket(api: ApiContext) -> KeyValue:
+    return await api.js.key_value(subjects.RENDER_CACHE_BUCKET)
+
+
+async def aliased_job(api: ApiContext, job_id: str) -> str | None:
+    """The job an idempotent preview request joined earlier, if it did."""
+    kv = await _bucket(api)
+    try:
+        entry = await kv.get(ALIAS + job_id)
+    except KeyNotFoundError:
+        return None
+    return entry.value.decode() if entry.value else None
+
+
+async def _cached_output(api: ApiContext, cache_key: str) -> tuple[str, int] | None:
+    """The cached preview's key and size, if the entry exists and its object is still there."""
+    key = await render_cache.lookup(api.js, cache_key)
+    if key is None:
+        return None
+    info = await api.storage.head(key)
+    if info is None:  # evicted from storage: the entry is stale
+        await render_cache.forget(api.js, cache_key)
+        return None
+    return key, info.size
+
+
+async def _fold_job(api: ApiContext, job_id: str) -> JobView | None:
+    view: JobView | None = None
+    for stored in await api.events.history(job_id):
+        view = fold(view, stored.event, stored.seq)
+    return view
+
+
+async def _joinable(api: ApiContext, job_id: str, tenant: str) -> JobView | None:
+    """The marker's job when it is this tenant's and still pending or running."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    view = await _fold_job(api, job_id)
+    while view is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the winner is between its marker and its publish
+        view = await _fold_job(api, job_id)
+    if view is None or view.is_terminal or view.tenant != tenant:
+        return None
+    return view
+
+
+async def request_preview(
+    api: ApiContext,
+    *,
+    job_id: str,
+    tenant: str,
+    source_key: str,
+    recipe: Recipe,
+    fmt: str,
+    idempotent: bool,
+    traceparent: str | None,
+) -> PreviewAnswer:
+    cache_key = render_cache_key(source_key, recipe, fmt)
+    request = JobRequested(
+        job_id=job_id,
+        kind="preview",
+        tenant=tenant,
+        source_key=source_key,
+        recipe=msgspec.to_builtins(recipe),
+        format=fmt,
+        cache_key=cache_key,
+    )
+    kv = await _bucket(api)
+    marker = INFLIGHT + cache_key
+    for _ in range(ATTEMPTS):
+        cached = await _cached_output(api, cache_key)
+        if cached is not None:
+            await _answer_from_cache(api, request, *cached, traceparent)
+            return PreviewAnswer(job_id, "completed", cache_key, from_cache=True)
+        try:
+            await kv.create(marker, job_id.encode())
+        except KeyWrongLastSequenceError:
+            pass
+        else:
+            try:
+                await submit(api, request, traceparent)
+            except BaseException:
+                await _drop_marker(kv, marker, job_id)
+                raise
+            return PreviewAnswer(job_id, "pending", cache_key)
+        try:
+            entry = await kv.get(marker)
+        except KeyNotFoundError:
+            continue  # deleted meanwhile: try again
+        other = entry.value.decode() if entry.value else ""
+        if other == job_id:  # our own marker (an idempotent retry after a lost answer)
+            await submit(api, request, traceparent)
+            return PreviewAnswer(job_id, "pending", cache_key)
+        view = await _joinable(api, other, tenant) if other else None
+        if view is not None:
+            if idempotent:
+                await kv.put(ALIAS + job_id, other.encode())
+            log.info("preview joined", extra={"job_id": other, "cache_key": cache_key})
+            return PreviewAnswer(other, view.status, cache_key, joined=True)
+        with contextlib.suppress(KeyWrongLastSequenceError):  # replaced meanwhile: look again
+            await kv.delete(marker, last=entry.revision)
+    # Heavy contention on one key: render without coalescing rather than fail the request.
+    await submit(api, request, traceparent)
+    return PreviewAnswer(job_id, "pending", cache_key)
+
+
+async def _drop_marker(kv: KeyValue, marker: str, job_id: str) -> None:
+    try:
+        entry = await kv.get(marker)
+        if entry.value and entry.value.decode() == job_id:
+            await kv.delete(marker, last=entry.revision)
+    except Exception as exc:
+        log.warning("in-flight marker not removed", extra={"job_id": job_id, "error": repr(exc)})
+
+
+async def _answer_from_cache(
+    api: ApiContext, request: JobRequested, key: str, size: int, traceparent: str | None
+) -> None:
+    """JobRequested (marked from_cache, so no worker starts it) and JobCompleted at once."""
+    cached = msgspec.structs.replace(request, from_cache=True)
+    await submit(api, cached, traceparent)
+    done = JobCompleted(
+        job_id=request.job_id,
+        kind="preview",
+        tenant=request.tenant,
+        attempt=0,
+        result=JobResult(
+            source_key=request.source_key,
+            preview_key=key,
+            format=request.format,
+            size_bytes=size,
+            from_cache=True,
+        ),
+    )
+    await api.events.append(done, traceparent=traceparent)
+    log.info("preview from cache", extra={"job_id": request.job_id, "cache_key": request.cache_key})

@@ -1,0 +1,165 @@
+"""Edit routes: preview a recipe (render cache, coalescing), save a render, play a preview."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from services.api.auth import tenant_for
+from services.api.context import ApiContext
+from services.api.jobs import existing_job, job_id_for, load_view, submit, traceparent_of
+from services.api.links import LINK_TTL_S
+from services.api.openapi import problems
+from services.api.previews import aliased_job, request_preview
+from services.api.problems import ProblemError
+from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
+from services.api.serving import serve_object
+from shared import keys
+from shared.events import JobRequested
+from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    try:
+        check_recipe(recipe)
+    except RecipeError as exc:
+        raise ProblemError(
+            422, "invalid_recipe", exc.message, field=f"recipe.{exc.field}"
+        ) from None
+
+
+async def _check_source(api: ApiContext, key: str, tenant: str) -> None:
+    """The source must be a safe key of this tenant that exists in storage."""
+    if not keys.is_safe_key(key):
+        raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
+    if keys.tenant_of_key(key) != tenant or await api.storage.head(key) is None:
+        raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
+
+
+async def _replayed(
+    request: Request[Any, Any, Any], api: ApiContext, job_id: str, tenant: str
+) -> str | None:
+    """For a retried POST with the same Idempotency-Key: the job it already made or joined."""
+    if request.headers.get("idempotency-key") is None:
+        return None
+    if await existing_job(api, job_id, tenant) is not None:
+        return job_id
+    return await aliased_job(api, job_id)
+
+
+def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
+    return Response(
+        JobAccepted(job_id=job_id, status=status),
+        status_code=HTTP_202_ACCEPTED,
+        headers={"Location": f"/api/audio/jobs/{job_id}"},
+    )
+
+
+@post(
+    "/api/audio/edit/preview",
+    summary="Preview a recipe",
+    description=(
+        "Renders a browser-playable preview (opus in Ogg, or aac in M4A). A render-cache hit "
+        "(same source, normalized recipe, format and renderer version) answers with a job "
+        "that is already `completed` (`result.fromCache`) and no worker work; while an "
+        "identical preview is being rendered, the request joins that job (same `jobId`)."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    responses=problems(400, 401, 404, 409, 422),
+)
+async def preview(
+    request: Request[Any, Any, Any], api: ApiContext, data: PreviewRequest
+) -> Response[JobAccepted]:
+    tenant = tenant_for(request, api.settings)
+    job_id = job_id_for(request, tenant)
+    replayed = await _replayed(request, api, job_id, tenant)
+    if replayed is not None:
+        view = await load_view(api, replayed, tenant)
+        return _accepted(replayed, view.status)
+    _check_recipe(data.recipe)
+    await _check_source(api, data.source_key, tenant)
+    answer = await request_preview(
+        api,
+        job_id=job_id,
+        tenant=tenant,
+        source_key=data.source_key,
+        recipe=data.recipe,
+        fmt=data.format,
+        idempotent=request.headers.get("idempotency-key") is not None,
+        traceparent=traceparent_of(request),
+    )
+    return _accepted(answer.job_id, answer.status)
+
+
+@post(
+    "/api/audio/edit/save",
+    summary="Render and save",
+    description=(
+        "Renders the recipe into `format` (wav, flac, mp3, opus, aac) with optional encoder "
+        "`options`; the result's `preparedKey` names the file and the job view carries a "
+        "signed `downloadUrl`."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    responses=problems(400, 401, 404, 409, 422),
+)
+async def save(
+    request: Request[Any, Any, Any], api: ApiContext, data: SaveRequest
+) -> Response[JobAccepted]:
+    tenant = tenant_for(request, api.settings)
+    job_id = job_id_for(request, tenant)
+    if await _replayed(request, api, job_id, tenant) is not None:
+        view = await load_view(api, job_id, tenant)
+        return _accepted(job_id, view.status)
+    _check_recipe(data.recipe)
+    await _check_source(api, data.source_key, tenant)
+    options: OutputOptions | None = data.options
+    event = JobRequested(
+        job_id=job_id,
+        kind="save",
+        tenant=tenant,
+        source_key=data.source_key,
+        recipe=msgspec.to_builtins(data.recipe),
+        format=data.format,
+        filename=keys.safe_filename(data.filename) if data.filename else None,
+        options=msgspec.to_builtins(options) if options is not None else None,
+    )
+    await submit(api, event, traceparent_of(request))
+    return _accepted(job_id)
+
+
+@get(
+    "/api/audio/edit/preview/{job_id:str}/audio",
+    summary="Play a preview",
+    description=(
+        "Local storage: the preview's bytes with its content type and `Range` support "
+        "(206 partial content), so a browser `<audio>` element can seek. S3/R2: JSON "
+        '`{"downloadUrl"}` with a presigned URL.'
+    ),
+    responses=problems(401, 404, 409, 416),
+    response_description="audio bytes (200/206), or JSON {downloadUrl} on S3/R2",
+)
+async def preview_audio(
+    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+) -> Response[Any]:
+    tenant = tenant_for(request, api.settings)
+    view = await load_view(api, job_id, tenant)
+    if view.kind != "preview":
+        raise ProblemError(404, "not_a_preview", f"job {job_id} is a {view.kind} job")
+    key = view.result.preview_key if view.result else None
+    if view.status != "completed" or not key:
+        raise ProblemError(
+            409,
+            "preview_not_ready",
+            f"the preview is {view.status}; poll the job until it is completed",
+            extra={"status": view.status},
+        )
+    if not api.storage.is_local:
+        url = await api.storage.sign_get(key, timedelta(seconds=LINK_TTL_S))
+        if not url:
+            raise ProblemError(503, "signing_failed", "could not sign a download URL")
+        return Response(DownloadLink(download_url=url))
+    return await serve_object(api.storage, key, request.headers)

@@ -1,0 +1,15 @@
+"""GET /metrics: Prometheus text format (this process's counters + queue/stream gauges)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from services.api.context import ApiContext
+from shared import metrics
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics_endpoint(api: ApiContext) -> Response[bytes]:
+    body = await metrics.render(metrics.api_sampler(api.js))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,979 @@
+// audioprep web page: plain JS, no build step, no third-party code.
+// Talks only to the API under /api (see docs/web.md and DESIGN.md "HTTP API").
+
+const $ = (sel) => document.querySelector(sel);
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const STORE_JOBS = "audioprep.jobs";
+const STORE_SOURCE = "audioprep.source";
+const STORE_KEY = "audioprep.apiKey";
+
+// ---- plain words for job errors and stages ----------------------------------------------
+
+const ERROR_WORDS = {
+  unsupported_media: "This file is not audio we can read: the format is unknown or the file is damaged.",
+  no_audio_stream: "This file has no sound track.",
+  empty_file: "The file is empty.",
+  corrupt_media: "The file is damaged and could not be decoded.",
+  too_long: "The audio is longer than this server accepts.",
+  too_large: "The file is larger than this server accepts.",
+  unsupported_url: "That link does not point to audio we can fetch.",
+  source_not_found: "Nothing was found at that link (or the source is gone).",
+  download_failed: "Fetching the link failed. Check that it works in your browser and try again.",
+  forbidden_url: "That address is not allowed (private or local network addresses are blocked).",
+  invalid_recipe: "The edit settings are not valid.",
+  render_failed: "Rendering failed.",
+  storage_unavailable: "Storage was not reachable. Try again in a moment.",
+  max_deliveries: "The job failed after several attempts.",
+  internal_error: "Something went wrong on the server.",
+  cancelled: "Cancelled.",
+};
+
+const STAGE_WORDS = {
+  storing: "Storing",
+  analysing: "Analysing",
+  analyzing: "Analysing",
+  fetching: "Fetching",
+  downloading: "Downloading",
+  probing: "Reading the file",
+  rendering: "Rendering",
+  queued: "Waiting for a worker",
+};
+
+// For these the server's message adds facts (which limit, which HTTP status, which field).
+const WITH_DETAIL = new Set([
+  "too_long", "too_large", "download_failed", "source_not_found", "unsupported_url",
+  "invalid_recipe", "render_failed", "forbidden_url",
+]);
+
+function errorWords(error) {
+  if (!error) return "Failed.";
+  const base = ERROR_WORDS[error.code];
+  const msg = (error.message || "").trim();
+  if (!base) return msg || `Failed (${error.code}).`;
+  return msg && WITH_DETAIL.has(error.code) ? `${base} Details: ${msg}` : base;
+}
+
+function stageWords(view) {
+  if (view.status === "pending") return "Waiting for a worker";
+  if (view.status === "completed") return "Done";
+  if (view.status === "cancelled") return "Cancelled";
+  if (view.status === "failed") return "Failed";
+  const s = view.stage || "";
+  return STAGE_WORDS[s] || (s ? s[0].toUpperCase() + s.slice(1) : "Working");
+}
+
+// ---- formatting --------------------------------------------------------------------------
+
+function fmtTime(seconds) {
+  if (!Number.isFinite(seconds)) return "–";
+  const neg = seconds < 0;
+  let s = Math.abs(seconds);
+  const h = Math.floor(s / 3600);
+  s -= h * 3600;
+  const m = Math.floor(s / 60);
+  s -= m * 60;
+  const sec = s.toFixed(3).padStart(6, "0");
+  const body = h ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+  return neg ? `-${body}` : body;
+}
+
+function fmtBytes(n) {
+  if (!Number.isFinite(n)) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function fmtDb(v, unit) {
+  return typeof v === "number" && Number.isFinite(v) ? `${v.toFixed(1)} ${unit}` : "–";
+}
+
+function channelWords(n) {
+  return n === 1 ? "mono" : n === 2 ? "stereo" : n ? `${n} channels` : "";
+}
+
+// ---- API ---------------------------------------------------------------------------------
+
+function apiKey() {
+  return sessionStorage.getItem(STORE_KEY) || "";
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+class ApiProblem extends Error {
+  constructor(status, body) {
+    super((body && (body.detail || body.title)) || `HTTP ${status}`);
+    this.status = status;
+    this.code = (body && body.code) || "http_error";
+    this.field = body && body.field;
+    this.body = body;
+  }
+}
+
+async function parseBody(resp) {
+  const text = await resp.text();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { detail: text.slice(0, 300) };
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json, application/problem+json", ...authHeaders() };
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch {
+    throw new ApiProblem(0, { code: "network", detail: "Could not reach the server. Is it running?" });
+  }
+  const data = await parseBody(resp);
+  if (!resp.ok) {
+    if (resp.status === 401) $("#key-box").open = true;
+    throw new ApiProblem(resp.status, data);
+  }
+  return data;
+}
+
+function uploadFile(file, onProgress) {
+  // XMLHttpRequest, not fetch: it is the one that reports upload progress.
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/audio/ingest");
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+    xhr.setRequestHeader("Accept", "application/json, application/problem+json");
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) onProgress((100 * e.loaded) / e.total);
+    };
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText || "null");
+      } catch {
+        data = { detail: (xhr.responseText || "").slice(0, 300) };
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+      else {
+        if (xhr.status === 401) $("#key-box").open = true;
+        reject(new ApiProblem(xhr.status, data));
+      }
+    };
+    xhr.onerror = () =>
+      reject(new ApiProblem(0, { code: "network", detail: "The upload was interrupted: could not reach the server." }));
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+}
+
+// ---- following a job: SSE first, polling as the fallback and the safety net --------------
+
+const SSE_TYPES = [
+  "JobRequested", "JobStarted", "JobProgressed", "JobRetrying",
+  "JobCompleted", "JobFailed", "JobCancelRequested", "JobCancelled",
+];
+
+function eventToPatch(ev) {
+  const t = String(ev.type || "").replace(/^Job/, "").toLowerCase();
+  switch (t) {
+    case "started":
+      return { status: "running", stage: ev.stage || "started", attempt: ev.attempt };
+    case "progressed":
+      return { status: "running", progress: ev.progress, stage: ev.stage };
+    case "retrying":
+      return { status: "running", stage: `retrying: ${ev.error ? ev.error.message : ""}` };
+    case "cancelrequested":
+    case "cancel_requested":
+      return { cancelRequested: true };
+    case "completed":
+    case "failed":
+    case "cancelled":
+      return { terminal: true };
+    default:
+      return {};
+  }
+}
+
+/** Follow a job to its end; calls onUpdate(view) along the way; resolves with the final view. */
+function followJob(jobId, onUpdate) {
+  return new Promise((resolve) => {
+    let view = { jobId, status: "pending", progress: 0, stage: "" };
+    let done = false;
+    let es = null;
+    let pollTimer = null;
+    let pollDelay = 250;
+
+    const finish = (final) => {
+      if (done) return;
+      done = true;
+      if (es) es.close();
+      clearTimeout(pollTimer);
+      onUpdate(final);
+      resolve(final);
+    };
+
+    const poll = async () => {
+      if (done) return;
+      try {
+        const v = await api("GET", `/api/audio/jobs/${jobId}`);
+        if (done) return;
+        // Never go backwards: an SSE event may be ahead of the projected view.
+        if (!(v.status === view.status && (v.progress || 0) < (view.progress || 0))) view = v;
+        else view = { ...v, progress: view.progress, stage: view.stage };
+        if (TERMINAL.has(v.status)) return finish(v);
+        onUpdate(view);
+      } catch (err) {
+        if (err instanceof ApiProblem && err.status && err.status !== 404 && err.status < 500) {
+          return finish({ ...view, status: "failed", error: { code: err.code, message: err.message } });
+        }
+      }
+      // With SSE alive, the poll is only a slow safety net.
+      const delay = es ? 2000 : pollDelay;
+      pollDelay = Math.min(pollDelay * 1.5, 1000);
+      pollTimer = setTimeout(poll, delay);
+    };
+
+    const onEvent = (msg) => {
+      if (done) return;
+      let ev;
+      try {
+        ev = JSON.parse(msg.data);
+      } catch {
+        return;
+      }
+      if (!ev.type && msg.type && msg.type !== "message") ev.type = msg.type;
+      const patch = eventToPatch(ev);
+      if (patch.terminal) {
+        // The view carries the result and downloadUrl: fetch it now, fast.
+        es.close();
+        es = null;
+        clearTimeout(pollTimer);
+        pollDelay = 100;
+        poll();
+        return;
+      }
+      view = { ...view, ...Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)) };
+      onUpdate(view);
+    };
+
+    // EventSource cannot send an Authorization header: with an API key, poll only.
+    if (window.EventSource && !apiKey()) {
+      try {
+        es = new EventSource(`/api/audio/jobs/${jobId}/events`);
+        for (const t of SSE_TYPES) es.addEventListener(t, onEvent);
+        es.onmessage = onEvent;
+        es.onerror = () => {
+          // Unsupported, dropped or ended stream: polling takes over.
+          if (es) es.close();
+          es = null;
+          clearTimeout(pollTimer);
+          pollTimer = setTimeout(poll, 100);
+        };
+      } catch {
+        es = null;
+      }
+    }
+    poll();
+  });
+}
+
+// ---- session job list --------------------------------------------------------------------
+
+const jobs = new Map(JSON.parse(sessionStorage.getItem(STORE_JOBS) || "[]"));
+
+function saveJobs() {
+  sessionStorage.setItem(STORE_JOBS, JSON.stringify([...jobs.entries()].slice(-50)));
+}
+
+function recordJob(jobId, kind, label, view) {
+  const prev = jobs.get(jobId) || { jobId, kind, label, createdAt: Date.now() };
+  const next = { ...prev };
+  if (view) {
+    next.status = view.status;
+    next.progress = view.progress || 0;
+    next.stage = stageWords(view);
+    next.error = view.error ? errorWords(view.error) : null;
+    next.errorRaw = view.error ? `${view.error.code}: ${view.error.message}` : null;
+    next.fromCache = !!(view.result && view.result.fromCache);
+    if (view.downloadUrl && kind === "save") next.downloadUrl = view.downloadUrl;
+  } else {
+    next.status = next.status || "pending";
+  }
+  jobs.delete(jobId);
+  jobs.set(jobId, next);
+  saveJobs();
+  renderJobs();
+}
+
+function renderJobs() {
+  const body = $("#job-table tbody");
+  body.textContent = "";
+  const rows = [...jobs.values()].reverse();
+  $("#jobs-empty").hidden = rows.length > 0;
+  $("#job-table").hidden = rows.length === 0;
+  for (const j of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.jobId = j.jobId;
+    tr.className = `job-${j.status}`;
+    const what = document.createElement("td");
+    what.textContent = j.label;
+    what.title = `job ${j.jobId}`;
+    const kind = document.createElement("td");
+    kind.textContent = j.kind;
+    const status = document.createElement("td");
+    status.className = "job-status";
+    status.textContent =
+      j.status === "running" ? `running ${j.progress || 0}%` : j.status + (j.fromCache ? " (cached)" : "");
+    const details = document.createElement("td");
+    details.className = "job-details";
+    if (j.error) {
+      details.textContent = j.error;
+      details.title = j.errorRaw || "";
+    } else if (j.downloadUrl) {
+      const a = document.createElement("a");
+      a.href = j.downloadUrl;
+      a.textContent = "download";
+      a.setAttribute("download", "");
+      details.append(a);
+    } else if (!TERMINAL.has(j.status)) details.textContent = j.stage || "";
+    tr.append(what, kind, status, details);
+    body.append(tr);
+  }
+}
+
+// ---- state -------------------------------------------------------------------------------
+
+const state = {
+  source: null, // {jobId, sourceKey, durationMs, ...result, title}
+  peaks: null,
+  sel: null, // [startS, endS] or null = everything
+  previewCache: new Map(), // canonical request -> {url, jobId}
+  saveJobId: null,
+};
+
+function show(el, on = true) {
+  el.hidden = !on;
+}
+
+function setStatus(prefix, label, pct) {
+  show($(`#${prefix}-status`));
+  $(`#${prefix}-label`).textContent = label;
+  $(`#${prefix}-pct`).textContent = pct == null ? "" : `${Math.round(pct)}%`;
+  const bar = $(`#${prefix}-progress`);
+  if (pct == null) bar.removeAttribute("value");
+  else bar.value = pct;
+}
+
+function setError(id, text) {
+  const el = $(id);
+  el.textContent = text || "";
+  show(el, !!text);
+}
+
+// ---- ingest ------------------------------------------------------------------------------
+
+async function ingestFile(file) {
+  setError("#ingest-error", "");
+  setStatus("ingest", `Uploading ${file.name}`, 0);
+  let accepted;
+  try {
+    accepted = await uploadFile(file, (pct) => setStatus("ingest", `Uploading ${file.name}`, pct));
+  } catch (err) {
+    show($("#ingest-status"), false);
+    setError("#ingest-error", `Upload failed: ${err.message}`);
+    return;
+  }
+  await followIngest(accepted.jobId, file.name);
+}
+
+function sourceKind(url) {
+  try {
+    const host = new URL(url).hostname.replace(/^www\.|^m\./, "");
+    return /(^|\.)(youtube\.com|youtu\.be|youtube-nocookie\.com)$/.test(host) ? "youtube" : "url";
+  } catch {
+    return "url";
+  }
+}
+
+async function ingestUrl(url) {
+  setError("#ingest-error", "");
+  setStatus("ingest", "Sending the link", null);
+  let accepted;
+  try {
+    accepted = await api("POST", "/api/audio/ingest", { source: sourceKind(url), url });
+  } catch (err) {
+    show($("#ingest-status"), false);
+    setError("#ingest-error", `That link was not accepted: ${err.message}`);
+    return;
+  }
+  await followIngest(accepted.jobId, url);
+}
+
+async function followIngest(jobId, label) {
+  recordJob(jobId, "ingest", label);
+  const view = await followJob(jobId, (v) => {
+    recordJob(jobId, "ingest", label, v);
+    setStatus("ingest", `${stageWords(v)}: ${label}`, v.progress || 0);
+  });
+  if (view.status === "completed") {
+    setStatus("ingest", `Ready: ${label}`, 100);
+    await loadSource(view, label);
+  } else {
+    show($("#ingest-status"), false);
+    setError(
+      "#ingest-error",
+      view.status === "cancelled" ? `${label}: cancelled.` : `Could not use ${label}: ${errorWords(view.error)}`,
+    );
+  }
+}
+
+async function loadSource(view, label) {
+  const r = view.result || {};
+  state.source = { jobId: view.jobId, label, ...r };
+  state.previewCache.clear();
+  sessionStorage.setItem(STORE_SOURCE, JSON.stringify({ jobId: view.jobId, label }));
+  const title = r.title || label || "Source";
+  $("#src-title").textContent = title;
+  $("#src-duration").textContent = fmtTime((r.durationMs || 0) / 1000);
+  const fmt = [
+    (r.container || "").toUpperCase(),
+    r.codec,
+    r.sampleRate ? `${(r.sampleRate / 1000).toFixed(1)} kHz` : "",
+    channelWords(r.channels),
+    r.bitRate ? `${Math.round(r.bitRate / 1000)} kbps` : "",
+  ].filter(Boolean);
+  $("#src-format").textContent = fmt.join(" · ") || "–";
+  const loud = r.loudness || {};
+  $("#src-lufs").textContent = fmtDb(loud.integratedLufs, "LUFS");
+  $("#src-peak").textContent = fmtDb(loud.truePeakDb, "dBTP");
+  $("#src-lra").textContent = fmtDb(loud.lra, "LU");
+  $("#save-name").placeholder = label && !/^https?:/.test(label) ? label.replace(/\.[^.]+$/, "") : "audio";
+  show($("#source"));
+  show($("#edit"));
+  show($("#save"));
+  resetRecipe();
+  resetPlayer();
+  show($("#save-done"), false);
+  show($("#save-status"), false);
+  state.peaks = null;
+  drawWave();
+  try {
+    state.peaks = await api("GET", `/api/audio/jobs/${view.jobId}/peaks`);
+  } catch (err) {
+    state.peaks = { error: err.message };
+  }
+  drawWave();
+}
+
+// ---- waveform ----------------------------------------------------------------------------
+
+function durationS() {
+  return state.source ? (state.source.durationMs || 0) / 1000 : 0;
+}
+
+function drawWave() {
+  const canvas = $("#wave");
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth;
+  const h = canvas.clientHeight;
+  if (!w || !h) return;
+  canvas.width = Math.round(w * dpr);
+  canvas.height = Math.round(h * dpr);
+  const g = canvas.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.fillStyle = "#10151d";
+  g.fillRect(0, 0, w, h);
+  const mid = h / 2;
+  g.fillStyle = "#2a3444";
+  g.fillRect(0, Math.floor(mid), w, 1);
+  const p = state.peaks;
+  if (!p || p.error || !p.min || !p.min.length) {
+    g.fillStyle = "#8796ab";
+    g.font = "14px system-ui, sans-serif";
+    g.textAlign = "center";
+    g.fillText(p && p.error ? `No waveform: ${p.error}` : "Loading waveform…", w / 2, mid - 8);
+    updateSelLabels();
+    return;
+  }
+  const n = Math.min(p.min.length, p.max.length);
+  let top = 0;
+  for (let i = 0; i < n; i++) top = Math.max(top, Math.abs(p.min[i]), Math.abs(p.max[i]));
+  // Quiet sources still get a readable shape; the scale is shown nowhere, so this is honest.
+  const scale = top > 0 ? Math.min(1 / top, 8) * 0.95 : 1;
+  const dur = durationS();
+  const [a, b] = state.sel || [0, dur];
+  const xa = dur ? (a / dur) * w : 0;
+  const xb = dur ? (b / dur) * w : w;
+  for (let x = 0; x < w; x++) {
+    const i0 = Math.floor((x * n) / w);
+    const i1 = Math.max(i0 + 1, Math.floor(((x + 1) * n) / w));
+    let lo = 1;
+    let hi = -1;
+    for (let i = i0; i < i1 && i < n; i++) {
+      if (p.min[i] < lo) lo = p.min[i];
+      if (p.max[i] > hi) hi = p.max[i];
+    }
+    if (hi < lo) continue;
+    const y1 = mid - hi * scale * mid;
+    const y2 = mid - lo * scale * mid;
+    g.fillStyle = x >= xa && x <= xb ? "#4fc3f7" : "#3b4b60";
+    g.fillRect(x, y1, 1, Math.max(1, y2 - y1));
+  }
+  if (state.sel) {
+    g.fillStyle = "rgba(79, 195, 247, 0.12)";
+    g.fillRect(xa, 0, xb - xa, h);
+    g.fillStyle = "#ffca28";
+    g.fillRect(Math.round(xa) - 1, 0, 2, h);
+    g.fillRect(Math.round(xb) - 1, 0, 2, h);
+  }
+  updateSelLabels();
+}
+
+function updateSelLabels() {
+  const dur = durationS();
+  const [a, b] = state.sel || [0, dur];
+  $("#sel-start").textContent = fmtTime(a);
+  $("#sel-end").textContent = fmtTime(b);
+  $("#sel-len").textContent = state.sel ? `keeping ${fmtTime(b - a)}` : "keeping everything";
+}
+
+function setupWaveDrag() {
+  const canvas = $("#wave");
+  let dragFrom = null;
+  const timeAt = (e) => {
+    const r = canvas.getBoundingClientRect();
+    const f = Math.min(Math.max((e.clientX - r.left) / r.width, 0), 1);
+    return { t: f * durationS(), x: e.clientX };
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!state.source) return;
+    canvas.setPointerCapture(e.pointerId);
+    dragFrom = timeAt(e);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!dragFrom) return;
+    const to = timeAt(e);
+    if (Math.abs(to.x - dragFrom.x) < 3) return;
+    state.sel = [Math.min(dragFrom.t, to.t), Math.max(dragFrom.t, to.t)];
+    drawWave();
+  });
+  const end = (e) => {
+    if (!dragFrom) return;
+    const to = timeAt(e);
+    if (Math.abs(to.x - dragFrom.x) < 3) state.sel = null;
+    else state.sel = [Math.min(dragFrom.t, to.t), Math.max(dragFrom.t, to.t)];
+    dragFrom = null;
+    selToInputs();
+    drawWave();
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", () => {
+    dragFrom = null;
+  });
+  window.addEventListener("resize", drawWave);
+}
+
+function selToInputs() {
+  if (state.sel) {
+    $("#trim-start").value = state.sel[0].toFixed(3);
+    $("#trim-end").value = state.sel[1].toFixed(3);
+  } else {
+    $("#trim-start").value = "";
+    $("#trim-end").value = "";
+  }
+}
+
+function inputsToSel() {
+  const a = parseFloat($("#trim-start").value);
+  const b = parseFloat($("#trim-end").value);
+  const dur = durationS();
+  if (!Number.isFinite(a) && !Number.isFinite(b)) state.sel = null;
+  else state.sel = [Number.isFinite(a) ? a : 0, Number.isFinite(b) ? b : dur];
+  drawWave();
+}
+
+// ---- recipe ------------------------------------------------------------------------------
+
+function num(id, scale = 1) {
+  const raw = $(id).value.trim();
+  if (raw === "") return undefined;
+  const v = Number(raw);
+  if (!Number.isFinite(v)) return raw; // let the server name the bad field
+  return scale === 1 ? v : Math.round(v * scale);
+}
+
+/** The recipe as the API wants it, with identity values left out. */
+function buildRecipe() {
+  const r = {};
+  const start = num("#trim-start", 1000);
+  const end = num("#trim-end", 1000);
+  const durMs = state.source ? state.source.durationMs || 0 : 0;
+  const trim = {};
+  if (start !== undefined && start !== 0) trim.startMs = start;
+  if (end !== undefined && !(typeof end === "number" && durMs && end >= durMs && (start || 0) < end)) {
+    trim.endMs = end;
+  }
+  if (Object.keys(trim).length) r.trim = trim;
+  const fadeIn = num("#fade-in", 1000);
+  if (fadeIn) r.fadeInMs = fadeIn;
+  const fadeOut = num("#fade-out", 1000);
+  if (fadeOut) r.fadeOutMs = fadeOut;
+  const gain = num("#gain");
+  if (gain) r.gainDb = gain;
+  const speed = num("#speed");
+  if (speed !== undefined && speed !== 1) r.speed = speed;
+  if ($("#trim-silence").checked) r.trimSilence = true;
+  if ($("#channels").value) r.channels = $("#channels").value;
+  if ($("#sample-rate").value) r.sampleRate = Number($("#sample-rate").value);
+  if ($("#normalize").checked) {
+    const n = {};
+    const t = num("#target-lufs");
+    const p = num("#true-peak");
+    if (t !== undefined) n.targetLufs = t;
+    if (p !== undefined) n.truePeakDb = p;
+    r.normalize = n;
+  }
+  return r;
+}
+
+/** A few words naming an edit, for the job list. */
+function recipeSummary(r) {
+  const parts = [];
+  if (r.trim) {
+    const a = (r.trim.startMs || 0) / 1000;
+    const b = r.trim.endMs != null ? r.trim.endMs / 1000 : durationS();
+    parts.push(`${a.toFixed(2)}–${Number(b).toFixed(2)} s`);
+  }
+  if (r.fadeInMs) parts.push(`fade in ${r.fadeInMs / 1000} s`);
+  if (r.fadeOutMs) parts.push(`fade out ${r.fadeOutMs / 1000} s`);
+  if (r.gainDb) parts.push(`${r.gainDb > 0 ? "+" : ""}${r.gainDb} dB`);
+  if (r.normalize) parts.push(`to ${r.normalize.targetLufs ?? -16} LUFS`);
+  if (r.speed) parts.push(`×${r.speed}`);
+  if (r.trimSilence) parts.push("silence cut");
+  if (r.channels) parts.push(r.channels);
+  if (r.sampleRate) parts.push(`${r.sampleRate} Hz`);
+  return parts.join(", ") || "no changes";
+}
+
+function canonical(value) {
+  if (Array.isArray(value)) return value.map(canonical);
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical(value[k])]));
+  }
+  return value;
+}
+
+function resetRecipe() {
+  const f = $("#recipe-form");
+  f.reset();
+  state.sel = null;
+  selToInputs();
+  syncNormalize();
+  clearFieldErrors();
+  drawWave();
+}
+
+function syncNormalize() {
+  const on = $("#normalize").checked;
+  for (const el of document.querySelectorAll(".norm input")) el.disabled = !on;
+}
+
+function clearFieldErrors() {
+  for (const el of document.querySelectorAll(".field.invalid")) el.classList.remove("invalid");
+  for (const el of document.querySelectorAll(".field-error")) el.textContent = "";
+  setError("#recipe-error", "");
+}
+
+/** Turn msgspec's "Expected `float` <= 30.0 - at `$.gainDb`" into words for the field's unit. */
+function fieldMessage(detail, input) {
+  const text = String(detail || "").replace(/\s*-\s*at `\$[^`]*`\s*$/, "");
+  const scale = input && input.dataset.scale ? Number(input.dataset.scale) : 1;
+  const m = text.match(/^Expected `\w+` (>=|<=|>|<) (-?[\d.]+)$/);
+  if (m) {
+    const v = Number(m[2]) / scale;
+    const words = { ">=": "at least", "<=": "at most", ">": "more than", "<": "less than" }[m[1]];
+    return `must be ${words} ${v}`;
+  }
+  if (/^Expected `\w+`, got `str`$/.test(text)) return "must be a number";
+  return text;
+}
+
+function showProblem(err, where) {
+  if (err.field) {
+    // The recipe is nested in the request body: `recipe.gainDb` is the form's `gainDb`.
+    const field = err.field.replace(/^\$\.?/, "").replace(/^recipe\./, "");
+    let input = document.querySelector(`[data-field="${field}"]`);
+    if (!input && field.includes(".")) input = document.querySelector(`[data-field="${field.split(".")[0]}"]`);
+    if (!input && field === "trim") input = $("#trim-start");
+    if (input) {
+      const box = input.closest(".field");
+      box.classList.add("invalid");
+      const words = fieldMessage(err.message, input);
+      box.querySelector(".field-error").textContent = words;
+      const label = box.querySelector("label").textContent.trim();
+      setError(where, `Please fix “${label}”: ${words}.`);
+      input.focus();
+      return;
+    }
+  }
+  const text = String(err.message || "").replace(/\s*-\s*at `\$\.?([^`]*)`\s*$/, " ($1)");
+  setError(where, text);
+}
+
+// ---- preview -----------------------------------------------------------------------------
+
+function previewFormat() {
+  const a = $("#player");
+  return a.canPlayType('audio/ogg; codecs="opus"') ? "opus" : "aac";
+}
+
+function resetPlayer() {
+  const a = $("#player");
+  a.pause();
+  a.removeAttribute("src");
+  a.load();
+  $("#preview-note").textContent = "";
+  show($("#preview-progress"), false);
+}
+
+function previewAudioUrl(view) {
+  // The preview route streams local storage with Range; with an API key (no headers on
+  // <audio>) or object storage, the signed downloadUrl is the one the element can fetch.
+  if (view.downloadUrl && apiKey()) return view.downloadUrl;
+  return `/api/audio/edit/preview/${view.jobId}/audio`;
+}
+
+function play(url, note) {
+  const a = $("#player");
+  $("#preview-note").textContent = note;
+  if (a.getAttribute("src") !== url) {
+    a.src = url;
+    a.load();
+  } else {
+    a.currentTime = 0;
+  }
+  a.play().catch(() => {
+    /* autoplay may be blocked: the controls are there */
+  });
+}
+
+async function preview() {
+  if (!state.source) return;
+  clearFieldErrors();
+  const recipe = buildRecipe();
+  const format = previewFormat();
+  const key = JSON.stringify(canonical({ sourceKey: state.source.sourceKey, recipe, format }));
+  const hit = state.previewCache.get(key);
+  if (hit) {
+    play(hit.url, "Playing the earlier preview of this edit (cached).");
+    return;
+  }
+  const btn = $("#preview-btn");
+  btn.disabled = true;
+  try {
+    let accepted;
+    try {
+      accepted = await api("POST", "/api/audio/edit/preview", {
+        sourceKey: state.source.sourceKey,
+        recipe,
+        format,
+      });
+    } catch (err) {
+      showProblem(err, "#recipe-error");
+      return;
+    }
+    const label = `preview: ${recipeSummary(recipe)}`;
+    recordJob(accepted.jobId, "preview", label);
+    const bar = $("#preview-progress");
+    const view = await followJob(accepted.jobId, (v) => {
+      recordJob(accepted.jobId, "preview", label, v);
+      if (!TERMINAL.has(v.status)) {
+        show(bar);
+        bar.value = v.progress || 0;
+        $("#preview-note").textContent = `${stageWords(v)}… ${v.progress || 0}%`;
+      }
+    });
+    show(bar, false);
+    if (view.status !== "completed") {
+      $("#preview-note").textContent = "";
+      setError("#recipe-error", `Preview failed: ${errorWords(view.error)}`);
+      return;
+    }
+    const url = previewAudioUrl(view);
+    state.previewCache.set(key, { url, jobId: view.jobId });
+    const cached = view.result && view.result.fromCache;
+    play(url, cached ? "Playing (this edit was already rendered)." : "Playing the preview.");
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- save --------------------------------------------------------------------------------
+
+async function save() {
+  if (!state.source) return;
+  clearFieldErrors();
+  setError("#save-error", "");
+  show($("#save-done"), false);
+  const format = $("#save-format").value;
+  const body = { sourceKey: state.source.sourceKey, recipe: buildRecipe(), format };
+  const name = $("#save-name").value.trim();
+  if (name) body.filename = name;
+  const btn = $("#save-btn");
+  btn.disabled = true;
+  let accepted;
+  try {
+    accepted = await api("POST", "/api/audio/edit/save", body);
+  } catch (err) {
+    btn.disabled = false;
+    const field = (err.field || "").replace(/^\$\.?/, "");
+    const inSave = !field || field === "format" || field === "filename" || field.startsWith("options");
+    showProblem(err, inSave ? "#save-error" : "#recipe-error");
+    if (!inSave) setError("#save-error", "The edit settings need fixing (see above).");
+    return;
+  }
+  const jobId = accepted.jobId;
+  state.saveJobId = jobId;
+  const label = `${name || $("#save-name").placeholder}.${format === "aac" ? "m4a" : format}`;
+  recordJob(jobId, "save", label);
+  show($("#cancel-btn"));
+  $("#cancel-btn").disabled = false;
+  setStatus("save", `Saving ${label}`, 0);
+  const view = await followJob(jobId, (v) => {
+    recordJob(jobId, "save", label, v);
+    if (!TERMINAL.has(v.status)) {
+      setStatus("save", `${v.cancelRequested ? "Cancelling" : stageWords(v)}: ${label}`, v.progress || 0);
+    }
+  });
+  btn.disabled = false;
+  show($("#cancel-btn"), false);
+  state.saveJobId = null;
+  if (view.status === "completed") {
+    setStatus("save", `Saved ${label}`, 100);
+    const link = $("#download-link");
+    link.href = view.downloadUrl || "#";
+    link.textContent = `download ${label}`;
+    link.setAttribute("download", label);
+    $("#save-size").textContent = view.result && view.result.sizeBytes ? `(${fmtBytes(view.result.sizeBytes)})` : "";
+    show($("#save-done"));
+    if (!view.downloadUrl) setError("#save-error", "Saved, but the server gave no download link.");
+  } else {
+    show($("#save-status"), false);
+    setError("#save-error", view.status === "cancelled" ? "Save cancelled." : `Save failed: ${errorWords(view.error)}`);
+  }
+}
+
+async function cancelSave() {
+  const jobId = state.saveJobId;
+  if (!jobId) return;
+  $("#cancel-btn").disabled = true;
+  $("#save-label").textContent = "Cancelling…";
+  try {
+    await api("POST", `/api/audio/jobs/${jobId}/cancel`);
+  } catch (err) {
+    setError("#save-error", `Could not cancel: ${err.message}`);
+    $("#cancel-btn").disabled = false;
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------
+
+function setupIngest() {
+  const drop = $("#drop");
+  const input = $("#file-input");
+  drop.addEventListener("click", () => input.click());
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      input.click();
+    }
+  });
+  input.addEventListener("change", () => {
+    if (input.files && input.files[0]) ingestFile(input.files[0]);
+    input.value = "";
+  });
+  for (const t of ["dragenter", "dragover"]) {
+    drop.addEventListener(t, (e) => {
+      e.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const t of ["dragleave", "drop"]) drop.addEventListener(t, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) ingestFile(file);
+  });
+  // A file dropped anywhere else must not make the browser navigate away.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  $("#url-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const url = $("#url-input").value.trim();
+    if (url) ingestUrl(url);
+  });
+}
+
+function setupKey() {
+  const input = $("#api-key");
+  input.value = apiKey();
+  input.addEventListener("change", () => {
+    const v = input.value.trim();
+    if (v) sessionStorage.setItem(STORE_KEY, v);
+    else sessionStorage.removeItem(STORE_KEY);
+  });
+}
+
+async function restore() {
+  renderJobs();
+  for (const j of jobs.values()) {
+    if (!TERMINAL.has(j.status)) {
+      followJob(j.jobId, (v) => recordJob(j.jobId, j.kind, j.label, v));
+    }
+  }
+  const saved = JSON.parse(sessionStorage.getItem(STORE_SOURCE) || "null");
+  if (!saved) return;
+  try {
+    const view = await api("GET", `/api/audio/jobs/${saved.jobId}`);
+    if (view.status === "completed") await loadSource(view, saved.label);
+  } catch {
+    sessionStorage.removeItem(STORE_SOURCE);
+  }
+}
+
+function main() {
+  setupKey();
+  setupIngest();
+  setupWaveDrag();
+  const form = $("#recipe-form");
+  form.addEventListener("submit", (e) => e.preventDefault());
+  form.addEventListener("input", (e) => {
+    const box = e.target.closest(".field");
+    if (box) {
+      box.classList.remove("invalid");
+      box.querySelector(".field-error").textContent = "";
+    }
+    if (e.target.id === "trim-start" || e.target.id === "trim-end") inputsToSel();
+    if (e.target.id === "normalize") syncNormalize();
+  });
+  $("#preview-btn").addEventListener("click", preview);
+  $("#reset-btn").addEventListener("click", () => {
+    resetRecipe();
+    $("#preview-note").textContent = "";
+  });
+  $("#save-btn").addEventListener("click", save);
+  $("#cancel-btn").addEventListener("click", cancelSave);
+  document.body.dataset.ready = "1";
+  restore();
+}
+
+main();

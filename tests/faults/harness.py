@@ -1,0 +1,298 @@
+"""Fault-test harness: a private nats-server, worker processes we can SIGKILL, stream audits.
+
+Every fault test gets its own nats-server (own store dir and port), so killing or restarting
+it disturbs nobody else; workers are real `python -m services.cli.main worker` processes in
+their own process group (SIGKILL takes their media children with them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared import keys, subjects
+from shared.event_store import EventStore, StoredEvent
+from shared.events import JobCompleted, JobRequested, decode_event
+from shared.ids import new_job_id
+from shared.nats_conn import connect
+from shared.nats_server import REPO_ROOT, NatsServer
+from shared.provision import provision
+from shared.settings import Settings
+from shared.storage import Storage, open_storage
+from tests.media import write_tone
+
+TERMINAL_TYPES = ("JobCompleted", "JobFailed", "JobCancelled")
+
+
+def fault_settings(nats_url: str, data_dir: Path, **changes: object) -> Settings:
+    """Short ack_wait so a killed worker's jobs come back in seconds, not a minute."""
+    settings = Settings(
+        nats_url=nats_url,
+        data_dir=data_dir,
+        storage_url=(data_dir / "storage").resolve().as_uri(),
+        signing_secret="fault-secret",
+        signing_secret_is_ephemeral=False,
+        worker_concurrency=2,
+        log_format="console",
+        ack_wait_s=3.0,
+        max_deliver=5,
+        url_allow_hosts=frozenset({"127.0.0.1", "localhost"}),
+    )
+    return settings.with_(**changes)
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a service process reads its settings from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOPREP_")}
+    env.update(
+        AUDIOPREP_NATS_URL=settings.nats_url,
+        AUDIOPREP_DATA_DIR=str(settings.data_dir),
+        AUDIOPREP_STORAGE_URL=settings.storage,
+        AUDIOPREP_SIGNING_SECRET=settings.signing_secret,
+        AUDIOPREP_WORKER_CONCURRENCY=str(settings.worker_concurrency),
+        AUDIOPREP_ACK_WAIT_S=str(settings.ack_wait_s),
+        AUDIOPREP_MAX_DELIVER=str(settings.max_deliver),
+        AUDIOPREP_STREAM_REPLICAS=str(settings.stream_replicas),
+        AUDIOPREP_LOG_FORMAT="console",
+        AUDIOPREP_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+class Workers:
+    """Worker processes started by a test; SIGKILL one, SIGTERM the rest at the end."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs) + 1
+        log = (self.log_dir / f"worker-{n}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "worker"],
+            cwd=REPO_ROOT,
+            env=service_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: SIGKILL reaches the media children
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def by_pid(self, pid: int) -> subprocess.Popen[bytes] | None:
+        return next((p for p in self.procs if p.pid == pid), None)
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and everything it started (a crashed machine, an OOM kill)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        self.killed += 1
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for proc in self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # reap anything left in its group (media children of a killed worker)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.log_dir.glob("worker-*.log"))
+        )
+
+
+@contextlib.contextmanager
+def private_server(store: Path, *, port: int | None = None) -> Iterator[NatsServer]:
+    server = NatsServer(store, port=port, log_file=store.parent / "nats-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, *, provision_it: bool = True) -> AsyncIterator[Client]:
+    nc = await connect(settings, "fault-test")
+    try:
+        if provision_it:
+            await provision(nc.jetstream(), settings)
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=5)
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sources:
+    """Small generated media already in storage, to build jobs from."""
+
+    storage: Storage
+    tone: Path
+    source_key: str
+
+
+async def make_sources(settings: Settings, media_dir: Path, *, seconds: float = 1.0) -> Sources:
+    storage = open_storage(settings.storage)
+    tone = write_tone(media_dir / "tone.wav", seconds=seconds, freq=440.0)
+    source_key = keys.source_key("default", new_job_id(), "tone.wav")
+    await storage.put_file(source_key, tone)
+    return Sources(storage=storage, tone=tone, source_key=source_key)
+
+
+async def ingest_request(sources: Sources, *, path: Path | None = None) -> JobRequested:
+    """An upload ingest, as the API would publish it (the upload already in storage)."""
+    job_id = new_job_id()
+    src = path or sources.tone
+    upload = keys.upload_key("default", job_id, src.name)
+    await sources.storage.put_file(upload, src)
+    return JobRequested(
+        job_id=job_id, kind="ingest", source="upload", upload_key=upload, filename=src.name
+    )
+
+
+def save_request(sources: Sources, fmt: str = "wav") -> JobRequested:
+    return JobRequested(
+        job_id=new_job_id(),
+        kind="save",
+        source_key=sources.source_key,
+        recipe={"fadeInMs": 100, "gainDb": -3.0},
+        format=fmt,
+        filename="out",
+    )
+
+
+# ---- audits -------------------------------------------------------------------------------------
+
+
+async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
+    """Every event in stream JOBS, in order (ordered consumer up to the current last seq)."""
+    info = await js.stream_info(subjects.STREAM)
+    last = info.state.last_seq or 0
+    out: list[StoredEvent] = []
+    if last == 0:
+        return out
+    done = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq <= last:
+            out.append(StoredEvent(seq=seq, subject=msg.subject, event=decode_event(msg.data)))
+        if seq >= last:
+            done.set()
+
+    sub = await js.subscribe(
+        subjects.STREAM_SUBJECTS,
+        stream=subjects.STREAM,
+        ordered_consumer=True,
+        cb=on_msg,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        await asyncio.wait_for(done.wait(), timeout=60)
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def by_job(events: Iterable[StoredEvent]) -> dict[str, list[StoredEvent]]:
+    out: dict[str, list[StoredEvent]] = {}
+    for stored in events:
+        out.setdefault(stored.event.job_id, []).append(stored)
+    return out
+
+
+@dataclass
+class Tally:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    lost_ids: list[str] = field(default_factory=list)
+
+    def line(self, name: str, **extra: object) -> str:
+        more = " ".join(f"{k}={v}" for k, v in extra.items())
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(self.codes.items()))
+        return (
+            f"[{name}] submitted={self.submitted} completed={self.completed} "
+            f"failed={self.failed} cancelled={self.cancelled} lost={self.lost} "
+            f"duplicates={self.duplicates}"
+            + (f" codes={codes}" if codes else "")
+            + (f" {more}" if more else "")
+        )
+
+
+def tally(job_ids: Iterable[str], events: dict[str, list[StoredEvent]]) -> Tally:
+    """Count outcomes; `duplicates` = terminal events beyond the first, over all jobs."""
+    t = Tally()
+    for job_id in job_ids:
+        t.submitted += 1
+        history = events.get(job_id, [])
+        ends = [s.event for s in history if type(s.event).__name__ in TERMINAL_TYPES]
+        completions = [e for e in ends if isinstance(e, JobCompleted)]
+        t.duplicates += max(0, len(ends) - 1) + max(0, len(completions) - 1)
+        if not ends:
+            t.lost += 1
+            t.lost_ids.append(job_id)
+            continue
+        first = type(ends[0]).__name__
+        if first == "JobCompleted":
+            t.completed += 1
+        elif first == "JobFailed":
+            t.failed += 1
+            code = getattr(ends[0], "error").code  # noqa: B009
+            t.codes[code] = t.codes.get(code, 0) + 1
+        else:
+            t.cancelled += 1
+    return t
+
+
+async def wait_terminal(events: EventStore, job_ids: Iterable[str], *, timeout: float) -> set[str]:
+    """Poll until every job has a terminal event (or the deadline); returns the unfinished."""
+    waiting = list(job_ids)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        found = await asyncio.gather(
+            *(events.terminal_event(j) for j in waiting), return_exceptions=True
+        )
+        waiting = [j for j, f in zip(waiting, found, strict=True) if not isinstance(f, StoredEvent)]
+        if waiting:
+            await asyncio.sleep(0.25)
+    return set(waiting)

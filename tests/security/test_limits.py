@@ -1,0 +1,96 @@
+"""Rate limit per tenant, the signing secret outside dev mode, API key parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.api.app import create_app
+from services.api.rate_limit import TokenBuckets
+from shared.ids import new_job_id
+from shared.settings import Settings, parse_api_keys
+from tests.security.conftest import A, B
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_burst_then_refills() -> None:
+    clock = FakeClock()
+    buckets = TokenBuckets(2.0, 3, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = buckets.take("a")
+    assert wait == pytest.approx(0.5)
+    assert buckets.take("b") == 0.0  # other keys have their own bucket
+    clock.now += 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    clock.now += 100  # refills only up to the burst
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") > 0
+
+
+def test_token_bucket_memory_is_bounded() -> None:
+    buckets = TokenBuckets(1.0, 1, clock=FakeClock(), max_buckets=10)
+    for i in range(100):
+        buckets.take(f"ip-{i}")
+    assert len(buckets._buckets) == 10
+
+
+async def test_rate_limit_is_per_tenant_with_retry_after(secure_settings: Settings) -> None:
+    settings = secure_settings.with_(rate_limit_per_s=0.2, rate_limit_burst=3)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        path = f"/api/audio/jobs/{new_job_id()}"
+        codes = [(await client.get(path, headers=A)).status_code for _ in range(3)]
+        assert codes == [404, 404, 404]
+        resp = await client.get(path, headers=A)
+        assert resp.status_code == 429
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["code"] == "rate_limited"
+        assert 1 <= int(resp.headers["retry-after"]) <= 5
+        # Another tenant has its own budget; health checks are never limited.
+        assert (await client.get(path, headers=B)).status_code == 404
+        assert (await client.get("/healthz")).status_code == 200
+        # Callers without a valid key are limited too (per address), before the 401.
+        codes = [(await client.get(path)).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+
+
+async def test_rate_limit_off_by_default_in_code() -> None:
+    assert Settings().rate_limit_per_s == 0
+    env = Settings.from_env({})
+    assert (env.rate_limit_per_s, env.rate_limit_burst) == (20.0, 100)
+    env = Settings.from_env({"AUDIOPREP_RATE_LIMIT_PER_S": "0"})
+    assert env.rate_limit_per_s == 0
+
+
+def test_signing_secret_required_outside_dev_mode() -> None:
+    with pytest.raises(ValueError, match="AUDIOPREP_SIGNING_SECRET"):
+        Settings.from_env({"AUDIOPREP_DEV_MODE": "0"})
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings.from_env({"AUDIOPREP_DEV_MODE": "0", "AUDIOPREP_SIGNING_SECRET": "short"})
+    ok = Settings.from_env({"AUDIOPREP_DEV_MODE": "0", "AUDIOPREP_SIGNING_SECRET": "s" * 32})
+    assert not ok.signing_secret_is_ephemeral
+    dev = Settings.from_env({})
+    assert dev.dev_mode and dev.signing_secret_is_ephemeral and len(dev.signing_secret) >= 32
+    with pytest.raises(RuntimeError, match="AUDIOPREP_SIGNING_SECRET"):
+        create_app(Settings(dev_mode=False))
+
+
+def test_api_keys_from_env_and_file(tmp_path: Path) -> None:
+    assert parse_api_keys("k1=tenantA, k2=tenant_B") == {"k1": "tenantA", "k2": "tenant_B"}
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# comment\nk1=tenantA\n\nk2=tenantB\n")
+    assert parse_api_keys(f"@{keyfile}") == {"k1": "tenantA", "k2": "tenantB"}
+    env = Settings.from_env({"AUDIOPREP_API_KEYS": f"@{keyfile}"})
+    assert env.api_keys == {"k1": "tenantA", "k2": "tenantB"}
+    for bad in ("k1", "=t", "k1=", "k1=../etc", "k1=a.b", "k1=a b", "k1=" + "t" * 65):
+        with pytest.raises(ValueError):
+            parse_api_keys(bad)

@@ -1,0 +1,357 @@
+"""deploy/nats-prod.conf: every service can do its job as its own user, and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from litestar.testing import AsyncTestClient
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from shared import subjects
+from shared.ids import new_job_id
+from shared.nats_conn import connect, inbox_prefix_for
+from shared.nats_server import REPO_ROOT, NatsServer
+from shared.provision import provision
+from shared.settings import Settings
+from tests.jobs_helpers import wait_for_job
+from tests.media import write_tone
+
+PROD_CONFIG = REPO_ROOT / "deploy" / "nats-prod.conf"
+USERS = ("admin", "api", "worker", "projector")
+DENY_TIMEOUT_S = 1.0
+ASYNC_REFUSAL = object()
+
+
+def password(user: str) -> str:
+    return f"{user}-test-password"
+
+
+@dataclass
+class ProdNats:
+    server: NatsServer
+    log_file: Path
+
+    def url(self, user: str, pw: str | None = None) -> str:
+        return f"nats://{user}:{pw or password(user)}@127.0.0.1:{self.server.port}"
+
+    def violations(self) -> list[str]:
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return [line for line in text.splitlines() if "Violation" in line]
+
+
+@pytest.fixture(scope="module")
+def prod_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProdNats]:
+    base = tmp_path_factory.mktemp("nats-prod")
+    log_file = base / "nats.log"
+    server = NatsServer(base / "store", config=PROD_CONFIG, log_file=log_file)
+    with pytest.MonkeyPatch.context() as mp:
+        for user in USERS:
+            mp.setenv(f"AUDIOPREP_NATS_{user.upper()}_PASSWORD", password(user))
+        server.start()
+    yield ProdNats(server=server, log_file=log_file)
+    server.stop()
+
+
+@dataclass
+class UserClient:
+    """A connection as one user that records the permission errors the server sends back."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    def denied(self, what: str) -> bool:
+        # nats-py lower-cases the server's -ERR text
+        return any("permissions violation" in e.lower() and what.lower() in e for e in self.errors)
+
+
+async def as_user(prod: ProdNats, user: str) -> UserClient:
+    uc = UserClient(nc=None)  # type: ignore[arg-type]
+
+    async def on_error(exc: Exception) -> None:
+        uc.errors.append(str(exc))
+
+    url = prod.url(user)
+    uc.nc = await nats.connect(
+        url, inbox_prefix=inbox_prefix_for(url), error_cb=on_error, allow_reconnect=False
+    )
+    return uc
+
+
+@pytest.fixture(scope="module")
+async def provisioned(prod_nats: ProdNats) -> AsyncIterator[ProdNats]:
+    admin = await as_user(prod_nats, "admin")
+    await provision(admin.nc.jetstream(), Settings(nats_url=prod_nats.url("admin")))
+    await admin.nc.close()
+    yield prod_nats
+
+
+@contextlib.asynccontextmanager
+async def users(prod: ProdNats, *names: str) -> AsyncIterator[dict[str, UserClient]]:
+    clients = {name: await as_user(prod, name) for name in names}
+    try:
+        yield clients
+    finally:
+        for c in clients.values():
+            await c.nc.close()
+
+
+async def refused(uc: UserClient, what: str, action: Callable[[], Awaitable[Any]]) -> str | None:
+    """Run `action`; None when the server refused it (and said so), else what went wrong."""
+    try:
+        result = await asyncio.wait_for(action(), timeout=DENY_TIMEOUT_S + 1)
+    except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        pass
+    except Exception as exc:  # a JetStream error reply means the request got through
+        if "permissions violation" not in str(exc).lower():
+            return f"{what}: unexpected {type(exc).__name__}: {exc}"
+    else:
+        if result is not ASYNC_REFUSAL:
+            return f"{what}: was allowed"
+    deadline = asyncio.get_running_loop().time() + 2
+    while not uc.denied(what):
+        if asyncio.get_running_loop().time() > deadline:
+            return f"{what}: no permissions violation reported ({uc.errors[-3:]})"
+        await asyncio.sleep(0.02)
+    return None
+
+
+def _js_request(uc: UserClient, subject: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body or {}).encode()
+    return lambda: uc.nc.request(subject, data, timeout=DENY_TIMEOUT_S)
+
+
+def _publish_event(uc: UserClient, kind: str, job_id: str, event: str) -> Any:
+    subject = f"jobs.{kind}.{job_id}.{event}"
+    return lambda: uc.nc.jetstream().publish(subject, b"{}", timeout=DENY_TIMEOUT_S)
+
+
+def _subscribe(uc: UserClient, subject: str) -> Any:
+    async def go() -> object:
+        await uc.nc.subscribe(subject)
+        await uc.nc.flush()
+        return ASYNC_REFUSAL  # a refused subscription is reported asynchronously
+
+    return go
+
+
+async def test_wrong_or_missing_credentials_are_refused(provisioned: ProdNats) -> None:
+    for url in (provisioned.url("api", "wrong"), provisioned.server.url):
+        with pytest.raises(Exception) as info:
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+        assert "authorization" in str(info.value).lower() or isinstance(
+            info.value, nats.errors.NoServersError
+        ), info.value
+
+
+async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) -> None:
+    job = new_job_id()
+    async with users(provisioned, "api", "worker", "projector", "admin") as u:
+        api, worker, projector, admin = u["api"], u["worker"], u["projector"], u["admin"]
+        cases: list[tuple[UserClient, str, Callable[[], Awaitable[Any]]]] = [
+            # api: only requests and cancels, reads; no worker events, no management
+            (api, f"jobs.ingest.{job}.completed", _publish_event(api, "ingest", job, "completed")),
+            (api, f"jobs.save.{job}.started", _publish_event(api, "save", job, "started")),
+            (api, "$JS.API.STREAM.DELETE.JOBS", _js_request(api, "$JS.API.STREAM.DELETE.JOBS")),
+            (api, "$JS.API.STREAM.PURGE.KV_jobs", _js_request(api, "$JS.API.STREAM.PURGE.KV_jobs")),
+            (
+                api,
+                "$JS.API.CONSUMER.DELETE.JOBS.workers-ingest",
+                _js_request(api, "$JS.API.CONSUMER.DELETE.JOBS.workers-ingest"),
+            ),
+            (
+                api,
+                "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers-ingest",
+                _js_request(api, "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers-ingest", {"batch": 1}),
+            ),
+            (api, f"$KV.jobs.{job}", lambda: api.nc.jetstream().publish(f"$KV.jobs.{job}", b"x")),
+            (
+                api,
+                "$JS.API.DIRECT.GET.KV_projector",
+                _js_request(api, "$JS.API.DIRECT.GET.KV_projector.$KV.projector.checkpoint"),
+            ),
+            (api, "jobs.>", _subscribe(api, "jobs.>")),
+            (api, "_INBOX.worker.>", _subscribe(api, "_INBOX.worker.>")),
+            # worker: no requests or cancels, no views, no consumer management
+            (
+                worker,
+                f"jobs.ingest.{job}.requested",
+                _publish_event(worker, "ingest", job, "requested"),
+            ),
+            (
+                worker,
+                f"jobs.ingest.{job}.cancel_requested",
+                _publish_event(worker, "ingest", job, "cancel_requested"),
+            ),
+            (
+                worker,
+                "$JS.API.STREAM.DELETE.JOBS",
+                _js_request(worker, "$JS.API.STREAM.DELETE.JOBS"),
+            ),
+            (
+                worker,
+                "$JS.API.CONSUMER.CREATE.JOBS",
+                _js_request(worker, "$JS.API.CONSUMER.CREATE.JOBS", {"stream_name": "JOBS"}),
+            ),
+            (
+                worker,
+                "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers-ingest",
+                _js_request(worker, "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers-ingest"),
+            ),
+            (
+                worker,
+                "$JS.API.STREAM.INFO.KV_jobs",
+                _js_request(worker, "$JS.API.STREAM.INFO.KV_jobs"),
+            ),
+            (
+                worker,
+                f"$KV.jobs.{job}",
+                lambda: worker.nc.jetstream().publish(f"$KV.jobs.{job}", b"x"),
+            ),
+            (worker, "_INBOX.api.>", _subscribe(worker, "_INBOX.api.>")),
+            # projector: writes views only; no job events, no render cache, no work
+            (
+                projector,
+                f"jobs.ingest.{job}.failed",
+                _publish_event(projector, "ingest", job, "failed"),
+            ),
+            (
+                projector,
+                f"jobs.ingest.{job}.requested",
+                _publish_event(projector, "ingest", job, "requested"),
+            ),
+            (
+                projector,
+                "$KV.render_cache.k",
+                lambda: projector.nc.jetstream().publish("$KV.render_cache.k", b"x"),
+            ),
+            (
+                projector,
+                "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers-save",
+                _js_request(projector, "$JS.API.CONSUMER.MSG.NEXT.JOBS.workers-save"),
+            ),
+            (
+                projector,
+                "$JS.API.STREAM.DELETE.JOBS",
+                _js_request(projector, "$JS.API.STREAM.DELETE.JOBS"),
+            ),
+            (
+                projector,
+                "$JS.API.CONSUMER.DELETE.JOBS.workers-save",
+                _js_request(projector, "$JS.API.CONSUMER.DELETE.JOBS.workers-save"),
+            ),
+        ]
+        problems = await asyncio.gather(*(refused(uc, what, act) for uc, what, act in cases))
+        assert [p for p in problems if p] == []
+        print(f"\nNATS refusals checked: {len(cases)}")
+
+        # Nothing of it reached the server: the stream, consumers and buckets are intact.
+        ajs = admin.nc.jetstream()
+        await ajs.stream_info(subjects.STREAM)
+        for kind in subjects.KINDS:
+            await ajs.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+        with pytest.raises(NotFoundError):
+            await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job))
+        kv = await ajs.key_value(subjects.JOBS_BUCKET)
+        with pytest.raises(KeyNotFoundError):
+            await kv.get(job)
+        await ajs.key_value(subjects.RENDER_CACHE_BUCKET)
+
+
+async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
+    job = new_job_id()
+    before = len(provisioned.violations())
+    async with users(provisioned, "api", "worker", "projector") as u:
+        api, worker, projector = u["api"].nc, u["worker"].nc, u["projector"].nc
+        ajs, wjs, pjs = api.jetstream(), worker.jetstream(), projector.jetstream()
+        # api: create a job, read it back, read the views
+        await ajs.publish(subjects.event_subject("ingest", job, "requested"), b"{}")
+        await ajs.publish(subjects.event_subject("ingest", job, "cancel_requested"), b"{}")
+        got = await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job), direct=True)
+        assert got.subject == subjects.event_subject("ingest", job, "cancel_requested")
+        await ajs.key_value(subjects.JOBS_BUCKET)
+        # worker: take it, report on it, fill the render cache
+        sub = await wjs.pull_subscribe_bind(durable="workers-ingest", stream=subjects.STREAM)
+        msgs = await sub.fetch(1, timeout=5)
+        assert msgs[0].subject == subjects.event_subject("ingest", job, "requested")
+        await wjs.publish(subjects.event_subject("ingest", job, "started"), b"{}")
+        await wjs.publish(subjects.event_subject("ingest", job, "completed"), b"{}")
+        await msgs[0].ack_sync()
+        cache = await wjs.key_value(subjects.RENDER_CACHE_BUCKET)
+        await cache.put(f"k{job}", b"previews/x.opus")
+        assert (await cache.get(f"k{job}")).value == b"previews/x.opus"
+        # projector: read the whole stream in order, write views and the checkpoint
+        seen: list[str] = []
+        done = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            seen.append(msg.subject)
+            if msg.subject.endswith(f"{job}.completed"):
+                done.set()
+
+        psub = await pjs.subscribe(
+            subjects.STREAM_SUBJECTS, stream=subjects.STREAM, ordered_consumer=True, cb=on_msg
+        )
+        await asyncio.wait_for(done.wait(), timeout=10)
+        await psub.unsubscribe()
+        views = await pjs.key_value(subjects.JOBS_BUCKET)
+        await views.put(job, b"{}")
+        state = await pjs.key_value(subjects.PROJECTOR_STATE_BUCKET)
+        await state.put("checkpoint-test", b"1")
+    assert provisioned.violations()[before:] == []
+
+
+async def test_full_job_runs_under_least_privilege(provisioned: ProdNats, tmp_path: Path) -> None:
+    """API, projector and worker each connect as their own user; an upload completes."""
+    from services.api.app import create_app
+    from services.projector.main import run_projector
+    from services.worker.main import run_worker
+
+    before = len(provisioned.violations())
+    base = Settings(
+        data_dir=tmp_path,
+        storage_url=(tmp_path / "storage").resolve().as_uri(),
+        signing_secret="s",
+        signing_secret_is_ephemeral=False,
+        worker_concurrency=1,
+        log_format="console",
+    )
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run_projector(base.with_(nats_url=provisioned.url("projector")), stop)),
+        asyncio.create_task(run_worker(base.with_(nats_url=provisioned.url("worker")), stop)),
+    ]
+    wav = write_tone(tmp_path / "tone.wav", seconds=1.0)
+    try:
+        app = create_app(base.with_(nats_url=provisioned.url("api")))
+        async with AsyncTestClient(app=app, timeout=30) as client:
+            with wav.open("rb") as f:
+                resp = await client.post(
+                    "/api/audio/ingest", files={"file": ("tone.wav", f, "audio/wav")}
+                )
+            assert resp.status_code == 202, resp.text
+            view = await wait_for_job(client, resp.json()["jobId"], timeout=60)
+            assert view["status"] == "completed", view
+            assert abs(view["result"]["durationMs"] - 1000) <= 20
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+    assert provisioned.violations()[before:] == []
+
+
+async def test_service_connect_uses_the_users_inbox(provisioned: ProdNats) -> None:
+    nc = await connect(Settings(nats_url=provisioned.url("api")), "api")
+    try:
+        assert nc.new_inbox().startswith("_INBOX.api.")
+        await nc.jetstream().stream_info(subjects.STREAM)
+    finally:
+        await nc.close()

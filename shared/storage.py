@@ -38,6 +38,7 @@ PART_CONCURRENCY = 4  # parts in flight per upload: bounds memory at ~32 MiB per
 DELETE_BATCH = 1000  # S3 DeleteObjects limit
 PING_TIMEOUT_S = 5.0
 _TRUE = ("1", "true", "yes", "on")
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 # Query parameters accepted on an s3:// URL (never credentials: those stay in the env).
 _URL_OPTIONS = {
     "endpoint": "endpoint",
@@ -384,5 +385,16 @@ def _s3_config(query: str) -> S3Config:
 
 def _client_options(query: str) -> ClientConfig | None:
     """Plain HTTP only when asked for (AWS_ALLOW_HTTP=true or ?allow_http=true)."""
-    raw = _query(query).get("allow_http") or os.environ.get("AWS_ALLOW_HTTP", "")
-    return {"allow_http": True} if raw.lower() in _TRUE else None
+    params = _query(query)
+    raw = params.get("allow_http") or os.environ.get("AWS_ALLOW_HTTP", "")
+    if raw.lower() in _TRUE:
+        return {"allow_http": True}
+    endpoint = params.get("endpoint") or next(
+        (os.environ[n] for n in _ENDPOINT_VARS if os.environ.get(n)), ""
+    )
+    if endpoint.lower().startswith("http://"):
+        raise ValueError(
+            f"S3 endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true "
+            "(local servers only) or use https://"
+        )
+    return None

@@ -66,19 +66,29 @@ def _ingest_body() -> RequestBody:
 
 
 def complete_schema(app: Litestar) -> None:
-    """Startup hook: add what decorators can't say to the generated OpenAPI document."""
+    """Startup hook: add what decorators can't say to the generated OpenAPI document.
+
+    - the ingest body (multipart or JSON: the handler reads the raw request);
+    - every 4xx/5xx answer is problem+json (Litestar's default 400 says plain JSON).
+    """
     schema = app.openapi_schema
     paths: dict[str, Any] = schema.paths or {}
     ingest = paths.get("/api/audio/ingest")
     if ingest is not None and ingest.post is not None:
         ingest.post.request_body = _ingest_body()
         responses = ingest.post.responses or {}
-        for status, spec in problems(400, 401, 409, 413, 415, 422).items():
-            responses.setdefault(
-                str(status),
-                _problem_response(spec.description),
-            )
+        for status in (400, 401, 409, 413, 415, 422):
+            responses.setdefault(str(status), _problem_response(_DESCRIPTIONS[status]))
         ingest.post.responses = responses
+    for item in paths.values():
+        for method in ("get", "post", "put", "delete", "patch"):
+            operation = getattr(item, method, None)
+            if operation is None or not operation.responses:
+                continue
+            for status, response in list(operation.responses.items()):
+                if str(status)[0] in "45" and PROBLEM_JSON not in (response.content or {}):
+                    description = getattr(response, "description", "") or "Problem"
+                    operation.responses[status] = _problem_response(description)
 
 
 def _problem_response(description: str) -> OpenAPIResponse:

@@ -12,19 +12,29 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from shared.errors import AudioprepError, Cancelled, Permanent, Retryable
 
 _CONTEXT: Any = None
+PRELOAD_STEPS = ("services.worker.pipeline.analyse", "services.worker.pipeline.render")
 
 
 def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["av", "numpy", "services.worker.pipeline"])
+        # Whatever a child imports after the fork it pays for on every call: this module (for
+        # _child_main: asyncio, shared.errors), the media steps, and the parent's main module,
+        # which multiprocessing re-runs in the child (`audioprep worker`: the whole CLI).
+        # Measured: 80-250 ms per media call before, ~40 ms after (bench/RESULTS.md).
+        preload = ["__main__", __name__, "av", "numpy", *PRELOAD_STEPS]
+        main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if main_spec is not None and main_spec.name and not main_spec.name.endswith("__main__"):
+            preload.append(main_spec.name)  # `python -m services.cli.main worker`
+        ctx.set_forkserver_preload(preload)
         _CONTEXT = ctx
     return _CONTEXT
 

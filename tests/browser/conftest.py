@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
-from nats.aio.client import Client
 
 from shared.settings import Settings
+from tests.conftest import Stack
 
 CHROMIUM = Path(os.environ.get("AUDIOPREP_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -28,6 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+API_KEY = "browser-test-key"
 
 try:
     from playwright.async_api import BrowserContext, Page, async_playwright
@@ -54,25 +59,19 @@ class WebStack:
     base_url: str
 
 
-@pytest.fixture(scope="session")
-async def web_stack(base_settings: Settings, nc: Client) -> AsyncIterator[WebStack]:
+@contextlib.asynccontextmanager
+async def serve_api(settings: Settings) -> AsyncIterator[WebStack]:
     """uvicorn serving create_app() on a socket bound before start (no port race)."""
     import uvicorn
 
     from services.api.app import create_app
-    from services.projector.main import run_projector
-    from services.worker.main import run_worker
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    settings = base_settings.with_(api_host="127.0.0.1", api_port=port)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(run_projector(settings, stop)),
-        asyncio.create_task(run_worker(settings, stop)),
-    ]
+    # The port goes into the settings: signed download links are absolute URLs.
+    settings = settings.with_(api_host="127.0.0.1", api_port=port)
     config = uvicorn.Config(
         create_app(settings),
         log_config=None,
@@ -95,16 +94,52 @@ async def web_stack(base_settings: Settings, nc: Client) -> AsyncIterator[WebSta
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serve, timeout=15)
         sock.close()
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
 
 
 @pytest.fixture(scope="session")
-async def browser(web_stack: WebStack) -> AsyncIterator[BrowserContext]:
+async def web_stack(stack: Stack) -> AsyncIterator[WebStack]:
+    """The API over real HTTP for the browser.
+
+    The projector and worker tasks are the session's `stack` ones (tests/conftest.py): same
+    NATS, same storage; only the API differs (a real HTTP server instead of a test client).
+    """
+    async with serve_api(stack.settings) as web:
+        yield web
+
+
+@pytest.fixture(scope="session")
+async def keyed_web_stack(stack: Stack) -> AsyncIterator[WebStack]:
+    """A second API on the same NATS and storage that requires an API key."""
+    async with serve_api(stack.settings.with_(api_keys={API_KEY: "browser"})) as web:
+        yield web
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A plain loopback HTTP server over a directory, for URL ingest (base URL, directory)."""
+    root = tmp_path_factory.mktemp("served")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+async def browser(web_stack: WebStack, keyed_web_stack: WebStack) -> AsyncIterator[BrowserContext]:
     """Debian's Chromium, headless, with a fresh profile for the session.
 
-    Depends on web_stack so the browser closes first: open keep-alive and SSE connections
-    would otherwise hold uvicorn's graceful shutdown.
+    Depends on the web stacks so the browser closes first: open keep-alive and SSE
+    connections would otherwise hold uvicorn's graceful shutdown.
     """
     assert async_playwright is not None
     ARTIFACTS.mkdir(exist_ok=True)
@@ -124,15 +159,27 @@ async def browser(web_stack: WebStack) -> AsyncIterator[BrowserContext]:
                 await context.close()
 
 
-@pytest.fixture
-async def page(browser: BrowserContext, web_stack: WebStack) -> AsyncIterator[Page]:
+@contextlib.asynccontextmanager
+async def open_page(browser: BrowserContext, url: str) -> AsyncIterator[Page]:
     """A fresh tab on the page; uncaught script errors fail the test."""
     tab = await browser.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    await tab.goto(web_stack.base_url + "/")
+    await tab.goto(url)
     await tab.wait_for_selector("body[data-ready='1']")
-    # Each test starts with an empty browser session (sessionStorage is per tab).
+    # sessionStorage is per tab: every test starts with an empty job list.
     yield tab
     await tab.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+async def page(browser: BrowserContext, web_stack: WebStack) -> AsyncIterator[Page]:
+    async with open_page(browser, web_stack.base_url + "/") as tab:
+        yield tab
+
+
+@pytest.fixture
+async def keyed_page(browser: BrowserContext, keyed_web_stack: WebStack) -> AsyncIterator[Page]:
+    async with open_page(browser, keyed_web_stack.base_url + "/") as tab:
+        yield tab

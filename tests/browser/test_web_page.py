@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from playwright.async_api import Page, expect
+from playwright.async_api import BrowserContext, Page, expect
 
-from tests.browser.conftest import ARTIFACTS, WebStack
+from tests.browser.conftest import API_KEY, ARTIFACTS, WebStack
 from tests.media import measure_duration_s, stream_info, tone, write_samples, write_tone
 
 JOB_TIMEOUT_MS = 30_000
@@ -207,3 +207,64 @@ async def test_a_running_save_can_be_cancelled(page: Page, media_dir: Path) -> N
     await expect(page.locator("#save-done")).to_be_hidden()
     await expect(page.locator("#job-table tbody tr.job-cancelled")).to_have_count(1)
     await shot(page, "6-cancelled")
+
+
+async def test_a_pasted_link_is_fetched_and_shown(
+    page: Page, file_server: tuple[str, Path]
+) -> None:
+    base, root = file_server
+    write_tone(root / "podcast.mp3", seconds=2.0, title="Episode 12: Tones")
+    await page.fill("#url-input", f"{base}/podcast.mp3")
+    await page.click("#url-form button")
+    await expect(page.locator("#source")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    await expect(page.locator("#src-title")).to_have_text("Episode 12: Tones")
+    await expect(page.locator("#src-format")).to_contain_text("MP3")
+    await page.wait_for_function(f"({_COUNT_PIXELS})({list(WAVE_COLOUR)}) > 2000")
+    await expect(page.locator("#job-table tbody tr.job-completed")).to_have_count(1)
+
+
+async def test_with_api_keys_the_page_asks_for_one_and_then_works(
+    keyed_page: Page, media_dir: Path
+) -> None:
+    page = keyed_page
+    src = write_tone(media_dir / "keyed.wav", seconds=2.0)
+    await page.set_input_files("#file-input", str(src))
+    await expect(page.locator("#ingest-error")).to_contain_text("API key")
+    await expect(page.locator("#key-box")).to_have_attribute("open", "")
+    await page.fill("#api-key", API_KEY)
+    await page.dispatch_event("#api-key", "change")
+    await upload(page, src)
+    await page.wait_for_function(f"({_COUNT_PIXELS})({list(WAVE_COLOUR)}) > 2000")
+    # No SSE and no plain preview route with a key: jobs are polled and the preview plays
+    # from the signed download link.
+    ready = await preview_and_wait(page)
+    assert abs(ready["duration"] - 2.0) <= 0.1, ready
+    assert "/api/storage/download?" in ready["src"]
+    await shot(page, "7-api-key")
+
+
+async def test_upload_progress_is_shown_while_the_file_is_sent(
+    page: Page, browser: BrowserContext, media_dir: Path
+) -> None:
+    # Throttle the tab's uploads (Chromium's network emulation) so the bar has time to move.
+    cdp = await browser.new_cdp_session(page)
+    await cdp.send("Network.enable")
+    await cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
+    )
+    src = write_tone(media_dir / "slow.wav", seconds=6.0, channels=1)  # ~530 KB
+    await page.set_input_files("#file-input", str(src))
+    await page.wait_for_function(
+        """() => {
+          const bar = document.querySelector('#ingest-progress');
+          const label = document.querySelector('#ingest-label').textContent;
+          return label.startsWith('Uploading') && bar.value > 5 && bar.value < 95;
+        }"""
+    )
+    await shot(page, "0-uploading")
+    await cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    await expect(page.locator("#source")).to_be_visible(timeout=JOB_TIMEOUT_MS)

@@ -13,7 +13,7 @@ import httpx
 
 from shared.nats_server import free_port
 from tests.cli.conftest import AUDIOPREP, CliStack, run_cli, wait_view
-from tests.media import measure_duration_s, rms_db, decode_pcm, stream_info, write_tone
+from tests.media import decode_pcm, measure_duration_s, rms_db, stream_info, write_tone
 
 JOB_ID = re.compile(r"\b[0-9A-HJKMNP-TV-Z]{26}\b")
 
@@ -152,9 +152,12 @@ async def test_events_replay(cli_stack: CliStack, media_dir: Path) -> None:
     assert [d["event"]["type"] for d in mine][-1] == "JobCompleted"
     assert mine[0]["headers"]["Nats-Msg-Id"] == job_id
 
-    # From a time: an ISO instant just before the job's first event.
+    # From a time: a duration back from now, and an ISO instant (the job's first event's).
     r = await run_cli(cli_stack, "events", "replay", "--since", "10m", "--job", job_id, "--json")
-    assert [json.loads(ln)["seq"] for ln in r.out.splitlines()][0] == first_seq
+    assert json.loads(r.out.splitlines()[0])["seq"] == first_seq
+    first_time = json.loads(r.out.splitlines()[0])["time"]
+    r = await run_cli(cli_stack, "events", "replay", "--since", first_time, "--json")
+    assert json.loads(r.out.splitlines()[0])["seq"] == first_seq
 
     # Following a finished job prints its history and exits after the terminal event.
     r = await run_cli(cli_stack, "events", "tail", "--job", job_id)

@@ -46,7 +46,7 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
     api_url = f"{cli_stack.api_url}/metrics"
     worker_url = f"http://127.0.0.1:{cli_stack.worker_metrics_port}/metrics"
     projector_url = f"http://127.0.0.1:{cli_stack.projector_metrics_port}/metrics"
-    api0, worker0, proj0 = await scrape(api_url), await scrape(worker_url), await scrape(projector_url)
+    api0, worker0, proj0 = [await scrape(u) for u in (api_url, worker_url, projector_url)]
 
     wav = write_tone(media_dir / "m.wav", seconds=1.0, freq=440.0)
     junk = media_dir / "junk.mp3"
@@ -66,7 +66,7 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
     save_view = await wait_view(cli_stack, save)
     assert save_view["status"] == "completed"
 
-    api1, worker1, proj1 = await scrape(api_url), await scrape(worker_url), await scrape(projector_url)
+    api1, worker1, proj1 = [await scrape(u) for u in (api_url, worker_url, projector_url)]
 
     def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -76,10 +76,10 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
     assert moved(worker0, worker1, "audioprep_jobs_started_total", kind="ingest") >= 2
     assert moved(worker0, worker1, "audioprep_jobs_completed_total", kind="ingest") >= 1
     assert moved(worker0, worker1, "audioprep_jobs_completed_total", kind="save") >= 1
-    assert (
-        moved(worker0, worker1, "audioprep_jobs_failed_total", kind="ingest", code="unsupported_media")
-        >= 1
+    failed = moved(
+        worker0, worker1, "audioprep_jobs_failed_total", kind="ingest", code="unsupported_media"
     )
+    assert failed >= 1
     assert (
         moved(
             worker0,

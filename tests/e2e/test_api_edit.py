@@ -6,12 +6,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Stack
 from tests.e2e.test_api_support import (
     event_types,
     history,
+    in_app_loop,
     ingest_source,
     local_path,
     path_of,
@@ -84,7 +86,14 @@ async def test_identical_previews_in_flight_are_coalesced(
         "recipe": {"normalize": {"targetLufs": -18}, "fadeInMs": 250},
         "format": "aac",
     }
-    answers = await asyncio.gather(*(_preview(stack, body) for _ in range(3)))
+
+    async def three_at_once(client: httpx.AsyncClient) -> list[httpx.Response]:
+        url = "/api/audio/edit/preview"
+        return list(await asyncio.gather(*(client.post(url, json=body) for _ in range(3))))
+
+    responses = await in_app_loop(stack, three_at_once)
+    assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+    answers = [r.json() for r in responses]
     ids = {a["jobId"] for a in answers}
     assert len(ids) == 1, answers
     job_id = ids.pop()

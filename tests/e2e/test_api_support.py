@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import httpx
 
 from shared import subjects
 from shared.event_store import EventStore, StoredEvent
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
+
+T = TypeVar("T")
 
 
 async def upload(stack: Stack, path: Path, content_type: str = "audio/wav") -> str:
@@ -78,3 +83,21 @@ def parse_sse(text: str) -> list[dict[str, Any]]:
         if "data" in msg or "event" in msg:
             out.append(msg)
     return out
+
+
+async def in_app_loop(stack: Stack, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    """Run `fn(client)` on the app's own event loop.
+
+    Litestar's AsyncTestClient drives the app through a blocking portal: the calling loop, where
+    the worker and projector tasks live, is blocked for the whole request. A request that waits
+    for jobs to progress (a live SSE stream) or truly concurrent requests must run in the app's
+    loop instead, while this loop keeps the services going.
+    """
+
+    async def call() -> T:
+        transport = httpx.ASGITransport(app=stack.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await fn(client)
+
+    future = stack.client.blocking_portal.start_task_soon(call)
+    return await asyncio.wrap_future(future)

@@ -17,7 +17,9 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -194,6 +196,33 @@ def save_request(sources: Sources, fmt: str = "wav") -> JobRequested:
         format=fmt,
         filename="out",
     )
+
+
+class Submitter:
+    """POSTs uploads; remembers which were acknowledged (202) and what else came back."""
+
+    def __init__(self, client: AsyncTestClient[Any], tone: Path) -> None:
+        self.client = client
+        self.tone = tone
+        self.accepted: list[str] = []
+        self.rejected: list[str] = []
+
+    async def post(self) -> None:
+        try:
+            with self.tone.open("rb") as f:
+                resp = await self.client.post(
+                    "/api/audio/ingest", files={"file": ("tone.wav", f, "audio/wav")}
+                )
+        except Exception as exc:  # the client gave up: not acknowledged, the caller retries
+            self.rejected.append(type(exc).__name__)
+            return
+        if resp.status_code == 202:
+            self.accepted.append(resp.json()["jobId"])
+        else:
+            self.rejected.append(str(resp.status_code))
+
+    async def burst(self, n: int) -> None:
+        await asyncio.gather(*(self.post() for _ in range(n)))
 
 
 # ---- audits -------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -101,7 +100,8 @@ async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
                 assert counts.lost == counts.duplicates == 0
 
                 # The operator sees it in the DLQ ...
-                listing = subprocess.run(
+                listing = await asyncio.to_thread(
+                    subprocess.run,
                     [sys.executable, "-m", "services.cli.main", "dlq", "list"],
                     cwd=REPO_ROOT,
                     env=service_env(settings),
@@ -129,5 +129,3 @@ async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
             finally:
                 kill_task.cancel()
                 workers.stop_all()
-            deadline = time.monotonic() + 5
-            assert all(p.poll() is not None for p in workers.procs) or time.monotonic() < deadline

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +28,7 @@ import pytest
 from shared.storage import Storage, open_storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
-from tests.media import truncate, write_tone, write_video_only
+from tests.media import write_tone, write_video_only
 from tests.security.conftest import A
 
 BOUNDARY = "audioprepCorpusBoundary"
@@ -649,13 +649,13 @@ async def test_json_and_recipe_corpus(stack: Stack, media: Media) -> None:
 class _Redirector(BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         self.send_response(302)
         self.send_header("Location", self.target)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
     def log_message(self, *args: Any) -> None:
         pass

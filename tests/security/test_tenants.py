@@ -16,7 +16,7 @@ from shared.storage import Storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
-from tests.security.conftest import A, B, TENANT_A, bearer
+from tests.security.conftest import TENANT_A, A, B, bearer
 
 # Routes that are deliberately public: the signed link is the credential for downloads.
 PUBLIC_API_PATHS = {signing.DOWNLOAD_PATH}

@@ -214,3 +214,13 @@ async def test_ping_fails_fast_for_a_dead_endpoint(
     with pytest.raises(Retryable) as err:
         await open_storage("s3://any-bucket/x").ping()
     assert err.value.code == "storage_unavailable"
+
+
+def test_plain_http_endpoint_needs_allow_http(
+    aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ALLOW_HTTP")
+    with pytest.raises(ValueError, match="AWS_ALLOW_HTTP=true"):
+        open_storage("s3://bucket/x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://acct.r2.cloudflarestorage.com")
+    assert not open_storage("s3://bucket/x").is_local

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from shared.nats_server import NatsServer
 from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from shared.storage import PART_SIZE, Storage, open_storage
 from tests.conftest import running_stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import measure_duration_s, sine_lufs, write_tone
@@ -37,7 +37,9 @@ def s3_settings(
 async def test_upload_ingest_save_download_on_s3(
     s3_settings: Settings, own_nc: Client, media_dir: Path, moto_server: Moto
 ) -> None:
-    wav = write_tone(media_dir / "tone.wav", seconds=4.0, freq=997.0, amplitude_dbfs=-20.0)
+    # 50 s of 16-bit stereo is 8.8 MB: the upload streams to S3 in two multipart parts.
+    wav = write_tone(media_dir / "tone.wav", seconds=50.0, freq=997.0, amplitude_dbfs=-20.0)
+    assert wav.stat().st_size > PART_SIZE
     storage: Storage = open_storage(s3_settings.storage)
     async with running_stack(s3_settings, own_nc) as stack:
         with wav.open("rb") as f:
@@ -49,13 +51,15 @@ async def test_upload_ingest_save_download_on_s3(
         view = await wait_for_job(stack.client, job_id)
         assert view["status"] == "completed", view
         result = view["result"]
-        assert abs(result["durationMs"] - 4000) <= 20
+        assert abs(result["durationMs"] - 50000) <= 20
         assert abs(result["loudness"]["integratedLufs"] - sine_lufs(-20.0)) < 0.5
 
         # Everything landed in the bucket, nothing on local disk.
         source = await storage.head(result["sourceKey"])
         assert source is not None and source.size == wav.stat().st_size
-        assert await storage.list(f"uploads/{job_id}") != []
+        [upload] = await storage.list_info(f"uploads/{job_id}")
+        assert upload.size == wav.stat().st_size
+        assert upload.etag is not None and upload.etag.strip('"').endswith("-2")  # multipart
         peaks = msgspec.json.decode(await storage.read_bytes(result["peaksKey"]))
         assert peaks["points"] == len(peaks["min"]) > 100
         assert not (s3_settings.data_dir / "storage").exists()

@@ -12,6 +12,7 @@ from litestar.static_files import create_static_files_router
 from services.api.auth import tenant_for
 from services.api.context import ApiContext
 from services.api.jobs import load_view
+from services.api.openapi import problems
 from services.api.problems import ProblemError
 from shared.storage import StorageNotFound
 
@@ -33,6 +34,7 @@ async def index() -> Response[bytes]:
         "The stored peaks JSON `{version, sampleRate, points, min, max}` of the job's source. "
         "404 for an unknown job or one without peaks; 409 while the job is not completed."
     ),
+    responses=problems(401, 404, 409),
 )
 async def get_peaks(
     request: Request[Any, Any, Any], api: ApiContext, job_id: str

@@ -375,6 +375,7 @@ function setStatus(prefix, label, pct) {
 
 function setError(id, text) {
   const el = $(id);
+  el.classList.remove("neutral");
   el.textContent = text || "";
   show(el, !!text);
 }
@@ -868,7 +869,9 @@ async function save() {
     if (!view.downloadUrl) setError("#save-error", "Saved, but the server gave no download link.");
   } else {
     show($("#save-status"), false);
-    setError("#save-error", view.status === "cancelled" ? "Save cancelled." : `Save failed: ${errorWords(view.error)}`);
+    const cancelled = view.status === "cancelled";
+    setError("#save-error", cancelled ? "Save cancelled." : `Save failed: ${errorWords(view.error)}`);
+    $("#save-error").classList.toggle("neutral", cancelled);
   }
 }
 

@@ -1,0 +1,193 @@
+"""Job events over SSE (resume, live), signed downloads, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from shared import signing
+from tests.conftest import Stack
+from tests.e2e.test_api_support import (
+    history,
+    in_app_loop,
+    ingest_source,
+    parse_sse,
+    path_of,
+    upload,
+)
+from tests.jobs_helpers import wait_for_job
+from tests.media import write_tone
+
+
+@pytest.fixture(scope="module")
+async def finished_job(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    wav = write_tone(tmp_path_factory.mktemp("sse") / "sse.wav", seconds=2.0)
+    job_id = await upload(stack, wav)
+    assert (await wait_for_job(stack.client, job_id))["status"] == "completed"
+    return job_id
+
+
+@pytest.fixture(scope="module")
+async def saved_view(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    wav = write_tone(tmp_path_factory.mktemp("dl") / "dl.wav", seconds=2.0)
+    source_key = await ingest_source(stack, wav)
+    resp = await stack.client.post(
+        "/api/audio/edit/save", json={"sourceKey": source_key, "format": "wav"}
+    )
+    view = await wait_for_job(stack.client, resp.json()["jobId"])
+    assert view["status"] == "completed", view
+    return {"key": view["result"]["preparedKey"], "url": view["downloadUrl"]}
+
+
+async def test_sse_replays_every_event_then_ends(stack: Stack, finished_job: str) -> None:
+    resp = await stack.client.get(f"/api/audio/jobs/{finished_job}/events")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    messages = parse_sse(resp.text)
+    stored = await history(stack, finished_job)
+    assert [int(m["id"]) for m in messages] == [s.seq for s in stored]
+    assert [m["event"] for m in messages] == [type(s.event).__name__ for s in stored]
+    assert messages[0]["event"] == "JobRequested"
+    assert messages[-1]["event"] == "JobCompleted"
+    last = json.loads(messages[-1]["data"])
+    assert last["type"] == "JobCompleted" and last["jobId"] == finished_job
+
+
+async def test_sse_resumes_after_last_event_id(stack: Stack, finished_job: str) -> None:
+    stored = await history(stack, finished_job)
+    after = stored[1].seq
+    resp = await stack.client.get(
+        f"/api/audio/jobs/{finished_job}/events", headers={"Last-Event-ID": str(after)}
+    )
+    ids = [int(m["id"]) for m in parse_sse(resp.text)]
+    assert ids == [s.seq for s in stored if s.seq > after]
+    # The query parameter does the same (EventSource can't set headers on a first connect).
+    resp = await stack.client.get(f"/api/audio/jobs/{finished_job}/events?lastEventId={after}")
+    assert [int(m["id"]) for m in parse_sse(resp.text)] == ids
+    # Resuming after the terminal event: nothing left, the stream just ends.
+    resp = await stack.client.get(
+        f"/api/audio/jobs/{finished_job}/events", headers={"Last-Event-ID": str(stored[-1].seq)}
+    )
+    assert resp.status_code == 200 and parse_sse(resp.text) == []
+
+
+async def test_sse_follows_a_live_job_to_its_end(stack: Stack, tmp_path: Path) -> None:
+    wav = write_tone(tmp_path / "live.wav", seconds=2.0)
+    job_id = await upload(stack, wav)
+
+    async def follow(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.get(f"/api/audio/jobs/{job_id}/events")
+
+    resp = await in_app_loop(stack, follow)  # opened while the job is pending
+    messages = parse_sse(resp.text)
+    assert messages[0]["event"] == "JobRequested"
+    assert messages[-1]["event"] == "JobCompleted"
+    assert [int(m["id"]) for m in messages] == [s.seq for s in await history(stack, job_id)]
+
+
+async def test_sse_bad_requests(stack: Stack, finished_job: str) -> None:
+    resp = await stack.client.get(
+        f"/api/audio/jobs/{finished_job}/events", headers={"Last-Event-ID": "abc"}
+    )
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_last_event_id"
+    resp = await stack.client.get("/api/audio/jobs/01ZZZZZZZZZZZZZZZZZZZZZZZZ/events")
+    assert resp.status_code == 404 and resp.json()["code"] == "job_not_found"
+
+
+async def test_cancel_of_a_finished_job_is_a_noop(stack: Stack, finished_job: str) -> None:
+    before = await history(stack, finished_job)
+    resp = await stack.client.post(f"/api/audio/jobs/{finished_job}/cancel")
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "completed"
+    assert len(await history(stack, finished_job)) == len(before)
+
+
+async def test_signed_download_works_and_supports_range(
+    stack: Stack, saved_view: dict[str, str]
+) -> None:
+    url = path_of(saved_view["url"])
+    resp = await stack.client.get(url)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "audio/wav"
+    part = await stack.client.get(url, headers={"Range": "bytes=0-43"})
+    assert part.status_code == 206 and part.content == resp.content[:44]
+    assert part.content[:4] == b"RIFF"
+
+
+def _tampered(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query.update(changes)
+    for name, value in list(query.items()):
+        if value == "":
+            del query[name]
+    return f"{parts.path}?{urlencode(query)}"
+
+
+async def test_signed_download_refuses_any_tampering(
+    stack: Stack, saved_view: dict[str, str]
+) -> None:
+    url = saved_view["url"]
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    other_key = saved_view["key"].replace(".wav", ".flac")
+    cases = {
+        "other key": _tampered(url, key=other_key),
+        "later expiry": _tampered(url, expires=str(int(query["expires"]) + 3600)),
+        "flipped signature": _tampered(
+            url, sig=query["sig"][:-1] + ("A" if query["sig"][-1] != "A" else "B")
+        ),
+        "no signature": _tampered(url, sig=""),
+        "no expiry": _tampered(url, expires=""),
+        "junk expiry": _tampered(url, expires="soon"),
+        "path escape": _tampered(url, key="../../etc/passwd"),
+        "other tenant": _tampered(url, key="tenants/evil/" + saved_view["key"]),
+    }
+    for name, bad in cases.items():
+        resp = await stack.client.get(bad)
+        assert resp.status_code == 403, (name, resp.text)
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["code"] == "invalid_signature", name
+
+
+async def test_signed_download_expires(stack: Stack, saved_view: dict[str, str]) -> None:
+    secret = stack.settings.signing_secret
+    expired = signing.download_url(
+        "http://x", secret, saved_view["key"], ttl_s=60, now=time.time() - 3600
+    )
+    resp = await stack.client.get(path_of(expired))
+    assert resp.status_code == 403 and resp.json()["code"] == "link_expired"
+    fresh = signing.download_url("http://x", secret, saved_view["key"], ttl_s=60)
+    assert (await stack.client.get(path_of(fresh))).status_code == 200
+
+
+async def test_openapi_documents_every_route(stack: Stack) -> None:
+    resp = await stack.client.get("/schema/openapi.json")
+    assert resp.status_code == 200
+    doc = resp.json()
+    paths = doc["paths"]
+    for path, method in [
+        ("/api/audio/ingest", "post"),
+        ("/api/audio/edit/preview", "post"),
+        ("/api/audio/edit/save", "post"),
+        ("/api/audio/jobs/{job_id}", "get"),
+        ("/api/audio/jobs/{job_id}/cancel", "post"),
+        ("/api/audio/jobs/{job_id}/events", "get"),
+        ("/api/audio/edit/preview/{job_id}/audio", "get"),
+        ("/api/storage/download", "get"),
+    ]:
+        assert method in paths[path], path
+        responses = paths[path][method]["responses"]
+        problems = [r for code, r in responses.items() if code.startswith("4")]
+        assert problems, (path, responses)
+        for problem in problems:
+            assert "application/problem+json" in problem["content"], (path, problem)
+    ingest_body = paths["/api/audio/ingest"]["post"]["requestBody"]["content"]
+    assert set(ingest_body) == {"multipart/form-data", "application/json"}
+    preview_body = paths["/api/audio/edit/preview"]["post"]["requestBody"]["content"]
+    assert "application/json" in preview_body
+    schemas = doc["components"]["schemas"]
+    assert "Problem" in schemas and "code" in schemas["Problem"]["properties"]

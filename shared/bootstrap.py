@@ -33,8 +33,13 @@ async def service_deps(settings: Settings, name: str) -> AsyncIterator[Deps]:
             settings=settings, nc=nc, js=nc.jetstream(), storage=open_storage(settings.storage)
         )
     finally:
+        # Services drain their own work before this (jobs finished or handed back, checkpoint
+        # saved), and JetStream publishes are awaited, so flush + close is enough; nc.drain()
+        # waits out pending pull requests (seconds) for nothing.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), timeout=5)
+            await nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=5)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -39,8 +39,8 @@ class Settings:
     public_url: str = ""
     metrics_port: int = 0
     dev_mode: bool = True
-    # Requests per second per tenant on /api/ (token bucket); 0 = no limit. Built in code the
-    # limit is off; from the environment it defaults to 20/s with bursts of 100.
+    # Requests per second per tenant on /api/ (token bucket); 0 = no limit. Off by default in
+    # code and in dev mode; from the environment with AUDIOPREP_DEV_MODE=0: 20/s, bursts of 100.
     rate_limit_per_s: float = 0.0
     rate_limit_burst: int = 100
 
@@ -100,7 +100,7 @@ class Settings:
             public_url=e.get("AUDIOPREP_PUBLIC_URL", ""),
             metrics_port=int(get("METRICS_PORT", "0")),
             dev_mode=dev_mode,
-            rate_limit_per_s=float(get("RATE_LIMIT_PER_S", "20")),
+            rate_limit_per_s=float(get("RATE_LIMIT_PER_S", "0" if dev_mode else "20")),
             rate_limit_burst=int(get("RATE_LIMIT_BURST", "100")),
         )
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -18,6 +19,7 @@ DEFAULT_TTL_S = 3600
 # (browsers can cache it); a link therefore lives between TTL and TTL + step.
 EXPIRY_STEP_S = 300
 MAX_SIG_CHARS = 64
+_EXPIRES_RE = re.compile(r"^[0-9]{1,12}$")  # ASCII digits only: int() takes "٣"
 
 
 class SignatureError(Exception):
@@ -81,7 +83,7 @@ def verify(
     """
     if not key or not expires or not sig or len(sig) > MAX_SIG_CHARS:
         raise SignatureError("invalid_signature", "the link is incomplete or malformed")
-    if not expires.isdigit() or len(expires) > 12 or not is_safe_key(key):
+    if not _EXPIRES_RE.match(expires) or not is_safe_key(key):
         raise SignatureError("invalid_signature", "the link is malformed")
     expected = _mac(secret, key, int(expires), tenant_of_key(key))
     if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")):

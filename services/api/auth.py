@@ -53,7 +53,8 @@ def api_key_guard(settings: Settings) -> Any:
     still call `tenant_for` to learn the tenant.
     """
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async on purpose: Litestar runs a sync guard in a worker thread on every request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         path = connection.scope["path"]
         if path.startswith(PROTECTED_PREFIX) and path not in PUBLIC_API_PATHS:
             _tenant_or_401(connection.headers.get("authorization", ""), settings)

@@ -25,7 +25,7 @@ CONTENT_TYPES = {
     "webm": "audio/webm",
     "json": "application/json",
 }
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")  # ASCII, bounded
 
 
 def content_type_for(key: str) -> str:

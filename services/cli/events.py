@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -95,7 +96,7 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
         config=config,
     )
     where = f"stream {subjects.STREAM}, subject {subject}"
-    print(f"# following {where} (Ctrl-C to stop)", flush=True)
+    print(f"# following {where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     seen = 0
     try:
         while True:

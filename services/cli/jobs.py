@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from services.cli.common import (
     CliError,
@@ -24,8 +25,15 @@ from shared.ids import is_job_id
 from shared.views import JobView, decode_view
 
 
+async def _bucket(session: Session) -> KeyValue:
+    try:
+        return await session.js.key_value(subjects.JOBS_BUCKET)
+    except BucketNotFoundError:
+        raise CliError("KV bucket `jobs` does not exist: run `audioprep provision`") from None
+
+
 async def _kv_view(session: Session, job_id: str) -> JobView | None:
-    kv = await session.js.key_value(subjects.JOBS_BUCKET)
+    kv = await _bucket(session)
     try:
         entry = await kv.get(job_id)
     except KeyNotFoundError:
@@ -70,10 +78,7 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
 
 
 async def _ls(session: Session, args: argparse.Namespace) -> int:
-    try:
-        kv = await session.js.key_value(subjects.JOBS_BUCKET)
-    except BucketNotFoundError:
-        raise CliError("KV bucket `jobs` does not exist: run `audioprep provision`") from None
+    kv = await _bucket(session)
     views: list[JobView] = []
     watcher = await kv.watchall(ignore_deletes=True)
     try:

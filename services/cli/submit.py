@@ -355,7 +355,8 @@ def _submit(args: argparse.Namespace) -> int:
         view = follow(api, job_id, "ingest", args.timeout)
         if not render or view["status"] != "completed":
             return _finish(args, api, view)
-        print("\n".join(describe(view)))
+        # With --json, stdout carries only the final view; the ingest summary goes to stderr.
+        print("\n".join(describe(view)), file=sys.stderr if args.json else sys.stdout)
         body: dict[str, Any] = {"sourceKey": view["result"]["sourceKey"], "recipe": recipe}
         if args.save:
             body["format"] = args.save

@@ -29,6 +29,10 @@ CAS_RETRIES = 20
 # presumed lost (nats-py does not always recreate it after a restart): subscribe again from
 # applied_seq + 1.
 STALL_S = 5.0
+# Events taken from the queue at once: one KV write per job per batch, jobs written
+# concurrently (with fsync on every write, sequential per-event CAS capped the projector at
+# ~1.5k events/s and let lag grow without bound at 1k events/s; see bench/RESULTS.md).
+BATCH_MAX = 512
 
 
 class ViewWriter:
@@ -49,11 +53,27 @@ class ViewWriter:
 
     async def apply(self, seq: int, event: Event) -> JobView | None:
         """Fold one event into its job's view; safe against other projectors (CAS + seq)."""
-        job_id = event.job_id
+        return await self.apply_job(event.job_id, [(seq, event)])
+
+    async def apply_batch(self, items: list[tuple[int, Event]]) -> None:
+        """Apply events given in stream order: one write per job, the jobs concurrently."""
+        by_job: dict[str, list[tuple[int, Event]]] = {}
+        for seq, event in items:
+            by_job.setdefault(event.job_id, []).append((seq, event))
+        async with asyncio.TaskGroup() as group:
+            for job_id, job_items in by_job.items():
+                group.create_task(self.apply_job(job_id, job_items))
+
+    async def apply_job(self, job_id: str, items: list[tuple[int, Event]]) -> JobView | None:
+        """Fold one job's events (stream order) and write its view once, with CAS."""
         cached = self.cache.get(job_id)
         view, revision = cached if cached else await self._load(job_id)
         for _ in range(CAS_RETRIES):
-            new = fold(view, event, seq)
+            new = view
+            for seq, event in items:
+                folded = fold(new, event, seq)
+                if folded is not None:
+                    new = folded
             if new is None or new is view:
                 return view
             try:
@@ -146,7 +166,10 @@ class Projector:
                         sub = await self._resubscribe(sub)
                         last_progress = time.monotonic()
                     continue
-                if await self._handle(msg, stop):
+                batch = [msg]
+                while len(batch) < BATCH_MAX and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                if await self._handle(batch, stop):
                     last_progress = time.monotonic()
         finally:
             saver.cancel()
@@ -171,38 +194,47 @@ class Projector:
             log.warning("resubscribe failed", extra={"error": repr(exc)})
             return None
 
-    async def _apply_patiently(self, seq: int, event: Event, stop: asyncio.Event) -> bool:
-        """Write one event's view, retrying through NATS outages; False if stopped first."""
+    async def _apply_patiently(self, items: list[tuple[int, Event]], stop: asyncio.Event) -> bool:
+        """Write the events' views, retrying through NATS outages; False if stopped first."""
         assert self._writer is not None
         delay = 0.1
         while True:
             try:
-                await self._writer.apply(seq, event)
+                await self._writer.apply_batch(items)
                 return True
             except Exception as exc:
-                if not is_transient(exc):
+                # TaskGroup wraps failures: retry if every one of them is transient
+                errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+                if not all(is_transient(e) for e in errors):
                     raise
+                seq = items[-1][0]
                 log.warning("view not written, retrying", extra={"seq": seq, "error": repr(exc)})
             if stop.is_set():
                 return False
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 
-    async def _handle(self, msg: Msg, stop: asyncio.Event) -> bool:
-        """Apply one delivered event; True if applied_seq moved."""
-        seq = msg.metadata.sequence.stream
-        if seq <= self.applied_seq:
-            return False  # a redelivery after resubscribing: already applied, in stream order
-        try:
-            event = decode_event(msg.data)
-        except Exception:
-            log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
-            self.applied_seq = seq
-            return True
-        if not await self._apply_patiently(seq, event, stop):
+    async def _handle(self, msgs: list[Msg], stop: asyncio.Event) -> bool:
+        """Apply delivered events (in stream order); True if applied_seq moved."""
+        items: list[tuple[int, Event]] = []
+        last = self.applied_seq
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq <= last:
+                continue  # a redelivery after resubscribing: already applied, in stream order
+            last = seq
+            try:
+                items.append((seq, decode_event(msg.data)))
+            except Exception:
+                log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
+        if last == self.applied_seq:
             return False
-        self.applied_seq = seq
-        metrics.projector_applied(seq, type(event).__name__, msg.metadata.num_pending)
+        if items and not await self._apply_patiently(items, stop):
+            return False
+        self.applied_seq = last
+        for i, (seq, event) in enumerate(items, 1):
+            pending = msgs[-1].metadata.num_pending if i == len(items) else None
+            metrics.projector_applied(seq, type(event).__name__, pending)
         return True
 
     async def _checkpoint_loop(self, stop: asyncio.Event) -> None:

@@ -151,6 +151,18 @@ async def test_upload_trim_preview_save_download(
     await expect(rows).to_have_count(4)
     await expect(page.locator("#job-table tbody tr.job-completed")).to_have_count(4)
 
+    # A reload keeps the source and the job list; the same edit comes back from the server's
+    # render cache as an already-completed job.
+    await page.reload()
+    await expect(page.locator("#src-title")).to_have_text("Interview take 3.wav")
+    await expect(rows).to_have_count(4)
+    await page.fill("#trim-start", f"{start_s:.3f}")
+    await page.fill("#trim-end", f"{end_s:.3f}")
+    ready = await preview_and_wait(page)
+    await expect(page.locator("#preview-note")).to_contain_text("already rendered")
+    assert abs(ready["duration"] - kept) <= 0.1, (ready, kept)
+    await expect(page.locator("#job-table tbody tr", has_text="(cached)")).to_have_count(1)
+
 
 async def test_invalid_recipe_value_is_explained_next_to_its_field(
     page: Page, media_dir: Path
@@ -165,6 +177,10 @@ async def test_invalid_recipe_value_is_explained_next_to_its_field(
     # Fixing the value clears the message.
     await page.fill("#gain", "3")
     await expect(page.locator(".field.invalid")).to_have_count(0)
+    await expect(page.locator("#recipe-error")).to_be_hidden()
+    # Phone width: the same page, one column.
+    await page.set_viewport_size({"width": 420, "height": 900})
+    await shot(page, "4-narrow")
 
 
 async def test_a_file_that_is_not_audio_shows_a_clear_error(page: Page) -> None:

@@ -176,9 +176,9 @@ async def test_events_tail_follows_new_events_live(cli_stack: CliStack, media_di
         stderr=asyncio.subprocess.PIPE,
         env=cli_stack.env(),
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     try:
-        header = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        header = await asyncio.wait_for(proc.stderr.readline(), timeout=30)
         assert header.startswith(b"# following stream JOBS, subject jobs.ingest.>")
         job_id = await _upload(cli_stack, write_tone(media_dir / "c.wav", seconds=1.0, freq=440))
         seen: list[str] = []
@@ -194,7 +194,7 @@ async def test_events_tail_follows_new_events_live(cli_stack: CliStack, media_di
             proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), timeout=30)
     assert code == 130
-    assert b"Traceback" not in await proc.stderr.read() if proc.stderr else True
+    assert b"Traceback" not in await proc.stderr.read()
 
 
 async def test_help_reads_well() -> None:
@@ -204,3 +204,19 @@ async def test_help_reads_well() -> None:
     out, _ = await proc.communicate()
     for command in ("submit", "jobs", "events", "up"):
         assert f"    {command} " in out.decode()
+
+
+async def test_submit_preview_json_prints_only_the_final_view(
+    cli_stack: CliStack, media_dir: Path
+) -> None:
+    wav = write_tone(media_dir / "p.wav", seconds=2.0, freq=440.0)
+    recipe = media_dir / "r.json"
+    recipe.write_text(json.dumps({"fadeInMs": 300}))
+    r = await run_cli(
+        cli_stack, "submit", str(wav), "--preview", "--recipe", str(recipe), "--wait", "--json"
+    )
+    assert r.code == 0, r.err
+    view = json.loads(r.out)  # stdout is exactly one JSON document
+    assert (view["kind"], view["status"]) == ("preview", "completed")
+    assert view["result"]["previewKey"] and view["downloadUrl"]
+    assert "completed: ingest job" in r.err

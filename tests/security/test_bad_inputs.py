@@ -19,12 +19,14 @@ from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import av
 import httpx
 import numpy as np
 import pytest
 
+from shared import signing
 from shared.storage import Storage, open_storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
@@ -149,7 +151,7 @@ def post_json(path: str, doc: Any, headers: dict[str, str] | None = None) -> Any
     return post_body(path, raw, "application/json", headers)
 
 
-def get(path: str, headers: dict[str, str] | None = None) -> Any:
+def get(path: str, headers: dict[str, Any] | None = None) -> Any:
     async def send(client: httpx.AsyncClient) -> httpx.Response:
         return await client.get(path, headers=headers)
 
@@ -236,6 +238,8 @@ def report(tally: Tally, label: str) -> None:
         f"\n{label}: cases tried {tally.tried}, server errors (5xx) {len(tally.server_errors)}, "
         f"by status {dict(sorted(tally.by_status.items()))}"
     )
+    for line in tally.server_errors + tally.failures:
+        print("  PROBLEM", line[:300])
     assert tally.server_errors == []
     assert tally.failures == []
 
@@ -641,6 +645,67 @@ async def test_json_and_recipe_corpus(stack: Stack, media: Media) -> None:
     tally = Tally()
     await run_cases(stack, storage, json_cases(view["result"]["sourceKey"]), tally, {})
     report(tally, "JSON and recipe corpus")
+
+
+def header_cases(job_id: str, link: dict[str, str]) -> list[Case]:
+    """Numbers in headers and query strings: Unicode digits and absurd lengths."""
+    events = f"/api/audio/jobs/{job_id}/events"
+    download = signing.DOWNLOAD_PATH
+
+    def dl(headers: dict[str, Any] | None = None, **params: str) -> Any:
+        return get(f"{download}?{urlencode({**link, **params})}", headers)
+
+    bad_id = {"invalid_last_event_id"}
+    return [
+        Case(
+            "SSE Last-Event-ID superscript two",
+            get(events, {"Last-Event-ID": "²".encode()}),
+            400,
+            bad_id,
+        ),
+        Case(
+            "SSE Last-Event-ID 5000 digits", get(events, {"Last-Event-ID": "9" * 5000}), 400, bad_id
+        ),
+        Case("SSE Last-Event-ID negative", get(events, {"Last-Event-ID": "-1"}), 400, bad_id),
+        Case("SSE lastEventId text", get(f"{events}?lastEventId=abc"), 400, bad_id),
+        Case("SSE resumed after the end", get(events, {"Last-Event-ID": "999999999"}), 200),
+        Case("download: expires superscript", dl(expires="²"), 403, {"invalid_signature"}),
+        Case("download: expires Arabic digits", dl(expires="٣٣٣"), 403, {"invalid_signature"}),
+        Case("download: expires 5000 digits", dl(expires="9" * 5000), 403, {"invalid_signature"}),
+        Case("download: genuine", dl(), 200),
+        Case(
+            "download: range of 5000 digits", dl({"Range": "bytes=" + "9" * 5000 + "-"}), {200, 416}
+        ),
+        Case(
+            "download: suffix range of 5000 digits",
+            dl({"Range": "bytes=-" + "9" * 5000}),
+            {200, 206},
+        ),
+        Case(
+            "download: range with Unicode digits", dl({"Range": "bytes=٣-٤".encode()}), {200, 206}
+        ),
+        Case(
+            "download: range past the end",
+            dl({"Range": "bytes=999999999-"}),
+            416,
+            {"range_not_satisfiable"},
+        ),
+        Case("download: several ranges", dl({"Range": "bytes=0-1,5-9"}), 200),
+    ]
+
+
+async def test_header_and_query_number_corpus(stack: Stack, media: Media) -> None:
+    resp = await stack.client.post(
+        "/api/audio/ingest", files={"file": ("src.wav", media.wav, "audio/wav")}
+    )
+    view = await wait_for_job(stack.client, resp.json()["jobId"])
+    assert view["status"] == "completed", view
+    signed = signing.sign(stack.settings.signing_secret, view["result"]["sourceKey"])
+    link = {"key": signed.key, "expires": str(signed.expires), "sig": signed.sig}
+    tally = Tally()
+    storage = open_storage(stack.settings.storage)
+    await run_cases(stack, storage, header_cases(view["jobId"], link), tally, {})
+    report(tally, "header and query corpus")
 
 
 # ---- limits and SSRF on the locked-down stack ----------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
+from nats.aio.client import Client
 
 from services.api.app import create_app
 from services.api.rate_limit import TokenBuckets
@@ -44,7 +45,9 @@ def test_token_bucket_memory_is_bounded() -> None:
     assert len(buckets._buckets) == 10
 
 
-async def test_rate_limit_is_per_tenant_with_retry_after(secure_settings: Settings) -> None:
+async def test_rate_limit_is_per_tenant_with_retry_after(
+    secure_settings: Settings, secure_nc: Client
+) -> None:
     settings = secure_settings.with_(rate_limit_per_s=0.2, rate_limit_burst=3)
     async with AsyncTestClient(app=create_app(settings)) as client:
         path = f"/api/audio/jobs/{new_job_id()}"
@@ -63,12 +66,16 @@ async def test_rate_limit_is_per_tenant_with_retry_after(secure_settings: Settin
         assert codes == [401, 401, 401, 429]
 
 
-async def test_rate_limit_off_by_default_in_code() -> None:
+def test_rate_limit_defaults() -> None:
     assert Settings().rate_limit_per_s == 0
-    env = Settings.from_env({})
+    assert Settings.from_env({}).rate_limit_per_s == 0  # dev mode: off
+    prod = {"AUDIOPREP_DEV_MODE": "0", "AUDIOPREP_SIGNING_SECRET": "s" * 32}
+    env = Settings.from_env(prod)
     assert (env.rate_limit_per_s, env.rate_limit_burst) == (20.0, 100)
-    env = Settings.from_env({"AUDIOPREP_RATE_LIMIT_PER_S": "0"})
+    env = Settings.from_env({**prod, "AUDIOPREP_RATE_LIMIT_PER_S": "0"})
     assert env.rate_limit_per_s == 0
+    env = Settings.from_env({"AUDIOPREP_RATE_LIMIT_PER_S": "5", "AUDIOPREP_RATE_LIMIT_BURST": "7"})
+    assert (env.rate_limit_per_s, env.rate_limit_burst) == (5.0, 7)
 
 
 def test_signing_secret_required_outside_dev_mode() -> None:
@@ -94,3 +101,10 @@ def test_api_keys_from_env_and_file(tmp_path: Path) -> None:
     for bad in ("k1", "=t", "k1=", "k1=../etc", "k1=a.b", "k1=a b", "k1=" + "t" * 65):
         with pytest.raises(ValueError):
             parse_api_keys(bad)
+
+
+def test_yt_dlp_cannot_bypass_the_resolver_guard() -> None:
+    """With curl_cffi installed yt-dlp would resolve names in libcurl, past url_guard."""
+    import importlib.util
+
+    assert importlib.util.find_spec("curl_cffi") is None

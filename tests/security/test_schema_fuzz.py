@@ -102,42 +102,43 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
 def test_schema_fuzz_no_server_errors_and_conforming_responses(live_api: LiveApi) -> None:
     schema = schemathesis.openapi.from_url(f"{live_api.base_url}/schema/openapi.json")
     statuses: Counter[int] = Counter()
-    per_operation: Counter[str] = Counter()
     skipped: list[str] = []
     failures: set[str] = set()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 6, [op.label for op in operations]
+
+    def fuzz(operation: Any, mode: GenerationMode, examples: int) -> None:
+        checks = CHECKS if mode is GenerationMode.POSITIVE else CHECKS[:1]
+
+        @hypothesis.settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        def run(case: Any) -> None:
+            response = case.call(base_url=live_api.base_url, headers=AUTH, timeout=15)
+            statuses[response.status_code] += 1
+            try:
+                case.validate_response(response, checks=checks, headers=AUTH)
+            except (AssertionError, FailureGroup) as exc:  # collect them all, one line each
+                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                failures.add(
+                    f"{operation.label} -> {response.status_code}: " + " / ".join(lines[:6])
+                )
+
+        try:
+            run()
+        except hypothesis.errors.Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE, operation.label
+            skipped.append(f"{operation.label} ({mode.value})")  # nothing to break
+
     for operation in operations:
         for mode, examples in EXAMPLES.items():
-
-            @hypothesis.settings(
-                max_examples=examples,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: Any, mode: GenerationMode = mode) -> None:
-                response = case.call(base_url=live_api.base_url, headers=AUTH, timeout=15)
-                statuses[response.status_code] += 1
-                per_operation[case.operation.label] += 1
-                checks = CHECKS if mode is GenerationMode.POSITIVE else CHECKS[:1]
-                try:
-                    case.validate_response(response, checks=checks, headers=AUTH)
-                except (AssertionError, FailureGroup) as exc:  # collect them all, one line each
-                    first = str(exc).strip().splitlines()
-                    failures.add(
-                        f"{case.operation.label} -> {response.status_code}: "
-                        + " / ".join(line.strip() for line in first[:6] if line.strip())
-                    )
-
-            try:
-                run()
-            except hypothesis.errors.Unsatisfiable:
-                assert mode is GenerationMode.NEGATIVE, operation.label
-                skipped.append(f"{operation.label} ({mode.value})")  # nothing to break
+            fuzz(operation, mode, examples)
     total = sum(statuses.values())
     print(
         f"\nschemathesis: {len(operations)} operations, {total} requests, "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
+from nats.aio.client import Client
 
 from services.api.app import create_app
 from shared import signing
@@ -112,7 +113,9 @@ async def test_default_tenant_key_maps_to_unprefixed_storage(secure_settings: Se
     assert bearer("k") == {"Authorization": "Bearer k"}
 
 
-async def test_open_mode_warns_at_start(secure_settings: Settings, caplog: Any) -> None:
+async def test_open_mode_warns_at_start(
+    secure_settings: Settings, secure_nc: Client, caplog: Any
+) -> None:
     from litestar.testing import AsyncTestClient
 
     open_settings = secure_settings.with_(api_keys={}, dev_mode=True)

@@ -27,9 +27,9 @@ def _check_recipe(recipe: Recipe) -> None:
     try:
         check_recipe(recipe)
     except RecipeError as exc:
-        raise ProblemError(
-            422, "invalid_recipe", exc.message, field=f"recipe.{exc.field}"
-        ) from None
+        field = f"recipe.{exc.field}"
+        reason = exc.message.split(" - at ", 1)[0]
+        raise ProblemError(422, "invalid_recipe", f"{field} {reason}", field=field) from None
 
 
 async def _check_source(api: ApiContext, key: str, tenant: str) -> None:

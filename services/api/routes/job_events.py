@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,7 @@ log = logging.getLogger("audioprep.api")
 
 KEEPALIVE_S = 15.0
 RETRY_MS = 2000
-MAX_EVENT_ID = 2**63
+_EVENT_ID_RE = re.compile(r"^[0-9]{1,19}$")  # a stream sequence, ASCII digits only
 
 
 def _message(seq: int, event: Event) -> ServerSentEventMessage:
@@ -38,11 +39,11 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     if raw is None or raw == "":
         return 0
-    if not raw.strip().isdigit() or int(raw) >= MAX_EVENT_ID:
+    if not _EVENT_ID_RE.match(raw.strip()):
         raise ProblemError(
             400, "invalid_last_event_id", "Last-Event-ID must be a stream sequence number"
         )
-    return int(raw)
+    return int(raw.strip())
 
 
 async def job_event_stream(

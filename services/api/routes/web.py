@@ -8,6 +8,7 @@ from typing import Any
 from litestar import MediaType, Request, Response, Router, get
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from services.api.auth import tenant_for
 from services.api.context import ApiContext
@@ -70,4 +71,4 @@ static_router: Router = create_static_files_router(
     include_in_schema=False,
 )
 
-web_handlers = [index, get_peaks, static_router]
+web_handlers: list[ControllerRouterHandler] = [index, get_peaks, static_router]

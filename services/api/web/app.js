@@ -272,9 +272,10 @@ function followJob(jobId, onUpdate) {
         for (const t of SSE_TYPES) es.addEventListener(t, onEvent);
         es.onmessage = onEvent;
         es.onerror = () => {
-          // Unsupported, dropped or ended stream: polling takes over.
-          if (es) es.close();
-          es = null;
+          if (!es) return;
+          // CONNECTING: a dropped stream that the browser resumes with Last-Event-ID.
+          // CLOSED: no SSE here (HTTP error, wrong type): polling takes over for good.
+          if (es.readyState === EventSource.CLOSED) es = null;
           clearTimeout(pollTimer);
           pollTimer = setTimeout(poll, 100);
         };
@@ -965,6 +966,7 @@ function main() {
       box.classList.remove("invalid");
       box.querySelector(".field-error").textContent = "";
     }
+    if (!document.querySelector("#recipe-form .field.invalid")) setError("#recipe-error", "");
     if (e.target.id === "trim-start" || e.target.id === "trim-end") inputsToSel();
     if (e.target.id === "normalize") syncNormalize();
   });

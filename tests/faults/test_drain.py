@@ -1,0 +1,128 @@
+"""SIGTERM drains a worker: it stops fetching, finishes in-flight jobs (or hands them back
+at once when the grace period runs out) and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+
+from services.worker.context import JobContext
+from services.worker.service import WorkerService
+from shared.event_store import EventStore
+from shared.events import JobRequested, JobResult, JobStarted, decode_event
+from shared.ids import new_job_id
+from shared.storage import open_storage
+from tests.faults.harness import (
+    Workers,
+    by_job,
+    connected,
+    fault_settings,
+    make_sources,
+    private_server,
+    read_stream,
+    save_request,
+    tally,
+    wait_terminal,
+)
+
+pytestmark = pytest.mark.slow
+
+
+async def test_sigterm_finishes_in_flight_and_exits_zero(tmp_path: Path) -> None:
+    with private_server(tmp_path / "nats") as server:
+        settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=2)
+        async with connected(settings) as nc:
+            events = EventStore(nc, nc.jetstream())
+            media = tmp_path / "media"
+            media.mkdir()
+            sources = await make_sources(settings, media, seconds=10.0)
+            requests = [save_request(sources, "flac") for _ in range(6)]
+            started: asyncio.Queue[JobStarted] = asyncio.Queue()
+
+            async def on_started(msg: Msg) -> None:
+                event = decode_event(msg.data)
+                if isinstance(event, JobStarted):
+                    await started.put(event)
+
+            await nc.subscribe("jobs.save.*.started", cb=on_started)
+            for request in requests:
+                await events.request_job(request)
+            ids = [r.job_id for r in requests]
+            workers = Workers(settings, tmp_path)
+            first = workers.start()
+            try:
+                in_flight = await asyncio.wait_for(started.get(), timeout=30)
+                os.kill(first.pid, signal.SIGTERM)  # what `docker stop` / systemd send
+                code = await asyncio.to_thread(first.wait, 40)
+                assert code == 0, workers.logs()
+                # The job it was running when told to stop was finished, not abandoned.
+                assert await events.terminal_event(in_flight.job_id) is not None
+                left = await wait_terminal(events, ids, timeout=0.5)
+                assert left, "the stopping worker kept fetching new jobs"
+
+                workers.start()  # the rest is picked up by the next worker
+                unfinished = await wait_terminal(events, ids, timeout=90)
+            finally:
+                workers.stop_all()
+            counts = tally(ids, by_job(await read_stream(nc.jetstream())))
+            print(counts.line("sigterm-drain", left_for_next_worker=len(left)))
+            assert not unfinished
+            assert counts.completed == len(ids) and counts.duplicates == counts.lost == 0
+
+
+async def test_drain_hands_back_what_does_not_finish_in_grace(tmp_path: Path) -> None:
+    """Past the grace period the job is nak'ed: the next worker gets it long before ack_wait."""
+    with private_server(tmp_path / "nats") as server:
+        settings = fault_settings(server.url, tmp_path / "data", ack_wait_s=60.0)
+        async with connected(settings) as nc:
+            js = nc.jetstream()
+            events = EventStore(nc, js)
+            storage = open_storage(settings.storage)
+            began = asyncio.Event()
+
+            async def stuck(ctx: JobContext) -> JobResult:
+                began.set()
+                await asyncio.Event().wait()  # never finishes on its own
+                raise AssertionError("unreachable")
+
+            async def quick(ctx: JobContext) -> JobResult:
+                return JobResult(title="done by the second worker")
+
+            def service(handler: object) -> WorkerService:
+                return WorkerService(
+                    nc=nc,
+                    js=js,
+                    settings=settings,
+                    storage=storage,
+                    handlers={"ingest": handler},  # type: ignore[dict-item]
+                    kinds=("ingest",),
+                    drain_grace_s=0.3,
+                )
+
+            job_id = new_job_id()
+            await events.request_job(
+                JobRequested(job_id=job_id, kind="ingest", source="url", url="http://x.test/a")
+            )
+            stop = asyncio.Event()
+            slow = asyncio.create_task(service(stuck).run(stop))
+            await asyncio.wait_for(began.wait(), timeout=15)
+            stop.set()
+            await asyncio.wait_for(slow, timeout=15)
+
+            stop2 = asyncio.Event()
+            fast = asyncio.create_task(service(quick).run(stop2))
+            try:
+                # ack_wait is 60 s: finishing within 20 s proves the message was handed back.
+                assert await wait_terminal(events, [job_id], timeout=20) == set()
+            finally:
+                stop2.set()
+                await asyncio.wait_for(fast, timeout=15)
+            history = [s.event for s in await events.history(job_id)]
+            attempts = [e.attempt for e in history if isinstance(e, JobStarted)]
+            assert attempts == [1, 2]
+            assert type(history[-1]).__name__ == "JobCompleted"

@@ -14,6 +14,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from nats.aio.client import Client
@@ -166,102 +167,104 @@ async def time_rebuild(env: Env, last_seq: int) -> tuple[float, str]:
         await nc.close()
 
 
-async def steady_lag(env: Env, rate: int, seconds: float) -> dict[str, Any]:
-    """Publish `rate` events/s; lag = first KV update covering an event − its publish time.
+async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict[str, Any]:
+    """Publish `rate` events/s (5-event jobs, steps 10 ms apart) and time each event.
 
-    Also records, as the baseline, when a bare ordered consumer received each event.
+    bare=False: lag = first KV update (watched like `nats kv watch`) covering the event minus
+    its publish time, with the projector process running. bare=True (the baseline, run before
+    the projector starts): publish → delivery to a bare ordered consumer on the stream.
+    One subscription either way, so the harness costs the same in both phases.
     """
     nc = await connect(env.settings, "bench-lag")
     js = nc.jetstream()
     published: dict[int, float] = {}
-    delivered: dict[int, float] = {}
-    kv_updates: list[tuple[float, bytes]] = []
+    observed: list[tuple[float, int, bytes]] = []
 
-    async def on_event(msg: Msg) -> None:
-        delivered[msg.metadata.sequence.stream] = time.perf_counter()
+    async def on_msg(msg: Msg) -> None:
+        observed.append((time.perf_counter(), msg.metadata.sequence.stream, msg.data))
 
-    async def on_kv(msg: Msg) -> None:
-        kv_updates.append((time.perf_counter(), msg.data))
-
-    new_only = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-    ev_sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS,
-        stream=subjects.STREAM,
-        ordered_consumer=True,
-        cb=on_event,
-        config=new_only,
-    )
-    kv_sub = await js.subscribe(
-        f"$KV.{subjects.JOBS_BUCKET}.>",
-        stream=f"KV_{subjects.JOBS_BUCKET}",
-        ordered_consumer=True,
-        cb=on_kv,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
-    )
-    await _wait_projector_live(js)
+    if bare:
+        sub = await js.subscribe(
+            subjects.STREAM_SUBJECTS,
+            stream=subjects.STREAM,
+            ordered_consumer=True,
+            cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        )
+    else:
+        sub = await js.subscribe(
+            f"$KV.{subjects.JOBS_BUCKET}.>",
+            stream=f"KV_{subjects.JOBS_BUCKET}",
+            ordered_consumer=True,
+            cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        )
+        await _wait_projector_live(js)
     tick = 0.01
-    per_tick = max(1, round(rate * tick))
-    jobs_per_tick = max(1, per_tick // EVENTS_PER_JOB)
+    jobs_per_tick = max(1, round(rate * tick) // EVENTS_PER_JOB)
     pipeline: list[list[list[Event]]] = []  # per tick: the jobs started at that tick
     futures: list[tuple[float, asyncio.Future[Any]]] = []
     start = time.perf_counter()
     n_ticks = int(seconds / tick)
     for k in range(n_ticks + EVENTS_PER_JOB):
-        target = start + k * tick
-        delay = target - time.perf_counter()
+        delay = start + k * tick - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if k < n_ticks:
-            pipeline.append([job_events(new_job_id()) for _ in range(jobs_per_tick)])
-        else:
-            pipeline.append([])
+        pipeline.append(
+            [job_events(new_job_id()) for _ in range(jobs_per_tick if k < n_ticks else 0)]
+        )
         # tick k publishes step s of the jobs created at tick k - s
         for step in range(EVENTS_PER_JOB):
-            if k - step < 0:
-                continue
-            for events in pipeline[k - step]:
+            for events in pipeline[k - step] if k >= step else []:
                 ev = events[step]
                 t = time.perf_counter()
                 futures.append((t, await js.publish_async(subject_of(ev), encode_event(ev))))
     for t, fut in futures:
         published[(await fut).seq] = t
-    last_seq = max(published)
-    deadline = time.perf_counter() + 30
+    first_seq, last_seq = min(published), max(published)
+    elapsed_pub = max(t for t, _ in futures) - start
     from shared.views import decode_view
 
-    def covered() -> bool:
-        return any(decode_view(d).seq >= last_seq for _, d in kv_updates[-50:])
+    def done() -> bool:
+        if bare:
+            return any(seq >= last_seq for _, seq, _ in observed[-50:])
+        return any(decode_view(d).seq >= last_seq for _, _, d in observed[-50:])
 
-    while time.perf_counter() < deadline and not (covered() and len(delivered) >= len(published)):
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and not done():  # noqa: ASYNC110 (poll, deadline)
         await asyncio.sleep(0.05)
-    await ev_sub.unsubscribe()
-    await kv_sub.unsubscribe()
+    await sub.unsubscribe()
     await nc.close()
 
-    # per job: the (time, view seq) of its KV updates
-    updates: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for t, data in kv_updates:
-        view = decode_view(data)
-        updates[view.job_id].append((t, view.seq))
-    lags: list[float] = []
-    missing = 0
-    job_of_seq = await _job_of_seq(env, min(published), last_seq)
-    for seq, t_pub in published.items():
-        job = job_of_seq.get(seq)
-        seen = next((t for t, vseq in updates.get(job or "", []) if vseq >= seq), None)
-        if seen is None:
-            missing += 1
-        else:
-            lags.append(seen - t_pub)
-    base_lags = [delivered[s] - t for s, t in published.items() if s in delivered]
-    elapsed_pub = max(t for t, _ in futures) - start
+    seen_at: dict[int, float] = {}
+    if bare:
+        seen_at = {seq: t for t, seq, _ in observed}
+        writes = 0
+    else:
+        # per job: the (time, view seq) of its KV updates, then per event the first covering it
+        updates: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        for t, _, data in observed:
+            view = decode_view(data)
+            updates[view.job_id].append((t, view.seq))
+        job_of_seq = await _job_of_seq(env, first_seq, last_seq)
+        for seq in published:
+            ups = updates.get(job_of_seq.get(seq, ""), [])
+            hit = next((t for t, vseq in ups if vseq >= seq), None)
+            if hit is not None:
+                seen_at[seq] = hit
+        writes = len(observed)
+    lags = [seen_at[s] - t for s, t in published.items() if s in seen_at]
+    by_second: dict[int, list[float]] = defaultdict(list)
+    for s, t in published.items():
+        if s in seen_at:
+            by_second[int(t - start)].append(seen_at[s] - t)
     return {
         "events": len(published),
         "achieved_rate": round(len(published) / elapsed_pub, 1),
-        "missing": missing,
-        "kv_writes": len(kv_updates),
-        "projector_lag": summary_ms(lags),
-        "bare_delivery_lag": summary_ms(base_lags),
+        "missing": len(published) - len(lags),
+        "kv_writes": writes,
+        "lag": summary_ms(lags),
+        "p99_by_second": {k: summary_ms(v)["p99_ms"] for k, v in sorted(by_second.items())},
     }
 
 
@@ -346,11 +349,13 @@ def run(total: int, rate: int, lag_seconds: float) -> dict[str, Any]:
         rebuild_rate = last_seq / elapsed
         log(f"rebuild ({what}): {last_seq} events in {elapsed:.1f}s = {rebuild_rate:.0f}/s")
 
+        base = _in_loop(partial(steady_lag, bare=True), env, rate, lag_seconds)
+        log(f"bare delivery lag: {json.dumps(base)}")
         env.audioprep("projector")
-        lag = _in_loop(steady_lag, env, rate, lag_seconds)
-        log(f"lag: {json.dumps(lag)}")
+        lag = _in_loop(partial(steady_lag, bare=False), env, rate, lag_seconds)
+        log(f"projector lag: {json.dumps(lag)}")
 
-    pl, bl = lag["projector_lag"], lag["bare_delivery_lag"]
+    pl, bl = lag["lag"], base["lag"]
     rows = [
         row(
             "2 projector",
@@ -384,6 +389,7 @@ def run(total: int, rate: int, lag_seconds: float) -> dict[str, Any]:
         "bare_read_rate": round(bare_rate),
         "fold_only_rate": round(cpu_rate),
         "lag": lag,
+        "bare_lag": base,
     }
 
 

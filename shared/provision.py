@@ -109,6 +109,23 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
         log.info("kv bucket created", extra={"bucket": config.bucket})
 
 
+def kv_stream_name(bucket: str) -> str:
+    """The stream behind a KV bucket (NATS KV convention, ADR-8)."""
+    return f"KV_{bucket}"
+
+
+async def _allow_atomic_batches(js: JetStreamContext, stream: str) -> None:
+    """Let `projection rebuild` write the view in atomic batches (one fsync per batch)."""
+    config = (await js.stream_info(stream)).config
+    if config.allow_atomic:
+        return
+    config.allow_atomic = True
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:  # nats-server < 2.12: rebuild writes key by key instead
+        log.warning("atomic batches not enabled", extra={"stream": stream, "error": str(exc)})
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create or update everything audioprep needs; safe to run any number of times."""
     await _ensure_stream(js, jobs_stream_config(settings))
@@ -119,6 +136,11 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     buckets = (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET, subjects.RENDER_CACHE_BUCKET)
     for bucket in buckets:
         config = KeyValueConfig(
-            bucket=bucket, history=1, storage=StorageType.FILE, replicas=settings.stream_replicas
+            bucket=bucket,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+            direct=True,  # gets skip the JSON/base64 API path (poll, projector); CLI default
         )
         await _ensure_kv(js, config)
+    await _allow_atomic_batches(js, kv_stream_name(subjects.JOBS_BUCKET))

@@ -56,6 +56,18 @@ class Settings:
         """The URL clients use to reach the API (for signed download links)."""
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
+    def check_signing_secret(self) -> None:
+        """Outside dev mode the API needs a real secret: links must survive restarts and
+        match across replicas (workers and the projector sign nothing)."""
+        if self.dev_mode:
+            return
+        if self.signing_secret_is_ephemeral or len(self.signing_secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"AUDIOPREP_SIGNING_SECRET (at least {MIN_SECRET_CHARS} characters) is required "
+                "when AUDIOPREP_DEV_MODE=0: signed download links must survive restarts and "
+                "match across API replicas"
+            )
+
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests, CLI flags)."""
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -70,12 +82,6 @@ class Settings:
 
         secret = e.get("AUDIOPREP_SIGNING_SECRET", "")
         dev_mode = get("DEV_MODE", "1").lower() not in ("0", "false", "no")
-        if not dev_mode and len(secret) < MIN_SECRET_CHARS:
-            raise ValueError(
-                "AUDIOPREP_SIGNING_SECRET (at least 32 characters) is required when "
-                "AUDIOPREP_DEV_MODE=0: signed download links must survive restarts and match "
-                "across API replicas"
-            )
         return cls(
             nats_url=get("NATS_URL", cls.nats_url),
             data_dir=Path(get("DATA_DIR", "./data")),

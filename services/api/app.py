@@ -12,13 +12,13 @@ from litestar.openapi import OpenAPIConfig
 
 from services.api.auth import api_key_guard
 from services.api.context import ApiContext
+from services.api.openapi import complete_schema
 from services.api.problems import handle_exception
 from services.api.rate_limit import rate_limit_middleware
-from services.api.routes.health import healthz, readyz
-from services.api.openapi import complete_schema
 from services.api.routes.cancel import cancel_job
 from services.api.routes.downloads import storage_download
 from services.api.routes.edit import preview, preview_audio, save
+from services.api.routes.health import healthz, readyz
 from services.api.routes.ingest import ingest
 from services.api.routes.job_events import job_events
 from services.api.routes.jobs import get_job
@@ -36,10 +36,7 @@ log = logging.getLogger("audioprep.api")
 
 def create_app(settings: Settings) -> Litestar:
     """Build the API; it connects to NATS when it starts, not when it is built."""
-    if not settings.dev_mode and (
-        settings.signing_secret_is_ephemeral or not settings.signing_secret
-    ):
-        raise RuntimeError("AUDIOPREP_SIGNING_SECRET is required outside dev mode")
+    settings.check_signing_secret()  # refuses to start outside dev mode without one
     holder: dict[str, ApiContext] = {}
 
     @contextlib.asynccontextmanager

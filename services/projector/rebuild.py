@@ -5,11 +5,14 @@ the same events), only KV revisions differ. Steps:
 
 1. Snapshot the stream's last sequence S and fold events [first, S] in memory (ordered
    consumer with a message callback: the fastest way nats-py reads a stream, see NOTES.md).
-2. Read the bucket's current values (one watch) and write only keys whose bytes differ,
-   many writes in flight; delete keys the stream does not produce.
-3. Every write is a compare-and-set on the revision just read. A key a live projector moved
-   meanwhile, or one already newer than S, is re-folded from that job's full history, so
-   rebuilding while a projector runs is safe.
+2. Read the bucket's current entries (one watch) and write only keys whose bytes differ, in
+   atomic batches of 500 (one fsync per batch instead of one per key: ~10× faster with
+   `sync_interval: always`; provisioning sets `allow_atomic` on stream KV_jobs). Delete keys
+   the stream does not produce.
+3. Every write is a compare-and-set on the revision just read. A batch that hits a key a live
+   projector moved meanwhile is rejected whole and written key by key; such a key, or one
+   already newer than S, is re-folded from that job's full history, so rebuilding while a
+   projector runs is safe.
 4. Reset the projector checkpoint to S; a projector started afterwards resumes at S + 1.
 
 Memory grows with the number of jobs (one view each, ~0.5 KB).
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -35,11 +40,14 @@ from services.projector.fold import fold
 from shared import subjects
 from shared.event_store import EventStore
 from shared.events import decode_event
+from shared.provision import kv_stream_name
 from shared.views import JobView, decode_view, encode_view
 
 log = logging.getLogger("audioprep.rebuild")
 
-WRITERS = 128  # KV writes in flight: with fsync on every write, concurrency is the throughput
+WRITERS = 128  # key-by-key writes in flight (the fallback when atomic batches are off)
+BATCH_SIZE = 500  # views per atomic batch (the server allows up to 1000)
+BATCH_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 30.0  # no message for this long while reading means the server went away
 CAS_RETRIES = 10
 
@@ -69,9 +77,9 @@ class RebuildReport:
 
 @dataclass(frozen=True)
 class Current:
-    """A key's value in the bucket as read before writing."""
+    """A key in the bucket as read before writing; `value` None is a delete marker."""
 
-    value: bytes
+    value: bytes | None
     revision: int
 
 
@@ -138,7 +146,7 @@ async def fold_stream(
 
 
 async def read_bucket(kv: KeyValue) -> dict[str, Current]:
-    """Current (non-deleted) values of every key, with their revisions (one watch)."""
+    """Every key's latest entry (delete markers included, for CAS), in one watch."""
     out: dict[str, Current] = {}
     watcher = await kv.watchall()
     try:
@@ -146,10 +154,10 @@ async def read_bucket(kv: KeyValue) -> dict[str, Current]:
             entry = await watcher.updates(timeout=READ_TIMEOUT_S)  # type: ignore[no-untyped-call]
             if entry is None:
                 return out  # caught up (also what an empty bucket answers first)
-            if entry.operation in (KV_DEL, KV_PURGE):
-                out.pop(entry.key, None)
-            elif entry.value is not None and entry.revision is not None:
-                out[entry.key] = Current(entry.value, entry.revision)
+            if entry.revision is None:
+                continue
+            deleted = entry.operation in (KV_DEL, KV_PURGE)
+            out[entry.key] = Current(None if deleted else entry.value, entry.revision)
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
 
@@ -165,7 +173,12 @@ async def _pool(items: Iterable[str], work: Callable[[str], Awaitable[None]], si
     await asyncio.gather(*(runner() for _ in range(size)))
 
 
-class _Writer:
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class RebuildWriter:
     """CAS writes of rebuilt views; a conflict re-folds that job from its full history."""
 
     def __init__(self, kv: KeyValue, events: EventStore, report: RebuildReport) -> None:
@@ -174,10 +187,11 @@ class _Writer:
         self.report = report
 
     async def write(self, key: str, view: JobView | None, current: Current | None) -> None:
+        """One key: create, update or delete it unless it already holds `view`."""
         for _ in range(CAS_RETRIES):
             try:
                 if view is None:
-                    if current is not None:
+                    if current is not None and current.value is not None:
                         await self.kv.delete(key, last=current.revision)
                         self.report.deleted += 1
                     return
@@ -196,8 +210,40 @@ class _Writer:
             view, current = await self.refold(key)
         raise RuntimeError(f"view {key} kept changing under the rebuild")
 
+    async def write_batch(
+        self, keys: list[str], views: dict[str, JobView], current: dict[str, Current]
+    ) -> bool:
+        """Write many views as one atomic batch (one fsync): all of them, or none on a conflict.
+
+        Every message carries its own compare-and-set (expected last subject sequence), so a
+        key a live projector moved meanwhile rejects the whole batch; the caller then falls
+        back to key-by-key writes.
+        """
+        nc = self.events.nc
+        batch_id = uuid.uuid4().hex
+        for n, key in enumerate(keys, start=1):
+            cur = current.get(key)
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(n),
+                "Nats-Expected-Last-Subject-Sequence": str(cur.revision if cur else 0),
+            }
+            subject = kv_subject(key)
+            data = encode_view(views[key])
+            if n < len(keys):
+                await nc.publish(subject, data, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await nc.request(subject, data, headers=headers, timeout=BATCH_TIMEOUT_S)
+            answer = json.loads(reply.data or b"{}")
+            if "error" in answer:
+                log.info("batch not applied, writing key by key", extra={"error": answer["error"]})
+                return False
+        self.report.written += len(keys)
+        return True
+
     async def refold(self, key: str) -> tuple[JobView | None, Current | None]:
-        """The job's view from its whole history, and the bucket's value right now."""
+        """The job's view from its whole history, and the bucket's entry right now."""
         self.report.refolded += 1
         view: JobView | None = None
         for stored in await self.events.history(key):
@@ -205,13 +251,20 @@ class _Writer:
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
-            return view, None
+            return view, None  # absent or deleted: `create` handles both
         if entry.value is None or entry.revision is None:
             return view, None
         return view, Current(entry.value, entry.revision)
 
 
-def _seq_of(data: bytes) -> int:
+def kv_subject(key: str) -> str:
+    """The subject a KV put on `key` of bucket `jobs` is published to (NATS KV, ADR-8)."""
+    return f"$KV.{subjects.JOBS_BUCKET}.{key}"
+
+
+def _seq_of(data: bytes | None) -> int:
+    if data is None:
+        return 0
     try:
         return decode_view(data).seq
     except msgspec.DecodeError:
@@ -225,6 +278,7 @@ async def rebuild(
     progress: Progress | None = None,
     check_only: bool = False,
     writers: int = WRITERS,
+    batch_size: int = BATCH_SIZE,
 ) -> RebuildReport:
     """Recreate the whole `jobs` bucket from the stream (see the module docstring)."""
     started = time.monotonic()
@@ -243,25 +297,22 @@ async def rebuild(
     # Keys already holding a view newer than the snapshot (a live projector is ahead of us)
     # are re-folded from their history instead of being set back to the snapshot.
     ahead = {k for k, cur in current.items() if _seq_of(cur.value) > last}
-    stale = [k for k in current if k not in views and k not in ahead]
+    stale = [
+        k for k, c in current.items() if c.value is not None and k not in views and k not in ahead
+    ]
     todo = [k for k in views if k not in ahead]
+    changed = [k for k in todo if (c := current.get(k)) is None or c.value != encode_view(views[k])]
+    report.unchanged = len(todo) - len(changed)
     if check_only:
-        missing = Current(b"", 0)
-        changed = [k for k in todo if current.get(k, missing).value != encode_view(views[k])]
         report.differences = sorted(changed + stale)
-        report.unchanged = len(todo) - len(changed)
         report.seconds = time.monotonic() - started
         return report
 
-    writer = _Writer(kv, events, report)
-    done = 0
+    writer = RebuildWriter(kv, events, report)
+    atomic = bool((await js.stream_info(kv_stream_name(subjects.JOBS_BUCKET))).config.allow_atomic)
 
     async def write_one(key: str) -> None:
-        nonlocal done
         await writer.write(key, views.get(key), current.get(key))
-        done += 1
-        if progress is not None and done % 1000 == 0:
-            progress("write", done, len(todo))
 
     async def delete_one(key: str) -> None:
         await writer.write(key, None, current.get(key))
@@ -270,9 +321,13 @@ async def rebuild(
         view, cur = await writer.refold(key)
         await writer.write(key, view, cur)
 
-    await _pool(todo, write_one, writers)
-    if progress is not None:
-        progress("write", done, len(todo))
+    done = 0
+    for chunk in _batches(changed, batch_size):
+        if not (atomic and await writer.write_batch(chunk, views, current)):
+            await _pool(chunk, write_one, writers)
+        done += len(chunk)
+        if progress is not None:
+            progress("write", done, len(changed))
     await _pool(stale, delete_one, writers)
     await _pool(ahead, refresh_one, writers)
     if progress is not None:

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 
 from services.projector.fold import fold
 from shared import metrics, subjects
-from shared.events import Event, decode_event
+from shared.events import Event, JobRequested, decode_event
 from shared.nats_conn import is_transient
 from shared.views import JobView, decode_view, encode_view
 
@@ -67,7 +67,12 @@ class ViewWriter:
     async def apply_job(self, job_id: str, items: list[tuple[int, Event]]) -> JobView | None:
         """Fold one job's events (stream order) and write its view once, with CAS."""
         cached = self.cache.get(job_id)
-        view, revision = cached if cached else await self._load(job_id)
+        if cached:
+            view, revision = cached
+        elif isinstance(items[0][1], JobRequested):
+            view, revision = None, 0  # a new job: create-only write; CAS catches an old view
+        else:
+            view, revision = await self._load(job_id)
         for _ in range(CAS_RETRIES):
             new = view
             for seq, event in items:

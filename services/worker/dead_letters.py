@@ -110,7 +110,10 @@ class DeadLetterFailer:
 
     async def _subscribe(self, *, recreate: bool) -> JetStreamContext.PullSubscription:
         if recreate:
-            await self.js.add_consumer(subjects.DLQ_STREAM, dlq_consumer_config(self.settings))
+            try:
+                await self.js.consumer_info(subjects.DLQ_STREAM, subjects.DLQ_CONSUMER)
+            except NotFoundError:
+                await self.js.add_consumer(subjects.DLQ_STREAM, dlq_consumer_config(self.settings))
         return await self.js.pull_subscribe_bind(
             durable=subjects.DLQ_CONSUMER, stream=subjects.DLQ_STREAM
         )

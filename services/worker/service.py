@@ -86,8 +86,13 @@ class WorkerService:
         self, kind: subjects.Kind, *, recreate: bool = False
     ) -> JetStreamContext.PullSubscription:
         if recreate:
-            # The consumer is gone (a server that lost its state): put it back as provisioned.
-            await self.js.add_consumer(subjects.STREAM, worker_consumer_config(kind, self.settings))
+            try:
+                await self.js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+            except NotFoundError:
+                # The consumer is gone (a server that lost its state): put it back as
+                # provisioned. An existing one is left alone (an operator may have tuned it).
+                config = worker_consumer_config(kind, self.settings)
+                await self.js.add_consumer(subjects.STREAM, config)
         return await self.js.pull_subscribe_bind(
             durable=subjects.worker_consumer(kind), stream=subjects.STREAM
         )

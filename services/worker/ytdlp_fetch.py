@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yt_dlp
 from yt_dlp.networking.exceptions import HTTPError, TransportError
@@ -43,14 +43,6 @@ class Downloaded:
     path: str
     title: str | None
     ext: str
-
-
-class _Abort(DownloadCancelled):  # type: ignore[misc]
-    """Raised from yt-dlp hooks to stop at once with one of our errors."""
-
-    def __init__(self, error: AudioprepError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 class _Quiet:
@@ -84,14 +76,17 @@ def download(
 ) -> Downloaded:
     """Fetch the best audio of `url` into `out_dir`; typed errors on every failure."""
     check_url(url, allow_hosts)
+    aborted: list[AudioprepError] = []  # why a hook stopped yt-dlp (it rewraps exceptions)
     with guarded_resolver(allow_hosts) as refused:
         try:
-            return _download(url, source, Path(out_dir), max_bytes, max_duration_s, on_progress)
-        except _Abort as exc:
-            raise exc.error from None
+            return _download(
+                url, source, Path(out_dir), max_bytes, max_duration_s, on_progress, aborted
+            )
         except AudioprepError:
             raise
         except Exception as exc:
+            if aborted:
+                raise aborted[0] from None
             if refused:
                 raise refused[0] from None
             raise classify(exc) from None
@@ -104,13 +99,18 @@ def _download(
     max_bytes: int,
     max_duration_s: int,
     on_progress: Callable[[float], None] | None,
+    aborted: list[AudioprepError],
 ) -> Downloaded:
+    def stop(error: AudioprepError) -> NoReturn:
+        aborted.append(error)
+        raise DownloadCancelled(error.message)
+
     def match(info: dict[str, Any], *, incomplete: bool = False) -> str | None:
         if info.get("is_live") or info.get("live_status") in ("is_live", "is_upcoming"):
-            raise _Abort(Permanent("live streams can't be ingested", code=UNSUPPORTED_URL))
+            stop(Permanent("live streams can't be ingested", code=UNSUPPORTED_URL))
         duration = info.get("duration")
         if isinstance(duration, int | float) and duration > max_duration_s:
-            raise _Abort(
+            stop(
                 Permanent(
                     f"audio is {duration:.0f} s long; the limit is {max_duration_s} s",
                     code=TOO_LONG,
@@ -122,9 +122,7 @@ def _download(
         done = int(d.get("downloaded_bytes") or 0)
         total = int(d.get("total_bytes") or d.get("total_bytes_estimate") or 0)
         if done > max_bytes or total > max_bytes:
-            raise _Abort(
-                Permanent(f"the download exceeds the limit of {max_bytes} bytes", code=TOO_LARGE)
-            )
+            stop(Permanent(f"the download exceeds the limit of {max_bytes} bytes", code=TOO_LARGE))
         if on_progress is not None and total > 0:
             on_progress(done / total)
 
@@ -182,8 +180,11 @@ def _download(
 def _title(info: dict[str, Any]) -> str | None:
     """The site's title; none for a bare file link (its name is no title)."""
     title = info.get("title")
-    if info.get("direct") or not isinstance(title, str) or not title.strip():
+    if not isinstance(title, str) or not title.strip():
         return None
+    basename = str(info.get("webpage_url_basename") or "")
+    if info.get("direct") and title == basename.rsplit(".", 1)[0]:
+        return None  # yt-dlp names a bare file link after its file name
     if info.get("extractor") == "html5":  # `<page title> (1)` for the first media tag
         title = re.sub(r"\s\(\d+\)$", "", title)
     return title.strip()[:300] or None

@@ -36,6 +36,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self._redirect(f"http://127.0.0.2:{port}/tone.mp3")
         elif self.path == "/redirect-ok":
             self._redirect(f"http://localhost:{port}/tone.mp3")
+        elif self.path.startswith("/feed"):
+            hours = "05:00:00" if self.path == "/feed-long.xml" else "00:00:03"
+            self._feed(f"http://127.0.0.1:{port}/tone.mp3", hours)
         elif self.path == "/unavailable.mp3":
             self.send_error(503)
         elif self.path.startswith("/slow"):
@@ -48,6 +51,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _feed(self, enclosure: str, duration: str) -> None:
+        """A podcast RSS feed whose first episode is the tone (with an announced duration)."""
+        body = (
+            '<?xml version="1.0"?><rss version="2.0" '
+            'xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"><channel><title>Pod</title>'
+            f'<item><title>Episode 1</title><enclosure url="{enclosure}" type="audio/mpeg" '
+            f'length="1"/><itunes:duration>{duration}</itunes:duration></item></channel></rss>'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/rss+xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _slow(self, path: Path) -> None:
         data = path.read_bytes()
@@ -131,6 +148,23 @@ async def test_html_page_with_audio_tag_is_ingested(stack: Stack, site: str) -> 
     assert view["result"]["title"] == "Morning show"
     assert abs(view["result"]["durationMs"] - 3000) <= 50
     assert view["result"]["sourceKey"].startswith(f"sources/{job_id}/Morning_show")
+
+
+async def test_podcast_feed_first_episode_is_ingested(stack: Stack, site: str) -> None:
+    job_id = await _ingest_url(stack, f"{site}/feed.xml")
+    view = await wait_for_job(stack.client, job_id)
+    assert view["status"] == "completed", view
+    assert view["result"]["title"] == "Episode 1"
+
+
+async def test_announced_duration_over_the_limit_fails_before_download(
+    stack: Stack, site: str
+) -> None:
+    job_id = await _ingest_url(stack, f"{site}/feed-long.xml")  # 5 h > AUDIOPREP_MAX_DURATION_S
+    view = await wait_for_job(stack.client, job_id)
+    assert view["status"] == "failed", view
+    assert view["error"]["code"] == "too_long"
+    assert "18000 s" in view["error"]["message"]
 
 
 async def test_redirect_to_an_allowed_host_is_followed(stack: Stack, site: str) -> None:

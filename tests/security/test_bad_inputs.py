@@ -647,7 +647,7 @@ async def test_json_and_recipe_corpus(stack: Stack, media: Media) -> None:
     report(tally, "JSON and recipe corpus")
 
 
-def header_cases(job_id: str, link: dict[str, str]) -> list[Case]:
+def header_cases(job_id: str, link: dict[str, str], wav: bytes) -> list[Case]:
     """Numbers in headers and query strings: Unicode digits and absurd lengths."""
     events = f"/api/audio/jobs/{job_id}/events"
     download = signing.DOWNLOAD_PATH
@@ -691,6 +691,29 @@ def header_cases(job_id: str, link: dict[str, str]) -> list[Case]:
             {"range_not_satisfiable"},
         ),
         Case("download: several ranges", dl({"Range": "bytes=0-1,5-9"}), 200),
+        Case(
+            "Idempotency-Key of spaces",
+            upload(file_part(wav), {"Idempotency-Key": "   "}),
+            400,
+            {"invalid_idempotency_key"},
+        ),
+        Case(
+            "Idempotency-Key in UTF-8",
+            upload(file_part(wav), {"Idempotency-Key": "clé-€".encode()}),
+            202,
+            job="completed",
+        ),
+        Case(
+            "traceparent garbage",
+            upload(file_part(wav), {"traceparent": "00-zz-" + "x" * 500}),
+            202,
+            job="completed",
+        ),
+        Case(
+            "Authorization garbage in open mode",
+            get(f"/api/audio/jobs/{job_id}", {"Authorization": "Bearer \xff".encode("latin-1")}),
+            200,
+        ),
     ]
 
 
@@ -704,7 +727,7 @@ async def test_header_and_query_number_corpus(stack: Stack, media: Media) -> Non
     link = {"key": signed.key, "expires": str(signed.expires), "sig": signed.sig}
     tally = Tally()
     storage = open_storage(stack.settings.storage)
-    await run_cases(stack, storage, header_cases(view["jobId"], link), tally, {})
+    await run_cases(stack, storage, header_cases(view["jobId"], link, media.wav), tally, {})
     report(tally, "header and query corpus")
 
 

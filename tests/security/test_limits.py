@@ -79,15 +79,21 @@ def test_rate_limit_defaults() -> None:
 
 
 def test_signing_secret_required_outside_dev_mode() -> None:
-    with pytest.raises(ValueError, match="AUDIOPREP_SIGNING_SECRET"):
-        Settings.from_env({"AUDIOPREP_DEV_MODE": "0"})
-    with pytest.raises(ValueError, match="at least 32"):
-        Settings.from_env({"AUDIOPREP_DEV_MODE": "0", "AUDIOPREP_SIGNING_SECRET": "short"})
-    ok = Settings.from_env({"AUDIOPREP_DEV_MODE": "0", "AUDIOPREP_SIGNING_SECRET": "s" * 32})
+    prod = {"AUDIOPREP_DEV_MODE": "0"}
+    for env in (prod, {**prod, "AUDIOPREP_SIGNING_SECRET": "short"}):
+        settings = Settings.from_env(env)  # workers and the projector don't need one
+        with pytest.raises(ValueError, match="AUDIOPREP_SIGNING_SECRET"):
+            settings.check_signing_secret()
+        with pytest.raises(ValueError, match="at least 32"):
+            create_app(settings)  # the API refuses to start
+    ok = Settings.from_env({**prod, "AUDIOPREP_SIGNING_SECRET": "s" * 32})
     assert not ok.signing_secret_is_ephemeral
+    ok.check_signing_secret()
+    create_app(ok)
     dev = Settings.from_env({})
     assert dev.dev_mode and dev.signing_secret_is_ephemeral and len(dev.signing_secret) >= 32
-    with pytest.raises(RuntimeError, match="AUDIOPREP_SIGNING_SECRET"):
+    dev.check_signing_secret()
+    with pytest.raises(ValueError):
         create_app(Settings(dev_mode=False))
 
 
@@ -108,3 +114,25 @@ def test_yt_dlp_cannot_bypass_the_resolver_guard() -> None:
     import importlib.util
 
     assert importlib.util.find_spec("curl_cffi") is None
+
+
+def test_duration_limit_holds_when_the_header_lies(tmp_path: Path) -> None:
+    """Raw ADTS has no duration: FFmpeg estimates it from the first frames' bitrate (loud
+    noise, then long cheap silence: 4 s estimated for 33 s). Decoding stops at the limit."""
+    import numpy as np
+
+    from services.worker.pipeline.analyse import analyse
+    from services.worker.pipeline.decode import open_audio
+    from services.worker.pipeline.probe import header_duration_ms
+    from shared.errors import TOO_LONG, Permanent
+    from tests.media import noise, silence, write_samples
+
+    pcm = np.concatenate([noise(seconds=3.0, dbfs=-1), silence(seconds=30.0)], axis=1)
+    path = str(write_samples(tmp_path / "liar.aac", pcm))
+    with open_audio(path) as (container, stream):
+        estimated = header_duration_ms(container, stream)
+    assert estimated is not None and estimated < 15_000
+    with pytest.raises(Permanent) as info:
+        analyse(path, points=100, max_duration_s=15)
+    assert info.value.code == TOO_LONG
+    assert "at least 15 s" in info.value.message

@@ -17,7 +17,7 @@ from shared.storage import Storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
-from tests.security.conftest import TENANT_A, A, B, bearer
+from tests.security.conftest import KEY_A, TENANT_A, A, B, bearer
 
 # Routes that are deliberately public: the signed link is the credential for downloads.
 PUBLIC_API_PATHS = {signing.DOWNLOAD_PATH}
@@ -47,12 +47,15 @@ async def _upload(stack: Stack, path: Path, headers: dict[str, str]) -> str:
 async def test_every_api_route_requires_a_key(secure_stack: Stack) -> None:
     routes = api_routes(secure_stack.client.app)
     assert len(routes) >= 4, routes
-    bad_headers: list[dict[str, str]] = [
+    bad_headers: list[dict[str, Any]] = [
         {},
         {"Authorization": "Bearer wrong-key"},
         {"Authorization": "Basic dXNlcjpwYXNz"},
         {"Authorization": "Bearer "},
         {"Authorization": "bearer " + "x" * 5000},
+        {"Authorization": b"Bearer \xff\xfe"},
+        {"Authorization": f"Bearer {KEY_A[:-1]}"},
+        {"Authorization": f"Bearer {KEY_A}x"},
     ]
     for method, path in routes:
         for headers in bad_headers:

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import nats.errors
 from litestar import Request, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -80,7 +81,9 @@ async def job_event_stream(
             if is_terminal(event):
                 return
     finally:
-        with contextlib.suppress(Exception):
+        # A client that goes away cancels this generator's scope; shield the clean-up or the
+        # await is cancelled again and the consumer lingers until its inactivity timeout.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await sub.unsubscribe()
 
 

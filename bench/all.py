@@ -21,7 +21,7 @@ from bench.common import RESULTS_DIR, ROOT, log, machine
 # name → (command, extra args for --quick, timeout in seconds)
 BENCHMARKS: dict[str, tuple[list[str], list[str], float]] = {
     "api": (["-m", "bench.api"], ["--duration", "4", "--reps", "1"], 240),
-    "projector": (["-m", "bench.projector"], ["--events", "30000", "--lag-seconds", "5"], 300),
+    "projector": (["-m", "bench.projector"], ["--events", "30000", "--lag-seconds", "3"], 300),
     "workers": (["-m", "bench.workers"], ["--dispatches", "20", "--batch", "16"], 300),
     "e2e": (["-m", "bench.e2e"], ["--jobs", "30"], 240),
     "render": (["bench/render.py"], ["--runs", "1", "--skip-long"], 420),

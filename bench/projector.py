@@ -349,11 +349,17 @@ def run(total: int, rate: int, lag_seconds: float) -> dict[str, Any]:
         rebuild_rate = last_seq / elapsed
         log(f"rebuild ({what}): {last_seq} events in {elapsed:.1f}s = {rebuild_rate:.0f}/s")
 
-        base = _in_loop(partial(steady_lag, bare=True), env, rate, lag_seconds)
-        log(f"bare delivery lag: {json.dumps(base)}")
+        # Alternate baseline and projector phases (the projector runs throughout), best p99 of
+        # two each: a stall of the shared box (seen in both) then rarely decides the row.
         env.audioprep("projector")
-        lag = _in_loop(partial(steady_lag, bare=False), env, rate, lag_seconds)
-        log(f"projector lag: {json.dumps(lag)}")
+        bases, lags = [], []
+        for _ in range(2):
+            bases.append(_in_loop(partial(steady_lag, bare=True), env, rate, lag_seconds))
+            log(f"bare delivery lag: {json.dumps(bases[-1])}")
+            lags.append(_in_loop(partial(steady_lag, bare=False), env, rate, lag_seconds))
+            log(f"projector lag: {json.dumps(lags[-1])}")
+        base = min(bases, key=lambda r: r["lag"]["p99_ms"])
+        lag = min(lags, key=lambda r: r["lag"]["p99_ms"])
 
     pl, bl = lag["lag"], base["lag"]
     rows = [
@@ -390,6 +396,8 @@ def run(total: int, rate: int, lag_seconds: float) -> dict[str, Any]:
         "fold_only_rate": round(cpu_rate),
         "lag": lag,
         "bare_lag": base,
+        "lag_runs": lags,
+        "bare_lag_runs": bases,
     }
 
 
@@ -397,7 +405,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--lag-seconds", type=float, default=10.0)
+    parser.add_argument("--lag-seconds", type=float, default=6.0, help="per phase (4 phases)")
     args = parser.parse_args()
     result = run(args.events, args.rate, args.lag_seconds)
     path = write_result("projector", result)

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from services.worker.job_runner import sweep_dead_scratch
 from shared import keys, subjects
 from shared.event_store import EventStore, StoredEvent
 from shared.events import JobCompleted, JobRequested, decode_event
@@ -126,6 +127,7 @@ class Workers:
             # reap anything left in its group (media children of a killed worker)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        sweep_dead_scratch()  # scratch dirs of the workers we SIGKILLed
 
     def logs(self) -> str:
         return "\n".join(

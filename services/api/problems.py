@@ -6,8 +6,13 @@ import logging
 import re
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from shared.errors import Retryable
+from shared.nats_conn import NatsUnavailable
 
 log = logging.getLogger("audioprep.api")
 
@@ -107,8 +112,33 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             code = "malformed_json"
         problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
         return problem_response(request, problem)
+    if _is_backend_outage(exc):
+        # NATS or storage briefly away (restart, leader election): the client should retry.
+        log.warning(
+            "backend unavailable",
+            extra={"path": request.url.path, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        problem = ProblemError(
+            503,
+            "service_unavailable",
+            "a backend (NATS or storage) is briefly unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+        return problem_response(request, problem)
     log.exception("unhandled error", extra={"path": request.url.path})
     return problem_response(request, ProblemError(500, "internal_error", "internal server error"))
+
+
+def _is_backend_outage(exc: BaseException) -> bool:
+    """Transient infrastructure errors, as opposed to bugs."""
+    if isinstance(exc, Retryable | NatsUnavailable | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return True
+    if isinstance(exc, nats.js.errors.APIError):  # JetStream said no: only "unavailable" is
+        return exc.code in (503, 504) or exc.err_code in (10008, 10023)  # transient
+    # Timeouts, no responders, connection closed or draining...
+    return isinstance(exc, nats.errors.Error)
 
 
 __all__ = ["PROBLEM_JSON", "MediaType", "ProblemError", "handle_exception", "problem_response"]

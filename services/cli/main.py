@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -52,5 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run() -> None:
+    """Console-script entry: exit without interpreter finalisation.
+
+    obstore's native (tokio) threads can abort the process while Python finalises (seen as a
+    silent SIGABRT on about 1 exit in 3 after storage calls), turning a clean exit code into
+    134. Everything we own is closed by then, so flush and leave with the real code.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

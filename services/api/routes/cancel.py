@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
@@ -20,7 +22,7 @@ from shared.views import JobView
 log = logging.getLogger("audioprep.api")
 
 
-async def _stream_view(api: ApiContext, job_id: str) -> JobView | None:
+async def _stream_view(api: NamedDependency[ApiContext], job_id: str) -> JobView | None:
     """The job folded from its events: the KV view may lag behind a just-finished job."""
     view: JobView | None = None
     for stored in await api.events.history(job_id):
@@ -41,7 +43,7 @@ async def _stream_view(api: ApiContext, job_id: str) -> JobView | None:
     responses=problems(401, 404),
 )
 async def cancel_job(
-    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> Response[JobView]:
     tenant = tenant_for(request, api.settings)
     view = await load_view(api, job_id, tenant)  # 404 for unknown ids and other tenants

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
 from litestar.response import Stream
 
 from services.api.context import ApiContext
@@ -27,10 +29,10 @@ from shared import keys, signing
 )
 async def storage_download(
     request: Request[Any, Any, Any],
-    api: ApiContext,
-    key: str | None = None,
-    expires: str | None = None,
-    sig: str | None = None,
+    api: NamedDependency[ApiContext],
+    key: FromQuery[str | None] = None,
+    expires: FromQuery[str | None] = None,
+    sig: FromQuery[str | None] = None,
 ) -> Stream:
     try:
         verified = signing.verify(api.settings.signing_secret, key, expires, sig)

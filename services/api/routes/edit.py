@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
@@ -32,7 +34,7 @@ def _check_recipe(recipe: Recipe) -> None:
         raise ProblemError(422, "invalid_recipe", f"{field} {reason}", field=field) from None
 
 
-async def _check_source(api: ApiContext, key: str, tenant: str) -> None:
+async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str) -> None:
     """The source must be a safe key of this tenant that exists in storage."""
     if not keys.is_safe_key(key):
         raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
@@ -41,7 +43,7 @@ async def _check_source(api: ApiContext, key: str, tenant: str) -> None:
 
 
 async def _replayed(
-    request: Request[Any, Any, Any], api: ApiContext, job_id: str, tenant: str
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: str, tenant: str
 ) -> str | None:
     """For a retried POST with the same Idempotency-Key: the job it already made or joined."""
     if request.headers.get("idempotency-key") is None:
@@ -72,7 +74,9 @@ def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
     responses=problems(400, 401, 404, 409, 422),
 )
 async def preview(
-    request: Request[Any, Any, Any], api: ApiContext, data: PreviewRequest
+    request: Request[Any, Any, Any],
+    api: NamedDependency[ApiContext],
+    data: JSONBody[PreviewRequest],
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
@@ -107,7 +111,7 @@ async def preview(
     responses=problems(400, 401, 404, 409, 422),
 )
 async def save(
-    request: Request[Any, Any, Any], api: ApiContext, data: SaveRequest
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], data: JSONBody[SaveRequest]
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
@@ -143,7 +147,7 @@ async def save(
     response_description="audio bytes (200/206), or JSON {downloadUrl} on S3/R2",
 )
 async def preview_audio(
-    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> Response[Any]:
     tenant = tenant_for(request, api.settings)
     view = await load_view(api, job_id, tenant)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from services.api.context import ApiContext
 
@@ -13,7 +14,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Readiness: NATS and storage reachable")
-async def readyz(api: ApiContext) -> Response[dict[str, str]]:
+async def readyz(api: NamedDependency[ApiContext]) -> Response[dict[str, str]]:
     checks: dict[str, str] = {}
     try:
         await api.nc.flush(timeout=2)

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
@@ -45,7 +46,9 @@ async def _url_request(request: Request[Any, Any, Any]) -> UrlIngestRequest:
         '"url": ...}`. Answers 202 with the job id at once; poll the job for the result.'
     ),
 )
-async def ingest(request: Request[Any, Any, Any], api: ApiContext) -> Response[JobAccepted]:
+async def ingest(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
+) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     if request.headers.get("idempotency-key") and await existing_job(api, job_id, tenant):

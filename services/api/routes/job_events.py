@@ -11,6 +11,8 @@ from typing import Any
 import anyio
 import nats.errors
 from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -48,7 +50,7 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int:
 
 
 async def job_event_stream(
-    api: ApiContext, job_id: str, after: int
+    api: NamedDependency[ApiContext], job_id: str, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
     """History after `after` in one batched read, then live events until the terminal one."""
     history: list[StoredEvent] = await api.events.history(job_id)
@@ -101,7 +103,7 @@ async def job_event_stream(
     response_description="text/event-stream",
 )
 async def job_events(
-    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> ServerSentEvent:
     tenant = tenant_for(request, api.settings)
     after = _last_event_id(request)

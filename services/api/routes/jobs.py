@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from services.api.auth import tenant_for
 from services.api.context import ApiContext
@@ -24,6 +26,8 @@ from shared.views import JobView
     ),
     responses=problems(401, 404),
 )
-async def get_job(request: Request[Any, Any, Any], api: ApiContext, job_id: str) -> JobView:
+async def get_job(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
+) -> JobView:
     tenant = tenant_for(request, api.settings)
     return await with_download_url(api, await load_view(api, job_id, tenant))

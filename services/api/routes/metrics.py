@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.context import ApiContext
@@ -10,6 +11,6 @@ from shared import metrics
 
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics_endpoint(api: ApiContext) -> Response[bytes]:
+async def metrics_endpoint(api: NamedDependency[ApiContext]) -> Response[bytes]:
     body = await metrics.render(metrics.api_sampler(api.js))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

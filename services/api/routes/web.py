@@ -7,6 +7,8 @@ from typing import Any
 
 from litestar import MediaType, Request, Response, Router, get
 from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -38,7 +40,7 @@ async def index() -> Response[bytes]:
     responses=problems(401, 404, 409),
 )
 async def get_peaks(
-    request: Request[Any, Any, Any], api: ApiContext, job_id: str
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> Response[bytes]:
     tenant = tenant_for(request, api.settings)
     view = await load_view(api, job_id, tenant)

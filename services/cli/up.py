@@ -26,6 +26,21 @@ def _spawn(
     return subprocess.Popen(cmd, env=env)
 
 
+async def _provision_with_retry(settings: Settings, deadline_s: float = 30.0) -> None:
+    """A fresh cluster may still be placing its meta leader: retry for a while."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    while True:
+        try:
+            await provision_all(settings)
+            return
+        except Exception as exc:
+            if loop.time() > give_up:
+                raise
+            print(f"provisioning not possible yet ({type(exc).__name__}); retrying…")
+            await asyncio.sleep(1.0)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -64,7 +79,7 @@ def _up(args: argparse.Namespace) -> int:
         env["AUDIOPREP_NATS_URL"] = server.url
         print(f"nats-server   {server.url}  (store {data_dir / 'nats'}, log {server.log_file})")
     settings = Settings.from_env(env)
-    asyncio.run(provision_all(settings))
+    asyncio.run(_provision_with_retry(settings))
     print("provisioned   stream JOBS, consumers workers-*, KV buckets jobs/render_cache")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = [
         ("projector", _spawn("projector", metrics_env(env, 0))),

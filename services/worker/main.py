@@ -30,6 +30,7 @@ def build_worker(deps: Deps) -> WorkerService:
         storage=deps.storage,
         handlers=HANDLERS,
         cleanups=CLEANUPS,
+        drain_grace_s=deps.settings.drain_grace_s,
     )
 
 

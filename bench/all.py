@@ -8,8 +8,10 @@ Each benchmark writes bench/results/<name>.json; this writes bench/results/all.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,14 +38,35 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     log(f"── {name}: {' '.join(cmd[1:])}")
     started = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Its own process group: on a timeout or Ctrl-C the benchmark's nats-server and service
+    # processes go too, not only the benchmark script.
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, stdout=subprocess.DEVNULL)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        code = proc.wait(timeout)
+        status = "ok" if code == 0 else f"failed (exit {code})"
     except subprocess.TimeoutExpired:
+        stop_group(proc)
         status = f"timed out after {timeout:.0f}s"
+    except BaseException:
+        stop_group(proc)
+        raise
     seconds = time.monotonic() - started
     log(f"── {name}: {status} in {seconds:.0f}s")
     return {"name": name, "status": status, "seconds": round(seconds, 1)}
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the benchmark's process group, SIGKILL what is left after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def render_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -125,7 +125,8 @@ async def measure_dispatch(env: Env, upload_key: str, count: int) -> list[float]
             req = ingest_request(upload_key)
             t0 = time.perf_counter()
             await store.request_job(req)
-            await outcomes.wait(lambda r=req: r.job_id in outcomes.ended, timeout=60)  # type: ignore[misc]
+            job_id = req.job_id
+            await outcomes.wait(lambda: job_id in outcomes.ended, timeout=60)  # noqa: B023
             if outcomes.ended[req.job_id][1] != "completed":
                 raise RuntimeError(f"dispatch job {req.job_id} {outcomes.ended[req.job_id]}")
             if i >= 3:  # the first few warm up the worker's forkserver

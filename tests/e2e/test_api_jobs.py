@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
+from services.api.routes.job_events import follow_job, wake_ups
 from shared import signing
+from shared.event_store import EventStore, StoredEvent
+from shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
+from shared.ids import new_job_id
 from tests.conftest import Stack
 from tests.e2e.test_api_support import (
     history,
@@ -88,6 +93,53 @@ async def test_sse_follows_a_live_job_to_its_end(stack: Stack, tmp_path: Path) -
     assert messages[0]["event"] == "JobRequested"
     assert messages[-1]["event"] == "JobCompleted"
     assert [int(m["id"]) for m in messages] == [s.seq for s in await history(stack, job_id)]
+
+
+async def _stray_job(stack: Stack) -> tuple[EventStore, str]:
+    """A job with a JobStarted but no JobRequested: no worker takes it, the projector skips it."""
+    store = EventStore(stack.nc, stack.nc.jetstream())
+    job_id = new_job_id()
+    await store.append(JobStarted(job_id=job_id, kind="ingest", worker="test"))
+    return store, job_id
+
+
+async def _finish(store: EventStore, job_id: str) -> None:
+    for progress in (10, 60):
+        await store.append(JobProgressed(job_id=job_id, kind="ingest", progress=progress))
+    await store.append(JobCompleted(job_id=job_id, kind="ingest", result=JobResult()))
+
+
+async def test_follow_without_wake_ups_still_reaches_the_end(stack: Stack) -> None:
+    """A missed wake-up can't hang a stream: the periodic re-check reads what is new."""
+    store, job_id = await _stray_job(stack)
+    never = asyncio.Event()
+    got: list[StoredEvent | None] = []
+    async with asyncio.timeout(20):
+        async for item in follow_job(store, job_id, 0, never, recheck_s=0.05, keepalive_s=0.0):
+            if item is None and not got.count(None):
+                await _finish(store, job_id)  # happens while the follower is idle
+            got.append(item)
+    stored = await store.history(job_id)
+    assert [s.seq for s in got if s is not None] == [s.seq for s in stored]
+    assert isinstance(got[-1], StoredEvent) and got[-1].event.name == "completed"
+    assert got[1] is None  # idle after the history: a keep-alive comes before anything else
+
+
+async def test_follow_is_woken_by_new_events(stack: Stack) -> None:
+    """The core subscription wakes the follower: no re-check needed (it is set to an hour)."""
+    store, job_id = await _stray_job(stack)
+    seqs: list[int] = []
+    finishing: asyncio.Task[None] | None = None
+    async with asyncio.timeout(20), wake_ups(stack.nc, job_id) as wake:
+        async for item in follow_job(store, job_id, 0, wake, recheck_s=3600, keepalive_s=3600):
+            assert item is not None
+            seqs.append(item.seq)
+            if finishing is None:  # the history is read: what follows must come by wake-ups
+                finishing = asyncio.create_task(_finish(store, job_id))
+        assert finishing is not None
+        await finishing
+    assert seqs == [s.seq for s in await store.history(job_id)]
+    assert len(seqs) == 4
 
 
 async def test_sse_bad_requests(stack: Stack, finished_job: str) -> None:

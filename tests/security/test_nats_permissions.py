@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 import nats
 import nats.errors
 import pytest
@@ -27,6 +29,7 @@ from shared.settings import Settings
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
 
+T = TypeVar("T")
 PROD_CONFIG = REPO_ROOT / "deploy" / "nats-prod.conf"
 USERS = ("admin", "api", "worker", "projector")
 DENY_TIMEOUT_S = 1.0
@@ -181,6 +184,17 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
                 _js_request(api, "$JS.API.DIRECT.GET.KV_projector.$KV.projector.checkpoint"),
             ),
             (api, "jobs.>", _subscribe(api, "jobs.>")),
+            # api: no consumer of any kind (SSE reads by direct get)
+            (
+                api,
+                "$JS.API.CONSUMER.CREATE.JOBS",
+                _js_request(api, "$JS.API.CONSUMER.CREATE.JOBS", {"stream_name": "JOBS"}),
+            ),
+            (
+                api,
+                "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers-ingest",
+                _js_request(api, "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers-ingest"),
+            ),
             (api, "_INBOX.worker.>", _subscribe(api, "_INBOX.worker.>")),
             # worker: no requests or cancels, no views, no consumer management
             (
@@ -280,16 +294,27 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
         got = await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job), direct=True)
         assert got.subject == subjects.event_subject("ingest", job, "cancel_requested")
         await ajs.key_value(subjects.JOBS_BUCKET)
-        sse = await ajs.subscribe(  # what the SSE route does for a live job
-            subjects.job_subjects(job), stream=subjects.STREAM, ordered_consumer=True
+        # what the SSE route does: a batched direct get of the history, and a core
+        # subscription on the job's subjects as a wake-up (no consumer)
+        batch = {"seq": 1, "next_by_subj": subjects.job_subjects(job), "batch": 10}
+        first = await api.request(
+            f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(batch).encode(), timeout=5
         )
-        assert (await sse.next_msg(timeout=5)).subject.endswith(".requested")
-        await sse.unsubscribe()
+        assert first.headers and first.headers["Nats-Subject"].endswith(f"{job}.requested")
+        woken = asyncio.Event()
+
+        async def on_wake(_msg: Any) -> None:
+            woken.set()
+
+        wake_sub = await api.subscribe(subjects.job_subjects(job), cb=on_wake)
+        await api.flush()
         # worker: take it, report on it, fill the render cache
         sub = await wjs.pull_subscribe_bind(durable="workers-ingest", stream=subjects.STREAM)
         msgs = await sub.fetch(1, timeout=5)
         assert msgs[0].subject == subjects.event_subject("ingest", job, "requested")
         await wjs.publish(subjects.event_subject("ingest", job, "started"), b"{}")
+        await asyncio.wait_for(woken.wait(), timeout=5)  # the api's wake-up saw it
+        await wake_sub.unsubscribe()
         await wjs.publish(subjects.event_subject("ingest", job, "completed"), b"{}")
         await msgs[0].ack_sync()
         cache = await wjs.key_value(subjects.RENDER_CACHE_BUCKET)
@@ -366,10 +391,19 @@ async def _every_route_under_least_privilege(client: Any, source_key: str) -> No
     for resp in (first, twin):
         view = await wait_for_job(client, resp.json()["jobId"], timeout=60)
         assert view["status"] == "completed", view
-    # (Live SSE can't run here: the in-process client blocks the loop the worker runs on;
-    # the api user's ordered consumer is checked in test_services_can_do_their_jobs.)
     events = await client.get(f"/api/audio/jobs/{first.json()['jobId']}/events")
     assert events.status_code == 200 and "JobCompleted" in events.text, events.text[-300:]
+    # Live SSE (direct gets + a core wake-up subscription) on the app's own loop, while this
+    # loop runs the worker: a save followed from JobRequested to JobCompleted.
+    live = await client.post("/api/audio/edit/save", json={**body, "format": "wav"})
+    assert live.status_code == 202, live.text
+    url = f"/api/audio/jobs/{live.json()['jobId']}/events"
+    stream = await _in_app_loop(client, lambda c: c.get(url, timeout=60))
+    text = stream.text.replace("\r\n", "\n")
+    names = re.findall(r"^event: (\w+)$", text, flags=re.M)
+    ids = [int(i) for i in re.findall(r"^id: (\d+)$", text, flags=re.M)]
+    assert names[:1] == ["JobRequested"] and names[-1:] == ["JobCompleted"], text[-300:]
+    assert ids == sorted(set(ids)) and len(ids) == len(names)
     hit = await client.post("/api/audio/edit/preview", json=body)
     assert hit.status_code == 202 and hit.json()["status"] == "completed", hit.text
     assert (
@@ -387,6 +421,17 @@ async def _every_route_under_least_privilege(client: Any, source_key: str) -> No
     assert view["status"] in ("cancelled", "completed"), view
 
 
+async def _in_app_loop(client: Any, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    """Run `fn` on the test client's app loop (see tests/e2e/test_api_support.in_app_loop)."""
+
+    async def call() -> T:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await fn(c)
+
+    return await asyncio.wrap_future(client.blocking_portal.start_task_soon(call))
+
+
 async def test_service_connect_uses_the_users_inbox(provisioned: ProdNats) -> None:
     nc = await connect(Settings(nats_url=provisioned.url("api")), "api")
     try:
@@ -396,12 +441,8 @@ async def test_service_connect_uses_the_users_inbox(provisioned: ProdNats) -> No
         await nc.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (docs/security.md): NATS can't restrict unnamed consumer creates by name",
-)
 async def test_api_cannot_alter_worker_consumers(provisioned: ProdNats) -> None:
-    """Fails today: an unnamed CONSUMER.CREATE naming a durable in its body updates it."""
+    """An unnamed CONSUMER.CREATE naming a durable in its body would update it: api is refused."""
     async with users(provisioned, "api", "admin") as u:
         ajs = u["admin"].nc.jetstream()
         try:
@@ -415,10 +456,16 @@ async def test_api_cannot_alter_worker_consumers(provisioned: ProdNats) -> None:
                     "max_deliver": 99,
                 },
             }
-            with contextlib.suppress(Exception):
-                await u["api"].nc.request(
-                    "$JS.API.CONSUMER.CREATE.JOBS", json.dumps(request).encode(), timeout=2
-                )
+            creates = [  # unnamed, named, and named with a filter in the subject
+                "$JS.API.CONSUMER.CREATE.JOBS",
+                "$JS.API.CONSUMER.CREATE.JOBS.workers-ingest",
+                f"$JS.API.CONSUMER.CREATE.JOBS.workers-ingest.{subjects.requested_filter('ingest')}",
+            ]
+            api = u["api"]
+            problems = await asyncio.gather(
+                *(refused(api, subject, _js_request(api, subject, request)) for subject in creates)
+            )
+            assert [p for p in problems if p] == []
             info = await ajs.consumer_info(subjects.STREAM, "workers-ingest")
             assert info.config.max_deliver != 99
         finally:  # put the consumer back as provisioning defines it

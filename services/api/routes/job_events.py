@@ -1,7 +1,13 @@
-"""GET /api/audio/jobs/{jobId}/events: the job's events as Server-Sent Events, resumable."""
+"""GET /api/audio/jobs/{jobId}/events: the job's events as Server-Sent Events, resumable.
+
+The API never creates a JetStream consumer (deploy/nats-prod.conf denies it): events are read
+by batched direct gets from the last sequence sent, and a plain core-NATS subscription on the
+job's subjects only says "look again". A periodic re-check covers a missed wake-up.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -9,12 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import nats.errors
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from services.api.auth import tenant_for
 from services.api.context import ApiContext
@@ -22,12 +28,15 @@ from services.api.jobs import load_view
 from services.api.openapi import problems
 from services.api.problems import ProblemError
 from shared import subjects
-from shared.event_store import StoredEvent
-from shared.events import Event, decode_event, encode_event, is_terminal
+from shared.event_store import EventStore, StoredEvent
+from shared.events import Event, encode_event, is_terminal
 
 log = logging.getLogger("audioprep.api")
 
 KEEPALIVE_S = 15.0
+RECHECK_S = 3.0  # look for new events this often even without a wake-up
+WAKE_RETRY_S = 0.01  # a wake-up can arrive before the stream has stored the message: retry,
+WAKE_RETRY_MAX_S = 0.64  # doubling, up to this delay (a rejected publish also wakes us up)
 RETRY_MS = 2000
 _EVENT_ID_RE = re.compile(r"^[0-9]{1,19}$")  # a stream sequence, ASCII digits only
 
@@ -49,44 +58,91 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int:
     return int(raw.strip())
 
 
+@contextlib.asynccontextmanager
+async def wake_ups(nc: Client, job_id: str) -> AsyncIterator[asyncio.Event]:
+    """An event set whenever something is published on the job's subjects (core NATS only)."""
+    wake = asyncio.Event()
+
+    async def on_msg(_msg: Msg) -> None:
+        wake.set()
+
+    sub = await nc.subscribe(subjects.job_subjects(job_id), cb=on_msg)
+    try:
+        await nc.flush()  # registered before the caller reads the history: nothing slips by
+        yield wake
+    finally:
+        # A client that goes away cancels this generator's scope; shield the clean-up or the
+        # await is cancelled again and the subscription lingers on the connection.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _woken(wake: asyncio.Event, timeout: float) -> bool:
+    """Wait for a wake-up (then clear it) or the timeout; True when woken."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=max(0.0, timeout))
+    woken = wake.is_set()
+    wake.clear()
+    return woken
+
+
+async def follow_job(
+    events: EventStore,
+    job_id: str,
+    after: int,
+    wake: asyncio.Event,
+    *,
+    recheck_s: float = RECHECK_S,
+    keepalive_s: float = KEEPALIVE_S,
+) -> AsyncIterator[StoredEvent | None]:
+    """The job's events after `after` in stream order until the terminal one; None = idle.
+
+    Every read is a batched direct get from the last sequence yielded, so ids are stream
+    sequences with no gap and no duplicate whatever woke us up (or didn't).
+    """
+    loop = asyncio.get_running_loop()
+    history = await events.history(job_id)
+    last = after
+    for stored in history:
+        if stored.seq > after:
+            yield stored
+            last = stored.seq
+        if is_terminal(stored.event):
+            return
+    last = max([last, *(s.seq for s in history)])
+    last_sent = loop.time()
+    backoff = 0.0  # > 0 while a wake-up's message is not readable yet
+    while True:
+        if loop.time() - last_sent >= keepalive_s:
+            yield None
+            last_sent = loop.time()
+        timeout = min(backoff or recheck_s, last_sent + keepalive_s - loop.time())
+        woken = await _woken(wake, timeout)
+        got = await events.history(job_id, after_seq=last)
+        if got:
+            backoff = 0.0
+            for stored in got:
+                yield stored
+                last = stored.seq
+                if is_terminal(stored.event):
+                    return
+            last_sent = loop.time()
+        elif woken or backoff:
+            backoff = backoff * 2 if backoff else WAKE_RETRY_S
+            if backoff > WAKE_RETRY_MAX_S:
+                backoff = 0.0  # nothing was stored (a duplicate or refused publish): wait again
+
+
 async def job_event_stream(
     api: NamedDependency[ApiContext], job_id: str, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """History after `after` in one batched read, then live events until the terminal one."""
-    history: list[StoredEvent] = await api.events.history(job_id)
-    last = after
-    ended = False
-    for stored in history:
-        ended = ended or is_terminal(stored.event)
-        if stored.seq > after:
-            yield _message(stored.seq, stored.event)
-            last = stored.seq
-    if ended:
-        return
-    start = max([last, *(s.seq for s in history)]) + 1
-    sub = await api.js.subscribe(
-        subjects.job_subjects(job_id),
-        stream=subjects.STREAM,
-        ordered_consumer=True,
-        idle_heartbeat=5.0,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
-    )
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=KEEPALIVE_S)
-            except nats.errors.TimeoutError:
+    """SSE messages for `follow_job`, with a keep-alive comment while idle."""
+    async with wake_ups(api.nc, job_id) as wake:
+        async for stored in follow_job(api.events, job_id, after, wake):
+            if stored is None:
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
-                continue
-            event = decode_event(msg.data)
-            yield _message(msg.metadata.sequence.stream, event)
-            if is_terminal(event):
-                return
-    finally:
-        # A client that goes away cancels this generator's scope; shield the clean-up or the
-        # await is cancelled again and the consumer lingers until its inactivity timeout.
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await sub.unsubscribe()
+            else:
+                yield _message(stored.seq, stored.event)
 
 
 @get(

@@ -180,8 +180,8 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
             (api, f"$KV.jobs.{job}", lambda: api.nc.jetstream().publish(f"$KV.jobs.{job}", b"x")),
             (
                 api,
-                "$JS.API.DIRECT.GET.KV_projector",
-                _js_request(api, "$JS.API.DIRECT.GET.KV_projector.$KV.projector.checkpoint"),
+                f"$KV.projector.{job}",
+                lambda: api.nc.jetstream().publish(f"$KV.projector.{job}", b"1"),
             ),
             (api, "jobs.>", _subscribe(api, "jobs.>")),
             # api: no consumer of any kind (SSE reads by direct get)
@@ -374,6 +374,10 @@ async def test_full_job_runs_under_least_privilege(provisioned: ProdNats, tmp_pa
             assert view["status"] == "completed", view
             assert abs(view["result"]["durationMs"] - 1000) <= 20
             await _every_route_under_least_privilege(client, view["result"]["sourceKey"])
+            scrape = await client.get("/metrics")  # queue depth + projector checkpoint reads
+            assert scrape.status_code == 200
+            assert 'audioprep_queue_pending{kind="ingest"}' in scrape.text
+            assert "audioprep_projector_checkpoint_lag_events" in scrape.text
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)

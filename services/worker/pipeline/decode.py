@@ -35,6 +35,11 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
 )
 # Demuxers that "succeed" on arbitrary bytes by rendering them as text art.
 _TEXT_FORMATS = frozenset({"bin", "tty", "ansi", "xbin", "idf", "adp"})
+# Raw elementary video streams have no container signature: their demuxers also "find" a
+# video stream in random bytes, so a video-only verdict from them means "not media".
+_RAW_VIDEO_FORMATS = frozenset(
+    {"h261", "h263", "h264", "hevc", "m4v", "mjpeg", "mpegvideo", "cavsvideo", "vc1", "dirac"}
+)
 # Undecodable packets tolerated (skipped, as the ffmpeg CLI does) before giving up.
 MAX_DECODE_ERRORS = 50
 CHECK_EVERY_FRAMES = 64
@@ -71,7 +76,8 @@ def audio_stream(container: av.container.InputContainer) -> AudioStream:
     """The best audio stream; a video-only file is `no_audio_stream`."""
     streams = container.streams.audio
     if not streams:
-        if container.streams.video and container.format.name not in _TEXT_FORMATS:
+        fmt = container.format.name
+        if container.streams.video and fmt not in _TEXT_FORMATS | _RAW_VIDEO_FORMATS:
             raise Permanent("the file has video but no audio track", code=NO_AUDIO_STREAM)
         raise Permanent("the file has no audio track", code=UNSUPPORTED_MEDIA)
     best = max(streams, key=lambda s: (s.codec_context.channels > 0, s.codec_context.sample_rate))

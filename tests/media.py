@@ -367,3 +367,10 @@ def sine_lufs(amplitude_dbfs: float, channels: int = 2) -> float:
     """
     a = db_to_amp(amplitude_dbfs)
     return -0.691 + 0.691 + 10 * math.log10(channels * a * a / 2)
+
+
+def junk_bytes(size: int, seed: int = 20261125) -> bytes:
+    """Deterministic non-media bytes (seeded; a leading zero avoids an MPEG sync word)."""
+    import random
+
+    return b"\x00" + random.Random(seed).randbytes(size - 1)

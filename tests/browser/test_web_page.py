@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 from playwright.async_api import BrowserContext, Page, expect
 
 from tests.browser.conftest import API_KEY, ARTIFACTS, WebStack
-from tests.media import measure_duration_s, stream_info, tone, write_samples, write_tone
+from tests.media import junk_bytes, measure_duration_s, stream_info, tone, write_samples, write_tone
 
 JOB_TIMEOUT_MS = 30_000
 WAVE_COLOUR = (79, 195, 247)  # the selected part of the waveform (#4fc3f7)
@@ -185,7 +184,7 @@ async def test_invalid_recipe_value_is_explained_next_to_its_field(
 
 async def test_a_file_that_is_not_audio_shows_a_clear_error(page: Page) -> None:
     # Dropped (drag and drop), not picked: covers the drop zone too.
-    data = list(os.urandom(32 * 1024))
+    data = list(junk_bytes(32 * 1024))
     transfer = await page.evaluate_handle(
         """(bytes) => {
           const dt = new DataTransfer();

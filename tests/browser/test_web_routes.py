@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
-from tests.media import write_tone
+from tests.media import junk_bytes, write_tone
 
 
 async def _ingest(stack: Stack, path: Path) -> str:
@@ -54,7 +53,7 @@ async def test_peaks_problems(stack: Stack, media_dir: Path) -> None:
     assert unknown.json()["code"] == "job_not_found"
 
     junk = media_dir / "junk.wav"
-    junk.write_bytes(os.urandom(16 * 1024))
+    junk.write_bytes(junk_bytes(16 * 1024))
     job_id = await _ingest(stack, junk)
     view = await wait_for_job(stack.client, job_id)
     assert view["status"] == "failed"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 
 from shared.nats_server import free_port
 from tests.cli.conftest import AUDIOPREP, CliStack, run_cli, wait_view
-from tests.media import decode_pcm, measure_duration_s, rms_db, stream_info, write_tone
+from tests.media import decode_pcm, junk_bytes, measure_duration_s, rms_db, stream_info, write_tone
 
 JOB_ID = re.compile(r"\b[0-9A-HJKMNP-TV-Z]{26}\b")
 
@@ -61,7 +60,7 @@ async def test_submit_failure_exits_1_with_the_error_code(
     cli_stack: CliStack, media_dir: Path
 ) -> None:
     junk = media_dir / "junk.mp3"
-    junk.write_bytes(os.urandom(32 * 1024))
+    junk.write_bytes(junk_bytes(32 * 1024))
     r = await run_cli(cli_stack, "submit", str(junk), "--wait")
     assert r.code == 1, (r.out, r.err)
     assert "failed: ingest job" in r.out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
@@ -10,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics, subjects
 from tests.cli.conftest import CliStack, wait_view
-from tests.media import write_tone
+from tests.media import junk_bytes, write_tone
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,7 +49,7 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
 
     wav = write_tone(media_dir / "m.wav", seconds=1.0, freq=440.0)
     junk = media_dir / "junk.mp3"
-    junk.write_bytes(os.urandom(16 * 1024))
+    junk.write_bytes(junk_bytes(16 * 1024))
     with wav.open("rb") as f:
         ok = await _post(cli_stack, "/api/audio/ingest", files={"file": ("m.wav", f)})
     with junk.open("rb") as f:

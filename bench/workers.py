@@ -219,6 +219,17 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def warm_up(env: Env, upload_key: str, logs: list[str], per_worker: int = 2) -> None:
+    """Batches until every worker has finished `per_worker` jobs (its log says so), so no
+    forkserver start (~0.5 s) lands in a timed batch."""
+    for _ in range(20):
+        asyncio.run(run_batch(env, upload_key, 2 * len(logs)))
+        done = [(env.tmp / f"{name}.log").read_text().count('"job completed"') for name in logs]
+        if min(done) >= per_worker:
+            return
+    raise RuntimeError(f"workers did not all take jobs while warming up: {done}")
+
+
 def scale_out(env: Env, upload_key: str, batch: int) -> tuple[dict[int, float], dict[int, float]]:
     """Jobs/s with N worker processes of concurrency 1 (one job at a time each), best of two
     batches; and how busy the machine's cores were meanwhile (0..1)."""
@@ -229,7 +240,7 @@ def scale_out(env: Env, upload_key: str, batch: int) -> tuple[dict[int, float], 
             env.audioprep("worker", "--concurrency", "1", log_name=f"worker-scale-{n}-{i}")
             for i in range(n)
         ]
-        asyncio.run(run_batch(env, upload_key, 4 * n))  # warm-up: imports, forkservers
+        warm_up(env, upload_key, [f"worker-scale-{n}-{i}" for i in range(n)])
         best = float("inf")
         for _ in range(2):
             b0, t0 = cpu_times()

@@ -9,14 +9,15 @@ job_id/kind/attempt/trace_id for the job it runs, so handler logs carry them wit
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
+import random
 import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
+
+import msgspec
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -47,9 +48,13 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return parsed[0] if parsed else None
 
 
+_random = random.Random()
+
+
 def new_traceparent() -> str:
     """A fresh sampled `traceparent` (for a request or CLI call that starts a trace)."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    # Trace ids need to be unique, not secret: the PRNG avoids two getrandom syscalls per request.
+    return f"00-{_random.getrandbits(128):032x}-{_random.getrandbits(64):016x}-01"
 
 
 def bind(**fields: object) -> Token[dict[str, object] | None]:
@@ -85,6 +90,10 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
     return fields
 
 
+# msgspec: ~3x faster than json.dumps for a log line; anything unknown is logged as str().
+_json = msgspec.json.Encoder(enc_hook=str)
+
+
 class JsonFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "msg", ...fields}` on one line."""
 
@@ -99,7 +108,7 @@ class JsonFormatter(logging.Formatter):
             doc.setdefault(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return _json.encode(doc).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -117,6 +126,12 @@ class ConsoleFormatter(logging.Formatter):
 
 def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
     """Configure the root logger once per process (services and CLI call this at start)."""
+    # The logging HOWTO's "Optimization" knobs: we never print caller file/line, thread or
+    # process names, and skipping them halves the cost of a record on the request path.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root = logging.getLogger()

@@ -221,6 +221,12 @@ class Storage:
             raise
         return total
 
+    async def exists(self, key: str) -> bool:
+        """Whether `key` exists; on local disk a plain stat (the API checks this per request)."""
+        if self.local_root is not None:
+            return (self.local_root / key).is_file()
+        return await self.head(key) is not None
+
     async def head(self, key: str) -> ObjectInfo | None:
         """Size and modification time of `key`, or None when it does not exist."""
         try:

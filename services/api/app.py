@@ -77,7 +77,8 @@ def create_app(settings: Settings) -> Litestar:
             *web_handlers,
         ],
         middleware=[trace_middleware, rate_limit_middleware(settings)],
-        guards=[api_key_guard(settings)],
+        # Open mode (no keys) needs no guard; Litestar copies the handler per guard call.
+        guards=[api_key_guard(settings)] if settings.api_keys else [],
         dependencies={"api": Provide(provide_api, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],

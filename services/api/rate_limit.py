@@ -94,12 +94,11 @@ def rate_limit_middleware(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
     )
 
     def wrap(app: ASGIApp) -> ASGIApp:
+        if buckets is None:
+            return app  # off: not even a pass-through layer on the hot path
+
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if (
-                buckets is None
-                or scope["type"] != ScopeType.HTTP
-                or not scope["path"].startswith(LIMITED_PREFIX)
-            ):
+            if scope["type"] != ScopeType.HTTP or not scope["path"].startswith(LIMITED_PREFIX):
                 await app(scope, receive, send)
                 return
             wait = buckets.take(rate_limit_key(scope, settings))

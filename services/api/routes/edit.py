@@ -38,7 +38,7 @@ async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str)
     """The source must be a safe key of this tenant that exists in storage."""
     if not keys.is_safe_key(key):
         raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
-    if keys.tenant_of_key(key) != tenant or await api.storage.head(key) is None:
+    if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
         raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
 
 

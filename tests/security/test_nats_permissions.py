@@ -196,7 +196,7 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
                 _js_request(api, "$JS.API.CONSUMER.DURABLE.CREATE.JOBS.workers-ingest"),
             ),
             (api, "_INBOX.worker.>", _subscribe(api, "_INBOX.worker.>")),
-            # worker: no requests or cancels, no views, no consumer management
+            # worker: no requests or cancels, no view writes, no consumer management
             (
                 worker,
                 f"jobs.ingest.{job}.requested",
@@ -224,8 +224,8 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
             ),
             (
                 worker,
-                "$JS.API.STREAM.INFO.KV_jobs",
-                _js_request(worker, "$JS.API.STREAM.INFO.KV_jobs"),
+                "$JS.API.STREAM.PURGE.KV_jobs",
+                _js_request(worker, "$JS.API.STREAM.PURGE.KV_jobs"),
             ),
             (
                 worker,

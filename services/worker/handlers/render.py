@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from services.worker.context import JobContext
 from services.worker.media_process import run_media_call
 from services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
+from services.worker.pipeline.loudness import Loudness
+from services.worker.pipeline.probe import MediaInfo
 from services.worker.pipeline.render import RenderResult, render
 from services.worker.source_files import local_source
-from shared import keys, render_cache
+from shared import keys, render_cache, subjects
 from shared.errors import Permanent
 from shared.events import JobResult
 from shared.recipe import OutputOptions, Recipe, check_recipe
+from shared.views import decode_view
+
+log = logging.getLogger("audioprep.worker")
+_SOURCE_OF_JOB = re.compile(r"(?:^|/)sources/([0-9A-HJKMNP-TV-Z]{26})/")
 
 PREVIEW_DEFAULT_FORMAT = "opus"
 
@@ -37,6 +47,52 @@ def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
     return recipe, options
 
 
+async def ingest_facts(
+    ctx: JobContext, source_key: str
+) -> tuple[MediaInfo | None, Loudness | None]:
+    """What the ingest that stored this source measured (its job view), if it is at hand.
+
+    It spares the render a probe (a full decode for mp3/ogg/mkv durations) and, for an
+    untrimmed normalize, the loudness pass; it also carries the title into the output.
+    Anything missing or odd and the render simply measures for itself.
+    """
+    match = _SOURCE_OF_JOB.search(source_key)
+    if match is None:
+        return None, None
+    try:
+        kv = await ctx.js.key_value(subjects.JOBS_BUCKET)
+        entry = await kv.get(match.group(1))
+        view = decode_view(entry.value or b"")
+    except (KeyNotFoundError, msgspec.DecodeError):
+        return None, None
+    except Exception as exc:  # NATS trouble: not worth failing a render over
+        log.warning("ingest facts unavailable", extra=ctx.log_extra(error=str(exc)))
+        return None, None
+    r = view.result
+    if (
+        view.kind != "ingest"
+        or view.status != "completed"
+        or r is None
+        or r.source_key != source_key
+        or r.duration_ms is None
+        or r.sample_rate is None
+        or r.channels is None
+    ):
+        return None, None
+    info = MediaInfo(
+        duration_ms=r.duration_ms,
+        sample_rate=r.sample_rate,
+        channels=r.channels,
+        codec=r.codec or "",
+        container=r.container or "",
+        bit_rate=r.bit_rate,
+        title=r.title,
+    )
+    loud = r.loudness
+    measured = Loudness(loud.integrated_lufs, loud.true_peak_db, loud.lra) if loud else None
+    return info, measured
+
+
 async def run_render(ctx: JobContext) -> JobResult:
     req = ctx.request
     if not req.source_key:
@@ -47,6 +103,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     fmt = req.format or PREVIEW_DEFAULT_FORMAT
     ext = output_format(fmt).extension
     src = await local_source(ctx, req.source_key)
+    source_info, source_loudness = await ingest_facts(ctx, req.source_key)
     dst = ctx.scratch / f"output.{ext}"
     await ctx.progress(1, "rendering", force=True)
     rendered: RenderResult = await run_media_call(
@@ -56,6 +113,9 @@ async def run_render(ctx: JobContext) -> JobResult:
         recipe,
         fmt,
         options=options,
+        title=source_info.title if source_info else None,
+        source_info=source_info,
+        source_loudness=source_loudness,
         on_progress=ctx.progress_callback(1, 95, "rendering"),
     )
     await ctx.progress(96, "storing", force=True)

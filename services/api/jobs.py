@@ -10,7 +10,7 @@ from nats.js.errors import KeyNotFoundError
 
 from services.api.context import ApiContext
 from services.api.problems import ProblemError
-from services.projector.fold import fold
+from services.projector.fold import fold_history
 from shared import metrics
 from shared.event_store import JobAlreadyExists
 from shared.events import JobRequested
@@ -75,8 +75,7 @@ async def load_view(ctx: ApiContext, job_id: str, tenant: str) -> JobView:
     except KeyNotFoundError:
         view = None
     if view is None:
-        for stored in await ctx.events.history(job_id):
-            view = fold(view, stored.event, stored.seq)
+        view = fold_history(await ctx.events.history(job_id))
     if view is None or view.tenant != tenant:
         raise ProblemError(404, "job_not_found", f"no job {job_id!r}")
     return view

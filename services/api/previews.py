@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 
 from services.api.context import ApiContext
 from services.api.jobs import submit
-from services.projector.fold import fold
+from services.projector.fold import fold_history
 from shared import render_cache, subjects
 from shared.events import JobCompleted, JobRequested, JobResult
 from shared.recipe import Recipe, render_cache_key
@@ -76,10 +76,7 @@ async def _cached_output(api: ApiContext, cache_key: str) -> tuple[str, int] | N
 
 
 async def _fold_job(api: ApiContext, job_id: str) -> JobView | None:
-    view: JobView | None = None
-    for stored in await api.events.history(job_id):
-        view = fold(view, stored.event, stored.seq)
-    return view
+    return fold_history(await api.events.history(job_id))
 
 
 async def _joinable(api: ApiContext, job_id: str, tenant: str) -> JobView | None:

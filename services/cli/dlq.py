@@ -11,7 +11,7 @@ import msgspec
 from nats.js.errors import NotFoundError
 
 from services.cli.common import CliError, Session, add_nats_url, iso, run_with_nats
-from services.projector.fold import fold
+from services.projector.fold import fold_history
 from services.worker.dead_letters import decode_advisory, original_request
 from shared import subjects
 from shared.event_store import EventStore, JobAlreadyExists
@@ -36,12 +36,9 @@ class DeadLetter:
 
 async def job_view(events: EventStore, job_id: str) -> tuple[JobView | None, int]:
     """The job folded from its history, and the highest attempt any of its events names."""
-    view: JobView | None = None
-    attempts = 0
-    for stored in await events.history(job_id):
-        view = fold(view, stored.event, stored.seq)
-        attempts = max(attempts, int(getattr(stored.event, "attempt", 0) or 0))
-    return view, attempts
+    history = await events.history(job_id)
+    attempts = max((int(getattr(s.event, "attempt", 0) or 0) for s in history), default=0)
+    return fold_history(history), attempts
 
 
 async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:

@@ -19,7 +19,7 @@ from services.cli.common import (
     run_with_nats,
     view_lines,
 )
-from services.projector.fold import fold
+from services.projector.fold import fold_history
 from shared import subjects
 from shared.ids import is_job_id
 from shared.views import JobView, decode_view
@@ -51,9 +51,7 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
     history = await session.events.history(job_id)
     if view is None and not history:
         raise CliError(f"no job {job_id} (not in KV bucket `jobs`, no events in stream JOBS)")
-    folded = None
-    for stored in history:
-        folded = fold(folded, stored.event, stored.seq)
+    folded = fold_history(history)
     if args.json:
         doc: dict[str, Any] = {
             "view": msgspec.to_builtins(view) if view else None,

@@ -182,12 +182,9 @@ class JobLookup:
         return dict(pairs)
 
     async def _fold(self, job_id: str) -> JobView | None:
-        from services.projector.fold import fold
+        from services.projector.fold import fold_history
 
-        view: JobView | None = None
-        for stored in await self.events.history(job_id):
-            view = fold(view, stored.event, stored.seq)
-        return view
+        return fold_history(await self.events.history(job_id))
 
 
 async def cache_entries(js: JetStreamContext, cache_keys: Iterable[str]) -> dict[str, str | None]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 import msgspec
 
 from shared.events import (
@@ -16,6 +19,24 @@ from shared.events import (
     JobStarted,
 )
 from shared.views import JobView
+
+
+class Sequenced(Protocol):
+    """An event with its stream sequence (shared.event_store.StoredEvent)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def event(self) -> Event: ...
+
+
+def fold_history(history: Iterable[Sequenced]) -> JobView | None:
+    """A job's view from its events in stream order: the projector's fold, replayed."""
+    view: JobView | None = None
+    for stored in history:
+        view = fold(view, stored.event, stored.seq)
+    return view
 
 
 def fold(view: JobView | None, event: Event, seq: int) -> JobView | None:

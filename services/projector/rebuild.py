@@ -36,7 +36,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from services.projector.fold import fold
+from services.projector.fold import fold, fold_history
 from shared import subjects
 from shared.event_store import EventStore
 from shared.events import decode_event
@@ -245,9 +245,7 @@ class RebuildWriter:
     async def refold(self, key: str) -> tuple[JobView | None, Current | None]:
         """The job's view from its whole history, and the bucket's entry right now."""
         self.report.refolded += 1
-        view: JobView | None = None
-        for stored in await self.events.history(key):
-            view = fold(view, stored.event, stored.seq)
+        view = fold_history(await self.events.history(key))
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.projector.fold import fold
+from services.projector.fold import fold, fold_history
 from shared.events import (
     ErrorInfo,
     Event,
@@ -132,3 +132,12 @@ def test_progress_never_goes_backwards() -> None:
 
 def test_stray_event_without_request_is_ignored() -> None:
     assert fold(None, JobStarted(job_id=JOB, kind="ingest", at=at(0)), 1) is None
+
+
+def test_fold_history_replays_stored_events_in_order() -> None:
+    from shared.event_store import StoredEvent
+
+    events = happy_path()
+    stored = [StoredEvent(seq=10 + i, subject="s", event=e) for i, e in enumerate(events)]
+    assert fold_history(stored) == replay(events, start_seq=10)
+    assert fold_history([]) is None

@@ -15,7 +15,7 @@ from services.api.context import ApiContext
 from services.api.jobs import load_view, traceparent_of
 from services.api.links import with_download_url
 from services.api.openapi import problems
-from services.projector.fold import fold
+from services.projector.fold import fold, fold_history
 from shared.events import JobCancelRequested
 from shared.views import JobView
 
@@ -24,10 +24,7 @@ log = logging.getLogger("audioprep.api")
 
 async def _stream_view(api: NamedDependency[ApiContext], job_id: str) -> JobView | None:
     """The job folded from its events: the KV view may lag behind a just-finished job."""
-    view: JobView | None = None
-    for stored in await api.events.history(job_id):
-        view = fold(view, stored.event, stored.seq)
-    return view
+    return fold_history(await api.events.history(job_id))
 
 
 @post(

@@ -319,12 +319,7 @@ async def run_gc(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_storage_gc(storage, js, events, grace=grace, now=now, out=out)
-    print_plan(plan, out, verbose=verbose, apply=apply)
-    if apply and plan.doomed:
-        await apply_plan(storage, plan, js=js, out=out)
-    elif not apply and plan.doomed:
-        print("dry run: nothing deleted; run again with --yes to delete", file=out)
-    return plan
+    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
 
 
 async def run_eviction(
@@ -338,6 +333,19 @@ async def run_eviction(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_eviction(storage, older_than=older_than, now=now, out=out)
+    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
+
+
+async def _show_and_apply(
+    plan: Plan,
+    storage: Storage,
+    js: JetStreamContext,
+    *,
+    apply: bool,
+    verbose: bool,
+    out: TextIO,
+) -> Plan:
+    """Print the plan, then delete (--yes) or say it was a dry run."""
     print_plan(plan, out, verbose=verbose, apply=apply)
     if apply and plan.doomed:
         await apply_plan(storage, plan, js=js, out=out)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from shared import subjects
 
 
-async def lookup(js: JetStreamContext, cache_key: str) -> str | None:
+async def bucket(js: JetStreamContext) -> KeyValue:
+    """Open the bucket (one round trip): long-lived services open it once and keep it."""
+    return await js.key_value(subjects.RENDER_CACHE_BUCKET)
+
+
+async def lookup(kv: KeyValue, cache_key: str) -> str | None:
     """The stored output for this render, if one was made."""
-    kv = await js.key_value(subjects.RENDER_CACHE_BUCKET)
     try:
         entry = await kv.get(cache_key)
     except KeyNotFoundError:
@@ -18,14 +23,12 @@ async def lookup(js: JetStreamContext, cache_key: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-async def remember(js: JetStreamContext, cache_key: str, output_key: str) -> None:
-    kv = await js.key_value(subjects.RENDER_CACHE_BUCKET)
+async def remember(kv: KeyValue, cache_key: str, output_key: str) -> None:
     await kv.put(cache_key, output_key.encode())
 
 
-async def forget(js: JetStreamContext, cache_key: str) -> None:
+async def forget(kv: KeyValue, cache_key: str) -> None:
     """Drop an entry (its preview was evicted from storage)."""
-    kv = await js.key_value(subjects.RENDER_CACHE_BUCKET)
     try:
         await kv.delete(cache_key)
     except KeyNotFoundError:

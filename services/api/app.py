@@ -25,7 +25,7 @@ from services.api.routes.jobs import get_job
 from services.api.routes.metrics import metrics_endpoint
 from services.api.routes.web import web_handlers
 from services.api.tracing import trace_middleware
-from shared import subjects
+from shared import render_cache, subjects
 from shared.event_store import EventStore
 from shared.nats_conn import connect
 from shared.settings import Settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> Litestar:
             events=EventStore(nc, js),
             storage=open_storage(settings.storage),
             jobs_kv=await js.key_value(subjects.JOBS_BUCKET),
+            cache_kv=await render_cache.bucket(js),
         )
         if not settings.api_keys:
             log.warning("no API keys configured: running open, single tenant 'default'")

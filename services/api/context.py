@@ -21,3 +21,4 @@ class ApiContext:
     events: EventStore
     storage: Storage
     jobs_kv: KeyValue
+    cache_kv: KeyValue

@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 from services.api.context import ApiContext
 from services.api.jobs import submit
 from services.projector.fold import fold_history
-from shared import render_cache, subjects
+from shared import render_cache
 from shared.events import JobCompleted, JobRequested, JobResult
 from shared.recipe import Recipe, render_cache_key
 from shared.views import JobView
@@ -49,13 +49,9 @@ class PreviewAnswer:
     joined: bool = False
 
 
-async def _bucket(api: ApiContext) -> KeyValue:
-    return await api.js.key_value(subjects.RENDER_CACHE_BUCKET)
-
-
 async def aliased_job(api: ApiContext, job_id: str) -> str | None:
     """The job an idempotent preview request joined earlier, if it did."""
-    kv = await _bucket(api)
+    kv = api.cache_kv
     try:
         entry = await kv.get(ALIAS + job_id)
     except KeyNotFoundError:
@@ -65,12 +61,12 @@ async def aliased_job(api: ApiContext, job_id: str) -> str | None:
 
 async def _cached_output(api: ApiContext, cache_key: str) -> tuple[str, int] | None:
     """The cached preview's key and size, if the entry exists and its object is still there."""
-    key = await render_cache.lookup(api.js, cache_key)
+    key = await render_cache.lookup(api.cache_kv, cache_key)
     if key is None:
         return None
     info = await api.storage.head(key)
     if info is None:  # evicted from storage: the entry is stale
-        await render_cache.forget(api.js, cache_key)
+        await render_cache.forget(api.cache_kv, cache_key)
         return None
     return key, info.size
 
@@ -112,7 +108,7 @@ async def request_preview(
         format=fmt,
         cache_key=cache_key,
     )
-    kv = await _bucket(api)
+    kv = api.cache_kv
     marker = INFLIGHT + cache_key
     for _ in range(ATTEMPTS):
         cached = await _cached_output(api, cache_key)

@@ -189,10 +189,11 @@ class JobLookup:
 
 async def cache_entries(js: JetStreamContext, cache_keys: Iterable[str]) -> dict[str, str | None]:
     gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+    kv = await render_cache.bucket(js)
 
     async def one(key: str) -> tuple[str, str | None]:
         async with gate:
-            return key, await render_cache.lookup(js, key)
+            return key, await render_cache.lookup(kv, key)
 
     return dict(await asyncio.gather(*(one(k) for k in cache_keys)))
 
@@ -298,11 +299,12 @@ async def _still_doomed(storage: Storage, d: Doomed, js: JetStreamContext | None
     stored = parse_key(d.info)
     cache_owned = stored is not None and stored.area == PREVIEWS and not is_job_id(stored.owner)
     if js is not None and stored is not None and cache_owned:
-        points_here = await render_cache.lookup(js, stored.owner) == d.info.key
+        kv = await render_cache.bucket(js)
+        points_here = await render_cache.lookup(kv, stored.owner) == d.info.key
         if d.reason == UNCACHED_PREVIEW and points_here:
             return False
         if d.reason == EVICTED and points_here:
-            await render_cache.forget(js, stored.owner)
+            await render_cache.forget(kv, stored.owner)
     current = await storage.head(d.info.key)
     return current is not None and current.modified == d.info.modified
 

@@ -121,7 +121,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
         "misc/readme.txt",  # not our layout
     ]
     await _put(storage, *doomed, *kept)
-    await render_cache.remember(js, cached, f"previews/{cached}.opus")
+    await render_cache.remember(await render_cache.bucket(js), cached, f"previews/{cached}.opus")
 
     # Today nothing is past the grace period: only job-owned leftovers are planned.
     out = io.StringIO()
@@ -141,7 +141,10 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     assert f"uploads/{failed}/a.wav" in text  # --verbose lists keys
     assert [k for k in doomed if await _exists(storage, k)] == []
     assert [k for k in kept if not await _exists(storage, k)] == []
-    assert await render_cache.lookup(js, cached) == f"previews/{cached}.opus"
+    assert (
+        await render_cache.lookup(await render_cache.bucket(js), cached)
+        == f"previews/{cached}.opus"
+    )
 
     # A second run finds nothing more to do.
     plan = await run_gc(storage, js, events, apply=True, now=now, out=io.StringIO())
@@ -161,8 +164,8 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     ]
     others = [f"prepared/{new_job_id()}/out.flac", f"sources/{new_job_id()}/a.wav"]
     await _put(storage, *previews, *others)
-    await render_cache.remember(js, a, previews[0])
-    await render_cache.remember(js, b, previews[1])
+    await render_cache.remember(await render_cache.bucket(js), a, previews[0])
+    await render_cache.remember(await render_cache.bucket(js), b, previews[1])
 
     plan = await run_eviction(
         storage, js, older_than=parse_duration("7d"), apply=True, out=io.StringIO()
@@ -182,8 +185,8 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     assert {d.reason for d in plan.doomed} == {EVICTED}
     assert [k for k in previews if await _exists(storage, k)] == []
     assert [k for k in others if not await _exists(storage, k)] == []
-    assert await render_cache.lookup(js, a) is None
-    assert await render_cache.lookup(js, b) is None
+    assert await render_cache.lookup(await render_cache.bucket(js), a) is None
+    assert await render_cache.lookup(await render_cache.bucket(js), b) is None
     assert "3/3 processed" in out.getvalue()
 
 

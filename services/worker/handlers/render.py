@@ -122,7 +122,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     key = output_key(ctx, ext)
     size = await ctx.storage.put_file(key, dst)
     if req.kind == "preview" and req.cache_key:
-        await render_cache.remember(ctx.js, req.cache_key, key)
+        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key)
     return JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,

@@ -55,8 +55,13 @@ def upload_key(tenant: str, job_id: str, name: str) -> str:
     return _scoped(tenant, f"uploads/{check_token(job_id)}/{safe_filename(name)}")
 
 
+def sources_prefix(tenant: str, job_id: str) -> str:
+    """Where a job's stored original lives (`sources/<jobId>`), for listing or deleting."""
+    return _scoped(tenant, f"sources/{check_token(job_id)}")
+
+
 def source_key(tenant: str, job_id: str, name: str) -> str:
-    return _scoped(tenant, f"sources/{check_token(job_id)}/{safe_filename(name)}")
+    return f"{sources_prefix(tenant, job_id)}/{safe_filename(name)}"
 
 
 def peaks_key(tenant: str, job_id: str) -> str:

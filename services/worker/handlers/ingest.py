@@ -72,5 +72,5 @@ async def run_ingest(ctx: JobContext) -> JobResult:
 async def cleanup_ingest(ctx: JobContext) -> None:
     """A failed or cancelled ingest leaves nothing behind but the upload it came with."""
     req = ctx.request
-    await ctx.storage.delete_prefix(keys.source_key(req.tenant, req.job_id, "x").rsplit("/", 1)[0])
+    await ctx.storage.delete_prefix(keys.sources_prefix(req.tenant, req.job_id))
     await ctx.storage.delete(keys.peaks_key(req.tenant, req.job_id))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
+from shared import logs
 from shared.event_store import EventStore
 from shared.events import JobProgressed, JobRequested
 from shared.settings import Settings
@@ -47,8 +48,8 @@ class JobContext:
             "kind": self.request.kind,
             "attempt": self.attempt,
         }
-        if self.traceparent:
-            extra["trace_id"] = self.traceparent.split("-")[1] if "-" in self.traceparent else ""
+        if trace_id := logs.trace_id_of(self.traceparent):
+            extra["trace_id"] = trace_id
         extra.update(more)
         return extra
 

@@ -210,8 +210,8 @@ class JobRunner:
         attempt = request.attempt_base + delivery
         traceparent = (msg.headers or {}).get("traceparent")
         base = {"job_id": request.job_id, "kind": request.kind, "attempt": attempt}
-        if traceparent:
-            base["trace_id"] = traceparent.split("-")[1] if "-" in traceparent else traceparent
+        if trace_id := logs.trace_id_of(traceparent):
+            base["trace_id"] = trace_id
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
         fresh = await self._only_requested(request)

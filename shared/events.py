@@ -31,6 +31,60 @@ class LoudnessInfo(_Data, frozen=True, kw_only=True):
     integrated_lufs: float | None = None
     true_peak_db: float | None = None
     lra: float | None = None
+    short_term_max_lufs: float | None = None
+
+
+class LevelsInfo(_Data, frozen=True, kw_only=True):
+    """Measured levels of one side of a render (dB values omitted for digital silence)."""
+
+    integrated_lufs: float | None = None
+    true_peak_db: float | None = None
+    lra: float | None = None
+    short_term_max_lufs: float | None = None
+    rms_db: float | None = None
+    sample_peak_db: float | None = None
+    noise_floor_db: float | None = None
+
+
+class LoudnessTargetInfo(_Data, frozen=True, kw_only=True):
+    """What normalize aimed at: integrated loudness, or RMS for the ACX preset."""
+
+    preset: str | None = None
+    integrated_lufs: float | None = None
+    rms_db: float | None = None
+    true_peak_db: float
+
+
+class AcxCheck(_Data, frozen=True, kw_only=True, omit_defaults=False):
+    """ACX's three audiobook checks on the rendered file."""
+
+    rms_db: float | None
+    rms_pass: bool
+    peak_db: float | None
+    peak_pass: bool
+    noise_floor_db: float | None
+    noise_floor_pass: bool
+    passed: bool
+
+
+class ReportWarning(_Data, frozen=True, kw_only=True, omit_defaults=False):
+    code: str
+    message: str
+
+
+class LoudnessReport(_Data, frozen=True, kw_only=True, omit_defaults=False):
+    """Before/after levels of a render and what was done to get there."""
+
+    before: LevelsInfo | None = None
+    after: LevelsInfo
+    target: LoudnessTargetInfo | None = None
+    gain_db: float = 0.0
+    limiter_ceiling_db: float | None = None
+    limiter_max_reduction_db: float = 0.0
+    measuring_passes: int = 0
+    encode_passes: int = 1
+    warnings: list[ReportWarning] = msgspec.field(default_factory=list)
+    acx: AcxCheck | None = None
 
 
 class JobResult(_Data, frozen=True, kw_only=True):
@@ -51,6 +105,7 @@ class JobResult(_Data, frozen=True, kw_only=True):
     format: str | None = None
     size_bytes: int | None = None
     from_cache: bool = False
+    loudness_report: LoudnessReport | None = None
 
 
 class _Event(

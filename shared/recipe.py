@@ -8,8 +8,9 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from shared.errors import INVALID_RECIPE, Permanent
+from shared.loudness_targets import PresetName
 
-RENDERER_VERSION: Final = "1"
+RENDERER_VERSION: Final = "2"  # 2: true-peak limiter + verified loudness
 
 SaveFormat = Literal["wav", "flac", "mp3", "opus", "aac"]
 PreviewFormat = Literal["opus", "aac"]
@@ -55,10 +56,11 @@ class Trim(_Base, frozen=True):
 
 
 class Normalize(_Base, frozen=True):
-    """EBU R128 target: integrated loudness and a true-peak ceiling."""
+    """EBU R128 target: a preset, or integrated loudness and a true-peak ceiling (-16 / -1.5)."""
 
-    target_lufs: _TargetLufs = -16.0
-    true_peak_db: _TruePeakDb = -1.5
+    preset: PresetName | None = None
+    target_lufs: _TargetLufs | None = None
+    true_peak_db: _TruePeakDb | None = None
 
 
 class Recipe(_Base, frozen=True):
@@ -98,6 +100,10 @@ def check_recipe(recipe: Recipe) -> None:
     trim = recipe.trim
     if trim is not None and trim.end_ms is not None and trim.end_ms <= trim.start_ms:
         raise RecipeError("trim.endMs", "must be greater than trim.startMs")
+    norm = recipe.normalize
+    explicit = norm is not None and (norm.target_lufs is not None or norm.true_peak_db is not None)
+    if norm is not None and norm.preset is not None and explicit:
+        raise RecipeError("normalize.preset", "cannot be combined with targetLufs/truePeakDb")
     if recipe.sample_rate is not None and recipe.sample_rate not in SAMPLE_RATES:
         allowed = ", ".join(str(r) for r in SAMPLE_RATES)
         raise RecipeError("sampleRate", f"must be one of {allowed}")

@@ -101,7 +101,7 @@ def test_cache_key_stable_and_sensitive() -> None:
         render_cache_key("sources/j1/a.wav", Recipe(), "mp3"),
         render_cache_key("sources/j1/a.wav", recipe, "opus"),
         render_cache_key("sources/j1/a.wav", recipe, "mp3", OutputOptions(bitrate=128)),
-        render_cache_key("sources/j1/a.wav", recipe, "mp3", renderer_version="2"),
+        render_cache_key("sources/j1/a.wav", recipe, "mp3", renderer_version="1"),
     }
     assert key not in others and len(others) == 5
 

@@ -62,7 +62,10 @@ async def run_ingest(ctx: JobContext) -> JobResult:
         container=info.container,
         bit_rate=info.bit_rate,
         loudness=LoudnessInfo(
-            integrated_lufs=loud.integrated_lufs, true_peak_db=loud.true_peak_db, lra=loud.lra
+            integrated_lufs=loud.integrated_lufs,
+            true_peak_db=loud.true_peak_db,
+            lra=loud.lra,
+            short_term_max_lufs=loud.short_term_max_lufs,
         ),
         peaks_key=peaks_key,
         title=title or info.title,

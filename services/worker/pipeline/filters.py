@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Iterator
+from fractions import Fraction
 
 import av
 import av.filter
@@ -63,3 +64,31 @@ def _drain(graph: av.filter.Graph) -> Generator[AudioFrame, None, bool]:
             return True
         assert isinstance(out, AudioFrame)
         yield out
+
+
+def make_pcm_graph(
+    rate: int, layout: str, chain: Iterable[Filter], *, frame_size: int | None = None
+) -> av.filter.Graph:
+    """A graph fed with planar float frames we make ourselves (after the limiter)."""
+    graph = av.filter.Graph()
+    nodes = [
+        graph.add_abuffer(
+            format="fltp", sample_rate=rate, layout=layout, time_base=Fraction(1, rate)
+        )
+    ]
+    nodes += [graph.add(name, args or None) for name, args in chain]
+    nodes.append(graph.add("abuffersink"))
+    graph.link_nodes(*nodes)
+    graph.configure()
+    if frame_size:
+        graph.set_audio_frame_size(frame_size)
+    return graph
+
+
+def feed(graph: av.filter.Graph, frame: AudioFrame | None) -> Iterator[AudioFrame]:
+    """Push one frame (None = end of input) and yield what comes out."""
+    try:
+        graph.push(frame)
+    except av.EOFError:
+        return
+    yield from _drain(graph)

@@ -72,17 +72,58 @@ def prefix_chain(
     return chain
 
 
-def gain_db(recipe: Recipe, measured: Loudness | None) -> float:
-    """Static gain: gainDb, or with normalize the gain to target limited by the peak ceiling."""
+def gain_db(recipe: Recipe, measured: Loudness | None, target: float | None = None) -> float:
+    """Static gain: gainDb, or with normalize the gain from measured to target loudness.
+
+    The true-peak ceiling is not a cap any more: the limiter holds it (speech's crest factor
+    would otherwise stop the gain 1.4-6.5 LU short of -16 LUFS).
+    """
     norm = recipe.normalize
-    if norm is None or measured is None:
+    if norm is None:
         return recipe.gain_db
+    if measured is None or target is None:
+        return 0.0
     if measured.integrated_lufs is None or measured.integrated_lufs <= -70.0:
         return 0.0  # silence: nothing to normalise
-    gain = norm.target_lufs - measured.integrated_lufs
-    if measured.true_peak_db is not None:
-        gain = min(gain, norm.true_peak_db - measured.true_peak_db)
-    return gain
+    return target - measured.integrated_lufs
+
+
+FLOAT_PLANAR: Filter = ("aformat", "sample_fmts=fltp")  # before gain: s16 would clip
+
+
+def level_chain(gain: float) -> list[Filter]:
+    """The static gain (in float, so a gain above 0 dB cannot clip before the limiter)."""
+    if abs(gain) < 0.005:
+        return []
+    return [FLOAT_PLANAR, ("volume", f"volume={gain:.3f}dB")]
+
+
+def fade_chain(recipe: Recipe, length_ms: float) -> list[Filter]:
+    """Fades at the start and end of the output (output time, after tempo)."""
+    chain: list[Filter] = []
+    fade_in = min(recipe.fade_in_ms, length_ms)
+    if fade_in > 0:
+        chain.append(("afade", f"t=in:st=0:d={_secs(fade_in)}"))
+    fade_out = min(recipe.fade_out_ms, length_ms)
+    if fade_out > 0:
+        chain.append(("afade", f"t=out:st={_secs(length_ms - fade_out)}:d={_secs(fade_out)}"))
+    return chain
+
+
+def format_chain(
+    *, source_rate: int, out_rate: int, out_layout: str, sample_fmt: str
+) -> list[Filter]:
+    """Resample if needed, then the exact format, rate and layout the next stage takes."""
+    chain: list[Filter] = []
+    if out_rate != source_rate:
+        chain.append(("aresample", str(out_rate)))
+    chain.append(
+        (
+            "aformat",
+            f"sample_fmts={sample_fmt}:sample_rates={out_rate}:channel_layouts={out_layout}",
+        )
+    )
+    return chain
 
 
 def build_filter_chain(
@@ -96,30 +137,19 @@ def build_filter_chain(
     out_rate: int,
     out_layout: str,
     out_sample_fmt: str,
+    target: float | None = None,
 ) -> list[Filter]:
-    """Filters between the source's abuffer and the sink, in order."""
+    """Filters between the source's abuffer and the sink, in order (no limiter)."""
     chain = prefix_chain(
         recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
     )
-    gain = gain_db(recipe, measured)
-    if abs(gain) >= 0.005:
-        chain.append(("volume", f"volume={gain:.3f}dB"))
+    chain += level_chain(gain_db(recipe, measured, target))
     length = output_length_ms(
         recipe, source_duration_ms=source_duration_ms, sound_bounds_ms=sound_bounds_ms
     )
-    fade_in = min(recipe.fade_in_ms, length)
-    if fade_in > 0:
-        chain.append(("afade", f"t=in:st=0:d={_secs(fade_in)}"))
-    fade_out = min(recipe.fade_out_ms, length)
-    if fade_out > 0:
-        chain.append(("afade", f"t=out:st={_secs(length - fade_out)}:d={_secs(fade_out)}"))
-    if out_rate != source_rate:
-        chain.append(("aresample", str(out_rate)))
-    chain.append(
-        (
-            "aformat",
-            f"sample_fmts={out_sample_fmt}:sample_rates={out_rate}:channel_layouts={out_layout}",
-        )
+    chain += fade_chain(recipe, length)
+    chain += format_chain(
+        source_rate=source_rate, out_rate=out_rate, out_layout=out_layout, sample_fmt=out_sample_fmt
     )
     return chain
 

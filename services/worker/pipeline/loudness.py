@@ -23,6 +23,7 @@ class Loudness:
     integrated_lufs: float | None
     true_peak_db: float | None
     lra: float | None
+    short_term_max_lufs: float | None = None
 
 
 MIN_LRA_SECONDS = 3.5
@@ -36,6 +37,7 @@ class LoudnessMeter:
         self._lra: float | None = None
         self._peak = 0.0
         self._seconds = 0.0
+        self._short_max = -math.inf
 
     def feed(self, frame: AudioFrame) -> None:
         """Keep the latest integrated/LRA and the largest true peak seen."""
@@ -46,6 +48,9 @@ class LoudnessMeter:
             return
         if "lavfi.r128.I" in meta:
             self._integrated = float(meta["lavfi.r128.I"])
+        short = meta.get("lavfi.r128.S")
+        if short is not None:
+            self._short_max = max(self._short_max, float(short))
         if "lavfi.r128.LRA" in meta:
             self._lra = float(meta["lavfi.r128.LRA"])
         if "lavfi.r128.true_peak" in meta:  # linear, not dB (NOTES)
@@ -60,10 +65,12 @@ class LoudnessMeter:
         # LRA is built from 3 s short-term blocks: below that it is noise, not a measurement.
         enough = self._seconds >= MIN_LRA_SECONDS
         lra = self._lra if integrated is not None and enough else None
+        short_max = self._short_max if self._short_max > SILENCE_LUFS else None
         return Loudness(
             integrated_lufs=None if integrated is None else round(integrated, 2),
             true_peak_db=peak,
             lra=None if lra is None else round(lra, 2),
+            short_term_max_lufs=None if short_max is None else round(short_max, 2),
         )
 
 

@@ -1,4 +1,8 @@
-"""Render a recipe: stream decode → filter graph → encoder, frame by frame in constant memory."""
+"""Render a recipe: stream decode → filter graph (→ limiter) → encoder, in constant memory.
+
+With `normalize`, normalize.py drives calibration, encode and verification passes; every
+render ends by decoding what it wrote and measuring it for the loudness report.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,27 @@ import av.container
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
-from services.worker.pipeline.decode import decode_frames, open_audio
-from services.worker.pipeline.filters import make_graph, run_graph
 from services.worker.pipeline.formats import EncoderSettings, encoder_settings
 from services.worker.pipeline.graph import (
-    build_filter_chain,
+    fade_chain,
+    gain_db,
     kept_window,
     output_layout,
     output_length_ms,
     prefix_chain,
 )
+from services.worker.pipeline.level_meter import Levels, measure_file
 from services.worker.pipeline.loudness import Loudness, measure_loudness
+from services.worker.pipeline.loudness_report import build_report
 from services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
+from services.worker.pipeline.normalize import Outcome, normalize
 from services.worker.pipeline.probe import MediaInfo, probe
 from services.worker.pipeline.progress import Progress
+from services.worker.pipeline.signal_path import PathRun, SignalPath, run_path
 from services.worker.pipeline.silence import find_sound_bounds
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
+from shared.events import LoudnessReport
+from shared.loudness_targets import LoudnessTarget, resolve_target
 from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 _CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe reports them
@@ -43,16 +52,18 @@ class RenderResult:
     channels: int
     codec: str
     bytes: int
+    loudness_report: LoudnessReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """Everything decided before the output file is opened."""
 
-    chain: list[tuple[str, str]]
-    rate: int
-    layout: str
+    path: SignalPath
     length_ms: float
+    gain_db: float
+    target: LoudnessTarget | None
+    before: Loudness | None  # the kept part (or the source, when that is what was measured)
 
 
 def render(
@@ -77,11 +88,76 @@ def render(
     settings = encoder_settings(fmt, options)
     try:
         plan = _plan(src_path, recipe, settings, source_info, source_loudness, should_stop)
-        return _encode(src_path, dst_path, plan, settings, options, title, on_progress, should_stop)
+        return _render_planned(
+            src_path, dst_path, plan, settings, options, title, on_progress, should_stop
+        )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(dst_path)
         raise
+
+
+def _render_planned(
+    src_path: str,
+    dst_path: str,
+    plan: _Plan,
+    settings: EncoderSettings,
+    options: OutputOptions | None,
+    title: str | None,
+    on_progress: Callable[[float], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> RenderResult:
+    """Encode (normalised: as many passes as it takes), then measure what was written."""
+    written: list[int] = []
+
+    def encode(gain: float, ceiling: float | None) -> PathRun:
+        run = _encode(
+            src_path,
+            dst_path,
+            plan,
+            settings,
+            options,
+            title,
+            on_progress,
+            should_stop,
+            gain=gain,
+            ceiling=ceiling,
+        )
+        written.append(run.samples)
+        return run
+
+    def verify() -> Levels:
+        return measure_file(dst_path, should_stop=should_stop)
+
+    outcome: Outcome | None = None
+    if plan.target is not None:
+        outcome = normalize(
+            src_path,
+            plan.path,
+            target=plan.target,
+            measured=plan.before,
+            codec=settings.codec,
+            encode=encode,
+            verify=verify,
+            should_stop=should_stop,
+        )
+        after = outcome.after
+    else:
+        encode(plan.gain_db, None)
+        after = verify()
+    samples_out = written[-1]
+    if samples_out == 0:
+        raise Permanent("the edit leaves no audio", code=INVALID_RECIPE)
+    if on_progress is not None:
+        on_progress(1.0)
+    return RenderResult(
+        duration_ms=round(samples_out * 1000 / plan.path.rate),
+        sample_rate=plan.path.rate,
+        channels=plan.path.channels,
+        codec=_CODEC_NAMES.get(settings.codec, settings.codec),
+        bytes=os.path.getsize(dst_path),
+        loudness_report=build_report(plan.before, after, plan.target, outcome, plan.gain_db),
+    )
 
 
 def _plan(
@@ -92,45 +168,45 @@ def _plan(
     source_loudness: Loudness | None,
     should_stop: Callable[[], bool] | None,
 ) -> _Plan:
-    """Measuring passes (sound bounds, loudness) and the filter chain."""
+    """Measuring passes (sound bounds, loudness) and the signal path."""
     info = info or probe(src_path)
     bounds = find_sound_bounds(src_path, should_stop=should_stop) if recipe.trim_silence else None
     window = kept_window(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
     if window.length_ms(info.duration_ms) <= 0:
         raise RecipeError("trim.startMs", "is at or past the end of the source")
-    measured: Loudness | None = None
-    if recipe.normalize is not None:
-        whole = window.start_ms == 0 and window.end_ms is None
-        if whole and source_loudness is not None:
-            measured = source_loudness
-        else:
-            prefix = prefix_chain(
-                recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds
-            )
-            measured = measure_loudness(src_path, filters=prefix, should_stop=should_stop)
-    rate = settings.fmt.output_rate(recipe.sample_rate or info.sample_rate)
+    whole = window.start_ms == 0 and window.end_ms is None and recipe.speed == 1.0
+    timing = prefix_chain(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
+    before: Loudness | None = source_loudness if whole else None
+    norm = recipe.normalize
+    target: LoudnessTarget | None = None
     layout = output_layout(recipe, info.channels)
-    sample_fmt = "s16" if settings.codec == "libmp3lame" else settings.sample_fmt
-    chain = build_filter_chain(
-        recipe,
-        source_rate=info.sample_rate,
-        source_channels=info.channels,
-        source_duration_ms=info.duration_ms,
-        measured=measured,
-        sound_bounds_ms=bounds,
-        out_rate=rate,
-        out_layout=layout,
-        out_sample_fmt=sample_fmt,
-    )
+    if norm is not None:
+        target = resolve_target(
+            preset=norm.preset,
+            target_lufs=norm.target_lufs,
+            true_peak_db=norm.true_peak_db,
+            mono=layout == "mono",
+        )
+        if before is None or (before.integrated_lufs is None and before.true_peak_db is None):
+            before = measure_loudness(src_path, filters=timing, should_stop=should_stop)
+    rate = settings.fmt.output_rate(recipe.sample_rate or info.sample_rate)
     length = output_length_ms(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
-    return _Plan(chain=chain, rate=rate, layout=layout, length_ms=length)
+    path = SignalPath(
+        timing=timing,
+        fades=fade_chain(recipe, length),
+        source_rate=info.sample_rate,
+        rate=rate,
+        layout=layout,
+    )
+    gain = gain_db(recipe, before, target.target if target else None)
+    return _Plan(path=path, length_ms=length, gain_db=gain, target=target, before=before)
 
 
 def _open_encoder(
-    out: av.container.OutputContainer, plan: _Plan, settings: EncoderSettings
+    out: av.container.OutputContainer, path: SignalPath, settings: EncoderSettings
 ) -> AudioStream:
     """Add and open the output stream (frame_size is known only once open, see NOTES)."""
-    stream = out.add_stream(settings.codec, rate=plan.rate, layout=plan.layout)
+    stream = out.add_stream(settings.codec, rate=path.rate, layout=path.layout)
     if not isinstance(stream, AudioStream):
         raise Permanent(f"{settings.codec} is not an audio encoder", code=RENDER_FAILED)
     stream.format = settings.sample_fmt
@@ -149,39 +225,53 @@ def _encode(
     title: str | None,
     on_progress: Callable[[float], None] | None,
     should_stop: Callable[[], bool] | None,
-) -> RenderResult:
-    """The render pass proper."""
+    *,
+    gain: float,
+    ceiling: float | None,
+) -> PathRun:
+    """One encode pass over the whole signal path."""
     progress = Progress(on_progress, plan.length_ms)
-    samples_out = 0
     lame: LameWriter | None = None
+    path = plan.path
+    run = PathRun()
+    sample_fmt = "s16" if settings.codec == "libmp3lame" else settings.sample_fmt
+    tail = [
+        (
+            "aformat",
+            f"sample_fmts={sample_fmt}:sample_rates={path.rate}:channel_layouts={path.layout}",
+        )
+    ]
     try:
-        with (
-            open_audio(src_path) as (container, source),
-            av.open(dst_path, "w", format=settings.fmt.container) as out,
-        ):
+        with av.open(dst_path, "w", format=settings.fmt.container) as out:
             if title:
                 out.metadata["title"] = title
-            channels = 1 if plan.layout == "mono" else 2
             encoder: AudioStream | None = None
             if settings.codec == "libmp3lame":
                 quality = options.quality if options and options.quality is not None else None
                 lame = LameWriter(
                     out,
-                    rate=plan.rate,
-                    channels=channels,
+                    rate=path.rate,
+                    channels=path.channels,
                     bitrate_kbps=settings.bitrate_kbps or 192,
                     quality=LAME_QUALITY if quality is None else quality,
                 )
                 frame_size = _LAME_FRAME
             else:
-                encoder = _open_encoder(out, plan, settings)
+                encoder = _open_encoder(out, path, settings)
                 frame_size = encoder.codec_context.frame_size
-            graph = make_graph(source, plan.chain, frame_size=frame_size or None)
-            frames = decode_frames(container, source, should_stop=should_stop)
-            for frame in run_graph(graph, frames):
+            frames = run_path(
+                src_path,
+                path,
+                gain_db=gain,
+                ceiling_db=ceiling,
+                tail=tail,
+                frame_size=frame_size or None,
+                should_stop=should_stop,
+                stats=run,
+            )
+            for frame in frames:
                 _write(out, encoder, lame, frame)
-                samples_out += frame.samples
-                progress.advance_samples(frame.samples, plan.rate)
+                progress.advance_samples(frame.samples, path.rate)
             if lame is not None:
                 lame.finish()
             elif encoder is not None:
@@ -191,16 +281,7 @@ def _encode(
         raise Permanent(f"render failed: {exc}", code=RENDER_FAILED) from exc
     if lame is not None:
         lame.patch_header(dst_path)
-    if samples_out == 0:
-        raise Permanent("the edit leaves no audio", code=INVALID_RECIPE)
-    progress.done()
-    return RenderResult(
-        duration_ms=round(samples_out * 1000 / plan.rate),
-        sample_rate=plan.rate,
-        channels=channels,
-        codec=_CODEC_NAMES.get(settings.codec, settings.codec),
-        bytes=os.path.getsize(dst_path),
-    )
+    return run
 
 
 def _write(

@@ -1,0 +1,201 @@
+"""Normalisation that lands: gain to target, true-peak limiter, and a check of the encoded file.
+
+1. Start from the measured loudness of the kept part: gain = target - measured.
+2. Calibrate (dry runs: decode → gain → limiter → fades → meter, no encoder) until the
+   limited signal is within 0.1 LU of the aim; limiting lowers loudness, so the gain grows by
+   secant steps. Skipped when the measured true peak shows the limiter will not act.
+3. Encode, decode what was written and measure it (ebur128 and our meter). Off target by more
+   than 0.3 LU, or over the ceiling, and it corrects and re-encodes: a lossy codec's overshoot
+   lowers the limiter's ceiling by that much, a codec loudness shift moves the aim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.worker.pipeline.level_meter import METER_CHAIN, Levels, meter_frames
+from services.worker.pipeline.loudness import Loudness
+from services.worker.pipeline.signal_path import PathRun, SignalPath, run_path
+from shared.loudness_targets import LoudnessTarget
+
+CALIBRATION_TOLERANCE_LU = 0.1
+VERIFY_TOLERANCE_LU = 0.3
+MAX_DRY_RUNS = 6
+MAX_ENCODES = 4
+HEAVY_LIMITING_DB = 6.0
+MAX_LIMITING_DB = 15.0  # past this much limiting the target is out of reach
+PEAK_MARGIN_DB = 0.05  # our detector and ebur128's 192 kHz resampler differ by a few 0.01 dB
+# first guess of how far each codec pushes true peaks over a limited signal; verification
+# learns the rest per file
+CODEC_HEADROOM_DB = {"pcm_s16le": 0.0, "pcm_s24le": 0.0, "flac": 0.0}
+LOSSY_HEADROOM_DB = 0.5
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What normalisation did, for the loudness report."""
+
+    gain_db: float
+    ceiling_db: float
+    max_reduction_db: float
+    measuring_passes: int
+    encode_passes: int
+    after: Levels
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+EncodeFn = Callable[[float, float], PathRun]  # (gain dB, ceiling dB) -> what the pass did
+VerifyFn = Callable[[], Levels]
+
+
+def metric(levels: Levels, target: LoudnessTarget) -> float | None:
+    """The value the target is about: integrated LUFS, or RMS dBFS (ACX)."""
+    return levels.integrated if target.measure == "lufs" else levels.rms_db
+
+
+def normalize(
+    src_path: str,
+    path: SignalPath,
+    *,
+    target: LoudnessTarget,
+    measured: Loudness | None,
+    codec: str,
+    encode: EncodeFn,
+    verify: VerifyFn,
+    should_stop: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Run calibration, encode and verification passes; returns the final figures."""
+    warnings: list[tuple[str, str]] = []
+    ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
+    start = measured.integrated_lufs if measured else None
+    if start is None:
+        run = encode(0.0, ceiling)
+        warnings.append(("silent_source", "nothing above the loudness gate; no gain applied"))
+        return Outcome(0.0, ceiling, run.max_reduction_db, 0, 1, verify(), warnings)
+
+    gain = target.target - start
+    aim = target.target
+    dry_runs = 0
+    encodes = 0
+    after: Levels | None = None
+    run = PathRun()
+    for _ in range(MAX_ENCODES):
+        skip_dry = (
+            target.measure == "lufs"
+            and not path.fades
+            and measured is not None
+            and measured.true_peak_db is not None
+            and measured.true_peak_db + gain <= ceiling
+            and dry_runs == 0
+        )
+        if not skip_dry:
+            gain, runs, reachable = _calibrate(
+                src_path,
+                path,
+                gain,
+                ceiling,
+                aim,
+                start,
+                measured.true_peak_db if measured else None,
+                target,
+                should_stop,
+            )
+            dry_runs += runs
+            if not reachable and not any(c == "target_unreachable" for c, _ in warnings):
+                warnings.append(
+                    (
+                        "target_unreachable",
+                        f"more than {MAX_LIMITING_DB:.0f} dB of limiting would be needed; "
+                        "stopped there",
+                    )
+                )
+        run = encode(gain, ceiling)
+        encodes += 1
+        after = verify()
+        value, peak = metric(after, target), after.true_peak
+        loud_ok = value is None or abs(value - target.target) <= VERIFY_TOLERANCE_LU
+        peak_ok = peak is None or peak <= target.true_peak_db
+        if (loud_ok or _unreachable(warnings)) and peak_ok:
+            break
+        if not peak_ok and peak is not None:
+            ceiling -= peak - target.true_peak_db + PEAK_MARGIN_DB * 2
+        if not loud_ok and value is not None and not _unreachable(warnings):
+            aim += target.target - value  # the codec moved the loudness: aim past it
+    assert after is not None
+    if run.max_reduction_db > HEAVY_LIMITING_DB:
+        warnings.append(
+            (
+                "heavy_limiting",
+                f"the limiter took off up to {run.max_reduction_db:.1f} dB to reach the target",
+            )
+        )
+    value, peak = metric(after, target), after.true_peak
+    missed = value is not None and abs(value - target.target) > VERIFY_TOLERANCE_LU * 5 / 3
+    if missed and not _unreachable(warnings):
+        warnings.append(("target_missed", f"ended at {value:.1f} after {encodes} encodes"))
+    if peak is not None and peak > target.true_peak_db:
+        warnings.append(("ceiling_exceeded", f"true peak {peak:.2f} dBTP after {encodes} encodes"))
+    return Outcome(gain, ceiling, run.max_reduction_db, dry_runs, encodes, after, warnings)
+
+
+def _unreachable(warnings: list[tuple[str, str]]) -> bool:
+    return any(code == "target_unreachable" for code, _ in warnings)
+
+
+def _calibrate(
+    src_path: str,
+    path: SignalPath,
+    gain: float,
+    ceiling: float,
+    aim: float,
+    start: float,
+    measured_peak: float | None,
+    target: LoudnessTarget,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[float, int, bool]:
+    """Secant search for the gain whose limited output meets `aim`: (gain, runs, reachable)."""
+    peak = measured_peak if measured_peak is not None else start + 20.0
+    max_gain = max(target.target - start, ceiling - peak + MAX_LIMITING_DB)
+    points: list[tuple[float, float]] = []
+    runs = 0
+    for _ in range(MAX_DRY_RUNS):
+        value = _dry_run(src_path, path, gain, ceiling, target, should_stop)
+        runs += 1
+        if value is None:
+            return gain, runs, True
+        points.append((gain, value))
+        error = aim - value
+        if abs(error) <= CALIBRATION_TOLERANCE_LU:
+            return gain, runs, True
+        slope = 1.0
+        if len(points) >= 2:
+            (g0, v0), (g1, v1) = points[-2], points[-1]
+            if abs(g1 - g0) > 1e-6:
+                slope = min(1.0, max(0.05, (v1 - v0) / (g1 - g0)))
+        nxt = gain + error / slope
+        if nxt > max_gain:
+            if gain >= max_gain - 1e-6:
+                return gain, runs, False
+            nxt = max_gain
+        gain = nxt
+    return gain, runs, True
+
+
+def _dry_run(
+    src_path: str,
+    path: SignalPath,
+    gain: float,
+    ceiling: float,
+    target: LoudnessTarget,
+    should_stop: Callable[[], bool] | None,
+) -> float | None:
+    frames = run_path(
+        src_path,
+        path,
+        gain_db=gain,
+        ceiling_db=ceiling,
+        tail=list(METER_CHAIN),
+        should_stop=should_stop,
+    )
+    return metric(meter_frames(frames, path.rate, path.channels), target)

@@ -39,7 +39,10 @@ _GainDb = Annotated[float, msgspec.Meta(ge=-60.0, le=30.0)]
 _Speed = Annotated[float, msgspec.Meta(ge=0.5, le=2.0)]
 _TargetLufs = Annotated[float, msgspec.Meta(ge=-70.0, le=-5.0)]
 _TruePeakDb = Annotated[float, msgspec.Meta(ge=-9.0, le=0.0)]
-_SampleRate = Annotated[int, msgspec.Meta(ge=8000, le=192_000)]
+# an enum, so the OpenAPI schema says which rates exist (SAMPLE_RATES below, same list)
+_SampleRate = Literal[
+    8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000
+]
 _Bitrate = Annotated[int, msgspec.Meta(ge=16, le=512)]
 _Quality = Annotated[int, msgspec.Meta(ge=0, le=9)]
 

@@ -146,6 +146,9 @@ class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     # Preview answered from the render cache: the API appends JobCompleted right after this
     # event, so workers must not start it (they wait for that event and ack).
     from_cache: bool = False
+    # sha256 of (route, canonical body) of a request with an Idempotency-Key: a replay of the
+    # key with another body or on another route is refused instead of answered with this job.
+    request_fingerprint: str | None = None
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):

@@ -59,16 +59,18 @@ async def aliased_job(api: ApiContext, job_id: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-async def _cached_output(api: ApiContext, cache_key: str) -> tuple[str, int] | None:
-    """The cached preview's key and size, if the entry exists and its object is still there."""
-    key = await render_cache.lookup(api.cache_kv, cache_key)
-    if key is None:
+async def _cached_output(
+    api: ApiContext, cache_key: str
+) -> tuple[str, int, JobResult | None] | None:
+    """The cached preview's key, size and result, if the entry and its object still exist."""
+    entry = await render_cache.lookup_entry(api.cache_kv, cache_key)
+    if entry is None:
         return None
-    info = await api.storage.head(key)
+    info = await api.storage.head(entry.key)
     if info is None:  # evicted from storage: the entry is stale
         await render_cache.forget(api.cache_kv, cache_key)
         return None
-    return key, info.size
+    return entry.key, info.size, entry.result
 
 
 async def _fold_job(api: ApiContext, job_id: str) -> JobView | None:
@@ -157,7 +159,12 @@ async def _drop_marker(kv: KeyValue, marker: str, job_id: str) -> None:
 
 
 async def _answer_from_cache(
-    api: ApiContext, request: JobRequested, key: str, size: int, traceparent: str | None
+    api: ApiContext,
+    request: JobRequested,
+    key: str,
+    size: int,
+    rendered: JobResult | None,
+    traceparent: str | None,
 ) -> None:
     """JobRequested (marked from_cache, so no worker starts it) and JobCompleted at once."""
     cached = msgspec.structs.replace(request, from_cache=True)
@@ -167,10 +174,11 @@ async def _answer_from_cache(
         kind="preview",
         tenant=request.tenant,
         attempt=0,
-        result=JobResult(
+        result=msgspec.structs.replace(
+            rendered or JobResult(),  # same shape as the render that made it
             source_key=request.source_key,
             preview_key=key,
-            format=request.format,
+            format=request.format or (rendered.format if rendered else None),
             size_bytes=size,
             from_cache=True,
         ),

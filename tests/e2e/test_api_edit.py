@@ -70,6 +70,9 @@ async def test_preview_miss_renders_then_hit_answers_from_cache(
     assert hit["status"] == "completed"
     assert hit["result"]["fromCache"] is True
     assert hit["result"]["previewKey"] == result["previewKey"]
+    # same result shape as the render (issue 15 bug 7): facts and loudness report included
+    for field in ("durationMs", "sampleRate", "channels", "codec", "format", "loudnessReport"):
+        assert hit["result"][field] == result[field], field
     assert "downloadUrl" in hit
     # Zero worker work: once the preview consumer has acked past this job's request, the
     # job still has exactly its two events.

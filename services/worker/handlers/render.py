@@ -89,7 +89,11 @@ async def ingest_facts(
         title=r.title,
     )
     loud = r.loudness
-    measured = Loudness(loud.integrated_lufs, loud.true_peak_db, loud.lra) if loud else None
+    measured = (
+        Loudness(loud.integrated_lufs, loud.true_peak_db, loud.lra, loud.short_term_max_lufs)
+        if loud
+        else None
+    )
     return info, measured
 
 
@@ -121,9 +125,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     await ctx.progress(96, "storing", force=True)
     key = output_key(ctx, ext)
     size = await ctx.storage.put_file(key, dst)
-    if req.kind == "preview" and req.cache_key:
-        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key)
-    return JobResult(
+    result = JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,
         sample_rate=rendered.sample_rate,
@@ -133,7 +135,11 @@ async def run_render(ctx: JobContext) -> JobResult:
         size_bytes=size,
         preview_key=key if req.kind == "preview" else None,
         prepared_key=key if req.kind == "save" else None,
+        loudness_report=rendered.loudness_report,
     )
+    if req.kind == "preview" and req.cache_key:
+        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)
+    return result
 
 
 async def cleanup_render(ctx: JobContext) -> None:

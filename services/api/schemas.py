@@ -55,3 +55,5 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     instance: str
     field: str | None = None
+    # 409 `preview_not_ready`: where the job is (`status` is the HTTP status, per RFC 9457).
+    job_status: str | None = msgspec.field(default=None, name="jobStatus")

@@ -159,7 +159,7 @@ async def preview_audio(
             409,
             "preview_not_ready",
             f"the preview is {view.status}; poll the job until it is completed",
-            extra={"status": view.status},
+            extra={"jobStatus": view.status},  # `status` is the HTTP status (RFC 9457)
         )
     if not api.storage.is_local:
         url = await api.storage.sign_get(key, timedelta(seconds=LINK_TTL_S))

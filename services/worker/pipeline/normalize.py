@@ -24,7 +24,7 @@ VERIFY_TOLERANCE_LU = 0.3
 MAX_DRY_RUNS = 6
 MAX_ENCODES = 4
 HEAVY_LIMITING_DB = 6.0
-MAX_LIMITING_DB = 15.0  # past this much limiting the target is out of reach
+MAX_LIMITING_DB = 20.0  # past this much limiting the target is out of reach (warned)
 PEAK_MARGIN_DB = 0.05  # our detector and ebur128's 192 kHz resampler differ by a few 0.01 dB
 # first guess of how far each codec pushes true peaks over a limited signal; verification
 # learns the rest per file

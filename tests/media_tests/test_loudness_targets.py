@@ -1,0 +1,176 @@
+"""Issue 14 acceptance: every normalised render lands within ±0.5 LU under its ceiling.
+
+Inputs look like the real thing (tests/speech.py: espeak speech in studio, laptop, phone and
+96 kHz versions, music-like material with transients, a tone); every output format; outputs
+decoded and measured by FFmpeg's ebur128 through plain PyAV (tests/media.py) and by
+pyloudnorm, which shares no code with the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+
+from services.worker.pipeline.render import render
+from shared.recipe import Normalize, Recipe, Trim
+from tests import media, speech
+
+FORMATS = ("wav", "flac", "mp3", "opus", "aac")
+EXT = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "opus", "aac": "m4a"}
+TARGETS = ((-16.0, -1.5), (-14.0, -1.0))
+TOLERANCE_LU = 0.5
+
+
+@pytest.fixture(scope="module")
+def materials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, speech.Material]:
+    speech.require_espeak()
+    root = tmp_path_factory.mktemp("loudness-material")
+    return {name: speech.make_material(name, root / name) for name in speech.MATERIALS}
+
+
+def pyloudnorm_lufs(path: Path) -> float:
+    pcm, rate = media.decode_pcm(path)
+    data = pcm.T.astype(np.float64)
+    return float(
+        pyloudnorm.Meter(rate).integrated_loudness(data[:, 0] if pcm.shape[0] == 1 else data)
+    )
+
+
+CASES = [
+    (name, fmt, TARGETS[(i + j) % 2])
+    for i, name in enumerate(speech.MATERIALS)
+    for j, fmt in enumerate(FORMATS)
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "target"), CASES, ids=[f"{n}-{f}-{t[0]:g}" for n, f, t in CASES]
+)
+def test_normalized_output_meets_target_and_ceiling(
+    materials: dict[str, speech.Material],
+    tmp_path: Path,
+    name: str,
+    fmt: str,
+    target: tuple[float, float],
+) -> None:
+    lufs, ceiling = target
+    src = materials[name]
+    dst = tmp_path / f"out.{EXT[fmt]}"
+    recipe = Recipe(normalize=Normalize(target_lufs=lufs, true_peak_db=ceiling))
+    result = render(str(src.path), str(dst), recipe, fmt)
+
+    measured = media.integrated_lufs(dst)
+    assert abs(measured - lufs) <= TOLERANCE_LU, (name, fmt, measured)
+    assert abs(pyloudnorm_lufs(dst) - lufs) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= ceiling, (name, fmt, media.true_peak_db(dst))
+    report = result.loudness_report
+    assert report is not None and report.target is not None
+    assert report.target.integrated_lufs == lufs and report.target.true_peak_db == ceiling
+    assert report.after.integrated_lufs is not None
+    assert abs(report.after.integrated_lufs - measured) <= 0.1  # the report tells the truth
+    assert report.before is not None and report.before.integrated_lufs is not None
+
+
+def test_before_fix_speech_missed_by_static_gain(materials: dict[str, speech.Material]) -> None:
+    """The material really needs the limiter: a gain capped by the true peak falls short."""
+    src = media._ebur128(materials["studio"].path)
+    capped_gain = min(-16.0 - src["I"], -1.5 - src["TP"])
+    assert src["I"] + capped_gain < -16.0 - 1.0
+
+
+def test_heavy_limiting_is_reached_and_warned(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    dst = tmp_path / "o.wav"
+    recipe = Recipe(normalize=Normalize(target_lufs=-11.0, true_peak_db=-1.0))
+    report = render(str(materials["studio"].path), str(dst), recipe, "wav").loudness_report
+    assert report is not None
+    assert abs(media.integrated_lufs(dst) - -11.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0
+    assert report.limiter_max_reduction_db > 6.0
+    assert "heavy_limiting" in [w.code for w in report.warnings]
+
+
+def test_unreachable_target_stops_and_says_so(tmp_path: Path) -> None:
+    """A sine reads its peak level in LUFS: -5 LUFS under a -8 dBTP ceiling cannot be made."""
+    src = media.write_tone(tmp_path / "t.wav", seconds=4.0, freq=997, amplitude_dbfs=-20.0)
+    dst = tmp_path / "o.flac"
+    recipe = Recipe(normalize=Normalize(target_lufs=-5.0, true_peak_db=-8.0))
+    report = render(str(src), str(dst), recipe, "flac").loudness_report
+    assert report is not None
+    assert media.true_peak_db(dst) <= -8.0
+    assert "target_unreachable" in [w.code for w in report.warnings]
+
+
+def test_trimmed_window_is_what_is_normalised(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    dst = tmp_path / "o.mp3"
+    recipe = Recipe(trim=Trim(start_ms=2000, end_ms=9000), normalize=Normalize(preset="spotify"))
+    report = render(str(materials["studio"].path), str(dst), recipe, "mp3").loudness_report
+    assert report is not None and report.target is not None
+    assert report.target.preset == "spotify" and report.target.integrated_lufs == -14.0
+    assert abs(media.integrated_lufs(dst) - -14.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0
+
+
+def test_mono_podcast_preset_aims_three_lu_lower(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    dst = tmp_path / "o.mp3"
+    recipe = Recipe(normalize=Normalize(preset="apple-podcasts"), channels="mono")
+    report = render(str(materials["studio"].path), str(dst), recipe, "mp3").loudness_report
+    assert report is not None and report.target is not None
+    assert report.target.integrated_lufs == -19.0
+    assert abs(media.integrated_lufs(dst) - -19.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0
+
+
+def test_acx_preset_meets_rms_and_peak_and_reports_noise_floor(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    clean = tmp_path / "clean.flac"
+    recipe = Recipe(normalize=Normalize(preset="audiobook-acx"))
+    report = render(str(materials["hires"].path), str(clean), recipe, "flac").loudness_report
+    assert report is not None and report.acx is not None
+    pcm, _ = media.decode_pcm(clean)
+    rms = media.rms_db(pcm)
+    assert -23.0 <= rms <= -18.0
+    assert 20 * np.log10(np.max(np.abs(pcm))) <= -3.0
+    assert report.acx.rms_pass and report.acx.peak_pass
+    assert abs((report.acx.rms_db or 0) - rms) <= 0.2
+    # espeak's pauses are digital silence: no room tone, so the floor is that of the voice's
+    # quietest half second; the noisy laptop take must fail the -60 dBFS check
+    noisy = tmp_path / "noisy.mp3"
+    noisy_report = render(str(materials["laptop"].path), str(noisy), recipe, "mp3").loudness_report
+    assert noisy_report is not None and noisy_report.acx is not None
+    assert noisy_report.acx.rms_pass and noisy_report.acx.peak_pass
+    assert not noisy_report.acx.noise_floor_pass and not noisy_report.acx.passed
+    assert "acx_noise_floor" in [w.code for w in noisy_report.warnings]
+
+
+def test_preview_codec_is_verified_like_a_save(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    from services.worker.pipeline.formats import PREVIEW_OPTIONS
+
+    dst = tmp_path / "p.opus"
+    recipe = Recipe(normalize=Normalize(preset="apple-podcasts"))
+    render(str(materials["music"].path), str(dst), recipe, "opus", options=PREVIEW_OPTIONS)
+    assert abs(media.integrated_lufs(dst) - -16.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0
+
+
+def test_render_without_normalize_reports_levels(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    dst = tmp_path / "o.wav"
+    report = render(
+        str(materials["phone"].path), str(dst), Recipe(gain_db=-3.0), "wav"
+    ).loudness_report
+    assert report is not None and report.target is None and report.gain_db == -3.0
+    assert report.after.integrated_lufs is not None
+    assert abs(report.after.integrated_lufs - media.integrated_lufs(dst)) <= 0.1

@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 
 from services.api.auth import api_key_guard
 from services.api.context import ApiContext
+from services.api.docs_ui import render_plugins
 from services.api.openapi import complete_schema
 from services.api.problems import handle_exception
 from services.api.rate_limit import rate_limit_middleware
@@ -84,7 +85,9 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
         on_startup=[complete_schema],
-        openapi_config=OpenAPIConfig(title="audioprep", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="audioprep", version="0.1.0", path="/schema", render_plugins=render_plugins()
+        ),
         request_max_body_size=1024 * 1024,
         debug=False,
         logging_config=None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -33,9 +34,11 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 API_KEY = "browser-test-key"
+BROWSER_TEST_FILES = frozenset({"test_web_page.py", "test_docs_ui.py"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 try:
-    from playwright.async_api import BrowserContext, Page, async_playwright
+    from playwright.async_api import BrowserContext, Page, Route, async_playwright
 except ImportError:  # pragma: no cover - the dev extra installs it
     async_playwright = None  # type: ignore[assignment]
 
@@ -49,7 +52,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = f"{CHROMIUM} missing: run `make browser-deps` (apt-get install chromium)"
     if reason:
         for item in items:
-            if item.path.name == "test_web_page.py":
+            if item.path.name in BROWSER_TEST_FILES:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
@@ -183,3 +186,23 @@ async def page(browser: BrowserContext, web_stack: WebStack) -> AsyncIterator[Pa
 async def keyed_page(browser: BrowserContext, keyed_web_stack: WebStack) -> AsyncIterator[Page]:
     async with open_page(browser, keyed_web_stack.base_url + "/") as tab:
         yield tab
+
+
+async def block_outside_requests(page: Page) -> list[str]:
+    """Abort every request of the tab that would leave the host; returns the list of them.
+
+    Only loopback (and the page's own data:/blob: URLs, which Playwright does not route) get
+    through: the test sees what a machine without internet would.
+    """
+    blocked: list[str] = []
+
+    async def handle(route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOOPBACK_HOSTS:
+            await route.continue_()
+        else:
+            blocked.append(url)
+            await route.abort("internetdisconnected")
+
+    await page.route("**/*", handle)
+    return blocked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.conftest import Stack
@@ -61,3 +62,25 @@ async def test_peaks_problems(stack: Stack, media_dir: Path) -> None:
     assert resp.status_code == 409
     assert resp.headers["content-type"].startswith("application/problem+json")
     assert resp.json()["code"] == "job_not_completed"
+
+
+async def test_schema_docs_reference_only_this_host(stack: Stack) -> None:
+    """Issue 15 bug 9: the docs page's scripts, styles and icon are served by the API."""
+    page = await stack.client.get("/schema")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    head = page.text.split("<body", 1)[0]
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)""", head)
+    assert urls, head
+    assert all(url.startswith("/schema/assets/") for url in urls), urls
+    assert "fonts.googleapis" not in page.text and "cdn." not in page.text
+    for url in urls:
+        asset = await stack.client.get(url)
+        assert asset.status_code == 200, url
+        assert len(asset.content) > 100, url
+    script = await stack.client.get("/schema/assets/swagger-ui-bundle.js")
+    assert "javascript" in script.headers["content-type"]
+    assert "max-age=86400" in script.headers["cache-control"]
+    document = await stack.client.get("/schema/openapi.json")
+    assert document.status_code == 200
+    assert "/api/audio/ingest" in document.json()["paths"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench install clean browser-deps test-browser
+.PHONY: run test lint typecheck pytest bench install clean system-deps bench-deps test-browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -25,20 +25,28 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict services shared
 
-# Debian's Chromium for the browser tests (tests/browser, Playwright from PyPI drives it).
-browser-deps:
-	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
-		|| echo "warning: could not install chromium (need root + Debian); browser tests will be skipped"
+# Debian packages the tests use: Chromium for tests/browser (Playwright from PyPI drives it),
+# espeak-ng for speech-like test material (tests/speech.py).
+SYSTEM_DEPS := chromium espeak-ng
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	test -z "$$missing" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \
+		|| echo "warning: could not install$$missing (need root + Debian); tests needing them are skipped"
 
-test-browser: $(STAMP) browser-deps
+# Debian's ffmpeg CLI: the baseline bench/render.py and bench/loudness.py compare against.
+bench-deps:
+	@command -v ffmpeg >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; } \
+		|| echo "warning: could not install ffmpeg; CLI baselines are skipped"
+
+test-browser: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
-pytest: $(STAMP) browser-deps
+pytest: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.all
 
 clean:

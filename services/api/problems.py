@@ -68,27 +68,33 @@ def field_from_message(message: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _validation_problem(exc: ValidationException) -> ProblemError:
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    messages = [str(e.get("message", "")) for e in extra if isinstance(e, dict)]
-    message = "; ".join(m for m in messages if m) or str(exc.detail)
-    if "malformed" in message.lower() or "JSON is malformed" in message:
-        return ProblemError(400, "malformed_json", message)
-    if "Expected `object`" in message and "$." not in message:
-        return ProblemError(400, "malformed_json", message)
-    field = field_from_message(message)
-    if field is None:
-        for item in extra:
-            # Litestar names the body parameter itself `data`: that is the root, not a field.
-            if isinstance(item, dict) and item.get("key") and item.get("key") != "data":
-                field = str(item["key"])
-                break
+_ROOT_TYPE_RE = re.compile(r"^Expected `object`, got `([^`]*)`$")
+
+
+def validation_problem(message: str, field: str | None = None) -> ProblemError:
+    """A msgspec validation message as a 422: `invalid_recipe` under `recipe`, else
+    `validation_error`; `field` is the JSON path (none for the body itself)."""
+    root = _ROOT_TYPE_RE.match(message)
+    if root is not None:
+        return ProblemError(
+            422, "validation_error", f"the body must be a JSON object, not {root.group(1)}"
+        )
+    field = field_from_message(message) or field
     missing = _MISSING_RE.search(message)
     if missing is not None:
         field = f"{field}.{missing.group(1)}" if field else missing.group(1)
     if field is not None and (field == "recipe" or field.startswith("recipe.")):
         return ProblemError(422, "invalid_recipe", message, field=field)
     return ProblemError(422, "validation_error", message, field=field)
+
+
+def _validation_problem(exc: ValidationException) -> ProblemError:
+    """Litestar's own validation (path and query parameters): the same mapping."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    messages = [str(e.get("message", "")) for e in extra if isinstance(e, dict)]
+    message = "; ".join(m for m in messages if m) or str(exc.detail)
+    keys = [str(e["key"]) for e in extra if isinstance(e, dict) and e.get("key")]
+    return validation_problem(message, keys[0] if keys else None)
 
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -108,8 +114,6 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             415: "unsupported_media_type",
             429: "rate_limited",
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
-        if exc.status_code == 400 and str(exc.detail).startswith("JSON is malformed"):
-            code = "malformed_json"
         problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
         return problem_response(request, problem)
     if _is_backend_outage(exc):

@@ -8,14 +8,15 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
+from services.api.bodies import json_body
 from services.api.context import ApiContext
 from services.api.jobs import existing_job, job_id_for, load_view, submit, traceparent_of
 from services.api.links import LINK_TTL_S
-from services.api.openapi import problems
+from services.api.openapi import JSON_BODY, problems
 from services.api.previews import aliased_job, request_preview
 from services.api.problems import ProblemError
 from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
@@ -71,14 +72,14 @@ def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
         "identical preview is being rendered, the request joins that job (same `jobId`)."
     ),
     status_code=HTTP_202_ACCEPTED,
-    responses=problems(400, 401, 404, 409, 422),
+    responses=problems(400, 401, 404, 409, 413, 415, 422),
+    opt={JSON_BODY: PreviewRequest},
 )
 async def preview(
-    request: Request[Any, Any, Any],
-    api: NamedDependency[ApiContext],
-    data: JSONBody[PreviewRequest],
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
+    data = await json_body(request, PreviewRequest)
     job_id = job_id_for(request, tenant)
     replayed = await _replayed(request, api, job_id, tenant)
     if replayed is not None:
@@ -108,12 +109,14 @@ async def preview(
         "signed `downloadUrl`."
     ),
     status_code=HTTP_202_ACCEPTED,
-    responses=problems(400, 401, 404, 409, 422),
+    responses=problems(400, 401, 404, 409, 413, 415, 422),
+    opt={JSON_BODY: SaveRequest},
 )
 async def save(
-    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], data: JSONBody[SaveRequest]
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
+    data = await json_body(request, SaveRequest)
     job_id = job_id_for(request, tenant)
     if await _replayed(request, api, job_id, tenant) is not None:
         view = await load_view(api, job_id, tenant)

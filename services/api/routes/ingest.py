@@ -4,36 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
+from services.api.bodies import declares_empty_body, empty_body, is_json_media_type, json_body
 from services.api.context import ApiContext
 from services.api.jobs import existing_job, job_id_for, submit, traceparent_of
-from services.api.problems import ProblemError, field_from_message
+from services.api.problems import ProblemError
 from services.api.schemas import JobAccepted, UrlIngestRequest
 from services.api.uploads import store_upload
 from services.api.url_check import check_url
 from shared import keys
 from shared.events import JobRequested
-
-MAX_JSON_BODY = 64 * 1024
-
-
-async def _url_request(request: Request[Any, Any, Any]) -> UrlIngestRequest:
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BODY:
-        raise ProblemError(413, "too_large", "JSON body too large")
-    try:
-        return msgspec.json.decode(raw, type=UrlIngestRequest)
-    except msgspec.ValidationError as exc:
-        raise ProblemError(
-            422, "validation_error", str(exc), field=field_from_message(str(exc))
-        ) from exc
-    except msgspec.DecodeError as exc:
-        raise ProblemError(400, "malformed_json", f"body is not valid JSON: {exc}") from exc
 
 
 @post(
@@ -53,12 +37,20 @@ async def ingest(
     job_id = job_id_for(request, tenant)
     if request.headers.get("idempotency-key") and await existing_job(api, job_id, tenant):
         return Response(JobAccepted(job_id=job_id), status_code=HTTP_202_ACCEPTED)
-    ctype = request.headers.get("content-type", "").lower()
-    if ctype.startswith("application/json"):
-        body = await _url_request(request)
+    ctype = request.headers.get("content-type", "")
+    if declares_empty_body(request):
+        raise empty_body()
+    if is_json_media_type(ctype):
+        body = await json_body(request, UrlIngestRequest)
         check_url(body.url, body.source, api.settings)
         event = JobRequested(
             job_id=job_id, kind="ingest", tenant=tenant, source=body.source, url=body.url
+        )
+    elif not ctype.lower().startswith("multipart/"):
+        raise ProblemError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data (a `file` upload) or application/json (a URL)",
         )
     else:
         upload = await store_upload(

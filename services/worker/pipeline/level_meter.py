@@ -53,9 +53,9 @@ class Levels:
 class LevelMeter:
     """Feed planar float frames (after ebur128 tagged them); read `result()`."""
 
-    def __init__(self, rate: int, channels: int) -> None:
+    def __init__(self, rate: int, channels: int, *, true_peak: bool = True) -> None:
         self._loudness = LoudnessMeter()
-        self._detector = PeakDetector(rate, channels)
+        self._detector = PeakDetector(rate, channels) if true_peak else None
         self._true_peak = 0.0
         self._sum_sq = 0.0
         self._count = 0
@@ -77,9 +77,11 @@ class LevelMeter:
             return
         peak = float(np.abs(samples).max())
         self._sample_peak = max(self._sample_peak, peak)
-        # oversample only blocks that could raise the maximum found so far
-        self._detector.floor = self._true_peak * 10 ** (-MAX_OVERSHOOT_DB / 20) or None
-        self._true_peak = max(self._true_peak, float(self._detector.push(samples).max(initial=0)))
+        if self._detector is not None:
+            # oversample only blocks that could raise the maximum found so far
+            self._detector.floor = self._true_peak * 10 ** (-MAX_OVERSHOOT_DB / 20) or None
+            peaks = self._detector.push(samples)
+            self._true_peak = max(self._true_peak, float(peaks.max(initial=0)))
         sq = np.square(samples, dtype=np.float64).sum(axis=0)
         self._sum_sq += float(sq.sum())
         self._count += samples.shape[1] * samples.shape[0]
@@ -100,7 +102,8 @@ class LevelMeter:
                 self._win_sum, self._win_fill = 0.0, 0
 
     def result(self) -> Levels:
-        self._true_peak = max(self._true_peak, float(self._detector.flush().max(initial=0)))
+        if self._detector is not None:
+            self._true_peak = max(self._true_peak, float(self._detector.flush().max(initial=0)))
         ebu = self._loudness.result()
         ours = _db(self._true_peak, power=False)
         candidates = [p for p in (ebu.true_peak_db, ours) if p is not None]
@@ -116,15 +119,19 @@ class LevelMeter:
         )
 
 
-def meter_frames(frames: Iterable[AudioFrame], rate: int, channels: int) -> Levels:
-    """Levels of frames that already passed METER and PLANAR_FLOAT."""
-    meter = LevelMeter(rate, channels)
+def meter_frames(
+    frames: Iterable[AudioFrame], rate: int, channels: int, *, true_peak: bool = True
+) -> Levels:
+    """Levels of frames that already passed METER (or LOUDNESS_ONLY) and PLANAR_FLOAT."""
+    meter = LevelMeter(rate, channels, true_peak=true_peak)
     for frame in frames:
         meter.feed(frame)
     return meter.result()
 
 
 METER_CHAIN: tuple[Filter, ...] = (METER, PLANAR_FLOAT)
+# calibration needs loudness only: ebur128's 192 kHz true-peak resampler is most of its cost
+LOUDNESS_ONLY_CHAIN: tuple[Filter, ...] = (("ebur128", "metadata=1"), PLANAR_FLOAT)
 
 
 def measure_file(path: str, *, should_stop: Callable[[], bool] | None = None) -> Levels:

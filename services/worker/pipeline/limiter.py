@@ -51,19 +51,24 @@ class TruePeakLimiter:
         self.samples_in = 0
         self.max_reduction_db = 0.0
 
-    def push(self, block: Samples) -> Samples:
-        """Limit one block; returns what is ready (the look-ahead holds back a few ms)."""
+    def push(self, block: Samples, peaks: Floats | None = None) -> Samples:
+        """Limit one block; returns what is ready (the look-ahead holds back a few ms).
+
+        `peaks`: what a PeakDetector returned for this very block, when the caller has them
+        already (peaks scale with gain, so one detection serves every pass at any gain).
+        """
         self.samples_in += block.shape[1]
         self._x = np.concatenate([self._x, block], axis=1)
-        return self._apply(self._gains(self._detector.push(block)))
+        return self._apply(self._gains(self._detector.push(block) if peaks is None else peaks))
 
-    def flush(self) -> Samples:
+    def flush(self, peaks: Floats | None = None) -> Samples:
         """The rest, as if silence followed; total output length equals total input."""
         channels = self._x.shape[0]
         pad = self._lookahead + PeakDetector.CONTEXT
         self._x = np.concatenate([self._x, np.zeros((channels, pad), dtype=np.float32)], axis=1)
         remaining = self.samples_in - self._x_start
-        gains = self._gains(np.concatenate([self._detector.flush(), np.zeros(pad)]))
+        tail = self._detector.flush() if peaks is None else peaks
+        gains = self._gains(np.concatenate([tail, np.zeros(pad)]))
         return self._apply(gains)[:, : max(0, remaining)]
 
     def _gains(self, peaks: Floats) -> Floats:

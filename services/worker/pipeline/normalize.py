@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.worker.pipeline.level_meter import METER_CHAIN, Levels, meter_frames
+from services.worker.pipeline.level_meter import LOUDNESS_ONLY_CHAIN, Levels, meter_frames
 from services.worker.pipeline.loudness import Loudness
-from services.worker.pipeline.signal_path import PathRun, SignalPath, run_path
+from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
 from shared.loudness_targets import LoudnessTarget
 
 CALIBRATION_TOLERANCE_LU = 0.1
@@ -64,9 +64,11 @@ def normalize(
     encode: EncodeFn,
     verify: VerifyFn,
     should_stop: Callable[[], bool] | None = None,
+    cache: PcmCache | None = None,
 ) -> Outcome:
     """Run calibration, encode and verification passes; returns the final figures."""
     warnings: list[tuple[str, str]] = []
+    calibration = _Calibration(src_path, path, target, should_stop, cache)
     ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
     start = measured.integrated_lufs if measured else None
     if start is None:
@@ -90,16 +92,8 @@ def normalize(
             and dry_runs == 0
         )
         if not skip_dry:
-            gain, runs, reachable = _calibrate(
-                src_path,
-                path,
-                gain,
-                ceiling,
-                aim,
-                start,
-                measured.true_peak_db if measured else None,
-                target,
-                should_stop,
+            gain, runs, reachable = calibration.run(
+                gain, ceiling, aim, start, measured.true_peak_db if measured else None
             )
             dry_runs += runs
             if not reachable and not any(c == "target_unreachable" for c, _ in warnings):
@@ -143,59 +137,80 @@ def _unreachable(warnings: list[tuple[str, str]]) -> bool:
     return any(code == "target_unreachable" for code, _ in warnings)
 
 
-def _calibrate(
-    src_path: str,
-    path: SignalPath,
-    gain: float,
-    ceiling: float,
-    aim: float,
-    start: float,
-    measured_peak: float | None,
-    target: LoudnessTarget,
-    should_stop: Callable[[], bool] | None,
-) -> tuple[float, int, bool]:
-    """Secant search for the gain whose limited output meets `aim`: (gain, runs, reachable)."""
-    peak = measured_peak if measured_peak is not None else start + 20.0
-    max_gain = max(target.target - start, ceiling - peak + MAX_LIMITING_DB)
-    points: list[tuple[float, float]] = []
-    runs = 0
-    for _ in range(MAX_DRY_RUNS):
-        value = _dry_run(src_path, path, gain, ceiling, target, should_stop)
-        runs += 1
-        if value is None:
-            return gain, runs, True
-        points.append((gain, value))
-        error = aim - value
-        if abs(error) <= CALIBRATION_TOLERANCE_LU:
-            return gain, runs, True
-        slope = 1.0
-        if len(points) >= 2:
-            (g0, v0), (g1, v1) = points[-2], points[-1]
-            if abs(g1 - g0) > 1e-6:
-                slope = min(1.0, max(0.05, (v1 - v0) / (g1 - g0)))
-        nxt = gain + error / slope
-        if nxt > max_gain:
-            if gain >= max_gain - 1e-6:
-                return gain, runs, False
-            nxt = max_gain
-        gain = nxt
-    return gain, runs, True
+class _Calibration:
+    """Secant search for the gain whose limited output meets the aim, remembering its points.
+
+    Points measured at one ceiling stay valid while the ceiling holds, so a later round that
+    only moves the aim (a codec's loudness shift) needs no new dry run at all: the next
+    verification checks the estimate.
+    """
+
+    def __init__(
+        self,
+        src_path: str,
+        path: SignalPath,
+        target: LoudnessTarget,
+        should_stop: Callable[[], bool] | None,
+        cache: PcmCache | None,
+    ) -> None:
+        self._args = (src_path, path, target, should_stop, cache)
+        self._target = target
+        self._points: list[tuple[float, float]] = []
+        self._ceiling: float | None = None
+        self._slope = 1.0
+
+    def run(
+        self, gain: float, ceiling: float, aim: float, start: float, peak: float | None
+    ) -> tuple[float, int, bool]:
+        """(gain, dry runs used, reachable)."""
+        peak = peak if peak is not None else start + 20.0
+        max_gain = max(self._target.target - start, ceiling - peak + MAX_LIMITING_DB)
+        if self._ceiling is not None and abs(ceiling - self._ceiling) < 1e-9 and self._points:
+            g, v = self._points[-1]
+            return min(g + (aim - v) / self._slope, max_gain), 0, True
+        if self._points:  # new ceiling: start from the old estimate, keep the slope
+            g, v = self._points[-1]
+            gain = min(g + (aim - v) / self._slope, max_gain)
+        self._points, self._ceiling = [], ceiling
+        runs = 0
+        for _ in range(MAX_DRY_RUNS):
+            value = _dry_run(gain, ceiling, *self._args)
+            runs += 1
+            if value is None:
+                return gain, runs, True
+            self._points.append((gain, value))
+            error = aim - value
+            if abs(error) <= CALIBRATION_TOLERANCE_LU:
+                return gain, runs, True
+            if len(self._points) >= 2:
+                (g0, v0), (g1, v1) = self._points[-2], self._points[-1]
+                if abs(g1 - g0) > 1e-6:
+                    self._slope = min(1.0, max(0.05, (v1 - v0) / (g1 - g0)))
+            nxt = gain + error / self._slope
+            if nxt > max_gain:
+                if gain >= max_gain - 1e-6:
+                    return gain, runs, False
+                nxt = max_gain
+            gain = nxt
+        return gain, runs, True
 
 
 def _dry_run(
-    src_path: str,
-    path: SignalPath,
     gain: float,
     ceiling: float,
+    src_path: str,
+    path: SignalPath,
     target: LoudnessTarget,
     should_stop: Callable[[], bool] | None,
+    cache: PcmCache | None,
 ) -> float | None:
     frames = run_path(
         src_path,
         path,
         gain_db=gain,
         ceiling_db=ceiling,
-        tail=list(METER_CHAIN),
+        tail=list(LOUDNESS_ONLY_CHAIN),
         should_stop=should_stop,
+        cache=cache,
     )
-    return metric(meter_frames(frames, path.rate, path.channels), target)
+    return metric(meter_frames(frames, path.rate, path.channels, true_peak=False), target)

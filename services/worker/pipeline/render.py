@@ -32,7 +32,7 @@ from services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
 from services.worker.pipeline.normalize import Outcome, normalize
 from services.worker.pipeline.probe import MediaInfo, probe
 from services.worker.pipeline.progress import Progress
-from services.worker.pipeline.signal_path import PathRun, SignalPath, run_path
+from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
 from services.worker.pipeline.silence import find_sound_bounds
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
 from shared.events import LoudnessReport
@@ -109,6 +109,7 @@ def _render_planned(
 ) -> RenderResult:
     """Encode (normalised: as many passes as it takes), then measure what was written."""
     written: list[int] = []
+    cache = PcmCache() if plan.target is not None else None
 
     def encode(gain: float, ceiling: float | None) -> PathRun:
         run = _encode(
@@ -122,6 +123,7 @@ def _render_planned(
             should_stop,
             gain=gain,
             ceiling=ceiling,
+            cache=cache,
         )
         written.append(run.samples)
         return run
@@ -140,6 +142,7 @@ def _render_planned(
             encode=encode,
             verify=verify,
             should_stop=should_stop,
+            cache=cache,
         )
         after = outcome.after
     else:
@@ -228,6 +231,7 @@ def _encode(
     *,
     gain: float,
     ceiling: float | None,
+    cache: PcmCache | None = None,
 ) -> PathRun:
     """One encode pass over the whole signal path."""
     progress = Progress(on_progress, plan.length_ms)
@@ -268,6 +272,7 @@ def _encode(
                 frame_size=frame_size or None,
                 should_stop=should_stop,
                 stats=run,
+                cache=cache,
             )
             for frame in frames:
                 _write(out, encoder, lame, frame)

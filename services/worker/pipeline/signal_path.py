@@ -14,12 +14,18 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import numpy.typing as npt
 from av.audio.frame import AudioFrame
 
 from services.worker.pipeline.decode import decode_frames, open_audio
 from services.worker.pipeline.filters import Filter, feed, make_graph, make_pcm_graph, run_graph
 from services.worker.pipeline.graph import FLOAT_PLANAR, format_chain, level_chain
 from services.worker.pipeline.limiter import TruePeakLimiter
+from services.worker.pipeline.true_peak import PeakDetector
+from shared.errors import Cancelled
+
+Samples = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,45 @@ class SignalPath:
     @property
     def channels(self) -> int:
         return 1 if self.layout == "mono" else 2
+
+
+BLOCK_SAMPLES = 16384
+PCM_CACHE_BYTES = 96 * 1024 * 1024  # ~4 minutes of 48 kHz stereo float
+
+
+class PcmCache:
+    """The first graph's output (timed, resampled, planar float, before gain) with its true
+    peaks, kept between passes when it is small: later passes skip decoding and peak
+    detection. Long sources overflow it and stream every pass (memory stays flat)."""
+
+    def __init__(self, limit_bytes: int = PCM_CACHE_BYTES) -> None:
+        self.blocks: list[tuple[Samples, Floats]] | None = []
+        self.tail_peaks: Floats | None = None
+        self._bytes = 0
+        self._limit = limit_bytes
+
+    def add(self, block: Samples, peaks: Floats) -> None:
+        if self.blocks is None:
+            return
+        self._bytes += block.nbytes + peaks.nbytes
+        if self._bytes > self._limit:
+            self.blocks = None  # too long to keep: stream instead
+            return
+        self.blocks.append((block, peaks))
+
+    def restart(self) -> None:
+        """A pass is decoding afresh: start the copy over (unless it already overflowed)."""
+        if self.blocks is not None:
+            self.blocks, self._bytes, self.tail_peaks = [], 0, None
+
+    def finish(self, tail_peaks: Floats) -> None:
+        if self.blocks is not None:
+            self.tail_peaks = tail_peaks
+
+    def ready(self) -> tuple[list[tuple[Samples, Floats]], Floats] | None:
+        if self.blocks is None or self.tail_peaks is None:
+            return None
+        return self.blocks, self.tail_peaks
 
 
 @dataclass(slots=True)
@@ -56,45 +101,109 @@ def run_path(
     frame_size: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     stats: PathRun | None = None,
+    cache: PcmCache | None = None,
 ) -> Iterator[AudioFrame]:
     """Frames of the rendered signal; `tail` ends the last graph (encoder format or meter)."""
     stats = stats if stats is not None else PathRun()
+    if ceiling_db is not None:
+        yield from _limited(
+            src_path, path, gain_db, ceiling_db, tail, frame_size, should_stop, stats, cache
+        )
+        return
     with open_audio(src_path) as (container, source):
         frames = decode_frames(container, source, should_stop=should_stop)
-        if ceiling_db is None:
-            chain = [
-                *path.timing,
-                *level_chain(gain_db),
-                *path.fades,
-                *_to_rate(path),
-                *tail,
-            ]
-            graph = make_graph(source, chain, frame_size=frame_size)
-            for frame in run_graph(graph, frames):
-                stats.samples += frame.samples
-                yield frame
+        chain = [*path.timing, *level_chain(gain_db), *path.fades, *_to_rate(path), *tail]
+        graph = make_graph(source, chain, frame_size=frame_size)
+        for frame in run_graph(graph, frames):
+            stats.samples += frame.samples
+            yield frame
+
+
+def _limited(
+    src_path: str,
+    path: SignalPath,
+    gain_db: float,
+    ceiling_db: float,
+    tail: list[Filter],
+    frame_size: int | None,
+    should_stop: Callable[[], bool] | None,
+    stats: PathRun,
+    cache: PcmCache | None,
+) -> Iterator[AudioFrame]:
+    """Gain and limiter in numpy between two graphs."""
+    second = make_pcm_graph(path.rate, path.layout, [*path.fades, *tail], frame_size=frame_size)
+    limiter = TruePeakLimiter(path.rate, path.channels, ceiling_db)
+    gain = 10 ** (gain_db / 20)
+    stats.limited = True
+    pts = 0
+    blocks = _SourceBlocks(src_path, path, should_stop, cache)
+    for block, peaks in blocks.blocks():
+        limited = limiter.push(block * np.float32(gain), peaks * gain)
+        for out in _through(second, limited, path, pts):
+            stats.samples += out.samples
+            yield out
+        pts += limited.shape[1]
+    limited = limiter.flush(blocks.tail_peaks * gain)
+    for out in _through(second, limited, path, pts):
+        stats.samples += out.samples
+        yield out
+    for out in feed(second, None):
+        stats.samples += out.samples
+        yield out
+    stats.max_reduction_db = limiter.max_reduction_db
+
+
+class _SourceBlocks:
+    """Timed, resampled planar float blocks and their true peaks (detected at gain 1): from
+    the cache when a pass already filled it, else decoded (filling the cache)."""
+
+    def __init__(
+        self,
+        src_path: str,
+        path: SignalPath,
+        should_stop: Callable[[], bool] | None,
+        cache: PcmCache | None,
+    ) -> None:
+        self._src, self._path, self._stop, self._cache = src_path, path, should_stop, cache
+        self.tail_peaks: Floats = np.zeros(0)
+
+    def blocks(self) -> Iterator[tuple[Samples, Floats]]:
+        cache, should_stop = self._cache, self._stop
+        ready = cache.ready() if cache is not None else None
+        if ready is not None:
+            cached, self.tail_peaks = ready
+            for i, item in enumerate(cached):
+                if should_stop is not None and i % 16 == 0 and should_stop():
+                    raise Cancelled("stopped on request")
+                yield item
             return
-        first = make_graph(
-            source, [*path.timing, FLOAT_PLANAR, *level_chain(gain_db), *_to_rate(path)]
-        )
-        second = make_pcm_graph(path.rate, path.layout, [*path.fades, *tail], frame_size=frame_size)
-        limiter = TruePeakLimiter(path.rate, path.channels, ceiling_db)
-        stats.limited = True
-        pts = 0
-        for frame in run_graph(first, frames):
-            block = limiter.push(_planar(frame))
-            for out in _through(second, block, path, pts):
-                stats.samples += out.samples
-                yield out
-            pts += block.shape[1]
-        block = limiter.flush()
-        for out in _through(second, block, path, pts):
-            stats.samples += out.samples
-            yield out
-        for out in feed(second, None):
-            stats.samples += out.samples
-            yield out
-        stats.max_reduction_db = limiter.max_reduction_db
+        if cache is not None:
+            cache.restart()
+        detector = PeakDetector(self._path.rate, self._path.channels)
+        for block in self._decoded():
+            peaks = detector.push(block)
+            if cache is not None:
+                cache.add(block, peaks)
+            yield block, peaks
+        self.tail_peaks = detector.flush()
+        if cache is not None:
+            cache.finish(self.tail_peaks)
+
+    def _decoded(self) -> Iterator[Samples]:
+        path = self._path
+        with open_audio(self._src) as (container, source):
+            frames = decode_frames(container, source, should_stop=self._stop)
+            first = make_graph(source, [*path.timing, FLOAT_PLANAR, *_to_rate(path)])
+            pending: list[Samples] = []
+            size = 0
+            for frame in run_graph(first, frames):
+                pending.append(_planar(frame))
+                size += frame.samples
+                if size >= BLOCK_SAMPLES:  # numpy pays per call: work in blocks, not frames
+                    yield np.concatenate(pending, axis=1)
+                    pending, size = [], 0
+            if pending:
+                yield np.concatenate(pending, axis=1)
 
 
 def _to_rate(path: SignalPath) -> list[Filter]:
@@ -103,13 +212,13 @@ def _to_rate(path: SignalPath) -> list[Filter]:
     )
 
 
-def _planar(frame: AudioFrame) -> np.ndarray:
+def _planar(frame: AudioFrame) -> Samples:
     return np.ascontiguousarray(frame.to_ndarray()[:, : frame.samples], dtype=np.float32)
 
 
 def _through(
     graph: av.filter.Graph,
-    block: np.ndarray,
+    block: Samples,
     path: SignalPath,
     pts: int,
 ) -> Iterator[AudioFrame]:

@@ -209,7 +209,7 @@ async def test_a_running_save_can_be_cancelled(page: Page, media_dir: Path) -> N
     src = write_tone(media_dir / "long.flac", seconds=480.0, channels=1, rate=22050)
     await upload(page, src)
     await page.fill("#speed", "0.5")
-    await page.check("#normalize")
+    await page.select_option("#normalize", "apple-podcasts")
     await page.select_option("#save-format", "mp3")
     await page.click("#save-btn")
     cancel = page.locator("#cancel-btn")

@@ -24,10 +24,20 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 _REVALIDATE = CacheControlHeader(no_cache=True)
 
 
+_AUTH_META = b'<meta name="audioprep-auth" content="">'
+
+
 @get("/", include_in_schema=False, cache_control=_REVALIDATE)
-async def index() -> Response[bytes]:
-    """The single page; read per request so an edited page shows up without a restart."""
-    return Response((WEB_DIR / "index.html").read_bytes(), media_type=MediaType.HTML)
+async def index(api: NamedDependency[ApiContext]) -> Response[bytes]:
+    """The single page; read per request so an edited page shows up without a restart.
+
+    It learns here whether this server wants an API key (`<meta name="audioprep-auth">` is
+    `key` or `open`), so it shows the key box only where one is needed.
+    """
+    mode = b"key" if api.settings.api_keys else b"open"
+    page = (WEB_DIR / "index.html").read_bytes()
+    page = page.replace(_AUTH_META, _AUTH_META.replace(b'content=""', b'content="' + mode + b'"'))
+    return Response(page, media_type=MediaType.HTML)
 
 
 @get(

@@ -6,6 +6,9 @@ const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STORE_JOBS = "audioprep.jobs";
 const STORE_SOURCE = "audioprep.source";
 const STORE_KEY = "audioprep.apiKey";
+const STORE_EDIT = "audioprep.edit."; // + the source's ingest job id
+// The API says, in the page it serves, whether it wants a key: "key", "open" (or "" if unknown).
+const AUTH_MODE = (document.querySelector('meta[name="audioprep-auth"]') || {}).content || "";
 
 // ---- plain words for job errors and stages ----------------------------------------------
 
@@ -98,6 +101,12 @@ function apiKey() {
   return sessionStorage.getItem(STORE_KEY) || "";
 }
 
+function openKeyBox() {
+  const box = $("#key-box");
+  box.hidden = false;
+  box.open = true;
+}
+
 function authHeaders() {
   const key = apiKey();
   return key ? { Authorization: `Bearer ${key}` } : {};
@@ -138,7 +147,7 @@ async function api(method, path, body) {
   }
   const data = await parseBody(resp);
   if (!resp.ok) {
-    if (resp.status === 401) $("#key-box").open = true;
+    if (resp.status === 401) openKeyBox();
     throw new ApiProblem(resp.status, data);
   }
   return data;
@@ -163,7 +172,7 @@ function uploadFile(file, onProgress) {
       }
       if (xhr.status >= 200 && xhr.status < 300) resolve(data);
       else {
-        if (xhr.status === 401) $("#key-box").open = true;
+        if (xhr.status === 401) openKeyBox();
         reject(new ApiProblem(xhr.status, data));
       }
     };
@@ -297,7 +306,7 @@ function saveJobs() {
 
 function recordJob(jobId, kind, label, view) {
   const prev = jobs.get(jobId) || { jobId, kind, label, createdAt: Date.now() };
-  const next = { ...prev };
+  const next = { ...prev, label: label || prev.label };
   if (view) {
     next.status = view.status;
     next.progress = view.progress || 0;
@@ -357,7 +366,8 @@ const state = {
   source: null, // {jobId, sourceKey, durationMs, ...result, title}
   peaks: null,
   sel: null, // [startS, endS] or null = everything
-  previewCache: new Map(), // canonical request -> {url, jobId}
+  previewCache: new Map(), // canonical request -> {url, jobId, recipe, report}
+  playing: null, // the preview in the player: {key, url, recipe, report}
   saveJobId: null,
 };
 
@@ -464,8 +474,10 @@ async function loadSource(view, label) {
   show($("#save"));
   resetRecipe();
   resetPlayer();
+  restoreEdit(); // what this tab last had for this source (survives a reload)
   show($("#save-done"), false);
   show($("#save-status"), false);
+  show($("#save-report"), false);
   state.peaks = null;
   drawWave();
   try {
@@ -537,6 +549,11 @@ function drawWave() {
     g.fillRect(Math.round(xa) - 1, 0, 2, h);
     g.fillRect(Math.round(xb) - 1, 0, 2, h);
   }
+  const head = playheadS();
+  if (head != null && dur) {
+    g.fillStyle = "#ffffff";
+    g.fillRect(Math.round((head / dur) * w) - 1, 0, 2, h);
+  }
   updateSelLabels();
 }
 
@@ -576,6 +593,7 @@ function setupWaveDrag() {
     dragFrom = null;
     selToInputs();
     drawWave();
+    editChanged();
   };
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointercancel", () => {
@@ -636,13 +654,16 @@ function buildRecipe() {
   if ($("#trim-silence").checked) r.trimSilence = true;
   if ($("#channels").value) r.channels = $("#channels").value;
   if ($("#sample-rate").value) r.sampleRate = Number($("#sample-rate").value);
-  if ($("#normalize").checked) {
+  const norm = $("#normalize").value;
+  if (norm === "custom") {
     const n = {};
     const t = num("#target-lufs");
     const p = num("#true-peak");
     if (t !== undefined) n.targetLufs = t;
     if (p !== undefined) n.truePeakDb = p;
     r.normalize = n;
+  } else if (norm) {
+    r.normalize = { preset: norm };
   }
   return r;
 }
@@ -658,7 +679,9 @@ function recipeSummary(r) {
   if (r.fadeInMs) parts.push(`fade in ${r.fadeInMs / 1000} s`);
   if (r.fadeOutMs) parts.push(`fade out ${r.fadeOutMs / 1000} s`);
   if (r.gainDb) parts.push(`${r.gainDb > 0 ? "+" : ""}${r.gainDb} dB`);
-  if (r.normalize) parts.push(`to ${r.normalize.targetLufs ?? -16} LUFS`);
+  if (r.normalize) {
+    parts.push(r.normalize.preset ? r.normalize.preset : `to ${r.normalize.targetLufs ?? -16} LUFS`);
+  }
   if (r.speed) parts.push(`×${r.speed}`);
   if (r.trimSilence) parts.push("silence cut");
   if (r.channels) parts.push(r.channels);
@@ -685,8 +708,9 @@ function resetRecipe() {
 }
 
 function syncNormalize() {
-  const on = $("#normalize").checked;
+  const on = $("#normalize").value === "custom";
   for (const el of document.querySelectorAll(".norm input")) el.disabled = !on;
+  for (const el of document.querySelectorAll(".field.norm")) el.hidden = !on;
 }
 
 function clearFieldErrors() {
@@ -738,13 +762,23 @@ function previewFormat() {
   return a.canPlayType('audio/ogg; codecs="opus"') ? "opus" : "aac";
 }
 
-function resetPlayer() {
+/** The preview request the form describes now (the page's preview-cache key). */
+function currentPreviewKey() {
+  if (!state.source) return "";
+  const body = { sourceKey: state.source.sourceKey, recipe: buildRecipe(), format: previewFormat() };
+  return JSON.stringify(canonical(body));
+}
+
+function resetPlayer(note = "") {
   const a = $("#player");
   a.pause();
   a.removeAttribute("src");
   a.load();
-  $("#preview-note").textContent = "";
+  state.playing = null;
+  $("#preview-note").textContent = note;
   show($("#preview-progress"), false);
+  show($("#preview-report"), false);
+  drawWave();
 }
 
 function previewAudioUrl(view) {
@@ -754,18 +788,47 @@ function previewAudioUrl(view) {
   return `/api/audio/edit/preview/${view.jobId}/audio`;
 }
 
-function play(url, note) {
+function play(entry, key, note) {
   const a = $("#player");
+  state.playing = { key, ...entry };
   $("#preview-note").textContent = note;
-  if (a.getAttribute("src") !== url) {
-    a.src = url;
+  if (a.getAttribute("src") !== entry.url) {
+    a.src = entry.url;
     a.load();
   } else {
     a.currentTime = 0;
   }
+  renderReport($("#preview-report"), entry.report, "Preview loudness");
   a.play().catch(() => {
     /* autoplay may be blocked: the controls are there */
   });
+}
+
+/**
+ * The form changed. A preview in the player that is not of this edit must not pass for it:
+ * it goes, and the note says so. Only when marking in/out with the keys does the earlier
+ * preview stay (the listener is choosing the points on it), and the note says that instead.
+ */
+function editChanged(how = "form") {
+  saveEdit();
+  if (!state.playing || state.playing.key === currentPreviewKey()) return;
+  if (how === "keys") {
+    $("#preview-note").textContent = "Playing the earlier edit: press Preview (P) to hear the new one.";
+    show($("#preview-report"), false);
+    return;
+  }
+  resetPlayer("The edit changed: press Preview to hear it.");
+}
+
+/** Where the player is, in source time (trim start + played time × speed), or null. */
+function playheadS() {
+  const p = state.playing;
+  const a = $("#player");
+  if (!p || !a.getAttribute("src")) return null;
+  const r = p.recipe || {};
+  const start = r.trim && r.trim.startMs ? r.trim.startMs / 1000 : 0;
+  const t = start + (a.currentTime || 0) * (r.speed || 1);
+  return Math.min(Math.max(t, 0), durationS());
 }
 
 async function preview() {
@@ -773,10 +836,10 @@ async function preview() {
   clearFieldErrors();
   const recipe = buildRecipe();
   const format = previewFormat();
-  const key = JSON.stringify(canonical({ sourceKey: state.source.sourceKey, recipe, format }));
+  const key = currentPreviewKey();
   const hit = state.previewCache.get(key);
   if (hit) {
-    play(hit.url, "Playing the earlier preview of this edit (cached).");
+    play(hit, key, "Playing the earlier preview of this edit (cached).");
     return;
   }
   const btn = $("#preview-btn");
@@ -790,6 +853,7 @@ async function preview() {
         format,
       });
     } catch (err) {
+      resetPlayer("Not previewed: the server refused this edit (see above).");
       showProblem(err, "#recipe-error");
       return;
     }
@@ -806,30 +870,240 @@ async function preview() {
     });
     show(bar, false);
     if (view.status !== "completed") {
-      $("#preview-note").textContent = "";
+      resetPlayer("Not previewed.");
       setError("#recipe-error", `Preview failed: ${errorWords(view.error)}`);
       return;
     }
-    const url = previewAudioUrl(view);
-    state.previewCache.set(key, { url, jobId: view.jobId });
+    const entry = {
+      url: previewAudioUrl(view),
+      jobId: view.jobId,
+      recipe,
+      report: view.result && view.result.loudnessReport,
+    };
+    state.previewCache.set(key, entry);
+    if (key !== currentPreviewKey()) {
+      // The form changed while this rendered: it is cached for later, not played as current.
+      $("#preview-note").textContent = "The edit changed while rendering: press Preview to hear it.";
+      return;
+    }
     const cached = view.result && view.result.fromCache;
-    play(url, cached ? "Playing (this edit was already rendered)." : "Playing the preview.");
+    play(entry, key, cached ? "Playing (this edit was already rendered)." : "Playing the preview.");
   } finally {
     btn.disabled = false;
   }
 }
 
+function togglePlay() {
+  const a = $("#player");
+  if (!a.getAttribute("src")) {
+    preview();
+    return;
+  }
+  if (a.paused) {
+    a.play().catch(() => {});
+  } else {
+    a.pause();
+  }
+}
+
+/** I / O: keep from / until the playhead (source time). */
+function markAtPlayhead(which) {
+  const t = playheadS();
+  if (t == null) {
+    $("#preview-note").textContent = "Play a preview, then press I or O at the moment to keep from or until.";
+    return;
+  }
+  const startEl = $("#trim-start");
+  const endEl = $("#trim-end");
+  if (which === "in") {
+    startEl.value = t.toFixed(3);
+    const end = parseFloat(endEl.value);
+    if (Number.isFinite(end) && end <= t) endEl.value = "";
+  } else {
+    endEl.value = t.toFixed(3);
+    const start = parseFloat(startEl.value);
+    if (Number.isFinite(start) && start >= t) startEl.value = "";
+  }
+  clearFieldErrors();
+  inputsToSel();
+  editChanged("keys");
+}
+
+function setupShortcuts() {
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    // Typing, pressing a focused button or using the player's own controls come first.
+    if (t instanceof Element && t.closest("input, select, textarea, button, audio, summary, [contenteditable], .drop")) return;
+    if (!state.source || $("#edit").hidden) return;
+    const k = e.key.toLowerCase();
+    if (e.key === " ") {
+      e.preventDefault();
+      togglePlay();
+    } else if (k === "i") {
+      markAtPlayhead("in");
+    } else if (k === "o") {
+      markAtPlayhead("out");
+    } else if (k === "p") {
+      preview();
+    }
+  });
+  const a = $("#player");
+  for (const ev of ["timeupdate", "seeked", "play", "pause", "ended"]) a.addEventListener(ev, drawWave);
+}
+
+// ---- loudness report ---------------------------------------------------------------------
+
+const PRESET_WORDS = {
+  "apple-podcasts": "Apple Podcasts",
+  spotify: "Spotify",
+  youtube: "YouTube",
+  "amazon-music": "Amazon Music",
+  "ebu-r128": "EBU R128",
+  "atsc-a85": "ATSC A/85",
+  "audiobook-acx": "ACX audiobook",
+};
+
+function fmtSigned(v, unit) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return "–";
+  return `${v > 0 ? "+" : v < 0 ? "−" : ""}${Math.abs(v).toFixed(1)} ${unit}`;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+/** Before → after levels of a render, what was applied, warnings and the ACX checks. */
+function renderReport(box, report, title) {
+  box.textContent = "";
+  if (!report || !report.after) {
+    show(box, false);
+    return;
+  }
+  const before = report.before || {};
+  const after = report.after || {};
+  box.append(el("h3", null, title));
+  const table = el("table", "report-table");
+  const head = el("tr");
+  for (const h of ["", "Before", "After"]) head.append(el("th", null, h));
+  table.append(head);
+  const rows = [
+    ["Integrated", "integratedLufs", "LUFS", "lufs"],
+    ["True peak", "truePeakDb", "dBTP", "peak"],
+    ["Loudness range", "lra", "LU", "lra"],
+    ["Short-term max", "shortTermMaxLufs", "LUFS", "stmax"],
+  ];
+  if (report.acx) rows.push(["RMS", "rmsDb", "dBFS", "rms"], ["Noise floor", "noiseFloorDb", "dBFS", "floor"]);
+  for (const [label, field, unit, name] of rows) {
+    const tr = el("tr");
+    tr.dataset.row = name;
+    tr.append(el("th", null, label), el("td", "before", fmtDb(before[field], unit)));
+    tr.append(el("td", "after", fmtDb(after[field], unit)));
+    table.append(tr);
+  }
+  box.append(table);
+  const facts = [];
+  const target = report.target;
+  if (target) {
+    const name = target.preset ? `${PRESET_WORDS[target.preset] || target.preset}: ` : "";
+    const level =
+      target.integratedLufs != null ? `${fmtDb(target.integratedLufs, "LUFS")}` : `${fmtDb(target.rmsDb, "dB RMS")}`;
+    facts.push(`Target ${name}${level}, peaks ≤ ${fmtDb(target.truePeakDb, "dBTP")}`);
+  }
+  facts.push(`gain ${fmtSigned(report.gainDb, "dB")}`);
+  if (report.limiterMaxReductionDb) facts.push(`limiter up to ${fmtDb(report.limiterMaxReductionDb, "dB")}`);
+  if (report.measuringPasses) facts.push(`${report.measuringPasses} measuring pass${report.measuringPasses === 1 ? "" : "es"}`);
+  if (report.encodePasses > 1) facts.push(`${report.encodePasses} encode passes`);
+  box.append(el("p", "report-facts", facts.join(" · ")));
+  const acx = report.acx;
+  if (acx) {
+    const mark = (ok) => (ok ? "✓" : "✗");
+    const p = el("p", `report-acx ${acx.passed ? "pass" : "fail"}`);
+    p.textContent =
+      `ACX ${acx.passed ? "passed" : "not passed"}: ` +
+      `RMS ${fmtDb(acx.rmsDb, "dB")} ${mark(acx.rmsPass)} (−23…−18) · ` +
+      `peak ${fmtDb(acx.peakDb, "dB")} ${mark(acx.peakPass)} (≤ −3) · ` +
+      `noise floor ${fmtDb(acx.noiseFloorDb, "dB")} ${mark(acx.noiseFloorPass)} (≤ −60)`;
+    box.append(p);
+  }
+  const warnings = report.warnings || [];
+  if (warnings.length) {
+    const ul = el("ul", "report-warnings");
+    for (const w of warnings) {
+      const li = el("li", null, w.message);
+      li.dataset.code = w.code;
+      li.title = w.code;
+      ul.append(li);
+    }
+    box.append(ul);
+  }
+  show(box);
+}
+
 // ---- save --------------------------------------------------------------------------------
+
+const LOSSY_DEFAULT_KBPS = { mp3: 192, opus: 128, aac: 192 };
+const BITRATES = [64, 96, 128, 160, 192, 256, 320];
+
+/** The quality choices of the chosen format: bit depth (lossless) or bitrate (lossy). */
+function syncSaveOptions() {
+  const format = $("#save-format").value;
+  const sel = $("#save-quality");
+  const was = sel.value;
+  sel.textContent = "";
+  const add = (value, text) => {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text;
+    sel.append(o);
+  };
+  if (format === "wav" || format === "flac") {
+    $("#save-quality-label").textContent = "Bit depth";
+    add("", "16-bit");
+    add("24", "24-bit");
+  } else {
+    $("#save-quality-label").textContent = "Bitrate";
+    const def = LOSSY_DEFAULT_KBPS[format];
+    add("", `${def} kbps (default)`);
+    for (const b of BITRATES) if (b !== def) add(String(b), `${b} kbps`);
+  }
+  sel.value = [...sel.options].some((o) => o.value === was) ? was : "";
+  show($("#mp3-quality-box"), format === "mp3");
+}
+
+function saveOptions(format) {
+  const q = $("#save-quality").value;
+  const o = {};
+  if (format === "wav" || format === "flac") {
+    if (q === "24") o.bitDepth = 24;
+  } else if (q) {
+    o.bitrate = Number(q);
+  }
+  if (format === "mp3" && $("#mp3-quality").value !== "") o.quality = Number($("#mp3-quality").value);
+  return Object.keys(o).length ? o : undefined;
+}
+
+/** The name the server gives the file: the last part of its storage key. */
+function savedName(view, fallback) {
+  const key = view.result && view.result.preparedKey;
+  return key ? key.split("/").pop() : fallback;
+}
 
 async function save() {
   if (!state.source) return;
   clearFieldErrors();
   setError("#save-error", "");
   show($("#save-done"), false);
+  show($("#save-report"), false);
   const format = $("#save-format").value;
   const body = { sourceKey: state.source.sourceKey, recipe: buildRecipe(), format };
   const name = $("#save-name").value.trim();
   if (name) body.filename = name;
+  const options = saveOptions(format);
+  if (options) body.options = options;
   const btn = $("#save-btn");
   btn.disabled = true;
   let accepted;
@@ -860,13 +1134,17 @@ async function save() {
   show($("#cancel-btn"), false);
   state.saveJobId = null;
   if (view.status === "completed") {
-    setStatus("save", `Saved ${label}`, 100);
+    // The server makes the name storage-safe ("Episode 42" -> "Episode_42"): show that one.
+    const real = savedName(view, label);
+    recordJob(jobId, "save", real, view);
+    setStatus("save", `Saved ${real}`, 100);
     const link = $("#download-link");
     link.href = view.downloadUrl || "#";
-    link.textContent = `download ${label}`;
-    link.setAttribute("download", label);
+    link.textContent = `download ${real}`;
+    link.setAttribute("download", real);
     $("#save-size").textContent = view.result && view.result.sizeBytes ? `(${fmtBytes(view.result.sizeBytes)})` : "";
     show($("#save-done"));
+    renderReport($("#save-report"), view.result && view.result.loudnessReport, `Loudness of ${real}`);
     if (!view.downloadUrl) setError("#save-error", "Saved, but the server gave no download link.");
   } else {
     show($("#save-status"), false);
@@ -874,6 +1152,45 @@ async function save() {
     setError("#save-error", cancelled ? "Save cancelled." : `Save failed: ${errorWords(view.error)}`);
     $("#save-error").classList.toggle("neutral", cancelled);
   }
+}
+
+// ---- the edit survives a reload (per source, this tab) -----------------------------------
+
+const EDIT_FIELDS = [
+  "trim-start", "trim-end", "fade-in", "fade-out", "gain", "speed", "channels", "sample-rate",
+  "trim-silence", "normalize", "target-lufs", "true-peak", "save-format", "save-quality",
+  "mp3-quality", "save-name",
+];
+
+function saveEdit() {
+  if (!state.source) return;
+  const values = {};
+  for (const id of EDIT_FIELDS) {
+    const e = document.getElementById(id);
+    values[id] = e.type === "checkbox" ? e.checked : e.value;
+  }
+  sessionStorage.setItem(STORE_EDIT + state.source.jobId, JSON.stringify(values));
+}
+
+function restoreEdit() {
+  let values = null;
+  try {
+    values = JSON.parse(sessionStorage.getItem(STORE_EDIT + state.source.jobId) || "null");
+  } catch {
+    values = null;
+  }
+  if (values) {
+    for (const id of EDIT_FIELDS) {
+      if (!(id in values)) continue;
+      const e = document.getElementById(id);
+      if (e.type === "checkbox") e.checked = !!values[id];
+      else e.value = values[id];
+    }
+  }
+  syncSaveOptions(); // the quality choices depend on the format: set the saved one again
+  if (values && "save-quality" in values) $("#save-quality").value = values["save-quality"];
+  syncNormalize();
+  inputsToSel();
 }
 
 async function cancelSave() {
@@ -930,6 +1247,8 @@ function setupIngest() {
 function setupKey() {
   const input = $("#api-key");
   input.value = apiKey();
+  // Open servers need no key: the box stays hidden unless a 401 says otherwise.
+  $("#key-box").hidden = AUTH_MODE === "open" && !apiKey();
   input.addEventListener("change", () => {
     const v = input.value.trim();
     if (v) sessionStorage.setItem(STORE_KEY, v);
@@ -969,11 +1288,26 @@ function main() {
     if (!document.querySelector("#recipe-form .field.invalid")) setError("#recipe-error", "");
     if (e.target.id === "trim-start" || e.target.id === "trim-end") inputsToSel();
     if (e.target.id === "normalize") syncNormalize();
+    editChanged();
   });
+  const saveRow = $("#save .save-row");
+  saveRow.addEventListener("input", (e) => {
+    const box = e.target.closest(".field");
+    if (box && box.classList.contains("invalid")) {
+      box.classList.remove("invalid");
+      box.querySelector(".field-error").textContent = "";
+    }
+    if (e.target.id === "save-format") syncSaveOptions();
+    saveEdit();
+  });
+  syncSaveOptions();
+  syncNormalize();
+  setupShortcuts();
   $("#preview-btn").addEventListener("click", preview);
   $("#reset-btn").addEventListener("click", () => {
     resetRecipe();
-    $("#preview-note").textContent = "";
+    editChanged();
+    resetPlayer();
   });
   $("#save-btn").addEventListener("click", save);
   $("#cancel-btn").addEventListener("click", cancelSave);

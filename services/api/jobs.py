@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request
 from nats.js.errors import KeyNotFoundError
 
@@ -15,6 +17,7 @@ from shared import metrics
 from shared.event_store import JobAlreadyExists
 from shared.events import JobRequested
 from shared.ids import idempotent_job_id, is_job_id, new_job_id
+from shared.subjects import Kind
 from shared.views import JobView, decode_view
 
 log = logging.getLogger("audioprep.api")
@@ -39,13 +42,55 @@ def job_id_for(request: Request[Any, Any, Any], tenant: str) -> str:
     return idempotent_job_id(tenant, key)
 
 
-async def existing_job(ctx: ApiContext, job_id: str, tenant: str) -> JobRequested | None:
-    """The job's JobRequested if it already exists for this tenant (idempotent replays)."""
+def has_idempotency_key(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get("idempotency-key") is not None
+
+
+def request_fingerprint(route: str, canonical: bytes) -> str:
+    """sha256 of the route and the request's canonical body: what an Idempotency-Key stands for."""
+    return hashlib.sha256(route.encode() + b"\n" + canonical).hexdigest()
+
+
+def body_fingerprint(route: str, body: msgspec.Struct) -> str:
+    """A decoded JSON body, re-encoded with every field (defaults too) in sorted order: key
+    order, spacing, `1` vs `1.0` and defaults left out or written out all fingerprint alike."""
+    return request_fingerprint(route, msgspec.json.encode(body, order="sorted"))
+
+
+def idempotency_key_reused() -> ProblemError:
+    return ProblemError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different request (another body or route); "
+        "send a new key for a new request",
+    )
+
+
+def check_same_request(first: JobRequested, kind: Kind, fingerprint: str | None) -> None:
+    """A replayed key must repeat the request it was first used for (same route and body).
+
+    Jobs requested before fingerprints existed have none: for those only the kind is compared.
+    """
+    if first.kind != kind:
+        raise idempotency_key_reused()
+    if fingerprint and first.request_fingerprint and first.request_fingerprint != fingerprint:
+        raise idempotency_key_reused()
+
+
+async def existing_job(
+    ctx: ApiContext, job_id: str, tenant: str, *, kind: Kind, fingerprint: str | None
+) -> JobRequested | None:
+    """The job's JobRequested if it already exists for this tenant (idempotent replays).
+
+    409 when another tenant's job has the id, 422 when the key was first used for another
+    request; `fingerprint` None skips the body comparison (the caller compares later).
+    """
     first = await ctx.events.first_event(job_id)
     if first is None or not isinstance(first.event, JobRequested):
         return None
     if first.event.tenant != tenant:
         raise ProblemError(409, "idempotency_conflict", "this Idempotency-Key is already used")
+    check_same_request(first.event, kind, fingerprint)
     return first.event
 
 
@@ -55,7 +100,14 @@ async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) 
         await ctx.events.request_job(event, traceparent=traceparent)
         metrics.job_requested(event.kind)
     except JobAlreadyExists:
-        existing = await existing_job(ctx, event.job_id, event.tenant)
+        # A concurrent request with the same key won: it must have been the same request.
+        existing = await existing_job(
+            ctx,
+            event.job_id,
+            event.tenant,
+            kind=event.kind,
+            fingerprint=event.request_fingerprint,
+        )
         if existing is None:
             raise
         log.info("idempotent replay", extra={"job_id": event.job_id})

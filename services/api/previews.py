@@ -6,8 +6,8 @@ Coalescing, in KV bucket `render_cache` next to the cache entries (`<cacheKey>` 
 - a request that loses the race reads the marker and *joins* that job (answers its id) while
   it is pending or running; a marker whose job ended (failed, cancelled) or never appeared is
   deleted with compare-and-set on its revision and the request tries again;
-- `alias.<jobId>` → joined job id, when the joining request carried an Idempotency-Key, so a
-  retry with the same key answers the same job.
+- `alias.<jobId>` → `<joined job id> <request fingerprint>`, when the joining request carried
+  an Idempotency-Key, so a retry with the same key (and body) answers the same job.
 Markers are cleaned up lazily by the next request for the same cache key (a completed job's
 marker leads to the cache entry, which the next request finds first).
 """
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -25,11 +26,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from services.api.context import ApiContext
-from services.api.jobs import submit
+from services.api.jobs import existing_job, idempotency_key_reused, submit
 from services.projector.fold import fold_history
 from shared import render_cache
 from shared.events import JobCompleted, JobRequested, JobResult
 from shared.recipe import Recipe, render_cache_key
+from shared.subjects import Kind
 from shared.views import JobView
 
 log = logging.getLogger("audioprep.api")
@@ -49,14 +51,52 @@ class PreviewAnswer:
     joined: bool = False
 
 
-async def aliased_job(api: ApiContext, job_id: str) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Alias:
+    job_id: str
+    fingerprint: str | None  # None for aliases written before fingerprints existed
+
+
+async def aliased_job(api: ApiContext, job_id: str) -> Alias | None:
     """The job an idempotent preview request joined earlier, if it did."""
     kv = api.cache_kv
     try:
         entry = await kv.get(ALIAS + job_id)
     except KeyNotFoundError:
         return None
-    return entry.value.decode() if entry.value else None
+    if not entry.value:
+        return None
+    joined, _, fingerprint = entry.value.decode().partition(" ")
+    return Alias(joined, fingerprint or None)
+
+
+Fingerprint = str | Callable[[], Awaitable[str]] | None
+
+
+async def replayed_job(
+    api: ApiContext, job_id: str, tenant: str, *, kind: Kind, fingerprint: Fingerprint
+) -> str | None:
+    """For a POST with an Idempotency-Key: the job the key already made or joined, if any.
+
+    422 `idempotency_key_reused` when the key was first used for another body or route (409
+    for another tenant's). `fingerprint` may be a coroutine function, called only when there
+    is a job to compare with (an upload's is computed by reading the whole body).
+    """
+    first = await existing_job(api, job_id, tenant, kind=kind, fingerprint=None)
+    if first is not None:
+        found, stored = job_id, first.request_fingerprint
+    else:
+        joined = await aliased_job(api, job_id)
+        if joined is None:
+            return None
+        if kind != "preview":  # only previews join other jobs
+            raise idempotency_key_reused()
+        found, stored = joined.job_id, joined.fingerprint
+    if fingerprint is not None and stored is not None:
+        given = fingerprint if isinstance(fingerprint, str) else await fingerprint()
+        if given != stored:
+            raise idempotency_key_reused()
+    return found
 
 
 async def _cached_output(
@@ -97,9 +137,14 @@ async def request_preview(
     source_key: str,
     recipe: Recipe,
     fmt: str,
-    idempotent: bool,
+    fingerprint: str | None,
     traceparent: str | None,
 ) -> PreviewAnswer:
+    """Answer from the cache, join an identical render in flight, or start one.
+
+    `fingerprint` is set for requests with an Idempotency-Key (it goes into the JobRequested,
+    or into the alias when the request joins another job).
+    """
     cache_key = render_cache_key(source_key, recipe, fmt)
     request = JobRequested(
         job_id=job_id,
@@ -109,6 +154,7 @@ async def request_preview(
         recipe=msgspec.to_builtins(recipe),
         format=fmt,
         cache_key=cache_key,
+        request_fingerprint=fingerprint,
     )
     kv = api.cache_kv
     marker = INFLIGHT + cache_key
@@ -138,8 +184,8 @@ async def request_preview(
             return PreviewAnswer(job_id, "pending", cache_key)
         view = await _joinable(api, other, tenant) if other else None
         if view is not None:
-            if idempotent:
-                await kv.put(ALIAS + job_id, other.encode())
+            if fingerprint is not None:
+                await kv.put(ALIAS + job_id, f"{other} {fingerprint}".encode())
             log.info("preview joined", extra={"job_id": other, "cache_key": cache_key})
             return PreviewAnswer(other, view.status, cache_key, joined=True)
         with contextlib.suppress(KeyWrongLastSequenceError):  # replaced meanwhile: look again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,14 @@ class StoredUpload:
     filename: str
     size: int
     content_type: str | None
+    sha256: str | None = None  # hex digest of the content, when asked for
+
+
+@dataclass(frozen=True)
+class UploadDigest:
+    filename: str
+    size: int
+    sha256: str
 
 
 def _boundary(request: Request[Any, Any, Any]) -> str:
@@ -51,18 +60,21 @@ async def store_upload(
     storage: Storage,
     key_for: Callable[[str], str],
     max_bytes: int,
+    *,
+    hash_content: bool = False,
 ) -> StoredUpload:
-    """Find the `file` part and stream it to `key_for(filename)`; 413 past `max_bytes`."""
-    declared = int(request.headers.get("content-length") or -1)
-    if declared > max_bytes + 64 * 1024:
-        raise _too_large(max_bytes)
-    parser = PushMultipartParser(_boundary(request), max_segment_count=MAX_PARTS)
-    events = _events(request, parser)
+    """Find the `file` part and stream it to `key_for(filename)`; 413 past `max_bytes`.
+
+    With `hash_content` the content's sha256 is computed on the way (Idempotency-Key
+    fingerprints).
+    """
+    events = _multipart_events(request, max_bytes)
     stored: StoredUpload | None = None
     try:
         async for event in events:
             if isinstance(event, MultipartSegment) and event.name == FILE_FIELD and stored is None:
-                stored = await _store_part(event, events, storage, key_for, max_bytes)
+                hasher = hashlib.sha256() if hash_content else None
+                stored = await _store_part(event, events, storage, key_for, max_bytes, hasher)
     except MultipartError as exc:
         if stored is not None:
             await storage.delete(stored.key)
@@ -77,12 +89,47 @@ async def store_upload(
     return stored
 
 
+async def hash_upload(request: Request[Any, Any, Any], max_bytes: int) -> UploadDigest:
+    """Read the `file` part and hash it, storing nothing (a replayed Idempotency-Key)."""
+    events = _multipart_events(request, max_bytes)
+    found: UploadDigest | None = None
+    try:
+        async for event in events:
+            if isinstance(event, MultipartSegment) and event.name == FILE_FIELD and found is None:
+                hasher = hashlib.sha256()
+                size = 0
+                async for data in events:
+                    if data is None:
+                        break
+                    size += len(data)
+                    if size > max_bytes:
+                        raise _too_large(max_bytes)
+                    hasher.update(data)
+                found = UploadDigest(event.filename or "upload", size, hasher.hexdigest())
+    except MultipartError as exc:
+        raise ProblemError(400, "malformed_multipart", f"malformed multipart body: {exc}") from exc
+    if found is None:
+        raise ProblemError(
+            422, "missing_file", "multipart body has no `file` part", field=FILE_FIELD
+        )
+    return found
+
+
+def _multipart_events(request: Request[Any, Any, Any], max_bytes: int) -> AsyncIterator[Any]:
+    declared = int(request.headers.get("content-length") or -1)
+    if declared > max_bytes + 64 * 1024:
+        raise _too_large(max_bytes)
+    parser = PushMultipartParser(_boundary(request), max_segment_count=MAX_PARTS)
+    return _events(request, parser)
+
+
 async def _store_part(
     segment: MultipartSegment,
     events: AsyncIterator[Any],
     storage: Storage,
     key_for: Callable[[str], str],
     max_bytes: int,
+    hasher: Any = None,
 ) -> StoredUpload:
     filename = segment.filename or "upload"
     key = key_for(filename)
@@ -98,6 +145,8 @@ async def _store_part(
             if size > max_bytes:
                 exceeded = True
                 raise UploadTooLarge
+            if hasher is not None:
+                hasher.update(event)
             yield bytes(event)
 
     try:
@@ -108,7 +157,13 @@ async def _store_part(
         if exceeded:
             raise _too_large(max_bytes) from None
         raise
-    return StoredUpload(key=key, filename=filename, size=size, content_type=segment.content_type)
+    return StoredUpload(
+        key=key,
+        filename=filename,
+        size=size,
+        content_type=segment.content_type,
+        sha256=hasher.hexdigest() if hasher is not None else None,
+    )
 
 
 def _too_large(max_bytes: int) -> ProblemError:

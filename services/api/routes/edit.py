@@ -14,16 +14,27 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from services.api.auth import tenant_for
 from services.api.bodies import json_body
 from services.api.context import ApiContext
-from services.api.jobs import existing_job, job_id_for, load_view, submit, traceparent_of
+from services.api.jobs import (
+    body_fingerprint,
+    has_idempotency_key,
+    job_id_for,
+    load_view,
+    submit,
+    traceparent_of,
+)
 from services.api.links import LINK_TTL_S
 from services.api.openapi import JSON_BODY, problems
-from services.api.previews import aliased_job, request_preview
+from services.api.previews import replayed_job, request_preview
 from services.api.problems import ProblemError
 from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
 from services.api.serving import serve_object
 from shared import keys
 from shared.events import JobRequested
 from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
+
+# What an Idempotency-Key is fingerprinted with, besides the body.
+PREVIEW = "POST /api/audio/edit/preview"
+SAVE = "POST /api/audio/edit/save"
 
 
 def _check_recipe(recipe: Recipe) -> None:
@@ -41,17 +52,6 @@ async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str)
         raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
     if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
         raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
-
-
-async def _replayed(
-    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: str, tenant: str
-) -> str | None:
-    """For a retried POST with the same Idempotency-Key: the job it already made or joined."""
-    if request.headers.get("idempotency-key") is None:
-        return None
-    if await existing_job(api, job_id, tenant) is not None:
-        return job_id
-    return await aliased_job(api, job_id)
 
 
 def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
@@ -79,9 +79,10 @@ async def preview(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
-    data = await json_body(request, PreviewRequest)
     job_id = job_id_for(request, tenant)
-    replayed = await _replayed(request, api, job_id, tenant)
+    data = await json_body(request, PreviewRequest)
+    fingerprint = body_fingerprint(PREVIEW, data) if has_idempotency_key(request) else None
+    replayed = await replayed_job(api, job_id, tenant, kind="preview", fingerprint=fingerprint)
     if replayed is not None:
         view = await load_view(api, replayed, tenant)
         return _accepted(replayed, view.status)
@@ -94,7 +95,7 @@ async def preview(
         source_key=data.source_key,
         recipe=data.recipe,
         fmt=data.format,
-        idempotent=request.headers.get("idempotency-key") is not None,
+        fingerprint=fingerprint,
         traceparent=traceparent_of(request),
     )
     return _accepted(answer.job_id, answer.status)
@@ -116,11 +117,13 @@ async def save(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
-    data = await json_body(request, SaveRequest)
     job_id = job_id_for(request, tenant)
-    if await _replayed(request, api, job_id, tenant) is not None:
-        view = await load_view(api, job_id, tenant)
-        return _accepted(job_id, view.status)
+    data = await json_body(request, SaveRequest)
+    fingerprint = body_fingerprint(SAVE, data) if has_idempotency_key(request) else None
+    replayed = await replayed_job(api, job_id, tenant, kind="save", fingerprint=fingerprint)
+    if replayed is not None:
+        view = await load_view(api, replayed, tenant)
+        return _accepted(replayed, view.status)
     _check_recipe(data.recipe)
     await _check_source(api, data.source_key, tenant)
     options: OutputOptions | None = data.options
@@ -133,6 +136,7 @@ async def save(
         format=data.format,
         filename=keys.safe_filename(data.filename) if data.filename else None,
         options=msgspec.to_builtins(options) if options is not None else None,
+        request_fingerprint=fingerprint,
     )
     await submit(api, event, traceparent_of(request))
     return _accepted(job_id)

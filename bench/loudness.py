@@ -226,16 +226,18 @@ def measure_long(work: Path, minutes: int) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| input | format | target | ours I / TP | ffmpeg-normalize I / TP | ours err / over | theirs err / over | ours s | theirs s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = [
+        "input", "format", "target", "ours I / TP", "ffmpeg-normalize I / TP",
+        "ours err / over", "theirs err / over", "ours s", "theirs s",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o, t = r["ours"], r["ffmpeg_normalize"]
         lines.append(
             f"| {r['input']} | {r['format']} | {r['target']:g} / {r['ceiling']:g} | "
             f"{o['I']:.1f} / {o['TP']:.1f} | {t['I']:.1f} / {t['TP']:.1f} | "
-            f"{o['error_lu']:+.1f} / {o['overshoot_db']:.1f} | {t['error_lu']:+.1f} / {t['overshoot_db']:.1f} | "
+            f"{o['error_lu']:+.1f} / {o['overshoot_db']:.1f} | "
+            f"{t['error_lu']:+.1f} / {t['overshoot_db']:.1f} | "
             f"{o['seconds']:.2f} | {t['seconds']:.2f} |"
         )
     return "\n".join(lines)

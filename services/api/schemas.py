@@ -57,3 +57,5 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     field: str | None = None
     # 409 `preview_not_ready`: where the job is (`status` is the HTTP status, per RFC 9457).
     job_status: str | None = msgspec.field(default=None, name="jobStatus")
+    # 422 `invalid_recipe` for a trim past the end: the source's duration.
+    source_duration_ms: int | None = msgspec.field(default=None, name="sourceDurationMs")

@@ -369,3 +369,15 @@ async def test_key_of_a_preview_that_joined_another_job(idle_api: IdleApi) -> No
         resp = await post(idle_api, path, other, headers)
         assert resp.status_code == 422, (path, resp.text)
         assert problem_of(resp)["code"] == "idempotency_key_reused"
+
+
+# ---- bug 8: a trim past the end is refused when the API knows the duration ---------------------
+
+
+async def test_trim_past_the_end_without_an_ingest_view_is_accepted(idle_api: IdleApi) -> None:
+    """No ingest job behind the key (its view is what knows the duration): accepted as before.
+    (With a view it is a 422: tests/e2e/test_api_edit.py, on a real ingest.)"""
+    src = idle_api.put_source("sources/01IDEMNOVIEW00000000000000/a.wav")
+    body = {"sourceKey": src, "recipe": {"trim": {"startMs": 3_600_000}}}
+    resp = await post(idle_api, PREVIEW, body, {})
+    assert resp.status_code == 202, resp.text

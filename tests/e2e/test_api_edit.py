@@ -228,6 +228,42 @@ async def test_preview_bad_input_is_a_problem(
     assert problem.get("field") == field, problem
 
 
+@pytest.mark.parametrize(
+    ("route", "trim"),
+    [
+        ("preview", {"startMs": 4000}),
+        ("preview", {"startMs": 4000, "endMs": 5000}),
+        ("save", {"startMs": 4001}),
+        ("save", {"startMs": 60_000, "endMs": 61_000}),
+    ],
+)
+async def test_trim_past_the_end_of_the_source_is_refused_at_once(
+    stack: Stack, source_key: str, route: str, trim: dict[str, int]
+) -> None:
+    """The 4 s source's ingest measured 4000 ms: a trim starting there is a 422, not a job."""
+    body: dict[str, Any] = {"sourceKey": source_key, "recipe": {"trim": trim}}
+    if route == "save":
+        body["format"] = "wav"
+    resp = await stack.client.post(f"/api/audio/edit/{route}", json=body)
+    assert resp.status_code == 422, resp.text
+    problem = resp.json()
+    assert problem["code"] == "invalid_recipe" and problem["field"] == "recipe.trim.startMs"
+    assert problem["sourceDurationMs"] == 4000
+    assert "past the end" in problem["detail"]
+
+
+async def test_trim_ending_past_the_end_of_the_source_is_fine(
+    stack: Stack, source_key: str
+) -> None:
+    body = {"sourceKey": source_key, "recipe": {"trim": {"startMs": 3500, "endMs": 9000}}}
+    resp = await stack.client.post("/api/audio/edit/save", json={**body, "format": "wav"})
+    assert resp.status_code == 202, resp.text
+    view = await wait_for_job(stack.client, resp.json()["jobId"])
+    assert view["status"] == "completed", view
+    out = local_path(stack, view["result"]["preparedKey"])
+    assert abs(measure_duration_s(out) - 0.5) < 0.02
+
+
 async def test_save_bad_input_is_a_problem(stack: Stack, source_key: str) -> None:
     resp = await stack.client.post(
         "/api/audio/edit/save", json={"sourceKey": source_key, "format": "ogg"}

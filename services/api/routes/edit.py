@@ -30,6 +30,7 @@ from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, Save
 from services.api.serving import serve_object
 from shared import keys
 from shared.events import JobRequested
+from shared.ids import is_job_id
 from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 # What an Idempotency-Key is fingerprinted with, besides the body.
@@ -52,6 +53,48 @@ async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str)
         raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
     if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
         raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
+
+
+def _ingest_job_of(source_key: str) -> str | None:
+    """`[tenants/<t>/]sources/<ingestJobId>/<name>` → the ingest job id."""
+    parts = source_key.split("/")
+    if parts[0] == "tenants":
+        parts = parts[2:]
+    if len(parts) >= 3 and parts[0] == "sources" and is_job_id(parts[1]):
+        return parts[1]
+    return None
+
+
+async def _check_trim_in_source(
+    api: NamedDependency[ApiContext], source_key: str, recipe: Recipe, tenant: str
+) -> None:
+    """A trim that starts at or past the end of the source is refused now, not by the worker.
+
+    The duration is the one its ingest measured (the job view); without that view (another
+    kind of key, a job the view doesn't know) the request goes ahead as before.
+    """
+    if recipe.trim is None or recipe.trim.start_ms == 0:
+        return
+    ingest_job = _ingest_job_of(source_key)
+    if ingest_job is None:
+        return
+    try:
+        view = await load_view(api, ingest_job, tenant)
+    except ProblemError:
+        return
+    result = view.result
+    if view.kind != "ingest" or result is None or result.source_key != source_key:
+        return
+    duration = result.duration_ms
+    if duration is not None and recipe.trim.start_ms >= duration:
+        raise ProblemError(
+            422,
+            "invalid_recipe",
+            f"recipe.trim.startMs {recipe.trim.start_ms} is at or past the end of the source "
+            f"({duration} ms)",
+            field="recipe.trim.startMs",
+            extra={"sourceDurationMs": duration},
+        )
 
 
 def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
@@ -88,6 +131,7 @@ async def preview(
         return _accepted(replayed, view.status)
     _check_recipe(data.recipe)
     await _check_source(api, data.source_key, tenant)
+    await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
     answer = await request_preview(
         api,
         job_id=job_id,
@@ -126,6 +170,7 @@ async def save(
         return _accepted(replayed, view.status)
     _check_recipe(data.recipe)
     await _check_source(api, data.source_key, tenant)
+    await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
     options: OutputOptions | None = data.options
     event = JobRequested(
         job_id=job_id,

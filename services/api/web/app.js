@@ -648,7 +648,7 @@ function buildRecipe() {
   const fadeOut = num("#fade-out", 1000);
   if (fadeOut) r.fadeOutMs = fadeOut;
   const gain = num("#gain");
-  if (gain) r.gainDb = gain;
+  if (gain && !$("#normalize").value) r.gainDb = gain; // a loudness target sets the gain
   const speed = num("#speed");
   if (speed !== undefined && speed !== 1) r.speed = speed;
   if ($("#trim-silence").checked) r.trimSilence = true;
@@ -711,6 +711,9 @@ function syncNormalize() {
   const on = $("#normalize").value === "custom";
   for (const el of document.querySelectorAll(".norm input")) el.disabled = !on;
   for (const el of document.querySelectorAll(".field.norm")) el.hidden = !on;
+  const gain = $("#gain");
+  gain.disabled = !!$("#normalize").value;
+  gain.title = gain.disabled ? "The loudness target sets the gain." : "";
 }
 
 function clearFieldErrors() {

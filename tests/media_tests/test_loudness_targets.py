@@ -15,6 +15,7 @@ import pyloudnorm
 import pytest
 
 from services.worker.pipeline.render import render
+from services.worker.pipeline.true_peak import max_true_peak_db
 from shared.recipe import Normalize, Recipe, Trim
 from tests import media, speech
 
@@ -66,6 +67,8 @@ def test_normalized_output_meets_target_and_ceiling(
     assert abs(measured - lufs) <= TOLERANCE_LU, (name, fmt, measured)
     assert abs(pyloudnorm_lufs(dst) - lufs) <= TOLERANCE_LU
     assert media.true_peak_db(dst) <= ceiling, (name, fmt, media.true_peak_db(dst))
+    pcm, rate = media.decode_pcm(dst)
+    assert (max_true_peak_db(pcm, rate) or -99) <= ceiling + 0.02  # our detector agrees
     report = result.loudness_report
     assert report is not None and report.target is not None
     assert report.target.integrated_lufs == lufs and report.target.true_peak_db == ceiling

@@ -1,8 +1,8 @@
 """Levels of rendered audio: FFmpeg's ebur128 plus our own numpy meter, from one pass.
 
 ebur128 gives integrated loudness, LRA, short-term max and its true peak (192 kHz); the numpy
-side gives RMS, sample peak, the ACX noise floor and a second true peak (our PeakDetector).
-Verification trusts the higher of the two true peaks.
+side gives RMS, sample peak, the ACX noise floor and, when asked, a second true peak (our
+PeakDetector); with both, the higher one counts.
 """
 
 from __future__ import annotations
@@ -134,9 +134,16 @@ METER_CHAIN: tuple[Filter, ...] = (METER, PLANAR_FLOAT)
 LOUDNESS_ONLY_CHAIN: tuple[Filter, ...] = (("ebur128", "metadata=1"), PLANAR_FLOAT)
 
 
-def measure_file(path: str, *, should_stop: Callable[[], bool] | None = None) -> Levels:
-    """Decode a written file and measure it: what verification trusts."""
+def measure_file(
+    path: str, *, should_stop: Callable[[], bool] | None = None, own_true_peak: bool = False
+) -> Levels:
+    """Decode a written file and measure it: what verification trusts.
+
+    The true peak is ebur128's (resampled to 192 kHz, independent of the limiter's detector,
+    which tests/media_tests check against it); `own_true_peak` adds our detector's reading.
+    """
     with open_audio(path) as (container, stream):
         graph = make_graph(stream, METER_CHAIN)
         frames = run_graph(graph, decode_frames(container, stream, should_stop=should_stop))
-        return meter_frames(frames, stream.codec_context.sample_rate, stream.codec_context.channels)
+        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+        return meter_frames(frames, rate, channels, true_peak=own_true_peak)

@@ -44,6 +44,18 @@ class Settings:
     # code and in dev mode; from the environment with AUDIOPREP_DEV_MODE=0: 20/s, bursts of 100.
     rate_limit_per_s: float = 0.0
     rate_limit_burst: int = 100
+    # Webhooks (docs/webhooks.md). The key encrypts endpoint secrets at rest (AES-GCM); unset
+    # in dev mode: a key file in the data dir. Retries follow the schedule (the last step
+    # repeats) until a delivery is older than webhook_retry_for_s.
+    webhook_secret_key: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+    webhook_retry_for_s: float = 24 * 3600.0
+    webhook_disable_after_s: float = 5 * 24 * 3600.0
+    webhook_retention_s: int = 7 * 24 * 3600
+    webhook_ack_wait_s: float = 30.0
+    webhook_concurrency: int = 64
+    webhook_secret_grace_s: float = 24 * 3600.0
 
     @property
     def storage(self) -> str:
@@ -110,6 +122,18 @@ class Settings:
             dev_mode=dev_mode,
             rate_limit_per_s=float(get("RATE_LIMIT_PER_S", "0" if dev_mode else "20")),
             rate_limit_burst=int(get("RATE_LIMIT_BURST", "100")),
+            webhook_secret_key=e.get("AUDIOPREP_WEBHOOK_SECRET_KEY", ""),
+            webhook_timeout_s=float(get("WEBHOOK_TIMEOUT_S", "10")),
+            webhook_retry_schedule_s=tuple(
+                float(x)
+                for x in get("WEBHOOK_RETRY_SCHEDULE_S", "5,30,120,600,1800,3600").split(",")
+            ),
+            webhook_retry_for_s=float(get("WEBHOOK_RETRY_FOR_S", str(24 * 3600))),
+            webhook_disable_after_s=float(get("WEBHOOK_DISABLE_AFTER_S", str(5 * 24 * 3600))),
+            webhook_retention_s=int(get("WEBHOOK_RETENTION_S", str(7 * 24 * 3600))),
+            webhook_ack_wait_s=float(get("WEBHOOK_ACK_WAIT_S", "30")),
+            webhook_concurrency=int(get("WEBHOOK_CONCURRENCY", "64")),
+            webhook_secret_grace_s=float(get("WEBHOOK_SECRET_GRACE_S", str(24 * 3600))),
         )
 
 

@@ -83,3 +83,54 @@ def parse_subject(subject: str) -> tuple[Kind, str, EventName]:
     if kind not in KINDS or event not in EVENT_NAMES:
         raise ValueError(f"not a job event subject: {subject}")
     return kind, job_id, event
+
+
+# ---- webhooks (docs/webhooks.md) ---------------------------------------------------------------
+# Stream WEBHOOKS keeps one subject per delivery and event:
+# `webhooks.<endpointId>.<deliveryId>.<event>`; JOBS stays the job history.
+WebhookEventName = Literal["created", "attempted"]
+WEBHOOK_EVENT_NAMES: Final[tuple[WebhookEventName, ...]] = get_args(WebhookEventName)
+WEBHOOKS_STREAM: Final = "WEBHOOKS"
+WEBHOOKS_SUBJECTS: Final = "webhooks.>"
+WEBHOOK_ENDPOINTS_BUCKET: Final = "webhook_endpoints"
+NOTIFIER_JOBS_CONSUMER: Final = "notifier-jobs"
+NOTIFIER_DELIVERIES_CONSUMER: Final = "notifier-deliveries"
+TERMINAL_EVENT_NAMES: Final[tuple[EventName, ...]] = ("completed", "failed", "cancelled")
+
+
+def terminal_filters() -> list[str]:
+    """What the notifier's JOBS consumer takes: every job's terminal event."""
+    return [f"jobs.*.*.{name}" for name in TERMINAL_EVENT_NAMES]
+
+
+def webhook_subject(endpoint_id: str, delivery_id: str, event: WebhookEventName) -> str:
+    """`webhooks.<endpointId>.<deliveryId>.<event>`."""
+    return f"webhooks.{check_token(endpoint_id)}.{check_token(delivery_id)}.{event}"
+
+
+def delivery_subjects(endpoint_id: str, delivery_id: str) -> str:
+    """Every event of one delivery."""
+    return f"webhooks.{check_token(endpoint_id)}.{check_token(delivery_id)}.>"
+
+
+def endpoint_delivery_subjects(endpoint_id: str) -> str:
+    """Every event of every delivery of one endpoint."""
+    return f"webhooks.{check_token(endpoint_id)}.>"
+
+
+def deliveries_created_filter() -> str:
+    """What the notifier's delivery consumer takes: one message per delivery to make."""
+    return "webhooks.*.*.created"
+
+
+def webhook_endpoint_key(tenant: str, endpoint_id: str) -> str:
+    """KV key of an endpoint: `<tenant>.<endpointId>`, so a tenant's keys share a prefix."""
+    return f"{check_token(tenant)}.{check_token(endpoint_id)}"
+
+
+def parse_webhook_subject(subject: str) -> tuple[str, str, WebhookEventName]:
+    """Split `webhooks.<endpointId>.<deliveryId>.<event>`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "webhooks" or parts[3] not in WEBHOOK_EVENT_NAMES:
+        raise ValueError(f"not a webhook subject: {subject}")
+    return parts[1], parts[2], parts[3]  # type: ignore[return-value]

@@ -30,20 +30,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_open(host: str, port: int) -> bool:
+    """Something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+        time.sleep(0.02)
 
 
 class NatsServer:
-    """A nats-server child process with JetStream and a store dir of our choosing."""
+    """A nats-server child process with JetStream and a store dir of our choosing.
+
+    It runs in its own session: a Ctrl-C in the terminal (SIGINT to the foreground process
+    group) must not stop it before the services that use it; its owner stops it (`stop()`).
+    """
 
     def __init__(
         self,
@@ -81,10 +90,10 @@ class NatsServer:
             *self.extra_args,
         ]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=out, stderr=out)
+        self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
         try:
             wait_for_port("127.0.0.1", self.port, timeout)
-        except TimeoutError:
+        except BaseException:  # not up in time, or the caller was interrupted meanwhile
             self.stop()
             raise
         return self

@@ -39,6 +39,8 @@ class Settings:
     public_url: str = ""
     metrics_port: int = 0
     drain_grace_s: float = 30.0
+    # How often `audioprep up` runs `storage gc --yes` (0 = never; see services/cli/storage.py).
+    gc_interval_s: float = 3600.0
     dev_mode: bool = True
     # Requests per second per tenant on /api/ (token bucket); 0 = no limit. Off by default in
     # code and in dev mode; from the environment with AUDIOPREP_DEV_MODE=0: 20/s, bursts of 100.
@@ -119,6 +121,7 @@ class Settings:
             public_url=e.get("AUDIOPREP_PUBLIC_URL", ""),
             metrics_port=int(get("METRICS_PORT", "0")),
             drain_grace_s=float(get("DRAIN_GRACE_S", "30")),
+            gc_interval_s=float(get("GC_INTERVAL_S", "3600")),
             dev_mode=dev_mode,
             rate_limit_per_s=float(get("RATE_LIMIT_PER_S", "0" if dev_mode else "20")),
             rate_limit_burst=int(get("RATE_LIMIT_BURST", "100")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from nats.aio.client import Client
 
 from services.api.auth import api_key_guard
 from services.api.context import ApiContext
@@ -35,6 +37,20 @@ from shared.storage import open_storage
 log = logging.getLogger("audioprep.api")
 
 
+DRAIN_TIMEOUT_S = 5.0
+
+
+async def _close_nats(nc: Client) -> None:
+    """Drain the connection at shutdown; if NATS is already gone (stopped first, an outage),
+    close it quietly: a failed drain must not make shutdown fail."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=DRAIN_TIMEOUT_S)
+    except Exception as exc:
+        log.info("nats connection closed without draining", extra={"error": repr(exc)})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=DRAIN_TIMEOUT_S)
+
+
 def create_app(settings: Settings) -> Litestar:
     """Build the API; it connects to NATS when it starts, not when it is built."""
     settings.check_signing_secret()  # refuses to start outside dev mode without one
@@ -58,7 +74,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
-            await nc.drain()
+            await _close_nats(nc)
 
     def provide_api() -> ApiContext:
         return holder["ctx"]

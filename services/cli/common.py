@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,8 @@ from shared.nats_conn import connect
 from shared.recipe import Recipe
 from shared.settings import Settings
 from shared.views import JobView
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class CliError(Exception):
@@ -77,14 +80,44 @@ async def nats_session(settings: Settings) -> AsyncIterator[Session]:
 
 
 def run_with_nats(args: argparse.Namespace, body: Callable[[Session], Awaitable[int]]) -> int:
-    """Connect, run `body`, close: the shape of every NATS-reading command."""
+    """Connect, run `body`, close: the shape of every NATS-reading command.
+
+    SIGINT and SIGTERM end it cleanly (exit 130 / 143, no traceback), also when SIGINT was
+    inherited as ignored (`audioprep events tail &` in a script)."""
     settings = cli_settings(args)
 
     async def main() -> int:
-        async with nats_session(settings) as session:
-            return await body(session)
+        with interrupted_by_signals() as received:
+            try:
+                async with nats_session(settings) as session:
+                    return await body(session)
+            except asyncio.CancelledError:
+                if received:
+                    return 128 + received[0]
+                raise
 
     return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def interrupted_by_signals() -> Iterator[list[int]]:
+    """Within a running loop: SIGINT/SIGTERM cancel the current task; the list says which."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield received
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 # ---- time --------------------------------------------------------------------------------------

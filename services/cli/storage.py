@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import logging
 import re
+import signal
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -104,6 +107,7 @@ class Plan:
     scanned_bytes: int
     jobs_checked: int = 0
     kept: Counter[str] | None = None
+    freed: int = 0  # bytes actually deleted (objects rewritten since the scan are kept)
 
     @property
     def bytes(self) -> int:
@@ -285,7 +289,6 @@ async def apply_plan(
         done += len(plan.doomed[i : i + DELETE_BATCH])
         freed += sum(d.info.size for d in batch)
         print(f"  {done}/{total} processed, {human_bytes(freed)} freed", file=out, flush=True)
-    log.info("storage cleanup done", extra={"objects": total, "bytes": freed})
     return freed
 
 
@@ -350,7 +353,7 @@ async def _show_and_apply(
     """Print the plan, then delete (--yes) or say it was a dry run."""
     print_plan(plan, out, verbose=verbose, apply=apply)
     if apply and plan.doomed:
-        await apply_plan(storage, plan, js=js, out=out)
+        plan.freed = await apply_plan(storage, plan, js=js, out=out)
     elif not apply and plan.doomed:
         print("dry run: nothing deleted; run again with --yes to delete", file=out)
     return plan
@@ -391,19 +394,86 @@ async def check_storage(storage: Storage, out: TextIO = sys.stdout) -> bool:
 # -- command line ------------------------------------------------------------------------
 
 
+async def gc_every(
+    storage: Storage,
+    js: JetStreamContext,
+    events: EventStore,
+    *,
+    interval_s: float,
+    stop: asyncio.Event,
+    grace: timedelta = DEFAULT_GRACE,
+) -> None:
+    """`storage gc --yes` now and then every `interval_s` until `stop` (what `up` runs).
+
+    Each pass logs one line when it deleted something; its human-readable report is dropped.
+    A pass in progress when `stop` is set is abandoned (deletes are idempotent; the next pass
+    finds whatever is left)."""
+    while not stop.is_set():
+        gc_pass = asyncio.create_task(
+            run_gc(storage, js, events, apply=True, grace=grace, out=io.StringIO())
+        )
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({gc_pass, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not gc_pass.done():
+            gc_pass.cancel()
+            await asyncio.gather(gc_pass, return_exceptions=True)
+            return
+        if gc_pass.exception() is not None:
+            log.warning("storage gc failed", extra={"error": repr(gc_pass.exception())})
+        elif (plan := gc_pass.result()).doomed:
+            reasons = Counter(d.reason for d in plan.doomed)
+            log.info(
+                "storage gc",
+                extra={
+                    "objects": len(plan.doomed),
+                    "bytes": plan.freed,
+                    "reasons": dict(sorted(reasons.items())),
+                },
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
 async def _with_deps(args: argparse.Namespace) -> int:
-    from services.cli.run_services import _settings
+    from shared.logs import setup_logging
     from shared.nats_conn import connect
+    from shared.settings import Settings
     from shared.storage import open_storage
 
-    settings = _settings(args)
+    settings = Settings.from_env()
+    if getattr(args, "nats_url", None):
+        settings = settings.with_(nats_url=args.nats_url)
+    every: timedelta | None = getattr(args, "every", None)
+    if every is not None:  # a long-running service: its log lines are its output
+        setup_logging(settings.log_format, settings.log_level)
+    else:  # a command: the report on stdout is the output; only warnings are logged
+        setup_logging("console", "WARNING")
     storage = open_storage(settings.storage)
     if args.storage_command == "check":
         return 0 if await check_storage(storage) else 1
-    nc = await connect(settings, "storage-cli")
+    nc = await connect(settings, "storage-cli" if every is None else "storage-gc")
     try:
         js = nc.jetstream()
-        if args.storage_command == "gc":
+        if every is not None:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            log.info("storage gc every", extra={"interval_s": every.total_seconds()})
+            await gc_every(
+                storage,
+                js,
+                EventStore(nc, js),
+                interval_s=every.total_seconds(),
+                stop=stop,
+                grace=args.grace,
+            )
+        elif args.storage_command == "gc":
             await run_gc(
                 storage,
                 js,
@@ -422,6 +492,10 @@ async def _with_deps(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "every", None) is not None and not args.yes:
+        from services.cli.common import CliError
+
+        raise CliError("--every runs gc unattended: it needs --yes", exit_code=2)
     return asyncio.run(_with_deps(args))
 
 
@@ -439,6 +513,14 @@ def register(commands: Any) -> None:
         "uploads already copied into sources/ by a completed ingest, uploads whose job was "
         "never requested and previews the render cache does not point at (the last two only "
         "when older than --grace). Objects of jobs with no history are kept.",
+    )
+    gc.add_argument(
+        "--every",
+        type=parse_duration,
+        metavar="DURATION",
+        help="keep running: a pass now and then one every DURATION (e.g. 1h) until SIGTERM or "
+        "Ctrl-C, logging one line per pass that deleted something (`audioprep up` runs this "
+        "every AUDIOPREP_GC_INTERVAL_S seconds)",
     )
     gc.add_argument(
         "--grace",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 
 from services.worker.dead_letters import DeadLetterFailer
 from services.worker.handlers.ingest import cleanup_ingest, run_ingest
@@ -10,9 +13,11 @@ from services.worker.handlers.render import cleanup_render, run_render
 from services.worker.job_runner import Cleanup, Handler
 from services.worker.service import WorkerService
 from shared import metrics
-from shared.bootstrap import Deps, service_deps, stop_on_signals
+from shared.bootstrap import Deps, service_deps
 from shared.event_store import EventStore
 from shared.settings import Settings
+
+log = logging.getLogger("audioprep.worker")
 
 HANDLERS: dict[str, Handler] = {"ingest": run_ingest, "preview": run_render, "save": run_render}
 CLEANUPS: dict[str, Cleanup] = {
@@ -34,7 +39,9 @@ def build_worker(deps: Deps) -> WorkerService:
     )
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, hurry: asyncio.Event | None = None
+) -> None:
     stop = stop or asyncio.Event()
     async with service_deps(settings, "worker") as deps:
         sampler = metrics.worker_sampler(deps.js)
@@ -43,10 +50,27 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             failer = DeadLetterFailer(
                 events=EventStore(deps.nc, deps.js), js=deps.js, settings=settings
             )
-            await asyncio.gather(build_worker(deps).run(stop), failer.run(stop))
+            await asyncio.gather(build_worker(deps).run(stop, hurry), failer.run(stop))
+
+
+def stop_then_hurry(stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """SIGTERM/SIGINT: the first drains (in-flight jobs get AUDIOPREP_DRAIN_GRACE_S), a second
+    one hands the running jobs back at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            if not hurry.is_set():
+                log.info("stop signal again: handing back running jobs now")
+            hurry.set()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
 
 
 async def main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    await run_worker(settings, stop)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    stop_then_hurry(stop, hurry)
+    await run_worker(settings, stop, hurry)

@@ -12,11 +12,25 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from shared.errors import AudioprepError, Cancelled, Permanent, Retryable
+
+# multiprocessing re-runs the parent's main module (as `__mp_main__`) in every child it starts.
+# The forkserver has imported that module already (see _context), which makes the re-run cheap
+# and makes runpy warn, once per media call, that the module "found in sys.modules ... prior to
+# execution ... may result in unpredictable behaviour": not so here (its `__main__` block does
+# not run under that name). This module is preloaded in the forkserver, so the filter is in
+# place before any child starts.
+warnings.filterwarnings(
+    "ignore",
+    message=r"'[\w.]+' found in sys\.modules after import of package",
+    category=RuntimeWarning,
+)
 
 _CONTEXT: Any = None
 PRELOAD_STEPS = (
@@ -49,6 +63,11 @@ def _child_main(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
+    # The terminal's Ctrl-C reaches the worker's whole process group: the worker drains (the
+    # call finishes, or is handed back and this child terminated), a KeyboardInterrupt here
+    # would turn it into a crash instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def on_progress(fraction: float) -> None:
         conn.send(("progress", fraction))
 

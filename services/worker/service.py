@@ -51,8 +51,9 @@ class WorkerService:
         self._jobs: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set, then drain: finish in-flight jobs or hand them back."""
+    async def run(self, stop: asyncio.Event, hurry: asyncio.Event | None = None) -> None:
+        """Work until `stop` is set, then drain: finish in-flight jobs or hand them back
+        (after the grace period, or as soon as `hurry` is set)."""
         loops = [asyncio.create_task(self._fetch_loop(kind, stop)) for kind in self.kinds]
         log.info(
             "worker ready",
@@ -65,13 +66,25 @@ class WorkerService:
         for task in waiting:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
-        await self._drain()
+        await self._drain(hurry or asyncio.Event())
 
-    async def _drain(self) -> None:
+    async def _drain(self, hurry: asyncio.Event) -> None:
         if not self._jobs:
             return
-        log.info("draining", extra={"in_flight": len(self._jobs)})
-        _, pending = await asyncio.wait(self._jobs, timeout=self.drain_grace_s)
+        log.info("draining", extra={"in_flight": len(self._jobs), "grace_s": self.drain_grace_s})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_grace_s
+        hurried = asyncio.create_task(hurry.wait())
+        try:
+            while self._jobs and not hurry.is_set() and loop.time() < deadline:
+                await asyncio.wait(
+                    {*self._jobs, hurried},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            hurried.cancel()
+        pending = {task for task in self._jobs if not task.done()}
         for task in pending:
             msg = self._in_flight.get(task)
             task.cancel()

@@ -13,8 +13,17 @@ from nats.aio.msg import Msg
 
 from services.worker.context import JobContext
 from services.worker.service import WorkerService
+from shared import keys
 from shared.event_store import EventStore
-from shared.events import JobRequested, JobResult, JobStarted, decode_event
+from shared.events import (
+    JobCompleted,
+    JobProgressed,
+    JobRequested,
+    JobResult,
+    JobRetrying,
+    JobStarted,
+    decode_event,
+)
 from shared.ids import new_job_id
 from shared.storage import open_storage
 from tests.faults.harness import (
@@ -29,6 +38,7 @@ from tests.faults.harness import (
     tally,
     wait_terminal,
 )
+from tests.media import write_tone
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +136,49 @@ async def test_drain_hands_back_what_does_not_finish_in_grace(tmp_path: Path) ->
             attempts = [e.attempt for e in history if isinstance(e, JobStarted)]
             assert attempts == [1, 2]
             assert type(history[-1]).__name__ == "JobCompleted"
+
+
+async def test_ctrl_c_on_a_worker_finishes_its_media_call_instead_of_crashing_it(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C reaches the worker's whole process group, media children included:
+    the worker drains, and its media child keeps rendering instead of dying of
+    KeyboardInterrupt (which was a `worker_crash` retry)."""
+    with private_server(tmp_path / "nats") as server:
+        settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=1)
+        async with connected(settings) as nc:
+            events = EventStore(nc, nc.jetstream())
+            media = tmp_path / "media"
+            media.mkdir()
+            # 20 minutes of mono audio to mp3: a render of seconds, so the signal meets it.
+            long = write_tone(media / "long.wav", seconds=1200.0, channels=1, rate=22050)
+            source_key = keys.source_key("default", new_job_id(), "long.wav")
+            await open_storage(settings.storage).put_file(source_key, long)
+            request = JobRequested(
+                job_id=new_job_id(),
+                kind="save",
+                source_key=source_key,
+                recipe={"gainDb": -3.0},
+                format="mp3",
+            )
+            rendering: asyncio.Queue[JobProgressed] = asyncio.Queue()
+
+            async def on_progress(msg: Msg) -> None:
+                event = decode_event(msg.data)
+                if isinstance(event, JobProgressed) and event.progress > 1:
+                    await rendering.put(event)  # reported by the media child
+
+            await nc.subscribe(f"jobs.save.{request.job_id}.progressed", cb=on_progress)
+            await events.request_job(request)
+            workers = Workers(settings, tmp_path)
+            worker = workers.start()
+            try:
+                await asyncio.wait_for(rendering.get(), timeout=60)
+                os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+                code = await asyncio.to_thread(worker.wait, 60)
+            finally:
+                workers.stop_all()
+            assert code == 0, workers.logs()
+            history = [s.event for s in await events.history(request.job_id)]
+            assert not [e for e in history if isinstance(e, JobRetrying)], workers.logs()
+            assert isinstance(history[-1], JobCompleted), workers.logs()  # within the grace

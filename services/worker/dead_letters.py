@@ -16,10 +16,9 @@ from datetime import datetime
 from typing import Literal
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from shared import subjects
 from shared.errors import MAX_DELIVERIES
@@ -32,6 +31,9 @@ from shared.settings import Settings
 log = logging.getLogger("audioprep.dead_letters")
 
 FETCH_BATCH = 16
+# A fetch that finds nothing within this time is idle, not a failure. nats-py says so with
+# FetchTimeoutError or nats.errors.TimeoutError, and a batch fetch whose deadline runs out
+# between its two pull requests with a plain asyncio TimeoutError: all are TimeoutError.
 FETCH_TIMEOUT_S = 2.0
 WORKER_CONSUMER_PREFIX = "workers-"
 
@@ -127,7 +129,7 @@ class DeadLetterFailer:
                 if sub is None:
                     sub = await self._subscribe(recreate=recreate)
                 msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except (FetchTimeoutError, nats.errors.TimeoutError):
+            except TimeoutError:  # idle: nothing was dead-lettered (see FETCH_TIMEOUT_S)
                 continue
             except (ServiceUnavailableError, NotFoundError) as exc:
                 log.warning("dlq consumer unavailable", extra={"error": repr(exc)})

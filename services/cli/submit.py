@@ -14,16 +14,18 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import msgspec
 
 from services.cli.common import CliError
-from shared import logs
+from shared import keys, logs
+from shared.errors import INVALID_RECIPE
+from shared.recipe import SAVE_FORMATS, RecipeError, decode_recipe
 from shared.settings import Settings
 
 TERMINAL_TYPES = {"JobCompleted", "JobFailed", "JobCancelled"}
 TERMINAL_STATUSES = {"completed", "failed", "cancelled"}
 POLL_INTERVAL_S = 0.25
 VIEW_SETTLE_S = 30.0
-SAVE_FORMATS = ("wav", "flac", "mp3", "opus", "aac")
 _YOUTUBE_HOSTS = ("youtube.com", "youtu.be")
 
 
@@ -261,14 +263,46 @@ def describe(view: dict[str, Any]) -> list[str]:
     return lines
 
 
-def download(api: Api, view: dict[str, Any], out: Path) -> Path:
+def is_directory_target(out: str) -> bool:
+    """`-o out/` (a trailing slash) or an existing directory: write the file into it."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def output_name(view: dict[str, Any]) -> str:
+    """The file name of a job's output, from the server's names: a save's prepared file
+    (`interview.mp3`: its filename and format); a preview is named after its source with the
+    preview's format (`interview.preview.opus`)."""
+    result = view.get("result") or {}
+    prepared = result.get("preparedKey")
+    if prepared:
+        return str(prepared).rsplit("/", 1)[-1]
+    preview = str(result.get("previewKey") or "")
+    ext = preview.rsplit("/", 1)[-1].rpartition(".")[2] if "." in preview else ""
+    source = str(result.get("sourceKey") or "").rsplit("/", 1)[-1]
+    base = keys.stem(source) if source else str(view["jobId"])
+    return f"{base}.preview.{ext}" if ext else f"{base}.preview"
+
+
+def output_path(view: dict[str, Any], out: str) -> Path:
+    """Where `-o OUT` puts the job's output (directories are created)."""
+    if is_directory_target(out):
+        directory = Path(out)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / output_name(view)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def download(api: Api, view: dict[str, Any], out: str) -> Path:
     url = view.get("downloadUrl")
     if not url:
         raise CliError(f"job {view['jobId']} has no downloadUrl (only previews and saves do)")
     url = urljoin(api.base_url + "/", url)
-    if out.is_dir():
-        key = (view.get("result") or {}).get("preparedKey") or view["jobId"]
-        out = out / key.rsplit("/", 1)[-1]
+    try:
+        target = output_path(view, out)
+    except OSError as exc:
+        raise CliError(f"-o {out}: {exc.strerror or exc}") from None
     same_origin = urlsplit(url)[:2] == urlsplit(api.base_url)[:2]
     client = api.client if same_origin else httpx.Client(timeout=api.client.timeout)
     try:
@@ -276,17 +310,17 @@ def download(api: Api, view: dict[str, Any], out: Path) -> Path:
             if resp.status_code >= 400:
                 resp.read()
                 raise problem_error(resp)
-            tmp = out.with_name(out.name + ".part")
+            tmp = target.with_name(target.name + ".part")
             with tmp.open("wb") as f:
                 for chunk in resp.iter_bytes(1 << 16):
                     f.write(chunk)
-            tmp.replace(out)
+            tmp.replace(target)
     except httpx.TransportError as exc:
         raise api.unreachable(exc) from None
     finally:
         if not same_origin:
             client.close()
-    return out
+    return target
 
 
 # ---- the command -------------------------------------------------------------------------------
@@ -308,14 +342,21 @@ def _ingest(api: Api, source: str) -> str:
 
 
 def _load_recipe(path: str | None) -> dict[str, Any]:
+    """The --recipe file as sent to the API, checked first as the API checks it (so a typo
+    costs no upload)."""
     if path is None:
         return {}
     try:
-        recipe = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        recipe = json.loads(raw)
     except (OSError, ValueError) as exc:
         raise CliError(f"--recipe {path}: {exc}") from None
     if not isinstance(recipe, dict):
         raise CliError(f"--recipe {path}: must hold a JSON object")
+    try:
+        decode_recipe(raw)
+    except (msgspec.ValidationError, RecipeError) as exc:
+        raise CliError(f"--recipe {path}: {INVALID_RECIPE}: {exc}") from None
     return recipe
 
 
@@ -329,16 +370,21 @@ def _finish(args: argparse.Namespace, api: Api, view: dict[str, Any]) -> int:
         note(f"audioprep: job {view['jobId']} {view['status']}: {error['code']}")
         return 1
     if args.output:
-        written = download(api, view, Path(args.output))
+        written = download(api, view, args.output)
         note(f"wrote {written} ({written.stat().st_size} bytes)")
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
     if args.recipe and not (args.save or args.preview):
-        raise CliError("--recipe needs --save FORMAT or --preview")
+        raise CliError("--recipe needs --save FORMAT or --preview", exit_code=2)
     if args.save and args.preview:
-        raise CliError("choose one of --save and --preview")
+        raise CliError("choose one of --save and --preview", exit_code=2)
+    out = args.output
+    if out and not (args.save or args.preview):
+        raise CliError("-o needs --save FORMAT or --preview (an ingest makes no file)", exit_code=2)
+    if out and is_directory_target(out) and Path(out).exists() and not Path(out).is_dir():
+        raise CliError(f"-o {out}: exists and is not a directory", exit_code=2)
     recipe = _load_recipe(args.recipe)
     settings = Settings.from_env()
     base = args.api or os.environ.get("AUDIOPREP_API_URL") or settings.base_url
@@ -386,12 +432,21 @@ def register(commands: Any) -> None:
     )
     p.add_argument("source", metavar="FILE|URL", help="an audio file, or an http(s) URL")
     p.add_argument("--recipe", metavar="recipe.json", help="edit recipe (JSON) for the render")
-    p.add_argument("--save", metavar="FORMAT", choices=SAVE_FORMATS, help="render and save as")
+    p.add_argument(
+        "--save",
+        metavar="FORMAT",
+        choices=SAVE_FORMATS,
+        help=f"render and save as FORMAT: {', '.join(SAVE_FORMATS)}",
+    )
     p.add_argument("--filename", help="output file name for --save (default from the source)")
     p.add_argument("--preview", action="store_true", help="render a browser-playable preview")
     p.add_argument("--wait", action="store_true", help="follow progress and print the result")
     p.add_argument(
-        "-o", "--output", metavar="OUT", help="download the result here (implies --wait)"
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="download the result (implies --wait) to this file, or into this directory "
+        "(OUT/ or an existing one: the server's file name, e.g. interview.mp3)",
     )
     p.add_argument("--json", action="store_true", help="print the final job view as JSON")
     p.add_argument(

@@ -67,17 +67,79 @@ async def test_submit_failure_exits_1_with_the_error_code(
     assert "unsupported_media" in r.out and "unsupported_media" in r.err
 
 
-async def test_submit_refused_by_the_api_prints_the_problem(
+async def test_submit_refused_by_the_api_prints_the_problem(cli_stack: CliStack) -> None:
+    r = await run_cli(cli_stack, "submit", "http://10.0.0.1/episode.mp3")  # a private address
+    assert r.code == 1, (r.out, r.err)
+    last = r.err.strip().splitlines()[-1]
+    assert re.match(r"audioprep: 422 forbidden_url: ", last), r.err
+    assert "Traceback" not in r.err
+
+
+async def test_submit_checks_the_recipe_before_uploading(
     cli_stack: CliStack, media_dir: Path
 ) -> None:
     wav = write_tone(media_dir / "t.wav", seconds=1.0, freq=440.0)
-    recipe = media_dir / "bad.json"
-    recipe.write_text(json.dumps({"gainDb": 1000}))
-    r = await run_cli(cli_stack, "submit", str(wav), "--recipe", str(recipe), "--save", "wav")
-    assert r.code == 1, (r.out, r.err)
-    last = r.err.strip().splitlines()[-1]
-    assert re.match(r"audioprep: 422 (validation_error|invalid_recipe): .*30", last), r.err
-    assert "Traceback" not in r.err
+    for bad, field in (
+        ({"gainDb": 1000}, "$.gainDb"),
+        ({"fadeIn": 100}, "fadeIn"),  # a typo: unknown field
+        ({"trim": {"startMs": 900, "endMs": 100}}, "trim.endMs"),  # a cross-field rule
+    ):
+        recipe = media_dir / "bad.json"
+        recipe.write_text(json.dumps(bad))
+        r = await run_cli(cli_stack, "submit", str(wav), "--recipe", str(recipe), "--save", "wav")
+        assert r.code == 1, (r.out, r.err)
+        assert r.err.startswith(f"audioprep: --recipe {recipe}: invalid_recipe: "), r.err
+        assert field in r.err and r.err.count("\n") == 1, r.err
+        assert "ingest job" not in r.err  # nothing was uploaded
+
+
+async def test_submit_output_into_a_directory_uses_the_servers_file_name(
+    cli_stack: CliStack, media_dir: Path
+) -> None:
+    wav = write_tone(media_dir / "interview.wav", seconds=2.0, freq=440.0)
+    new_dir = media_dir / "out"  # does not exist yet: the trailing slash says "directory"
+    r = await run_cli(cli_stack, "submit", str(wav), "--save", "mp3", "-o", f"{new_dir}/")
+    assert r.code == 0, r.err
+    assert new_dir.is_dir(), r.err
+    assert [p.name for p in new_dir.iterdir()] == ["interview.mp3"]
+    assert stream_info(new_dir / "interview.mp3")[0].startswith("mp3")
+    assert f"wrote {new_dir / 'interview.mp3'}" in r.err
+
+    # --filename names the save; an existing directory needs no slash.
+    r = await run_cli(
+        cli_stack, "submit", str(wav), "--save", "flac", "--filename", "Episode 1",
+        "-o", str(new_dir),
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert stream_info(new_dir / "Episode_1.flac")[0] == "flac"
+
+    # A preview is named after its source and in its own format.
+    previews = media_dir / "previews"
+    previews.mkdir()
+    r = await run_cli(cli_stack, "submit", str(wav), "--preview", "-o", str(previews))
+    assert r.code == 0, r.err
+    assert [p.name for p in previews.iterdir()] == ["interview.preview.opus"]
+    assert stream_info(previews / "interview.preview.opus")[0] == "opus"
+
+    # A plain path is a file name, whatever it is called.
+    r = await run_cli(cli_stack, "submit", str(wav), "--save", "wav", "-o", str(media_dir / "x"))
+    assert r.code == 0, r.err
+    assert stream_info(media_dir / "x")[0].startswith("pcm_")
+
+
+async def test_submit_usage_errors_exit_2_before_uploading(
+    cli_stack: CliStack, media_dir: Path
+) -> None:
+    wav = write_tone(media_dir / "t.wav", seconds=1.0, freq=440.0)
+    (media_dir / "file").write_text("")
+    for args in (
+        ["-o", str(media_dir)],  # an ingest has nothing to download
+        ["--save", "mp3", "-o", f"{media_dir / 'file'}/"],  # a file is not a directory
+        ["--save", "mp3", "--preview"],
+    ):
+        r = await run_cli(cli_stack, "submit", str(wav), *args)
+        assert r.code == 2, (args, r.err)
+        assert "ingest job" not in r.err and r.err.count("\n") == 1, r.err
 
 
 async def test_connection_errors_are_one_clear_line(cli_stack: CliStack, media_dir: Path) -> None:
@@ -203,6 +265,11 @@ async def test_help_reads_well() -> None:
     out, _ = await proc.communicate()
     for command in ("submit", "jobs", "events", "up"):
         assert f"    {command} " in out.decode()
+    proc = await asyncio.create_subprocess_exec(
+        AUDIOPREP, "submit", "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert "wav, flac, mp3, opus, aac" in " ".join(out.decode().split())  # --save's formats
 
 
 async def test_submit_preview_json_prints_only_the_final_view(

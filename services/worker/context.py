@@ -22,6 +22,23 @@ log = logging.getLogger("audioprep.worker")
 PROGRESS_MIN_INTERVAL_S = 0.25
 
 
+class ProgressRelay:
+    """Maps a media call's 0..1 fraction onto [low, high] percent and relays its stages."""
+
+    def __init__(self, ctx: JobContext, low: float, high: float, stage: str) -> None:
+        self._ctx, self._low, self._high, self._stage = ctx, low, high, stage
+        self._pct = low
+
+    def fraction(self, fraction: float) -> None:
+        self._pct = self._low + (self._high - self._low) * max(0.0, min(1.0, fraction))
+        self._ctx._report(self._pct, self._stage)
+
+    def stage(self, name: str) -> None:
+        """A new pass began: say so at once (progress alone would look stuck)."""
+        self._stage = name
+        self._ctx._report(self._pct, name, force=True)
+
+
 @dataclass(kw_only=True)
 class JobContext:
     """Per-job services and state; progress is throttled to about 4 events a second."""
@@ -78,14 +95,23 @@ class JobContext:
 
     def progress_callback(self, low: float, high: float, stage: str) -> Callable[[float], None]:
         """A sync callback mapping a 0..1 fraction onto [low, high] percent (media processes)."""
+        return self.progress_relay(low, high, stage).fraction
 
-        def report(fraction: float) -> None:
-            pct = low + (high - low) * max(0.0, min(1.0, fraction))
-            if self._progress_task is not None and not self._progress_task.done():
-                return  # one publish in flight at a time; the next report catches up
-            self._progress_task = asyncio.get_running_loop().create_task(self.progress(pct, stage))
+    def progress_relay(self, low: float, high: float, stage: str) -> ProgressRelay:
+        """Fraction and stage callbacks for a media call with several passes."""
+        return ProgressRelay(self, low, high, stage)
 
-        return report
+    def _report(self, pct: float, stage: str, *, force: bool = False) -> None:
+        if not force and self._progress_task is not None and not self._progress_task.done():
+            return  # one publish in flight at a time; the next report catches up
+        previous = self._progress_task
+
+        async def publish() -> None:
+            if previous is not None and force:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self.progress(pct, stage, force=force)
+
+        self._progress_task = asyncio.get_running_loop().create_task(publish())
 
     async def flush_progress(self) -> None:
         """Wait for a progress publish still in flight (before the terminal event)."""

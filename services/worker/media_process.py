@@ -71,6 +71,11 @@ def _child_main(
     def on_progress(fraction: float) -> None:
         conn.send(("progress", fraction))
 
+    def on_stage(name: str) -> None:
+        conn.send(("stage", name))
+
+    if kwargs.pop("_with_stages", False):
+        kwargs["on_stage"] = on_stage
     try:
         result = fn(*args, on_progress=on_progress, **kwargs)
     except AudioprepError as exc:
@@ -95,12 +100,16 @@ async def run_media_call(
     fn: Callable[..., Any],
     *args: Any,
     on_progress: Callable[[float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Await `fn(*args, on_progress=..., **kwargs)` run in a child process.
 
-    Cancelling the awaiting task terminates the child at once.
+    With `on_stage`, `fn` also gets an `on_stage(name)` callback (its passes: measuring,
+    rendering, ...). Cancelling the awaiting task terminates the child at once.
     """
+    if on_stage is not None:
+        kwargs["_with_stages"] = True
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs), daemon=True)
@@ -123,6 +132,10 @@ async def run_media_call(
             if kind == "progress":
                 if on_progress is not None:
                     on_progress(payload)
+                continue
+            if kind == "stage":
+                if on_stage is not None:
+                    on_stage(payload)
                 continue
             if kind == "result":
                 return payload

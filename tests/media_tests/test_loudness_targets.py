@@ -177,3 +177,25 @@ def test_render_without_normalize_reports_levels(
     assert report is not None and report.target is None and report.gain_db == -3.0
     assert report.after.integrated_lufs is not None
     assert abs(report.after.integrated_lufs - media.integrated_lufs(dst)) <= 0.1
+
+
+def test_passes_are_reported_as_stages_with_monotonic_progress(
+    materials: dict[str, speech.Material], tmp_path: Path
+) -> None:
+    """Issue 15 bug 12: measuring passes are stages, not a progress stuck at 1 %."""
+    stages: list[str] = []
+    values: list[float] = []
+    recipe = Recipe(trim=Trim(start_ms=1000), normalize=Normalize(preset="spotify"))
+    render(
+        str(materials["studio"].path),
+        str(tmp_path / "o.opus"),
+        recipe,
+        "opus",
+        on_progress=values.append,
+        on_stage=stages.append,
+    )
+    assert stages[0] == "measuring" and "calibrating" in stages
+    assert stages.index("rendering") > stages.index("calibrating")
+    assert stages[-1].startswith("verifying")
+    assert values == sorted(values) and values[-1] < 1.0
+    assert any(v < 0.3 for v in values) and any(v > 0.5 for v in values)

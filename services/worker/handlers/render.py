@@ -110,6 +110,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     source_info, source_loudness = await ingest_facts(ctx, req.source_key)
     dst = ctx.scratch / f"output.{ext}"
     await ctx.progress(1, "rendering", force=True)
+    relay = ctx.progress_relay(1, 95, "rendering")
     rendered: RenderResult = await run_media_call(
         render,
         str(src),
@@ -120,7 +121,8 @@ async def run_render(ctx: JobContext) -> JobResult:
         title=source_info.title if source_info else None,
         source_info=source_info,
         source_loudness=source_loudness,
-        on_progress=ctx.progress_callback(1, 95, "rendering"),
+        on_progress=relay.fraction,
+        on_stage=relay.stage,
     )
     await ctx.progress(96, "storing", force=True)
     key = output_key(ctx, ext)

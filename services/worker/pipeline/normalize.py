@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+from av.audio.frame import AudioFrame
 
 from services.worker.pipeline.level_meter import LOUDNESS_ONLY_CHAIN, Levels, meter_frames
 from services.worker.pipeline.loudness import Loudness
+from services.worker.pipeline.progress import Progress
 from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
 from shared.loudness_targets import LoudnessTarget
 
@@ -46,6 +49,7 @@ class Outcome:
 
 
 EncodeFn = Callable[[float, float], PathRun]  # (gain dB, ceiling dB) -> what the pass did
+StageFn = Callable[[str], Callable[[float], None]]  # stage name -> that pass's progress
 VerifyFn = Callable[[], Levels]
 
 
@@ -65,10 +69,12 @@ def normalize(
     verify: VerifyFn,
     should_stop: Callable[[], bool] | None = None,
     cache: PcmCache | None = None,
+    stage: StageFn | None = None,
+    length_ms: float | None = None,
 ) -> Outcome:
     """Run calibration, encode and verification passes; returns the final figures."""
     warnings: list[tuple[str, str]] = []
-    calibration = _Calibration(src_path, path, target, should_stop, cache)
+    calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
     ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
     start = measured.integrated_lufs if measured else None
     if start is None:
@@ -152,8 +158,12 @@ class _Calibration:
         target: LoudnessTarget,
         should_stop: Callable[[], bool] | None,
         cache: PcmCache | None,
+        stage: StageFn | None,
+        length_ms: float | None,
     ) -> None:
         self._args = (src_path, path, target, should_stop, cache)
+        self._stage = stage
+        self._length_ms = length_ms
         self._target = target
         self._points: list[tuple[float, float]] = []
         self._ceiling: float | None = None
@@ -174,7 +184,10 @@ class _Calibration:
         self._points, self._ceiling = [], ceiling
         runs = 0
         for _ in range(MAX_DRY_RUNS):
-            value = _dry_run(gain, ceiling, *self._args)
+            progress = Progress(
+                self._stage("calibrating") if self._stage else None, self._length_ms
+            )
+            value = _dry_run(gain, ceiling, *self._args, progress)
             runs += 1
             if value is None:
                 return gain, runs, True
@@ -203,6 +216,7 @@ def _dry_run(
     target: LoudnessTarget,
     should_stop: Callable[[], bool] | None,
     cache: PcmCache | None,
+    progress: Progress,
 ) -> float | None:
     frames = run_path(
         src_path,
@@ -213,4 +227,12 @@ def _dry_run(
         should_stop=should_stop,
         cache=cache,
     )
-    return metric(meter_frames(frames, path.rate, path.channels, true_peak=False), target)
+    counted = _counting(frames, progress, path.rate)
+    return metric(meter_frames(counted, path.rate, path.channels, true_peak=False), target)
+
+
+def _counting(frames: Iterable[AudioFrame], progress: Progress, rate: int) -> Iterator[AudioFrame]:
+    for frame in frames:
+        progress.advance_samples(frame.samples, rate)
+        yield frame
+    progress.done()

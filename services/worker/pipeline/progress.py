@@ -37,3 +37,42 @@ class Progress:
         if self._callback is not None and self._last_value < 1.0:
             self._last_value = 1.0
             self._callback(1.0)
+
+
+class StagedProgress:
+    """One monotonic 0..1 progress over a render's passes; each stage owns a span of it.
+
+    `stage(name)` announces the stage (the job view's `stage` field) and returns the
+    fraction callback for that pass; a stage that comes again (a second encode) continues
+    from where progress stands instead of going back.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[float], None] | None,
+        on_stage: Callable[[str], None] | None,
+        spans: dict[str, tuple[float, float]],
+    ) -> None:
+        self._callback = callback
+        self._on_stage = on_stage
+        self._spans = spans
+        self._value = 0.0
+        self._seen: dict[str, int] = {}
+
+    def stage(self, name: str) -> Callable[[float], None]:
+        count = self._seen.get(name, 0) + 1
+        self._seen[name] = count
+        if self._on_stage is not None:
+            self._on_stage(name if count == 1 else f"{name} (pass {count})")
+        low, high = self._spans.get(name, (self._value, self._value))
+        low = max(low, self._value)
+        high = max(high, low)
+
+        def report(fraction: float) -> None:
+            value = low + (high - low) * max(0.0, min(1.0, fraction))
+            if value > self._value:
+                self._value = value
+                if self._callback is not None:
+                    self._callback(min(value, 0.999))
+
+        return report

@@ -31,7 +31,7 @@ from services.worker.pipeline.loudness_report import build_report
 from services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
 from services.worker.pipeline.normalize import Outcome, normalize
 from services.worker.pipeline.probe import MediaInfo, probe
-from services.worker.pipeline.progress import Progress
+from services.worker.pipeline.progress import Progress, StagedProgress
 from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
 from services.worker.pipeline.silence import find_sound_bounds
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
@@ -41,6 +41,19 @@ from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 _CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe reports them
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
+# where each pass sits in the job's progress (0..1)
+_NORMALIZE_SPANS = {
+    "finding silence": (0.0, 0.05),
+    "measuring": (0.05, 0.12),
+    "calibrating": (0.12, 0.3),
+    "rendering": (0.3, 0.92),
+    "verifying": (0.92, 0.99),
+}
+_PLAIN_SPANS = {
+    "finding silence": (0.0, 0.05),
+    "rendering": (0.05, 0.92),
+    "verifying": (0.92, 0.99),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,7 @@ def render(
     options: OutputOptions | None = None,
     title: str | None = None,
     on_progress: Callable[[float], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     source_info: MediaInfo | None = None,
     source_loudness: Loudness | None = None,
@@ -82,14 +96,17 @@ def render(
     """Render `src_path` to `dst_path`; on any failure or cancel the partial file is removed.
 
     `source_info`/`source_loudness` (from ingest) skip a probe and, for untrimmed
-    normalisation, the measuring pass.
+    normalisation, the measuring pass. `on_stage` hears each pass begin (measuring,
+    calibrating, rendering, verifying); `on_progress` is one monotonic fraction over them.
     """
     check_recipe(recipe)
     settings = encoder_settings(fmt, options)
+    spans = _NORMALIZE_SPANS if recipe.normalize is not None else _PLAIN_SPANS
+    staged = StagedProgress(on_progress, on_stage, spans)
     try:
-        plan = _plan(src_path, recipe, settings, source_info, source_loudness, should_stop)
+        plan = _plan(src_path, recipe, settings, source_info, source_loudness, should_stop, staged)
         return _render_planned(
-            src_path, dst_path, plan, settings, options, title, on_progress, should_stop
+            src_path, dst_path, plan, settings, options, title, staged, should_stop
         )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -104,7 +121,7 @@ def _render_planned(
     settings: EncoderSettings,
     options: OutputOptions | None,
     title: str | None,
-    on_progress: Callable[[float], None] | None,
+    staged: StagedProgress,
     should_stop: Callable[[], bool] | None,
 ) -> RenderResult:
     """Encode (normalised: as many passes as it takes), then measure what was written."""
@@ -119,7 +136,7 @@ def _render_planned(
             settings,
             options,
             title,
-            on_progress,
+            staged.stage("rendering"),
             should_stop,
             gain=gain,
             ceiling=ceiling,
@@ -129,6 +146,7 @@ def _render_planned(
         return run
 
     def verify() -> Levels:
+        staged.stage("verifying")
         return measure_file(dst_path, should_stop=should_stop)
 
     outcome: Outcome | None = None
@@ -143,6 +161,8 @@ def _render_planned(
             verify=verify,
             should_stop=should_stop,
             cache=cache,
+            stage=staged.stage,
+            length_ms=plan.length_ms,
         )
         after = outcome.after
     else:
@@ -151,8 +171,6 @@ def _render_planned(
     samples_out = written[-1]
     if samples_out == 0:
         raise Permanent("the edit leaves no audio", code=INVALID_RECIPE)
-    if on_progress is not None:
-        on_progress(1.0)
     return RenderResult(
         duration_ms=round(samples_out * 1000 / plan.path.rate),
         sample_rate=plan.path.rate,
@@ -170,10 +188,14 @@ def _plan(
     info: MediaInfo | None,
     source_loudness: Loudness | None,
     should_stop: Callable[[], bool] | None,
+    staged: StagedProgress,
 ) -> _Plan:
     """Measuring passes (sound bounds, loudness) and the signal path."""
     info = info or probe(src_path)
-    bounds = find_sound_bounds(src_path, should_stop=should_stop) if recipe.trim_silence else None
+    bounds = None
+    if recipe.trim_silence:
+        staged.stage("finding silence")
+        bounds = find_sound_bounds(src_path, should_stop=should_stop)
     window = kept_window(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
     if window.length_ms(info.duration_ms) <= 0:
         raise RecipeError("trim.startMs", "is at or past the end of the source")
@@ -191,7 +213,13 @@ def _plan(
             mono=layout == "mono",
         )
         if before is None or (before.integrated_lufs is None and before.true_peak_db is None):
-            before = measure_loudness(src_path, filters=timing, should_stop=should_stop)
+            before = measure_loudness(
+                src_path,
+                filters=timing,
+                expected_ms=window.length_ms(info.duration_ms),
+                on_progress=staged.stage("measuring"),
+                should_stop=should_stop,
+            )
     rate = settings.fmt.output_rate(recipe.sample_rate or info.sample_rate)
     length = output_length_ms(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
     path = SignalPath(
@@ -286,6 +314,7 @@ def _encode(
         raise Permanent(f"render failed: {exc}", code=RENDER_FAILED) from exc
     if lame is not None:
         lame.patch_header(dst_path)
+    progress.done()
     return run
 
 

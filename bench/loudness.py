@@ -167,8 +167,15 @@ def run_cases(work: Path, ffmpeg: str) -> list[dict[str, Any]]:
 
 
 def rss_child(src: str, dst: str, normalize: str) -> None:
+    """Render as the worker does: with the ingest's measurements at hand (not timed here)."""
+    from services.worker.pipeline.loudness import Loudness
+    from services.worker.pipeline.probe import probe
+
     recipe = Recipe(normalize=Normalize(preset="apple-podcasts")) if normalize == "1" else Recipe()
-    render(src, dst, recipe, "mp3")
+    facts = json.loads(Path(src + ".ingest.json").read_text())
+    start = time.perf_counter()
+    render(src, dst, recipe, "mp3", source_info=probe(src), source_loudness=Loudness(**facts))
+    print(f"{time.perf_counter() - start:.1f}")
     print(peak_rss_mib())
 
 
@@ -247,6 +254,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--long-minutes", type=int, default=120)
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--long-only", action="store_true", help="only the long-source row")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -259,6 +267,9 @@ def main() -> None:
     work = Path(tempfile.gettempdir()) / "audioprep-bench-loudness"
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.long_only:
+        print(json.dumps(measure_long(work, args.long_minutes)))
+        return
     rows = run_cases(work, ffmpeg)
     long = None if args.skip_long else measure_long(work, args.long_minutes)
     ours_worst = max(abs(r["ours"]["error_lu"]) for r in rows)

@@ -199,3 +199,22 @@ def test_passes_are_reported_as_stages_with_monotonic_progress(
     assert stages[-1].startswith("verifying")
     assert values == sorted(values) and values[-1] < 1.0
     assert any(v < 0.3 for v in values) and any(v > 0.5 for v in values)
+
+
+def test_long_sources_spill_peaks_and_land_the_same(
+    materials: dict[str, speech.Material], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the in-memory limit later passes re-decode and read the peaks from scratch."""
+    from services.worker.pipeline import signal_path
+
+    recipe = Recipe(normalize=Normalize(target_lufs=-14.0, true_peak_db=-1.0))
+    kept = render(str(materials["studio"].path), str(tmp_path / "a.flac"), recipe, "flac")
+    monkeypatch.setattr(signal_path, "PCM_CACHE_BYTES", 200_000)
+    spilled_dir = tmp_path / "spill"
+    spilled_dir.mkdir()
+    spilled = render(str(materials["studio"].path), str(spilled_dir / "b.flac"), recipe, "flac")
+    assert kept.loudness_report is not None and spilled.loudness_report is not None
+    assert abs(kept.loudness_report.gain_db - spilled.loudness_report.gain_db) <= 0.05
+    assert abs(media.integrated_lufs(spilled_dir / "b.flac") - -14.0) <= TOLERANCE_LU
+    assert media.true_peak_db(spilled_dir / "b.flac") <= -1.0
+    assert sorted(p.name for p in spilled_dir.iterdir()) == ["b.flac"]  # scratch removed

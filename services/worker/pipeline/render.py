@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import av.container
@@ -125,8 +126,28 @@ def _render_planned(
     should_stop: Callable[[], bool] | None,
 ) -> RenderResult:
     """Encode (normalised: as many passes as it takes), then measure what was written."""
+    cache = PcmCache(spill_dir=Path(dst_path).parent) if plan.target is not None else None
+    try:
+        return _normalized_or_plain(
+            src_path, dst_path, plan, settings, options, title, staged, should_stop, cache
+        )
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _normalized_or_plain(
+    src_path: str,
+    dst_path: str,
+    plan: _Plan,
+    settings: EncoderSettings,
+    options: OutputOptions | None,
+    title: str | None,
+    staged: StagedProgress,
+    should_stop: Callable[[], bool] | None,
+    cache: PcmCache | None,
+) -> RenderResult:
     written: list[int] = []
-    cache = PcmCache() if plan.target is not None else None
 
     def encode(gain: float, ceiling: float | None) -> PathRun:
         run = _encode(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -22,7 +24,7 @@ from services.worker.pipeline.filters import Filter, feed, make_graph, make_pcm_
 from services.worker.pipeline.graph import FLOAT_PLANAR, format_chain, level_chain
 from services.worker.pipeline.limiter import TruePeakLimiter
 from services.worker.pipeline.true_peak import PeakDetector
-from shared.errors import Cancelled
+from shared.errors import RENDER_FAILED, Cancelled, Retryable
 
 Samples = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]
@@ -48,38 +50,78 @@ PCM_CACHE_BYTES = 96 * 1024 * 1024  # ~4 minutes of 48 kHz stereo float
 
 
 class PcmCache:
-    """The first graph's output (timed, resampled, planar float, before gain) with its true
-    peaks, kept between passes when it is small: later passes skip decoding and peak
-    detection. Long sources overflow it and stream every pass (memory stays flat)."""
+    """What the first pass computed, for the passes after it.
 
-    def __init__(self, limit_bytes: int = PCM_CACHE_BYTES) -> None:
+    Short sources: the first graph's output (timed, resampled, planar float, before gain) and
+    its true peaks, in memory: later passes neither decode nor detect. Longer ones spill only
+    the peaks to a scratch file (float16, 2 bytes a sample; ±0.004 dB): later passes decode
+    again (cheap) but skip the oversampled peak detection (the expensive part). Memory stays
+    flat either way.
+    """
+
+    def __init__(self, limit_bytes: int | None = None, spill_dir: Path | None = None) -> None:
         self.blocks: list[tuple[Samples, Floats]] | None = []
         self.tail_peaks: Floats | None = None
         self._bytes = 0
-        self._limit = limit_bytes
+        self._limit = PCM_CACHE_BYTES if limit_bytes is None else limit_bytes
+        self._spill_dir = spill_dir
+        self._spill: BinaryIO | None = None
+        self._spill_path: Path | None = None
+        self.lengths: list[tuple[int, int]] = []  # (block samples, peak values) per block
 
     def add(self, block: Samples, peaks: Floats) -> None:
+        self.lengths.append((block.shape[1], len(peaks)))
+        if self._spill is not None:
+            self._spill.write(peaks.astype(np.float16).tobytes())
+            return
         if self.blocks is None:
             return
         self._bytes += block.nbytes + peaks.nbytes
-        if self._bytes > self._limit:
-            self.blocks = None  # too long to keep: stream instead
+        if self._bytes <= self._limit:
+            self.blocks.append((block, peaks))
             return
-        self.blocks.append((block, peaks))
+        held, self.blocks = self.blocks, None  # too long to keep: spill the peaks, or stream
+        if self._spill_dir is not None:
+            self._spill_path = self._spill_dir / "peaks.f16"
+            self._spill = self._spill_path.open("wb")
+            for _, old in [*held, (block, peaks)]:
+                self._spill.write(old.astype(np.float16).tobytes())
 
     def restart(self) -> None:
-        """A pass is decoding afresh: start the copy over (unless it already overflowed)."""
-        if self.blocks is not None:
-            self.blocks, self._bytes, self.tail_peaks = [], 0, None
+        """A pass is detecting afresh: start over."""
+        self.close()
+        self.blocks, self._bytes, self.tail_peaks, self.lengths = [], 0, None, []
 
     def finish(self, tail_peaks: Floats) -> None:
-        if self.blocks is not None:
-            self.tail_peaks = tail_peaks
+        self.tail_peaks = tail_peaks
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
     def ready(self) -> tuple[list[tuple[Samples, Floats]], Floats] | None:
         if self.blocks is None or self.tail_peaks is None:
             return None
         return self.blocks, self.tail_peaks
+
+    def spilled_peaks(self) -> Iterator[Floats] | None:
+        """Peaks per block from the scratch file, when the last full pass spilled them."""
+        if self.tail_peaks is None or self._spill_path is None or self._spill is not None:
+            return None
+        return self._read_spill(self._spill_path)
+
+    def _read_spill(self, path: Path) -> Iterator[Floats]:
+        with path.open("rb") as fh:
+            for _, count in self.lengths:
+                raw = fh.read(count * 2)
+                yield np.frombuffer(raw, dtype=np.float16).astype(np.float64)
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        if self._spill_path is not None:
+            self._spill_path.unlink(missing_ok=True)
+            self._spill_path = None
 
 
 @dataclass(slots=True)
@@ -177,6 +219,10 @@ class _SourceBlocks:
                     raise Cancelled("stopped on request")
                 yield item
             return
+        spilled = cache.spilled_peaks() if cache is not None else None
+        if cache is not None and spilled is not None:
+            yield from self._with_spilled_peaks(cache, spilled)
+            return
         if cache is not None:
             cache.restart()
         detector = PeakDetector(self._path.rate, self._path.channels)
@@ -188,6 +234,19 @@ class _SourceBlocks:
         self.tail_peaks = detector.flush()
         if cache is not None:
             cache.finish(self.tail_peaks)
+
+    def _with_spilled_peaks(
+        self, cache: PcmCache, spilled: Iterator[Floats]
+    ) -> Iterator[tuple[Samples, Floats]]:
+        """Decode again, take the peaks from the scratch file (decoding is deterministic)."""
+        assert cache.tail_peaks is not None
+        lengths = iter(cache.lengths)
+        for block in self._decoded():
+            expected, _ = next(lengths, (-1, 0))
+            if block.shape[1] != expected:
+                raise Retryable("the source decoded differently between passes", code=RENDER_FAILED)
+            yield block, next(spilled)
+        self.tail_peaks = cache.tail_peaks
 
     def _decoded(self) -> Iterator[Samples]:
         path = self._path

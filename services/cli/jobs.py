@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import sys
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -16,11 +22,14 @@ from services.cli.common import (
     add_nats_url,
     event_line,
     iso,
+    parse_since,
     run_with_nats,
     view_lines,
 )
 from services.projector.fold import fold_history
 from shared import subjects
+from shared.event_store import StoredEvent
+from shared.events import decode_event
 from shared.ids import is_job_id
 from shared.views import JobView, decode_view
 
@@ -75,31 +84,178 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ls(session: Session, args: argparse.Namespace) -> int:
-    kv = await _bucket(session)
-    views: list[JobView] = []
-    watcher = await kv.watchall(ignore_deletes=True)
+# `jobs ls` pages backwards through the JobRequested events of stream JOBS (creation order),
+# a window of stream sequences at a time, and reads only the views of the jobs it shows.
+WINDOW_SEQS = 1024  # first window; doubles up to MAX_WINDOW_SEQS while too few jobs are found
+MAX_WINDOW_SEQS = 65536
+DIRECT_BATCH = 64
+LOOKUP_CONCURRENCY = 32
+
+
+def _requested_subject(kind: str | None) -> str:
+    return f"jobs.{kind or '*'}.*.requested"
+
+
+async def _direct_range(session: Session, subject: str, lo: int, hi: int) -> list[StoredEvent]:
+    """The events on `subject` with sequences lo..hi, oldest first (batched direct gets)."""
+    out: list[StoredEvent] = []
+    start = lo
+    while start <= hi:
+        got = await _direct_batch(session, subject, start, DIRECT_BATCH)
+        out.extend(e for e in got if e.seq <= hi)
+        if len(got) < DIRECT_BATCH or got[-1].seq >= hi:
+            return out
+        start = got[-1].seq + 1
+    return out
+
+
+async def _direct_batch(
+    session: Session, subject: str, start_seq: int, batch: int
+) -> list[StoredEvent]:
+    inbox = session.nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        await queue.put(msg)
+
+    sub = await session.nc.subscribe(inbox, cb=collect)
     try:
-        async for entry in watcher:
-            if entry is None:  # end of the current values
+        request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
+        await session.nc.publish(
+            f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(request).encode(), reply=inbox
+        )
+        out: list[StoredEvent] = []
+        while len(out) < batch:
+            msg = await asyncio.wait_for(queue.get(), timeout=5.0)
+            headers = msg.headers or {}
+            if headers.get("Status") is not None:  # 204 end of batch, 404 nothing (more) found
                 break
-            if not entry.value:
-                continue
-            view = decode_view(entry.value)
-            if args.status and view.status != args.status:
-                continue
-            if args.kind and view.kind != args.kind:
-                continue
-            views.append(view)
+            with contextlib.suppress(msgspec.DecodeError):
+                out.append(
+                    StoredEvent(
+                        seq=int(headers["Nats-Sequence"]),
+                        subject=headers["Nats-Subject"],
+                        event=decode_event(msg.data),
+                    )
+                )
+        return out
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    views.sort(key=lambda v: v.job_id, reverse=True)  # ids sort by creation time
-    shown = views[: args.limit] if args.limit > 0 else views
+        await sub.unsubscribe()
+
+
+async def requests_newest_first(
+    session: Session, subject: str, before_seq: int
+) -> AsyncGenerator[StoredEvent, None]:
+    """JobRequested events on `subject` with a sequence below `before_seq`, newest first."""
+    info = await session.js.stream_info(subjects.STREAM)
+    first = max(1, info.state.first_seq or 1)
+    hi = min(before_seq - 1, info.state.last_seq or 0)
+    window = WINDOW_SEQS
+    while hi >= first:
+        lo = max(first, hi - window + 1)
+        for stored in reversed(await _direct_range(session, subject, lo, hi)):
+            yield stored
+        hi = lo - 1
+        window = min(window * 2, MAX_WINDOW_SEQS)
+
+
+async def _before_seq(session: Session, before: str | None, subject: str) -> int:
+    """--before: a job id (jobs requested before it), a stream sequence, a duration ago or an
+    ISO time; the stream sequence to list below."""
+    if before is None:
+        return sys.maxsize
+    if is_job_id(before):
+        first = await session.events.first_event(before)
+        if first is None:
+            raise CliError(f"--before {before}: no job {before} in stream JOBS")
+        return first.seq
+    start = parse_since(before)
+    if isinstance(start, int):
+        return start
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=start,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await session.js.pull_subscribe(subject, stream=subjects.STREAM, config=config)
+    try:
+        if not (await sub.consumer_info()).num_pending:
+            return sys.maxsize  # every job was requested before that time
+        msgs = await sub.fetch(1, timeout=5)
+        return int(msgs[0].metadata.sequence.stream)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _views(
+    session: Session, kv: KeyValue, requests: list[StoredEvent]
+) -> list[tuple[StoredEvent, JobView]]:
+    """Each request's view from KV `jobs`; folded from the stream when the projector has not
+    written it yet (a listed job is never missing because the view is behind)."""
+    gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+    async def one(stored: StoredEvent) -> tuple[StoredEvent, JobView | None]:
+        async with gate:
+            try:
+                entry = await kv.get(stored.event.job_id)
+                if entry.value:
+                    return stored, decode_view(entry.value)
+            except KeyNotFoundError:
+                pass
+            return stored, fold_history(await session.events.history(stored.event.job_id))
+
+    found = await asyncio.gather(*(one(r) for r in requests))
+    return [(stored, view) for stored, view in found if view is not None]
+
+
+async def list_jobs(
+    session: Session,
+    *,
+    limit: int,
+    before: str | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+) -> tuple[list[tuple[StoredEvent, JobView]], bool]:
+    """Up to `limit` (0 = all) jobs requested before `before`, newest first, and whether older
+    ones match too."""
+    kv = await _bucket(session)
+    subject = _requested_subject(kind)
+    before_seq = await _before_seq(session, before, subject)
+    found: list[tuple[StoredEvent, JobView]] = []
+    chunk: list[StoredEvent] = []
+
+    async def flush() -> None:
+        for stored, view in await _views(session, kv, chunk):
+            if status is None or view.status == status:
+                found.append((stored, view))
+        chunk.clear()
+
+    async with contextlib.aclosing(requests_newest_first(session, subject, before_seq)) as reqs:
+        async for stored in reqs:
+            chunk.append(stored)
+            # One more than asked for tells whether there is an older page.
+            if len(chunk) >= (limit + 1 - len(found) if limit else DIRECT_BATCH):
+                await flush()
+                if limit and len(found) > limit:
+                    break
+    if chunk:
+        await flush()
+    more = bool(limit) and len(found) > limit
+    shown = found[:limit] if limit else found
+    shown.sort(key=lambda sv: (sv[1].created_at, sv[0].seq), reverse=True)
+    return shown, more
+
+
+async def _ls(session: Session, args: argparse.Namespace) -> int:
+    shown, more = await list_jobs(
+        session, limit=args.limit, before=args.before, status=args.status, kind=args.kind
+    )
     if args.json:
-        print(json.dumps([msgspec.to_builtins(v) for v in shown], indent=2))
+        print(json.dumps([msgspec.to_builtins(v) for _, v in shown], indent=2))
         return 0
-    print(f"{'JOB':<26}  {'KIND':<7}  {'STATUS':<9}  {'PROG':>4}  {'UPDATED':<24}  DETAIL")
-    for v in shown:
+    print(f"{'JOB':<26}  {'KIND':<7}  {'STATUS':<9}  {'PROG':>4}  {'CREATED':<24}  DETAIL")
+    for _, v in shown:
         if v.error is not None:
             detail = v.error.code
         elif v.status in ("pending", "running"):
@@ -108,10 +264,13 @@ async def _ls(session: Session, args: argparse.Namespace) -> int:
             detail = _result_key(v)
         print(
             f"{v.job_id:<26}  {v.kind:<7}  {v.status:<9}  {v.progress:>3}%  "
-            f"{iso(v.updated_at):<24}  {detail}".rstrip()
+            f"{iso(v.created_at):<24}  {detail}".rstrip()
         )
-    more = len(views) - len(shown)
-    print(f"({len(shown)} shown" + (f", {more} more: use --limit" if more > 0 else "") + ")")
+    summary = f"({len(shown)} shown, newest first"
+    if more:
+        oldest = min(shown, key=lambda sv: sv[0].seq)[1].job_id
+        summary += f"; older: audioprep jobs ls --before {oldest}"
+    print(summary + ")")
     return 0
 
 
@@ -143,12 +302,21 @@ def register(commands: Any) -> None:
 
     ls = sub.add_parser(
         "ls",
-        help="list jobs from the view, newest first",
-        description="List job views from KV bucket `jobs`, newest first.",
+        help="list jobs, newest first, a page at a time",
+        description="List jobs newest first (creation order: their JobRequested in stream "
+        "JOBS), with their views from KV bucket `jobs` (folded from the stream when the "
+        "projector has not written one yet). Only the jobs shown are read; the last line says "
+        "how to get the next page.",
     )
     ls.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
     ls.add_argument("--kind", choices=list(subjects.KINDS))
     ls.add_argument("--limit", type=int, default=20, help="how many (default 20, 0 = all)")
+    ls.add_argument(
+        "--before",
+        metavar="ID|TIME|SEQ",
+        help="only jobs created before this job (the next page), time (2026-11-25T15:00:00Z, "
+        "or a duration ago: 1h, 2d) or stream sequence",
+    )
     ls.add_argument("--json", action="store_true", help="print the views as a JSON array")
     add_nats_url(ls)
     ls.set_defaults(func=lambda a: run_with_nats(a, lambda s: _ls(s, a)))

@@ -464,7 +464,7 @@ async def _with_deps(args: argparse.Namespace) -> int:
         if every is not None:
             stop = asyncio.Event()
             _stop_on_signals(stop)
-            log.info("storage gc every", extra={"interval_s": every.total_seconds()})
+            log.info("storage gc runs periodically", extra={"every_s": every.total_seconds()})
             await gc_every(
                 storage,
                 js,

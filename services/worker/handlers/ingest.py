@@ -10,10 +10,35 @@ from services.worker.media_process import run_media_call
 from services.worker.pipeline.analyse import Analysis, analyse
 from services.worker.source_files import local_source
 from shared import keys
-from shared.errors import TOO_LONG, Permanent
+from shared.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
 from shared.events import JobResult, LoudnessInfo
+from shared.storage import StorageNotFound
 
 PEAK_POINTS = 2000
+
+
+async def _move_upload(ctx: JobContext, upload_key: str) -> str:
+    """Move the upload to sources/<jobId>/ (copy, then delete it): one stored copy, not two.
+
+    A rerun of the job (a redelivery) finds the upload gone and its source already in place;
+    a `dlq retry` (a new job, `retry_of` the old one) copies the retried job's source."""
+    req = ctx.request
+    name = req.filename or "audio"
+    key = keys.source_key(req.tenant, req.job_id, name)
+    try:
+        await ctx.storage.copy(upload_key, key)
+    except StorageNotFound:
+        if await ctx.storage.head(key) is not None:
+            return key
+        earlier = keys.source_key(req.tenant, req.retry_of, name) if req.retry_of else None
+        if earlier is None or await ctx.storage.head(earlier) is None:
+            raise Permanent(
+                f"the upload {upload_key} no longer exists", code=SOURCE_NOT_FOUND
+            ) from None
+        await ctx.storage.copy(earlier, key)
+        return key
+    await ctx.storage.delete(upload_key)
+    return key
 
 
 async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
@@ -22,10 +47,8 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
     if req.source == "upload":
         if not req.upload_key:
             raise Permanent("upload job without upload key", code="invalid_request")
-        key = keys.source_key(req.tenant, req.job_id, req.filename or "audio")
         await ctx.progress(2, "storing", force=True)
-        await ctx.storage.copy(req.upload_key, key)
-        return key, None
+        return await _move_upload(ctx, req.upload_key), None
     fetched = await fetch_source(ctx)
     key = keys.source_key(req.tenant, req.job_id, fetched.filename)
     await ctx.storage.put_file(key, fetched.path)
@@ -73,7 +96,8 @@ async def run_ingest(ctx: JobContext) -> JobResult:
 
 
 async def cleanup_ingest(ctx: JobContext) -> None:
-    """A failed or cancelled ingest leaves nothing behind but the upload it came with."""
+    """A failed or cancelled ingest leaves nothing behind (its upload was moved, or is left
+    for storage gc if it never got that far)."""
     req = ctx.request
     await ctx.storage.delete_prefix(keys.sources_prefix(req.tenant, req.job_id))
     await ctx.storage.delete(keys.peaks_key(req.tenant, req.job_id))

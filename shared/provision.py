@@ -144,3 +144,77 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
         )
         await _ensure_kv(js, config)
     await _allow_atomic_batches(js, kv_stream_name(subjects.JOBS_BUCKET))
+    await provision_webhooks(js, settings)
+
+
+# ---- webhooks (docs/webhooks.md) ---------------------------------------------------------------
+
+# Deliveries waiting for a retry stay unacknowledged on the delivery consumer (nak with a delay),
+# so its max_ack_pending bounds how many can wait at once across all endpoints.
+MAX_PENDING_DELIVERIES = 50_000
+
+
+def webhooks_stream_config(settings: Settings) -> StreamConfig:
+    """Delivery events: append-only like JOBS; kept longer than a delivery can retry."""
+    max_age = max(float(settings.webhook_retention_s), settings.webhook_retry_for_s + 3600.0)
+    return StreamConfig(
+        name=subjects.WEBHOOKS_STREAM,
+        subjects=[subjects.WEBHOOKS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=max_age,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=settings.stream_replicas,
+        allow_direct=True,
+        deny_delete=True,
+        deny_purge=True,
+        max_msg_size=64 * 1024,
+    )
+
+
+def notifier_jobs_consumer_config(settings: Settings) -> ConsumerConfig:
+    """The notifiers' durable consumer of terminal job events (fan-out to endpoints)."""
+    return ConsumerConfig(
+        durable_name=subjects.NOTIFIER_JOBS_CONSUMER,
+        filter_subjects=subjects.terminal_filters(),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.webhook_ack_wait_s,
+        max_deliver=-1,  # a terminal event is never dropped: it is naked until it fans out
+        max_ack_pending=1024,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+def notifier_deliveries_consumer_config(settings: Settings) -> ConsumerConfig:
+    """The notifiers' durable consumer of deliveries to make (one message per delivery, held
+    unacknowledged with nak(delay) between attempts)."""
+    return ConsumerConfig(
+        durable_name=subjects.NOTIFIER_DELIVERIES_CONSUMER,
+        filter_subject=subjects.deliveries_created_filter(),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.webhook_ack_wait_s,
+        max_deliver=-1,  # the notifier decides when a delivery has failed for good
+        max_ack_pending=MAX_PENDING_DELIVERIES,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+async def provision_webhooks(js: JetStreamContext, settings: Settings) -> None:
+    """Stream WEBHOOKS, the two notifier consumers and KV bucket webhook_endpoints."""
+    await _ensure_stream(js, webhooks_stream_config(settings))
+    await _ensure_consumer(js, subjects.STREAM, notifier_jobs_consumer_config(settings))
+    await _ensure_consumer(
+        js, subjects.WEBHOOKS_STREAM, notifier_deliveries_consumer_config(settings)
+    )
+    await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=subjects.WEBHOOK_ENDPOINTS_BUCKET,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+            direct=True,
+        ),
+    )

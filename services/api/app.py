@@ -27,6 +27,7 @@ from services.api.routes.job_events import job_events
 from services.api.routes.jobs import get_job
 from services.api.routes.metrics import metrics_endpoint
 from services.api.routes.web import web_handlers
+from services.api.routes.webhooks import webhook_handlers
 from services.api.tracing import trace_middleware
 from shared import render_cache, subjects
 from shared.event_store import EventStore
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> Litestar:
             readyz,
             metrics_endpoint,
             *web_handlers,
+            *webhook_handlers,
         ],
         middleware=[trace_middleware, rate_limit_middleware(settings)],
         # Open mode (no keys) needs no guard; Litestar copies the handler per guard call.

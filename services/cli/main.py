@@ -11,6 +11,7 @@ import httpx
 
 from services.cli import dlq, events, jobs, projection, run_services, submit, up
 from services.cli import storage as storage_cli
+from services.cli import webhooks as webhooks_cli
 from services.cli.common import CliError
 from shared.nats_conn import NatsUnavailable
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_cli.register(commands)
     projection.register(commands)
     dlq.register(commands)
+    webhooks_cli.register(commands)
     return parser
 
 

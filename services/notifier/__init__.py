@@ -1,0 +1,1 @@
+"""The notifier: terminal job events → signed, retried Standard Webhooks deliveries."""

@@ -1,0 +1,355 @@
+"""Webhook test kit: a real receiver on loopback that verifies every delivery with the PyPI
+`standardwebhooks` library, settings with short retry schedules, the notifier in-process or
+as a real `audioprep notifier` process, and job ends published through the event store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import standardwebhooks
+from litestar.testing import AsyncTestClient
+from nats.aio.client import Client
+
+from shared.event_store import EventStore
+from shared.events import ErrorInfo, JobCancelled, JobCompleted, JobFailed, JobRequested, JobResult
+from shared.ids import new_job_id
+from shared.nats_server import free_port
+from shared.provision import provision_webhooks
+from shared.settings import Settings
+
+WEBHOOK_KEY = "webhook-test-key-0123456789abcdef0123"
+_tenants = itertools.count(1)
+
+
+# ---- the receiver ------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """One request as it arrived: raw body and headers, what the library said, what we answered."""
+
+    body: bytes
+    headers: dict[str, str]
+    path: str
+    status: int
+    verified: bool
+    error: str | None
+    at: float
+
+    @property
+    def webhook_id(self) -> str:
+        return self.headers.get("webhook-id", "")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A ThreadingHTTPServer on 127.0.0.1. `script` lists the statuses to answer, in order
+    (then `default`); `secret` set: each request is verified with standardwebhooks."""
+
+    port: int
+    secret: str | None = None
+    script: list[int] = field(default_factory=list)
+    default: int = 200
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                verified, error = receiver.verify(body, headers)
+                with receiver.lock:
+                    status = receiver.script.pop(0) if receiver.script else receiver.default
+                    receiver.received.append(
+                        Received(body, headers, self.path, status, verified, error, time.time())
+                    )
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def verify(self, body: bytes, headers: dict[str, str]) -> tuple[bool, str | None]:
+        if self.secret is None:
+            return False, "no secret"
+        try:
+            standardwebhooks.Webhook(self.secret).verify(body, headers)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, None
+
+    def snapshot(self) -> list[Received]:
+        with self.lock:
+            return list(self.received)
+
+    def ok(self) -> list[Received]:
+        return [r for r in self.snapshot() if 200 <= r.status < 300]
+
+    async def wait_for(self, count: int, *, timeout: float = 15.0, ok: bool = False) -> list[Received]:
+        """Wait until `count` requests (or 2xx answers) arrived; every wait has a deadline."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.ok() if ok else self.snapshot()
+            if len(got) >= count:
+                return got
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"receiver got {len(self.snapshot())} requests, wanted {count}")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(port=free_port()).start()
+    yield r
+    r.stop()
+
+
+# ---- settings, API, notifier -------------------------------------------------------------------
+
+
+def webhook_settings(base: Settings, **changes: Any) -> Settings:
+    """One fresh tenant (its own API key) and short retry timings."""
+    tenant = f"wh{next(_tenants)}x{os.getpid()}"
+    settings = base.with_(
+        api_keys={f"key-{tenant}": tenant, f"other-{tenant}": f"{tenant}o"},
+        webhook_secret_key=WEBHOOK_KEY,
+        webhook_retry_schedule_s=(0.3, 0.3, 0.5),
+        webhook_retry_for_s=60.0,
+        webhook_ack_wait_s=2.0,
+        webhook_timeout_s=2.0,
+        log_level="WARNING",
+    )
+    return settings.with_(**changes) if changes else settings
+
+
+def tenant_of(settings: Settings) -> str:
+    return next(t for t in settings.api_keys.values() if not t.endswith("o"))
+
+
+def auth(settings: Settings, *, other: bool = False) -> dict[str, str]:
+    for key, tenant in settings.api_keys.items():
+        if tenant.endswith("o") == other:
+            return {"Authorization": f"Bearer {key}"}
+    raise AssertionError("no key")
+
+
+@pytest.fixture
+async def wh(base_settings: Settings, nc: Client) -> Settings:
+    settings = webhook_settings(base_settings)
+    await provision_webhooks(nc.jetstream(), settings)  # short ack_wait on the consumers
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    from services.api.app import create_app
+
+    async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def notifier_task(settings: Settings) -> AsyncIterator[None]:
+    """The notifier in this process (for tests that replace its DNS resolver)."""
+    from services.notifier.main import run_notifier
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=20)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "AUDIOPREP_NATS_URL": settings.nats_url,
+            "AUDIOPREP_DATA_DIR": str(settings.data_dir),
+            "AUDIOPREP_STORAGE_URL": settings.storage,
+            "AUDIOPREP_SIGNING_SECRET": settings.signing_secret,
+            "AUDIOPREP_WEBHOOK_SECRET_KEY": settings.webhook_secret_key,
+            "AUDIOPREP_URL_ALLOW_HOSTS": ",".join(sorted(settings.url_allow_hosts)),
+            "AUDIOPREP_WEBHOOK_RETRY_SCHEDULE_S": ",".join(
+                str(s) for s in settings.webhook_retry_schedule_s
+            ),
+            "AUDIOPREP_WEBHOOK_RETRY_FOR_S": str(settings.webhook_retry_for_s),
+            "AUDIOPREP_WEBHOOK_ACK_WAIT_S": str(settings.webhook_ack_wait_s),
+            "AUDIOPREP_WEBHOOK_TIMEOUT_S": str(settings.webhook_timeout_s),
+            "AUDIOPREP_WEBHOOK_DISABLE_AFTER_S": str(settings.webhook_disable_after_s),
+            "AUDIOPREP_LOG_FORMAT": "json",
+            "AUDIOPREP_LOG_LEVEL": "INFO",
+            "AUDIOPREP_METRICS_PORT": "0",
+        }
+    )
+    return env
+
+
+class NotifierProcess:
+    """A real `audioprep notifier` in its own process group; its log goes to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None):
+        self.settings = settings
+        self.log_path = log_path
+        self.env = {**settings_env(settings), **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> NotifierProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "notifier"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if '"notifier ready"' in self.log_path.read_text()[offset:]:
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"notifier exited: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.02)
+        raise AssertionError(f"notifier not ready: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+@pytest.fixture
+def notifier_proc(wh: Settings, tmp_path: Path) -> Iterator[NotifierProcess]:
+    proc = NotifierProcess(wh, tmp_path / "notifier.log").start()
+    yield proc
+    proc.stop()
+
+
+# ---- job ends ----------------------------------------------------------------------------------
+
+
+async def end_job(
+    nc: Client,
+    tenant: str,
+    *,
+    kind: str = "save",
+    outcome: str = "completed",
+    prepared_key: str | None = None,
+) -> str:
+    """A job that ends at once (JobRequested + its terminal event, as the API does for a
+    render-cache hit), for tests about deliveries rather than media."""
+    events = EventStore(nc, nc.jetstream())
+    job_id = new_job_id()
+    await events.request_job(
+        JobRequested(job_id=job_id, kind=kind, tenant=tenant, source_key="x", format="wav")  # type: ignore[arg-type]
+    )
+    terminal: JobCompleted | JobFailed | JobCancelled
+    if outcome == "completed":
+        result = JobResult(prepared_key=prepared_key, format="wav", duration_ms=1000)
+        terminal = JobCompleted(job_id=job_id, kind=kind, tenant=tenant, result=result)  # type: ignore[arg-type]
+    elif outcome == "failed":
+        error = ErrorInfo(code="corrupt_media", message="bad bytes")
+        terminal = JobFailed(job_id=job_id, kind=kind, tenant=tenant, error=error)  # type: ignore[arg-type]
+    else:
+        terminal = JobCancelled(job_id=job_id, kind=kind, tenant=tenant)  # type: ignore[arg-type]
+    assert await events.append_terminal(terminal) is not None
+    return job_id
+
+
+async def register(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    settings: Settings,
+    url: str,
+    **body: Any,
+) -> dict[str, Any]:
+    resp = await client.post("/api/webhooks", json={"url": url, **body}, headers=auth(settings))
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+async def wait_delivery(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    settings: Settings,
+    webhook_id: str,
+    *,
+    status: str,
+    count: int = 1,
+    timeout: float = 15.0,
+) -> list[dict[str, Any]]:
+    """Poll the deliveries list until `count` deliveries have `status`."""
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        resp = await client.get(f"/api/webhooks/{webhook_id}/deliveries", headers=auth(settings))
+        assert resp.status_code == 200, resp.text
+        last = resp.json()["deliveries"]
+        matching = [d for d in last if d["status"] == status]
+        if len(matching) >= count:
+            return matching
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"deliveries never reached {count}x {status}: {last}")

@@ -210,6 +210,16 @@ def _start_nats(
         print(f"nats-server   {server.url}  (store {server.store_dir}, log {server.log_file})")
 
 
+def _busy_ports(settings: Settings, server: NatsServer | NatsCluster | None) -> str:
+    """Ports we are about to listen on that something else holds (its answers would pass for
+    ours), as a sentence; empty when all are free."""
+    wanted = [("API", settings.api_host, settings.api_port)]
+    nodes = server.nodes if isinstance(server, NatsCluster) else [server] if server else []
+    wanted += [("nats-server", "127.0.0.1", node.port) for node in nodes]
+    busy = [f"{what} port {port}" for what, host, port in wanted if port_open(host, port)]
+    return f"{', '.join(busy)} already in use" if busy else ""
+
+
 def _duration_arg(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.3f}s"
 
@@ -244,8 +254,13 @@ def _up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir or os.environ.get("AUDIOPREP_DATA_DIR", "./data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = _env(args, data_dir)
-    grace = Settings.from_env(env).drain_grace_s
+    planned = Settings.from_env(env)
+    grace = planned.drain_grace_s
     server = _nats(args, data_dir)
+    busy = _busy_ports(planned, server)
+    if busy:
+        print(f"audioprep up: {busy}; stop whatever uses it or pick other ports", file=sys.stderr)
+        return 1
     children: list[Child] = []
     try:
         _start_nats(server, args, env)

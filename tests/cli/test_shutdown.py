@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -222,3 +223,21 @@ async def test_api_shutdown_with_nats_already_gone_is_clean(tmp_path: Path) -> N
             server.stop()  # NATS goes first; leaving the block runs the lifespan's shutdown
     finally:
         server.stop()
+
+
+def test_up_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [AUDIOPREP, "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert r.returncode == 1
+    assert r.stderr.decode() == (
+        f"audioprep up: API port {port} already in use; stop whatever uses it or pick other ports\n"
+    )
+    assert not (tmp_path / "data" / "nats").exists()  # nothing was started

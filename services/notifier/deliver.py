@@ -178,6 +178,8 @@ class Deliverer:
             next_attempt_at=next_at,
             notifier=self.name,
         )
+        if outcome != "delivered":  # a disabled endpoint is visible once the failure is
+            await self._endpoint_health(endpoint, created, outcome, error, now)
         seq = await patiently(
             "record attempt", lambda: self.deliveries.append_after(event, view.seq)
         )
@@ -202,8 +204,9 @@ class Deliverer:
                 "webhook attempt failed, will retry", extra={**fields, "next_attempt_at": next_at}
             )
         else:
-            log.warning("webhook delivery failed for good", extra={**fields, "message": message})
-        await self._endpoint_health(endpoint, created, outcome, error, now)
+            log.warning("webhook delivery failed for good", extra={**fields, "detail": message})
+        if outcome == "delivered":  # after the record: a success is written down first
+            await self._endpoint_health(endpoint, created, outcome, error, now)
         if next_at is None:
             await patiently("ack delivery", msg.ack_sync)
         else:
@@ -226,7 +229,7 @@ class Deliverer:
         seq = await patiently("record end", lambda: self.deliveries.append_after(event, view.seq))
         if seq is not None:
             metrics.attempt("failed", code)
-            log.info("webhook delivery dropped", extra={"error": code, "message": message})
+            log.info("webhook delivery dropped", extra={"error": code, "detail": message})
         await patiently("ack delivery", msg.ack_sync)
 
     async def _lost_race(self, msg: Msg, created: DeliveryCreated) -> None:

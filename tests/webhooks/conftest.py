@@ -127,7 +127,9 @@ class Receiver:
     def ok(self) -> list[Received]:
         return [r for r in self.snapshot() if 200 <= r.status < 300]
 
-    async def wait_for(self, count: int, *, timeout: float = 15.0, ok: bool = False) -> list[Received]:
+    async def wait_for(
+        self, count: int, *, timeout: float = 15.0, ok: bool = False
+    ) -> list[Received]:
         """Wait until `count` requests (or 2xx answers) arrived; every wait has a deadline."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

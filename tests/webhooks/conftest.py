@@ -68,6 +68,7 @@ class Receiver:
     secret: str | None = None
     script: list[int] = field(default_factory=list)
     default: int = 200
+    location: str | None = None  # sent with 3xx answers
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -92,6 +93,8 @@ class Receiver:
                         Received(body, headers, self.path, status, verified, error, time.time())
                     )
                 self.send_response(status)
+                if receiver.location and 300 <= status < 400:
+                    self.send_header("location", receiver.location)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

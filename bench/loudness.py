@@ -207,27 +207,25 @@ def long_source(work: Path, minutes: int) -> Path:
 
 
 def measure_long(work: Path, minutes: int) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from services.worker.pipeline.loudness import measure_loudness
+
     src = long_source(work, minutes)
-    rows = {}
+    facts = Path(str(src) + ".ingest.json")
+    if not facts.exists():  # what the ingest measured; the worker reuses it
+        facts.write_text(json.dumps(asdict(measure_loudness(str(src)))))
+    rows: dict[str, Any] = {}
     for label, flag in (("plain", "0"), ("normalized", "1")):
-        start = time.perf_counter()
+        dst = work / f"long-{label}.mp3"
         out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--rss-child",
-                str(src),
-                str(work / f"long-{label}.mp3"),
-                flag,
-            ],
+            [sys.executable, __file__, "--rss-child", str(src), str(dst), flag],
             check=True,
             capture_output=True,
             text=True,
         )
-        rows[label] = {
-            "seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_mib": round(float(out.stdout.strip().splitlines()[-1]), 1),
-        }
+        seconds, rss = out.stdout.strip().splitlines()[-2:]
+        rows[label] = {"seconds": float(seconds), "peak_rss_mib": round(float(rss), 1)}
         print(f"  {minutes} min mp3 {label}: {rows[label]}", flush=True)
     return {"minutes": minutes, **rows}
 

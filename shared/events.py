@@ -87,6 +87,43 @@ class LoudnessReport(_Data, frozen=True, kw_only=True, omit_defaults=False):
     acx: AcxCheck | None = None
 
 
+class HumInfo(_Data, frozen=True, kw_only=True, omit_defaults=False):
+    frequency_hz: float
+    level_db: float
+
+
+class VoiceAnalysisInfo(_Data, frozen=True, kw_only=True):
+    """What a recording is like (ingest's `analysis`, and before/after of a voice chain)."""
+
+    noise_floor_db: float | None = None  # None: the pauses are digital silence
+    speech_level_db: float | None = None
+    snr_db: float | None = None
+    hum: HumInfo | None = None
+    clipped_samples: int = 0
+    speech_ratio: float = 0.0
+
+
+class VoiceSteps(_Data, frozen=True, kw_only=True):
+    """What each step of the voice chain did."""
+
+    highpass_hz: int | None = None
+    dehum_hz: float | None = None
+    notched_hz: list[float] = msgspec.field(default_factory=list)
+    denoise_db: float | None = None
+    leveler_max_gain_db: float | None = None
+    leveler_min_gain_db: float | None = None
+    deess: float | None = None
+    trimmed_ms: list[int] | None = None  # [startMs, endMs] kept of the source
+    cuts_ms: list[list[int]] = msgspec.field(default_factory=list)  # source [startMs, endMs)
+    cut_total_ms: int = 0
+
+
+class VoiceReport(_Data, frozen=True, kw_only=True):
+    before: VoiceAnalysisInfo | None = None
+    after: VoiceAnalysisInfo | None = None
+    steps: VoiceSteps
+
+
 class JobResult(_Data, frozen=True, kw_only=True):
     """What a finished job produced; fields depend on the kind (ingest vs render)."""
 
@@ -106,6 +143,8 @@ class JobResult(_Data, frozen=True, kw_only=True):
     size_bytes: int | None = None
     from_cache: bool = False
     loudness_report: LoudnessReport | None = None
+    analysis: VoiceAnalysisInfo | None = None  # ingest
+    voice_report: VoiceReport | None = None  # renders with a voice chain
 
 
 class _Event(

@@ -66,8 +66,34 @@ class Normalize(_Base, frozen=True):
     true_peak_db: _TruePeakDb | None = None
 
 
+class Denoise(_Base, frozen=True):
+    """RNNoise, mixed so the noise drops by at most `amountDb`."""
+
+    amount_db: Annotated[float, msgspec.Meta(ge=0.0, le=40.0)] = 20.0
+
+
+class Leveler(_Base, frozen=True):
+    """Ride speech passages towards the file's speech level (0 = off, 1 = all the way)."""
+
+    strength: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.7
+
+
+class Deess(_Base, frozen=True):
+    amount: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+
+
+class ShortenPauses(_Base, frozen=True):
+    """Inner pauses longer than `maxPauseMs` are cut down to it."""
+
+    max_pause_ms: Annotated[int, msgspec.Meta(ge=300, le=5000)] = 1000
+
+
 class Recipe(_Base, frozen=True):
-    """What to do to a source; the defaults are the identity edit."""
+    """What to do to a source; the defaults are the identity edit.
+
+    Voice chain order (fixed): highpass → dehum → denoise → leveler → deess → cuts
+    (trimSilence, shortenPauses) → gain/normalize + limiter → fades.
+    """
 
     trim: Trim | None = None
     fade_in_ms: _FadeMs = 0
@@ -78,6 +104,12 @@ class Recipe(_Base, frozen=True):
     trim_silence: bool = False
     channels: Literal["mono", "stereo"] | None = None
     sample_rate: _SampleRate | None = None
+    highpass_hz: Annotated[int, msgspec.Meta(ge=20, le=300)] | None = None
+    dehum: Literal["auto", 50, 60] | None = None
+    denoise: Denoise | Literal["auto"] | None = None
+    leveler: Leveler | None = None
+    deess: Deess | None = None
+    shorten_pauses: ShortenPauses | None = None
 
 
 class OutputOptions(_Base, frozen=True):

@@ -194,3 +194,58 @@ def make_material(name: str, workdir: Path) -> Material:
 
 
 MATERIALS = ("studio", "laptop", "phone", "hires", "music", "music-quiet", "tone")
+
+
+@dataclass(frozen=True)
+class VoiceMix:
+    """A noisy take and the clean reference it was made from (both mono, same rate)."""
+
+    path: Path
+    rate: int
+    clean: Pcm
+    noisy: Pcm
+    speech_ranges_s: list[tuple[float, float]]  # where the clean take has speech
+
+
+def voice_mix(
+    workdir: Path,
+    *,
+    snr_db: float | None = 15.0,
+    hum_hz: float | None = None,
+    hum_db: float = -40.0,
+    level_step_db: float = 0.0,
+    rate: int = 48000,
+    head_s: float = 2.0,
+    pause_s: float = 3.0,
+    name: str = "mix",
+) -> VoiceMix:
+    """2 s of room tone, speaker A (two sentences), a 3 s pause, speaker B (two sentences,
+    `level_step_db` quieter), 2 s of room tone; pink noise at `snr_db` under the speech
+    level, mains hum with harmonics. Mono, 48 kHz by default."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, (speed, _amplitude, pitch, text) in enumerate(SENTENCES[:4]):
+        take = _espeak(text, speed=speed, amplitude=100, pitch=pitch, path=workdir / f"v{i}.wav")
+        parts.append(resample(take, ESPEAK_RATE, rate))
+    a = np.concatenate([parts[0], np.zeros((1, int(0.5 * rate)), np.float32), parts[1]], axis=1)
+    b = np.concatenate([parts[2], np.zeros((1, int(0.5 * rate)), np.float32), parts[3]], axis=1)
+    b = b * np.float32(media.db_to_amp(-level_step_db))
+    head = np.zeros((1, int(head_s * rate)), np.float32)
+    gap = np.zeros((1, int(pause_s * rate)), np.float32)
+    clean = np.concatenate([head, a, gap, b, head], axis=1)
+    clean = scale_to_peak(clean, -3.0)
+    t0 = head_s
+    ranges = [(t0, t0 + a.shape[1] / rate)]
+    t1 = ranges[0][1] + pause_s
+    ranges.append((t1, t1 + b.shape[1] / rate))
+    noisy = clean.copy()
+    n = clean.shape[1]
+    if snr_db is not None:
+        active = np.abs(clean[0]) > 1e-4
+        speech_rms = float(np.sqrt(np.mean(clean[0][active] ** 2)))
+        noise_db = 20 * np.log10(speech_rms) - snr_db
+        noisy = noisy + pink_noise(n, rate=rate, rms_dbfs=noise_db)
+    if hum_hz is not None:
+        noisy = noisy + hum(n, rate=rate, freq=hum_hz, dbfs=hum_db)
+    path = media.write_samples(workdir / f"{name}.wav", noisy.astype(np.float32), rate=rate)
+    return VoiceMix(path, rate, clean, noisy.astype(np.float32), ranges)

@@ -20,6 +20,7 @@ from services.worker.pipeline.filters import Filter, make_graph, run_graph
 from services.worker.pipeline.loudness import METER, Loudness, LoudnessMeter
 from services.worker.pipeline.peaks import PLANAR_FLOAT
 from services.worker.pipeline.true_peak import MAX_OVERSHOOT_DB, PeakDetector
+from services.worker.pipeline.voice_analysis import VoiceAnalysis, VoiceAnalyzer
 
 Samples = npt.NDArray[np.float32]
 NOISE_WINDOW_S = 0.5  # ACX measures the noise floor as RMS over half-second windows
@@ -40,6 +41,7 @@ class Levels:
     rms_db: float | None
     sample_peak_db: float | None
     noise_floor_db: float | None  # quietest half-second RMS that is not digital silence
+    voice: VoiceAnalysis | None = None
 
     @property
     def integrated(self) -> float | None:
@@ -65,6 +67,7 @@ class LevelMeter:
         self._win_fill = 0
         self._quietest = math.inf
         self._channels = channels
+        self._voice = VoiceAnalyzer(rate)
 
     def feed(self, frame: AudioFrame) -> None:
         self._loudness.feed(frame)
@@ -82,6 +85,7 @@ class LevelMeter:
             self._detector.floor = self._true_peak * 10 ** (-MAX_OVERSHOOT_DB / 20) or None
             peaks = self._detector.push(samples)
             self._true_peak = max(self._true_peak, float(peaks.max(initial=0)))
+        self._voice.feed(samples)
         sq = np.square(samples, dtype=np.float64).sum(axis=0)
         self._sum_sq += float(sq.sum())
         self._count += samples.shape[1] * samples.shape[0]
@@ -116,6 +120,7 @@ class LevelMeter:
             rms_db=None if rms is None else round(rms, 2),
             sample_peak_db=None if sample_peak is None else round(sample_peak, 2),
             noise_floor_db=None if math.isinf(self._quietest) else round(self._quietest, 2),
+            voice=self._voice.result(),
         )
 
 

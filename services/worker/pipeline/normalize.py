@@ -92,6 +92,7 @@ def normalize(
         skip_dry = (
             target.measure == "lufs"
             and not path.fades
+            and path.voice is None
             and measured is not None
             and measured.true_peak_db is not None
             and measured.true_peak_db + gain <= ceiling

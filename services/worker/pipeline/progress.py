@@ -76,3 +76,9 @@ class StagedProgress:
                     self._callback(min(value, 0.999))
 
         return report
+
+    def finish(self) -> None:
+        """All passes done: 1.0."""
+        if self._callback is not None:
+            self._value = 1.0
+            self._callback(1.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -19,6 +19,7 @@ from av.audio.stream import AudioStream
 
 from services.worker.pipeline.formats import EncoderSettings, encoder_settings
 from services.worker.pipeline.graph import (
+    Window,
     fade_chain,
     gain_db,
     kept_window,
@@ -34,9 +35,20 @@ from services.worker.pipeline.normalize import Outcome, normalize
 from services.worker.pipeline.probe import MediaInfo, probe
 from services.worker.pipeline.progress import Progress, StagedProgress
 from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
-from services.worker.pipeline.silence import find_sound_bounds
+from services.worker.pipeline.voice_analysis import (
+    Hum,
+    VoiceAnalysis,
+    measure_voice,
+    summary,
+)
+from services.worker.pipeline.voice_chain import (
+    VoicePlan,
+    needs_analysis,
+    plan_voice,
+    trim_bounds_ms,
+)
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
-from shared.events import LoudnessReport
+from shared.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
 from shared.loudness_targets import LoudnessTarget, resolve_target
 from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
@@ -44,7 +56,7 @@ _CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe r
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
 # where each pass sits in the job's progress (0..1)
 _NORMALIZE_SPANS = {
-    "finding silence": (0.0, 0.05),
+    "analysing voice": (0.0, 0.05),
     "measuring": (0.05, 0.12),
     "calibrating": (0.12, 0.3),
     "rendering": (0.3, 0.92),
@@ -67,6 +79,7 @@ class RenderResult:
     codec: str
     bytes: int
     loudness_report: LoudnessReport | None = None
+    voice_report: VoiceReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +91,8 @@ class _Plan:
     gain_db: float
     target: LoudnessTarget | None
     before: Loudness | None  # the kept part (or the source, when that is what was measured)
+    voice_before: VoiceAnalysisInfo | None = None
+    trimmed_ms: tuple[int, int] | None = None
 
 
 def render(
@@ -93,6 +108,7 @@ def render(
     should_stop: Callable[[], bool] | None = None,
     source_info: MediaInfo | None = None,
     source_loudness: Loudness | None = None,
+    source_voice: VoiceAnalysisInfo | None = None,
 ) -> RenderResult:
     """Render `src_path` to `dst_path`; on any failure or cancel the partial file is removed.
 
@@ -105,7 +121,16 @@ def render(
     spans = _NORMALIZE_SPANS if recipe.normalize is not None else _PLAIN_SPANS
     staged = StagedProgress(on_progress, on_stage, spans)
     try:
-        plan = _plan(src_path, recipe, settings, source_info, source_loudness, should_stop, staged)
+        plan = _plan(
+            src_path,
+            recipe,
+            settings,
+            source_info,
+            source_loudness,
+            should_stop,
+            staged,
+            source_voice,
+        )
         return _render_planned(
             src_path, dst_path, plan, settings, options, title, staged, should_stop
         )
@@ -192,6 +217,7 @@ def _normalized_or_plain(
     samples_out = written[-1]
     if samples_out == 0:
         raise Permanent("the edit leaves no audio", code=INVALID_RECIPE)
+    staged.finish()
     return RenderResult(
         duration_ms=round(samples_out * 1000 / plan.path.rate),
         sample_rate=plan.path.rate,
@@ -199,6 +225,33 @@ def _normalized_or_plain(
         codec=_CODEC_NAMES.get(settings.codec, settings.codec),
         bytes=os.path.getsize(dst_path),
         loudness_report=build_report(plan.before, after, plan.target, outcome, plan.gain_db),
+        voice_report=_voice_report(plan, after),
+    )
+
+
+def _voice_report(plan: _Plan, after: Levels) -> VoiceReport | None:
+    voice = plan.path.voice
+    if voice is None and plan.trimmed_ms is None:
+        return None
+    voice = voice or VoicePlan()
+    gains = voice.leveler_db
+    highpass = next((a for n, a in voice.pre if n == "highpass"), None)
+    steps = VoiceSteps(
+        highpass_hz=int(highpass.split("=")[1].split(":")[0]) if highpass else None,
+        dehum_hz=voice.notched_hz[0] if voice.notched_hz else None,
+        notched_hz=voice.notched_hz,
+        denoise_db=None if voice.denoise_db is None else round(voice.denoise_db, 1),
+        leveler_max_gain_db=None if gains is None else round(float(gains.max()), 2),
+        leveler_min_gain_db=None if gains is None else round(float(gains.min()), 2),
+        deess=next((float(a.split(":")[0][2:]) for n, a in voice.post if n == "deesser"), None),
+        trimmed_ms=list(plan.trimmed_ms) if plan.trimmed_ms else None,
+        cuts_ms=[[a, b] for a, b in voice.cuts_ms],
+        cut_total_ms=sum(b - a for a, b in voice.cuts_ms),
+    )
+    return VoiceReport(
+        before=plan.voice_before,
+        after=summary(after.voice) if after.voice is not None else None,
+        steps=steps,
     )
 
 
@@ -210,13 +263,19 @@ def _plan(
     source_loudness: Loudness | None,
     should_stop: Callable[[], bool] | None,
     staged: StagedProgress,
+    source_voice: VoiceAnalysisInfo | None = None,
 ) -> _Plan:
     """Measuring passes (sound bounds, loudness) and the signal path."""
     info = info or probe(src_path)
     bounds = None
-    if recipe.trim_silence:
-        staged.stage("finding silence")
-        bounds = find_sound_bounds(src_path, should_stop=should_stop)
+    analysis: VoiceAnalysis | None = None
+    have_summary = source_voice is not None
+    if needs_analysis(recipe, have_summary):
+        analysis = measure_voice(
+            src_path, on_progress=staged.stage("analysing voice"), should_stop=should_stop
+        )
+    if recipe.trim_silence and analysis is not None:
+        bounds = trim_bounds_ms(analysis)
     window = kept_window(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
     if window.length_ms(info.duration_ms) <= 0:
         raise RecipeError("trim.startMs", "is at or past the end of the source")
@@ -242,16 +301,60 @@ def _plan(
                 should_stop=should_stop,
             )
     rate = settings.fmt.output_rate(recipe.sample_rate or info.sample_rate)
+    voice = _voice_plan(recipe, analysis, source_voice, info.sample_rate, window, info.duration_ms)
     length = output_length_ms(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
+    length -= sum(b - a for a, b in voice.cuts_ms) / recipe.speed
     path = SignalPath(
         timing=timing,
         fades=fade_chain(recipe, length),
         source_rate=info.sample_rate,
         rate=rate,
         layout=layout,
+        voice=voice if voice.active else None,
+        start_ms=window.start_ms,
+        speed=recipe.speed,
     )
     gain = gain_db(recipe, before, target.target if target else None)
-    return _Plan(path=path, length_ms=length, gain_db=gain, target=target, before=before)
+    voice_before = summary(analysis) if analysis is not None else source_voice
+    return _Plan(
+        path=path,
+        length_ms=length,
+        gain_db=gain,
+        target=target,
+        before=before,
+        voice_before=voice_before if voice.active or recipe.trim_silence else None,
+        trimmed_ms=bounds,
+    )
+
+
+def _voice_plan(
+    recipe: Recipe,
+    analysis: VoiceAnalysis | None,
+    source_voice: VoiceAnalysisInfo | None,
+    source_rate: int,
+    window: Window,
+    duration_ms: int,
+) -> VoicePlan:
+    """Decide the voice chain from the measuring pass, or from the ingest's summary."""
+    if analysis is not None:
+        hum, floor, level = analysis.hum, analysis.noise_floor_db, analysis.speech_level_db
+    elif source_voice is not None:
+        h = source_voice.hum
+        hum = Hum(h.frequency_hz, h.level_db, 3) if h else None
+        floor, level = source_voice.noise_floor_db, source_voice.speech_level_db
+    else:
+        hum, floor, level = None, None, None
+    plan = plan_voice(
+        recipe,
+        analysis=analysis,
+        hum=hum,
+        noise_floor_db=floor,
+        speech_level_db=level,
+        source_rate=source_rate,
+    )
+    end = duration_ms if window.end_ms is None else window.end_ms
+    inside = [(a, b) for a, b in plan.cuts_ms if a >= window.start_ms and b <= end]
+    return replace(plan, cuts_ms=inside)
 
 
 def _open_encoder(

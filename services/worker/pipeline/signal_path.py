@@ -12,22 +12,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import av
 import numpy as np
 import numpy.typing as npt
 from av.audio.frame import AudioFrame
 
+from services.worker.pipeline.cutter import Cutter
 from services.worker.pipeline.decode import decode_frames, open_audio
+from services.worker.pipeline.denoise import Denoiser
 from services.worker.pipeline.filters import Filter, feed, make_graph, make_pcm_graph, run_graph
 from services.worker.pipeline.graph import FLOAT_PLANAR, format_chain, level_chain
+from services.worker.pipeline.leveler import Leveler
 from services.worker.pipeline.limiter import TruePeakLimiter
 from services.worker.pipeline.true_peak import PeakDetector
+from services.worker.pipeline.voice_chain import VoicePlan
 from shared.errors import RENDER_FAILED, Cancelled, Retryable
 
 Samples = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]
+
+
+class Stage(Protocol):
+    """A numpy stage: planar float blocks in, planar float blocks out, flushed at the end."""
+
+    def push(self, block: Samples) -> Samples: ...
+
+    def flush(self) -> Samples: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,20 @@ class SignalPath:
     source_rate: int
     rate: int
     layout: str
+    voice: VoicePlan | None = None
+    start_ms: float = 0.0  # where the kept window starts in the source (cuts, leveler)
+    speed: float = 1.0
+
+    @property
+    def staged(self) -> bool:
+        """Needs numpy stages between graphs (else one libavfilter graph does it all)."""
+        return self.voice is not None and self.voice.numpy_stages
+
+    @property
+    def work_rate(self) -> int:
+        """The rate the numpy voice stages run at (RNNoise wants 48 kHz)."""
+        override = self.voice.work_rate_override if self.voice else None
+        return override or self.rate
 
     @property
     def channels(self) -> int:
@@ -147,14 +173,23 @@ def run_path(
 ) -> Iterator[AudioFrame]:
     """Frames of the rendered signal; `tail` ends the last graph (encoder format or meter)."""
     stats = stats if stats is not None else PathRun()
-    if ceiling_db is not None:
+    if ceiling_db is not None or path.staged:
         yield from _limited(
             src_path, path, gain_db, ceiling_db, tail, frame_size, should_stop, stats, cache
         )
         return
+    voice = path.voice or VoicePlan()
     with open_audio(src_path) as (container, source):
         frames = decode_frames(container, source, should_stop=should_stop)
-        chain = [*path.timing, *level_chain(gain_db), *path.fades, *_to_rate(path), *tail]
+        chain = [
+            *path.timing,
+            *([FLOAT_PLANAR, *voice.pre] if voice.pre else []),
+            *level_chain(gain_db),
+            *voice.post,
+            *path.fades,
+            *_to_rate(path),
+            *tail,
+        ]
         graph = make_graph(source, chain, frame_size=frame_size)
         for frame in run_graph(graph, frames):
             stats.samples += frame.samples
@@ -165,26 +200,36 @@ def _limited(
     src_path: str,
     path: SignalPath,
     gain_db: float,
-    ceiling_db: float,
+    ceiling_db: float | None,
     tail: list[Filter],
     frame_size: int | None,
     should_stop: Callable[[], bool] | None,
     stats: PathRun,
     cache: PcmCache | None,
 ) -> Iterator[AudioFrame]:
-    """Gain and limiter in numpy between two graphs."""
+    """Voice stages, gain and (with a ceiling) the limiter in numpy, between graphs."""
     second = make_pcm_graph(path.rate, path.layout, [*path.fades, *tail], frame_size=frame_size)
-    limiter = TruePeakLimiter(path.rate, path.channels, ceiling_db)
+    limiter = (
+        TruePeakLimiter(path.rate, path.channels, ceiling_db) if ceiling_db is not None else None
+    )
     gain = 10 ** (gain_db / 20)
-    stats.limited = True
+    stats.limited = limiter is not None
     pts = 0
-    blocks = _SourceBlocks(src_path, path, should_stop, cache)
+    blocks = _SourceBlocks(src_path, path, should_stop, cache, detect=limiter is not None)
     for block, peaks in blocks.blocks():
-        limited = limiter.push(block * np.float32(gain), peaks * gain)
+        if limiter is not None:
+            limited = limiter.push(block * np.float32(gain), peaks * gain)
+        else:
+            limited = block * np.float32(gain)
         for out in _through(second, limited, path, pts):
             stats.samples += out.samples
             yield out
         pts += limited.shape[1]
+    if limiter is None:
+        for out in feed(second, None):
+            stats.samples += out.samples
+            yield out
+        return
     limited = limiter.flush(blocks.tail_peaks * gain)
     for out in _through(second, limited, path, pts):
         stats.samples += out.samples
@@ -205,8 +250,11 @@ class _SourceBlocks:
         path: SignalPath,
         should_stop: Callable[[], bool] | None,
         cache: PcmCache | None,
+        *,
+        detect: bool = True,
     ) -> None:
         self._src, self._path, self._stop, self._cache = src_path, path, should_stop, cache
+        self._detect = detect
         self.tail_peaks: Floats = np.zeros(0)
 
     def blocks(self) -> Iterator[tuple[Samples, Floats]]:
@@ -225,6 +273,10 @@ class _SourceBlocks:
             return
         if cache is not None:
             cache.restart()
+        if not self._detect:
+            for block in self._decoded():
+                yield block, np.zeros(0)
+            return
         detector = PeakDetector(self._path.rate, self._path.channels)
         for block in self._decoded():
             peaks = detector.push(block)
@@ -249,20 +301,123 @@ class _SourceBlocks:
         self.tail_peaks = cache.tail_peaks
 
     def _decoded(self) -> Iterator[Samples]:
+        """Graph A (timing, highpass, dehum, rate), the numpy voice stages, graph B (de-esser,
+        output rate), in blocks of about BLOCK_SAMPLES."""
         path = self._path
+        voice = path.voice or VoicePlan()
+        stages = voice_stages(path)
         with open_audio(self._src) as (container, source):
             frames = decode_frames(container, source, should_stop=self._stop)
-            first = make_graph(source, [*path.timing, FLOAT_PLANAR, *_to_rate(path)])
+            work = path.work_rate if stages else path.rate
+            first_chain = [
+                *path.timing,
+                FLOAT_PLANAR,
+                *voice.pre,
+                *([] if stages else voice.post),
+                *format_chain(
+                    source_rate=path.source_rate,
+                    out_rate=work,
+                    out_layout=path.layout,
+                    sample_fmt="fltp",
+                ),
+            ]
+            first = make_graph(source, first_chain)
             pending: list[Samples] = []
             size = 0
-            for frame in run_graph(first, frames):
-                pending.append(_planar(frame))
-                size += frame.samples
+            for block in _run_stages(stages, _graph_blocks(first, frames)):
+                pending.append(block)
+                size += block.shape[1]
                 if size >= BLOCK_SAMPLES:  # numpy pays per call: work in blocks, not frames
                     yield np.concatenate(pending, axis=1)
                     pending, size = [], 0
             if pending:
                 yield np.concatenate(pending, axis=1)
+
+
+class _GraphStage:
+    """A libavfilter graph used as a numpy stage (planar float in and out)."""
+
+    def __init__(self, rate: int, layout: str, chain: list[Filter], out_rate: int) -> None:
+        self._graph = make_pcm_graph(rate, layout, [*chain, ("aformat", "sample_fmts=fltp")])
+        self._rate, self._layout, self._channels = rate, layout, 1 if layout == "mono" else 2
+        self._pts = 0
+
+    def push(self, block: Samples) -> Samples:
+        if block.shape[1] == 0:
+            return block
+        frame = AudioFrame.from_ndarray(block, format="fltp", layout=self._layout)
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, self._rate)
+        self._pts += block.shape[1]
+        return self._collect(feed(self._graph, frame))
+
+    def flush(self) -> Samples:
+        return self._collect(feed(self._graph, None))
+
+    def _collect(self, frames: Iterator[AudioFrame]) -> Samples:
+        out = [_planar(f) for f in frames]
+        if not out:
+            return np.zeros((self._channels, 0), dtype=np.float32)
+        return np.concatenate(out, axis=1)
+
+
+def voice_stages(path: SignalPath) -> list[Stage]:
+    """The numpy (and de-esser/resampling) stages between graph A and the limiter."""
+    voice = path.voice
+    if voice is None or not voice.numpy_stages:
+        return []
+    rate, channels = path.work_rate, path.channels
+    stages: list[Stage] = []
+    if voice.denoise_db is not None:
+        stages.append(Denoiser(channels, voice.denoise_db))
+    if voice.leveler_db is not None:
+        start = path.start_ms * path.source_rate / 1000
+        scale = rate / (path.source_rate * path.speed)
+        stages.append(
+            Leveler(channels, voice.leveler_db, voice.frame_samples, scale=scale, offset=start)
+        )
+    if voice.cuts_ms:
+        cuts = [
+            (
+                round((a - path.start_ms) / path.speed * rate / 1000),
+                round((b - path.start_ms) / path.speed * rate / 1000),
+            )
+            for a, b in voice.cuts_ms
+            if a >= path.start_ms
+        ]
+        stages.append(Cutter(channels, cuts, rate))
+    if voice.post or rate != path.rate:
+        stages.append(_GraphStage(rate, path.layout, voice.post + _resample(rate, path), path.rate))
+    return stages
+
+
+def _resample(rate: int, path: SignalPath) -> list[Filter]:
+    return [] if rate == path.rate else [("aresample", str(path.rate))]
+
+
+def _graph_blocks(graph: av.filter.Graph, frames: Iterator[AudioFrame]) -> Iterator[Samples]:
+    for frame in run_graph(graph, frames):
+        yield _planar(frame)
+
+
+def _run_stages(stages: list[Stage], blocks: Iterator[Samples]) -> Iterator[Samples]:
+    """Push blocks through every stage in order; flush them in order at the end."""
+    for block in blocks:
+        for stage in stages:
+            block = stage.push(block)
+        if block.shape[1]:
+            yield block
+    for i, stage in enumerate(stages):
+        block = stage.flush()
+        for later in stages[i + 1 :]:
+            block = later.push(block)
+        if block.shape[1]:
+            yield block
+    for stage in stages:
+        close = getattr(stage, "close", None)
+        if close is not None:
+            close()
 
 
 def _to_rate(path: SignalPath) -> list[Filter]:

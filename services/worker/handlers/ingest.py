@@ -8,6 +8,7 @@ from services.worker.context import JobContext
 from services.worker.fetch_url import fetch_source
 from services.worker.media_process import run_media_call
 from services.worker.pipeline.analyse import Analysis, analyse
+from services.worker.pipeline.voice_analysis import summary as voice_summary
 from services.worker.source_files import local_source
 from shared import keys
 from shared.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
@@ -92,6 +93,7 @@ async def run_ingest(ctx: JobContext) -> JobResult:
         ),
         peaks_key=peaks_key,
         title=title or info.title,
+        analysis=voice_summary(analysis.voice),
     )
 
 

@@ -17,7 +17,7 @@ from services.worker.pipeline.render import RenderResult, render
 from services.worker.source_files import local_source
 from shared import keys, render_cache, subjects
 from shared.errors import Permanent
-from shared.events import JobResult
+from shared.events import JobResult, VoiceAnalysisInfo
 from shared.recipe import OutputOptions, Recipe, check_recipe
 from shared.views import decode_view
 
@@ -49,7 +49,7 @@ def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
 
 async def ingest_facts(
     ctx: JobContext, source_key: str
-) -> tuple[MediaInfo | None, Loudness | None]:
+) -> tuple[MediaInfo | None, Loudness | None, VoiceAnalysisInfo | None]:
     """What the ingest that stored this source measured (its job view), if it is at hand.
 
     It spares the render a probe (a full decode for mp3/ogg/mkv durations) and, for an
@@ -58,16 +58,16 @@ async def ingest_facts(
     """
     match = _SOURCE_OF_JOB.search(source_key)
     if match is None:
-        return None, None
+        return None, None, None
     try:
         kv = await ctx.js.key_value(subjects.JOBS_BUCKET)
         entry = await kv.get(match.group(1))
         view = decode_view(entry.value or b"")
     except (KeyNotFoundError, msgspec.DecodeError):
-        return None, None
+        return None, None, None
     except Exception as exc:  # NATS trouble: not worth failing a render over
         log.warning("ingest facts unavailable", extra=ctx.log_extra(error=str(exc)))
-        return None, None
+        return None, None, None
     r = view.result
     if (
         view.kind != "ingest"
@@ -78,7 +78,7 @@ async def ingest_facts(
         or r.sample_rate is None
         or r.channels is None
     ):
-        return None, None
+        return None, None, None
     info = MediaInfo(
         duration_ms=r.duration_ms,
         sample_rate=r.sample_rate,
@@ -94,7 +94,7 @@ async def ingest_facts(
         if loud
         else None
     )
-    return info, measured
+    return info, measured, r.analysis
 
 
 async def run_render(ctx: JobContext) -> JobResult:
@@ -107,7 +107,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     fmt = req.format or PREVIEW_DEFAULT_FORMAT
     ext = output_format(fmt).extension
     src = await local_source(ctx, req.source_key)
-    source_info, source_loudness = await ingest_facts(ctx, req.source_key)
+    source_info, source_loudness, source_voice = await ingest_facts(ctx, req.source_key)
     dst = ctx.scratch / f"output.{ext}"
     await ctx.progress(1, "rendering", force=True)
     relay = ctx.progress_relay(1, 95, "rendering")
@@ -121,6 +121,7 @@ async def run_render(ctx: JobContext) -> JobResult:
         title=source_info.title if source_info else None,
         source_info=source_info,
         source_loudness=source_loudness,
+        source_voice=source_voice,
         on_progress=relay.fraction,
         on_stage=relay.stage,
     )
@@ -138,6 +139,7 @@ async def run_render(ctx: JobContext) -> JobResult:
         preview_key=key if req.kind == "preview" else None,
         prepared_key=key if req.kind == "save" else None,
         loudness_report=rendered.loudness_report,
+        voice_report=rendered.voice_report,
     )
     if req.kind == "preview" and req.cache_key:
         await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)

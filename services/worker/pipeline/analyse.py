@@ -1,4 +1,4 @@
-"""Ingest analysis: info, loudness and peaks from ONE decode pass (decoding is the cost)."""
+"""Ingest analysis: info, loudness, peaks and the voice analysis from ONE decode pass."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.worker.pipeline.loudness import METER, Loudness, LoudnessMeter
 from services.worker.pipeline.peaks import PLANAR_FLOAT, PeakAccumulator
 from services.worker.pipeline.probe import MediaInfo, header_duration_ms, media_info
 from services.worker.pipeline.progress import Progress
+from services.worker.pipeline.voice_analysis import VoiceAnalysis, VoiceAnalyzer
 from shared.errors import TOO_LONG, Permanent
 
 
@@ -22,6 +23,7 @@ class Analysis:
     info: MediaInfo
     loudness: Loudness
     peaks: dict[str, Any]
+    voice: VoiceAnalysis
 
 
 def analyse(
@@ -47,19 +49,22 @@ def analyse(
             points=points, expected_samples=int((header_ms or 0) * rate / 1000), sample_rate=rate
         )
         meter = LoudnessMeter()
+        voice = VoiceAnalyzer(rate)
         progress = Progress(on_progress, header_ms)
         samples = 0
         graph = make_graph(stream, [METER, PLANAR_FLOAT])
         for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
             meter.feed(frame)
-            acc.feed(frame.to_ndarray())  # type: ignore[arg-type]
+            pcm = frame.to_ndarray()
+            acc.feed(pcm)  # type: ignore[arg-type]
+            voice.feed(pcm[:, : frame.samples])  # type: ignore[arg-type]
             samples += frame.samples
             if max_samples is not None and samples > max_samples:
                 raise _too_long(samples / rate, max_duration_s or 0)
             progress.advance_samples(frame.samples, rate)
         info = media_info(container, stream, round(samples * 1000 / rate))
     progress.done()
-    return Analysis(info=info, loudness=meter.result(), peaks=acc.result())
+    return Analysis(info=info, loudness=meter.result(), peaks=acc.result(), voice=voice.result())
 
 
 def _too_long(seconds: float, limit_s: float) -> Permanent:

@@ -33,6 +33,7 @@ from shared.webhook_events import (
     DeliveryView,
     Outcome,
     decode_webhook_event,
+    fold_delivery,
 )
 from shared.webhook_store import DeliveryStore, Endpoint, EndpointStore
 
@@ -91,13 +92,20 @@ class Deliverer:
         ):
             await self._deliver(msg, created)
 
+    async def _view(self, msg: Msg, created: DeliveryCreated) -> DeliveryView | None:
+        """The delivery's state. On a first delivery of the message it is the message itself:
+        attempts are only recorded by whoever holds the message, and nobody held it before."""
+        if (msg.metadata.num_delivered or 1) == 1:
+            return fold_delivery(None, created, msg.metadata.sequence.stream)
+        return await self.deliveries.delivery(created.endpoint_id, created.delivery_id)
+
     async def _deliver(self, msg: Msg, created: DeliveryCreated) -> None:
-        view = await self.deliveries.delivery(created.endpoint_id, created.delivery_id)
+        view = await self._view(msg, created)
         if view is None:  # the direct get raced the write it was told about: look again soon
             await msg.nak(delay=0.5)
             return
         if view.is_final:
-            await patiently("ack delivery", msg.ack_sync)
+            await msg.ack()  # a lost ack only brings the message back here: harmless
             return
         now = utcnow()
         if view.next_attempt_at is not None:
@@ -208,7 +216,7 @@ class Deliverer:
         if outcome == "delivered":  # after the record: a success is written down first
             await self._endpoint_health(endpoint, created, outcome, error, now)
         if next_at is None:
-            await patiently("ack delivery", msg.ack_sync)
+            await msg.ack()  # recorded first: a lost ack only brings the message back here
         else:
             await msg.nak(delay=max(0.0, (next_at - utcnow()).total_seconds()))
 

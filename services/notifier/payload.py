@@ -1,8 +1,8 @@
 """What a delivery sends: `{"type", "timestamp", "data": <the job view>}`, signed per attempt.
 
-`data` is the view `GET /api/audio/jobs/{id}` answers with, built the same way (the KV view,
-or the job's events folded when the projector has not caught up), with a fresh `downloadUrl`
-on every attempt: a retry a day later still carries a link that works.
+`data` is the view `GET /api/audio/jobs/{id}` answers with (the same fold of the job's events
+the projector writes to KV), with a fresh `downloadUrl` on every attempt: a retry a day later
+still carries a link that works.
 """
 
 from __future__ import annotations
@@ -51,15 +51,16 @@ class Payloads:
         self.storage = storage
 
     async def view(self, created: DeliveryCreated) -> JobView | None:
-        """The job's view at least as new as the event that ended it."""
-        try:
+        """The job's view folded from its events (one batched direct get): never behind the
+        event that ended it, as the KV view can be for a few milliseconds after it."""
+        view = fold_history(await self.events.history(created.job_id))
+        if view is not None:
+            return view
+        try:  # aged out of stream JOBS: the view kept in KV, if any
             entry = await self.jobs_kv.get(created.job_id)
-            view = decode_view(entry.value) if entry.value else None
         except KeyNotFoundError:
-            view = None
-        if view is None or not view.is_terminal or view.seq < created.job_seq:
-            view = fold_history(await self.events.history(created.job_id)) or view
-        return view
+            return None
+        return decode_view(entry.value) if entry.value else None
 
     async def _link(self, key: str) -> str | None:
         if self.storage.is_local:

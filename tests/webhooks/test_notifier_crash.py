@@ -90,3 +90,38 @@ async def test_sigkill_during_a_burst_loses_nothing(
         f"successes={sum(successes.values())} duplicates_after_success=0"
     )
     assert proc.stop() == 0
+
+
+async def test_metrics_count_outcomes_latency_and_queue_depth(
+    wh: Settings, nc: Client, receiver: Receiver, tmp_path: Path
+) -> None:
+    import httpx
+
+    from shared.nats_server import free_port
+
+    port = free_port()
+    proc = NotifierProcess(
+        wh, tmp_path / "notifier.log", extra_env={"AUDIOPREP_METRICS_PORT": str(port)}
+    ).start()
+    receiver.script = [500]
+    try:
+        async with api_client(wh) as client:
+            created = await register(client, wh, receiver.url)
+            await end_job(nc, tenant_of(wh))
+            await wait_delivery(client, wh, created["id"], status="delivered")
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        assert proc.stop() == 0
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("audioprep_webhook")
+    }
+    assert lines['audioprep_webhook_attempts_total{code="http_500",outcome="retrying"}'] == 1
+    assert lines['audioprep_webhook_attempts_total{code="ok",outcome="delivered"}'] == 1
+    assert lines['audioprep_webhook_deliveries_ended_total{outcome="delivered"}'] == 1
+    assert lines["audioprep_webhook_deliveries_scheduled_total"] == 1
+    assert lines["audioprep_webhook_latency_seconds_count"] == 1
+    assert lines['audioprep_webhook_queue_pending{consumer="deliveries"}'] >= 0
+    assert 'audioprep_webhook_queue_ack_pending{consumer="jobs"}' in lines

@@ -81,7 +81,12 @@ class WebhookOut(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     disabled_at: datetime | None
     failing_since: datetime | None
     last_success_at: datetime | None
-    secret: str | None = None
+
+
+class WebhookCreated(WebhookOut, frozen=True, kw_only=True):
+    """The answer to POST: the only time the secret is shown."""
+
+    secret: str
 
 
 class WebhookList(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,8 +103,12 @@ class DeliveryList(msgspec.Struct, frozen=True, kw_only=True):
     deliveries: list[DeliveryView]
 
 
-def _out(endpoint: Endpoint, secret: str | None = None) -> WebhookOut:
-    return WebhookOut(
+def _out(endpoint: Endpoint) -> WebhookOut:
+    return WebhookOut(**_fields(endpoint))
+
+
+def _fields(endpoint: Endpoint) -> dict[str, Any]:
+    return dict(
         id=endpoint.id,
         url=endpoint.url,
         events=endpoint.events,
@@ -112,7 +121,6 @@ def _out(endpoint: Endpoint, secret: str | None = None) -> WebhookOut:
         disabled_at=endpoint.disabled_at,
         failing_since=endpoint.failing_since,
         last_success_at=endpoint.last_success_at,
-        secret=secret,
     )
 
 
@@ -185,7 +193,7 @@ async def create_webhook(
         ) from None
     log.info("webhook endpoint created", extra={"endpoint_id": endpoint_id, "tenant": tenant})
     return Response(
-        _out(endpoint, secret),
+        WebhookCreated(**_fields(endpoint), secret=secret),
         status_code=HTTP_201_CREATED,
         headers={"Location": f"/api/webhooks/{endpoint_id}"},
     )

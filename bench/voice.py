@@ -1,0 +1,202 @@
+"""Benchmark: denoisers and the voice chain, scored against the clean reference; chain speed.
+
+1. Scores: espeak-ng speech (tests/speech.py voice_mix: room tone, two speakers, a 3 s
+   pause) with pink noise at 20/15/8 dB SNR and 50 Hz hum, through each candidate; PESQ (wide
+   band, 16 kHz, PyPI `pesq`) and STOI (PyPI `pystoi`) against the clean take, and the noise
+   floor left in the leading room tone. Candidates: FFmpeg `afftdn` with the measured noise
+   floor, `anlmdn`, RNNoise (ours: pyrnnoise, delay removed), and our whole chain.
+2. Speed: the chain (highpass 80, dehum auto, denoise auto, leveler, deess) on a long episode,
+   × real time on one core, beside Debian's ffmpeg CLI running the FFmpeg-filter part
+   (highpass, bandreject notches, deesser) on the same file.
+Writes bench/results/voice.json and prints markdown tables. Not a test.
+
+Run: python bench/voice.py [--minutes 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pesq import pesq
+from pystoi import stoi
+from scipy.signal import resample_poly
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.worker.pipeline.render import render  # noqa: E402
+from services.worker.pipeline.voice_analysis import measure_voice  # noqa: E402
+from shared.recipe import Deess, Denoise, Leveler, Recipe  # noqa: E402
+from tests import media, speech  # noqa: E402
+
+RATE = 48000
+SNRS = (20.0, 15.0, 8.0)
+
+
+def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    ref = resample_poly(clean[0], 1, 3)
+    deg = resample_poly(out[0][: clean.shape[1]], 1, 3)
+    return round(float(pesq(16000, ref, deg, "wb")), 2), round(float(stoi(ref, deg, 16000)), 3)
+
+
+def floor_db(pcm: np.ndarray) -> float:
+    return round(media.rms_db(pcm[:, int(0.2 * RATE) : int(1.8 * RATE)]), 1)
+
+
+def ffmpeg_af(ffmpeg: str, src: Path, dst: Path, af: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-threads", "1",
+         "-i", str(src), "-af", af, "-c:a", "pcm_f32le", str(dst)],
+        check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def _row(
+    rows: list[dict[str, Any]],
+    mix: speech.VoiceMix,
+    snr: float,
+    name: str,
+    out: np.ndarray,
+    took: float,
+) -> None:
+    pesq_v, stoi_v = scores(mix.clean, out)
+    seconds = mix.noisy.shape[1] / RATE
+    rows.append({"snr": snr, "method": name, "pesq": pesq_v, "stoi": stoi_v,
+                 "floor_db": floor_db(out),
+                 "x_realtime": round(seconds / took, 1) if took else None})  # fmt: skip
+
+
+def score_rows(work: Path, ffmpeg: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for snr in SNRS:
+        mix = speech.voice_mix(work / f"snr{snr:g}", snr_db=snr, hum_hz=50, name="mix")
+        analysis = measure_voice(str(mix.path))
+        nf = max(-80.0, min(-20.0, analysis.noise_floor_db or -60.0))
+
+        _row(rows, mix, snr, "noisy input", mix.noisy, 0.0)
+        for name, af in (
+            ("afftdn (measured floor)", f"afftdn=nr=24:nf={nf:.0f}:tn=1"),
+            ("anlmdn", "anlmdn=s=0.001"),
+        ):
+            dst = work / f"{name.split()[0]}-{snr:g}.wav"
+            took = ffmpeg_af(ffmpeg, mix.path, dst, af)
+            out, _ = media.decode_pcm(dst)
+            _row(rows, mix, snr, name, out, took)
+        for name, recipe in (
+            ("RNNoise (ours)", Recipe(denoise=Denoise(amount_db=30))),
+            ("our chain", Recipe(highpass_hz=80, dehum="auto", denoise="auto")),
+        ):
+            dst = work / f"ours-{name.split()[0]}-{snr:g}.wav"
+            start = time.perf_counter()
+            render(str(mix.path), str(dst), recipe, "wav")
+            took = time.perf_counter() - start
+            out, _ = media.decode_pcm(dst)
+            _row(rows, mix, snr, name, out, took)
+        for r in rows[-5:]:
+            print(f"  SNR {snr:g}: {r['method']:24s} PESQ {r['pesq']:.2f} STOI {r['stoi']:.3f} "
+                  f"floor {r['floor_db']:.1f} dB", flush=True)  # fmt: skip
+    return rows
+
+
+def long_episode(work: Path, minutes: int) -> Path:
+    path = work / f"episode-{minutes}min.wav"
+    if path.exists():
+        return path
+    mix = speech.voice_mix(work / "episode-src", snr_db=15, hum_hz=50, level_step_db=6, name="ep")
+    pcm = mix.noisy
+    reps = int(np.ceil(minutes * 60 * RATE / pcm.shape[1]))
+    import av
+
+    with av.open(str(path), "w") as out:
+        st: Any = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
+        block = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+        total = minutes * 60 * RATE
+        written = 0
+        for _ in range(reps):
+            chunk = block[:, : min(block.shape[1], total - written)]
+            if chunk.shape[1] == 0:
+                break
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate = RATE
+            for packet in st.encode(frame):
+                out.mux(packet)
+            written += chunk.shape[1]
+        for packet in st.encode(None):
+            out.mux(packet)
+    return path
+
+
+def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:
+    src = long_episode(work, minutes)
+    seconds = minutes * 60
+    analysis = measure_voice(str(src))
+    recipe = Recipe(highpass_hz=80, dehum="auto", denoise="auto",
+                    leveler=Leveler(strength=0.7), deess=Deess(amount=0.5))  # fmt: skip
+    start = time.perf_counter()
+    result = render(str(src), str(work / "episode-out.flac"), recipe, "flac")
+    chain_s = time.perf_counter() - start
+    notches = ",".join(
+        f"bandreject=f={f:g}:width_type=h:width=4"
+        for f in (result.voice_report.steps.notched_hz if result.voice_report else [])
+    )
+    af = ",".join(
+        p for p in ("highpass=f=80:poles=2", notches, "deesser=i=0.5:m=0.5:f=0.5:s=o") if p
+    )
+    ffmpeg_s = ffmpeg_af(ffmpeg, src, work / "episode-ffmpeg.wav", af)
+    plain = Recipe(highpass_hz=80, dehum="auto", deess=Deess(amount=0.5))
+    start = time.perf_counter()
+    render(str(src), str(work / "episode-filters.wav"), plain, "wav")
+    ours_filters_s = time.perf_counter() - start
+    out = {
+        "minutes": minutes,
+        "analysis_hum_hz": analysis.hum.frequency_hz if analysis.hum else None,
+        "chain_seconds": round(chain_s, 1),
+        "chain_x_realtime": round(seconds / chain_s, 1),
+        "ffmpeg_filters_seconds": round(ffmpeg_s, 1),
+        "our_filters_seconds": round(ours_filters_s, 1),
+        "filters_ratio": round(ours_filters_s / ffmpeg_s, 2),
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None or not speech.have_espeak():
+        print("needs Debian's ffmpeg and espeak-ng (make bench installs them)")
+        sys.exit(2)
+    work = Path(tempfile.gettempdir()) / "audioprep-bench-voice"
+    work.mkdir(parents=True, exist_ok=True)
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = score_rows(work, ffmpeg)
+    speed = None if args.skip_speed else speed_rows(work, ffmpeg, args.minutes)
+    out = ROOT / "bench" / "results" / "voice.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"measured": measured, "rows": rows, "speed": speed}, indent=2))
+    print(f"\nmeasured {measured}\n")
+    print("| SNR | method | PESQ | STOI | floor in room tone (dBFS) |")
+    print("|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['snr']:g} dB | {r['method']} | {r['pesq']:.2f} | {r['stoi']:.3f} "
+              f"| {r['floor_db']:.1f} |")  # fmt: skip
+    if speed:
+        print("\n" + json.dumps(speed))
+
+
+if __name__ == "__main__":
+    main()

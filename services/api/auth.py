@@ -45,21 +45,29 @@ def tenant_for(request: Request[Any, Any, Any], settings: Settings) -> str:
     return _tenant_or_401(request.headers.get("authorization", ""), settings)
 
 
-def api_key_guard(settings: Settings) -> Any:
+class ApiKeyGuard:
     """App-wide guard: every /api/ route but signed downloads needs a valid key.
 
     Guards run before the body is read or validated, so a caller without a key gets 401 (not
     a 422 about its body) and an upload without a key is never streamed to storage. Handlers
-    still call `tenant_for` to learn the tenant.
+    still call `tenant_for` to learn the tenant. (A class, so the OpenAPI document can tell
+    that the app has it.)
     """
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
     # async on purpose: Litestar runs a sync guard in a worker thread on every request.
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    ) -> None:
         path = connection.scope["path"]
         if path.startswith(PROTECTED_PREFIX) and path not in PUBLIC_API_PATHS:
-            _tenant_or_401(connection.headers.get("authorization", ""), settings)
+            _tenant_or_401(connection.headers.get("authorization", ""), self.settings)
 
-    return guard
+
+def api_key_guard(settings: Settings) -> ApiKeyGuard:
+    return ApiKeyGuard(settings)
 
 
 def _tenant_or_401(header: str, settings: Settings) -> str:

@@ -8,8 +8,8 @@ In this order (docs/http-api.md "Request errors" is the same table):
 - JSON, but not what the route takes               → 422 `validation_error` / `invalid_recipe`
   with `field` (a JSON path without `$.`; none when the body itself isn't an object).
 
-Decoding is msgspec's strict typed decode (no "3" for 3), the same library that writes the
-request schemas into the OpenAPI document, so the two can't disagree.
+Decoding is msgspec's strict conversion (no "3" for 3; `3.0` is 3, as JSON Schema's `integer`
+says), the same library that writes the request schemas into the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -75,22 +75,27 @@ async def json_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
 
 
 def decode_json(raw: bytes, type_: type[T]) -> T:
+    """Parse first (any syntax error is a 400, wherever it is), then convert strictly."""
     try:
-        return msgspec.json.decode(raw, type=type_)
+        document = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise malformed_json(exc) from None
+    try:
+        return msgspec.convert(_integral_floats_as_ints(document), type=type_)
     except msgspec.ValidationError as exc:
-        # msgspec validates while it parses: a body cut off after an unknown or wrong field
-        # fails on that field first. Not JSON at all is a 400, whatever came before the cut.
-        _check_syntax(raw)
         raise validation_problem(str(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise malformed_json(exc) from None
 
 
-def _check_syntax(raw: bytes) -> None:
-    try:
-        msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise malformed_json(exc) from None
+def _integral_floats_as_ints(value: Any) -> Any:
+    """`3.0` → `3`: JSON Schema's `integer` is any number without a fraction, so the schema
+    allows `"startMs": 3.0`; a float field takes the int as it is (strict mode allows that)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def malformed_json(exc: Exception) -> ProblemError:

@@ -9,7 +9,15 @@ import msgspec
 from shared.recipe import OutputOptions, Recipe, SaveFormat
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+# What keys.is_safe_key accepts, for the schema only (a key outside it is a 422
+# `invalid_source_key`, not a validation error): segments without control characters, none
+# empty, `.` or `..`, no leading `/`.
+_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
+SAFE_KEY_PATTERN = f"^{_SEGMENT}(/{_SEGMENT})*$"
+_Key = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=1024, extra_json_schema={"pattern": SAFE_KEY_PATTERN}),
+]
 _Filename = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 

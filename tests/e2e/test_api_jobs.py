@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -11,7 +12,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
+from services.api.openapi import OPERATIONS
 from services.api.routes.job_events import follow_job, wake_ups
+from services.api.url_check import YOUTUBE_HOSTS
 from shared import signing
 from shared.event_store import EventStore, StoredEvent
 from shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
@@ -243,3 +246,54 @@ async def test_openapi_documents_every_route(stack: Stack) -> None:
     assert "application/json" in preview_body
     schemas = doc["components"]["schemas"]
     assert "Problem" in schemas and "code" in schemas["Problem"]["properties"]
+
+
+async def test_openapi_tells_the_truth(stack: Stack) -> None:
+    """Operation ids and tags for generated clients, real media types, every answer documented
+    (the schemathesis run in tests/security/test_schema_fuzz.py checks them against the API)."""
+    doc = (await stack.client.get("/schema/openapi.json")).json()
+    operations = {
+        (method, path): op for path, item in doc["paths"].items() for method, op in item.items()
+    }
+    assert {op["operationId"] for op in operations.values()} == {
+        op_id for op_id, _ in OPERATIONS.values()
+    }
+    for key, (op_id, tag) in OPERATIONS.items():
+        assert operations[key]["operationId"] == op_id and operations[key]["tags"] == [tag], key
+    assert {t["name"] for t in doc["tags"]} == {tag for _, tag in OPERATIONS.values()}
+
+    def content(path: str, method: str, status: str) -> set[str]:
+        return set(operations[(method, path)]["responses"][status]["content"])
+
+    assert content("/api/audio/jobs/{job_id}/events", "get", "200") == {"text/event-stream"}
+    sse = operations[("get", "/api/audio/jobs/{job_id}/events")]["responses"]["200"]
+    data = sse["content"]["text/event-stream"]["schema"]["properties"]["data"]
+    assert data["contentMediaType"] == "application/json"
+    assert {"audio/ogg", "audio/mp4", "application/json"} == content(
+        "/api/audio/edit/preview/{job_id}/audio", "get", "200"
+    )
+    assert {"audio/mpeg", "audio/flac", "audio/wav"} <= content(
+        "/api/storage/download", "get", "206"
+    )
+    cancel = operations[("post", "/api/audio/jobs/{job_id}/cancel")]["responses"]
+    assert {"200", "202"} <= set(cancel)
+    # Open mode (this stack has no API keys): no security requirement, no 401.
+    assert all(op["security"] == [] and "401" not in op["responses"] for op in operations.values())
+    # The YouTube rule: the second face of the JSON ingest body, on the hosts the API takes.
+    faces = operations[("post", "/api/audio/ingest")]["requestBody"]["content"]["application/json"]
+    youtube = next(
+        f for f in faces["schema"]["oneOf"] if f["properties"]["source"]["const"] == "youtube"
+    )
+    pattern = re.compile(youtube["properties"]["url"]["pattern"])
+    for host in YOUTUBE_HOSTS:
+        assert pattern.match(f"https://{host}/watch?v=x"), host
+    for url in [
+        "https://example.com/watch?v=x",
+        "https://youtube.com.evil.example/x",
+        "ftp://youtu.be/x",
+    ]:
+        assert not pattern.match(url), url
+    idempotency = [
+        p for p in operations[("post", "/api/audio/edit/save")]["parameters"] if p["in"] == "header"
+    ]
+    assert [p["name"] for p in idempotency] == ["Idempotency-Key"]

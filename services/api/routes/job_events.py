@@ -49,13 +49,13 @@ def _message(seq: int, event: Event) -> ServerSentEventMessage:
 
 def _last_event_id(request: Request[Any, Any, Any]) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
-    if raw is None or raw == "":
+    if raw is None or raw == "":  # empty: from the start (as the schema says)
         return 0
-    if not _EVENT_ID_RE.match(raw.strip()):
+    if not _EVENT_ID_RE.match(raw):  # HTTP already trims a header; a query value is exact
         raise ProblemError(
             400, "invalid_last_event_id", "Last-Event-ID must be a stream sequence number"
         )
-    return int(raw.strip())
+    return int(raw)
 
 
 @contextlib.asynccontextmanager

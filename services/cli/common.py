@@ -17,6 +17,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from services.cli.report import report_lines
 from shared.event_store import EventStore
 from shared.events import (
     Event,
@@ -260,6 +261,7 @@ def view_lines(view: JobView) -> list[str]:
     if view.result is not None:
         rows.append(("result", ""))
         rows.extend((f"  {k}", v) for k, v in result_fields(view.result) if v not in (None, False))
+        rows.extend((f"  {k}", v) for k, v in report_lines(msgspec.to_builtins(view.result)))
     return [f"{k + ':':<15}{v}".rstrip() for k, v in rows]
 
 

@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from services.cli.common import CliError
+from services.cli.report import report_lines
 from shared import keys, logs
 from shared.errors import INVALID_RECIPE
 from shared.recipe import SAVE_FORMATS, RecipeError, decode_recipe
@@ -260,6 +261,7 @@ def describe(view: dict[str, Any]) -> list[str]:
         ("downloadUrl", view.get("downloadUrl")),
     ]
     lines.extend(f"  {k:<11} {v}" for k, v in facts if v)
+    lines.extend(f"  {k:<11} {v}" for k, v in report_lines(result))
     return lines
 
 

@@ -286,3 +286,25 @@ async def test_submit_preview_json_prints_only_the_final_view(
     assert (view["kind"], view["status"]) == ("preview", "completed")
     assert view["result"]["previewKey"] and view["downloadUrl"]
     assert "completed: ingest job" in r.err
+
+
+async def test_submit_and_jobs_show_print_the_loudness_report(
+    cli_stack: CliStack, media_dir: Path
+) -> None:
+    """Issue 14: the report is shown by `submit --wait` and `jobs show`."""
+    wav = write_tone(media_dir / "tone.wav", seconds=4.0, freq=997.0, amplitude_dbfs=-30.0)
+    recipe = media_dir / "recipe.json"
+    recipe.write_text(json.dumps({"normalize": {"preset": "ebu-r128"}, "highpassHz": 80}))
+    r = await run_cli(
+        cli_stack, "submit", str(wav), "--recipe", str(recipe), "--save", "wav", "--wait"
+    )
+    assert r.code == 0, r.err
+    save_part = r.out.split("completed: save job", 1)[1]
+    loudness = next(x for x in save_part.splitlines() if x.strip().startswith("loudness"))
+    assert "→" in loudness and "target ebu-r128 -23 LUFS" in loudness
+    assert re.search(r"applied\s+gain \+7\.\d dB", save_part), save_part
+    assert re.search(r"voice\s+highpass 80 Hz", save_part), save_part
+    save_id = JOB_ID.findall(r.out)[-1]
+    shown = await run_cli(cli_stack, "jobs", "show", save_id)
+    assert shown.code == 0, shown.err
+    assert "target ebu-r128 -23 LUFS" in shown.out and "applied" in shown.out

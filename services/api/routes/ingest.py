@@ -53,10 +53,13 @@ async def ingest(
     if is_json_media_type(ctype):
         body = await json_body(request, UrlIngestRequest)
         fingerprint = body_fingerprint(ROUTE, body) if keyed else None
-        if keyed and await replayed_job(
-            api, job_id, tenant, kind="ingest", fingerprint=fingerprint
-        ):
-            return await _replayed(api, job_id, tenant)
+        replayed = (
+            await replayed_job(api, job_id, tenant, kind="ingest", fingerprint=fingerprint)
+            if keyed
+            else None
+        )
+        if replayed is not None:
+            return await _replayed(api, replayed, tenant)
         check_url(body.url, body.source, api.settings)
         event = JobRequested(
             job_id=job_id,
@@ -80,10 +83,13 @@ async def ingest(
             digest = await hash_upload(request, limit)
             return _upload_fingerprint(digest.filename, digest.sha256)
 
-        if keyed and await replayed_job(
-            api, job_id, tenant, kind="ingest", fingerprint=replay_fingerprint
-        ):
-            return await _replayed(api, job_id, tenant)
+        replayed = (
+            await replayed_job(api, job_id, tenant, kind="ingest", fingerprint=replay_fingerprint)
+            if keyed
+            else None
+        )
+        if replayed is not None:
+            return await _replayed(api, replayed, tenant)
         upload = await store_upload(
             request,
             api.storage,

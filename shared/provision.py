@@ -194,7 +194,9 @@ def notifier_deliveries_consumer_config(settings: Settings) -> ConsumerConfig:
         filter_subject=subjects.deliveries_created_filter(),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.webhook_ack_wait_s,
+        # past one attempt (the notifier marks the message in progress before it POSTs), so a
+        # slow receiver never gets the same delivery from two notifiers at once
+        ack_wait=max(settings.webhook_ack_wait_s, settings.webhook_timeout_s + 1.0),
         max_deliver=-1,  # the notifier decides when a delivery has failed for good
         max_ack_pending=MAX_PENDING_DELIVERIES,
         num_replicas=settings.stream_replicas,

@@ -13,6 +13,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
+from shared.nats_conn import is_transient
+
 log = logging.getLogger("audioprep.notifier")
 
 FETCH_TIMEOUT_S = 2.0
@@ -128,8 +130,14 @@ class PullLoop:
             await self.handler(msg)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("handler crashed", extra={"consumer": self.durable})
+        except Exception as exc:
+            if is_transient(exc):  # NATS restarting, a leader election: try again shortly
+                log.warning(
+                    "nats unavailable, message handed back",
+                    extra={"consumer": self.durable, "error": repr(exc)},
+                )
+            else:
+                log.exception("handler crashed", extra={"consumer": self.durable})
             with contextlib.suppress(Exception):
                 await msg.nak(delay=2.0)
         finally:

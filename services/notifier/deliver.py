@@ -33,7 +33,6 @@ from shared.webhook_events import (
     DeliveryView,
     Outcome,
     decode_webhook_event,
-    fold_delivery,
 )
 from shared.webhook_store import DeliveryStore, Endpoint, EndpointStore
 
@@ -92,15 +91,10 @@ class Deliverer:
         ):
             await self._deliver(msg, created)
 
-    async def _view(self, msg: Msg, created: DeliveryCreated) -> DeliveryView | None:
-        """The delivery's state. On a first delivery of the message it is the message itself:
-        attempts are only recorded by whoever holds the message, and nobody held it before."""
-        if (msg.metadata.num_delivered or 1) == 1:
-            return fold_delivery(None, created, msg.metadata.sequence.stream)
-        return await self.deliveries.delivery(created.endpoint_id, created.delivery_id)
-
     async def _deliver(self, msg: Msg, created: DeliveryCreated) -> None:
-        view = await self._view(msg, created)
+        # Always from the stream, also on a first delivery: a consumer re-created after a
+        # server lost its state offers every delivery again as "first", done ones included.
+        view = await self.deliveries.delivery(created.endpoint_id, created.delivery_id)
         if view is None:  # the direct get raced the write it was told about: look again soon
             await msg.nak(delay=0.5)
             return

@@ -162,7 +162,7 @@ def webhook_settings(base: Settings, **changes: Any) -> Settings:
         webhook_retry_schedule_s=(0.3, 0.3, 0.5),
         webhook_retry_for_s=60.0,
         webhook_ack_wait_s=2.0,
-        webhook_timeout_s=2.0,
+        webhook_timeout_s=1.0,
         log_level="WARNING",
     )
     return settings.with_(**changes) if changes else settings

@@ -133,4 +133,4 @@ def parse_webhook_subject(subject: str) -> tuple[str, str, WebhookEventName]:
     parts = subject.split(".")
     if len(parts) != 4 or parts[0] != "webhooks" or parts[3] not in WEBHOOK_EVENT_NAMES:
         raise ValueError(f"not a webhook subject: {subject}")
-    return parts[1], parts[2], parts[3]  # type: ignore[return-value]
+    return parts[1], parts[2], parts[3]

@@ -34,7 +34,9 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 API_KEY = "browser-test-key"
-BROWSER_TEST_FILES = frozenset({"test_web_page.py", "test_web_editor.py", "test_docs_ui.py"})
+BROWSER_TEST_FILES = frozenset(
+    {"test_web_page.py", "test_web_editor.py", "test_web_voice.py", "test_docs_ui.py"}
+)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 
 try:

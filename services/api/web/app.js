@@ -468,6 +468,7 @@ async function loadSource(view, label) {
   $("#src-lufs").textContent = fmtDb(loud.integratedLufs, "LUFS");
   $("#src-peak").textContent = fmtDb(loud.truePeakDb, "dBTP");
   $("#src-lra").textContent = fmtDb(loud.lra, "LU");
+  renderAnalysis(r.analysis);
   $("#save-name").placeholder = label && !/^https?:/.test(label) ? label.replace(/\.[^.]+$/, "") : "audio";
   show($("#source"));
   show($("#edit"));
@@ -478,6 +479,7 @@ async function loadSource(view, label) {
   show($("#save-done"), false);
   show($("#save-status"), false);
   show($("#save-report"), false);
+  show($("#save-voice"), false);
   state.peaks = null;
   drawWave();
   try {
@@ -549,12 +551,35 @@ function drawWave() {
     g.fillRect(Math.round(xa) - 1, 0, 2, h);
     g.fillRect(Math.round(xb) - 1, 0, 2, h);
   }
+  const cut = playingCutsS();
+  if (cut.length && dur) {
+    g.fillStyle = "rgba(255, 138, 128, 0.28)";
+    for (const [ca, cb] of cut) g.fillRect((ca / dur) * w, 0, Math.max(1, ((cb - ca) / dur) * w), h);
+  }
   const head = playheadS();
   if (head != null && dur) {
     g.fillStyle = "#ffffff";
     g.fillRect(Math.round((head / dur) * w) - 1, 0, 2, h);
   }
   updateSelLabels();
+}
+
+/** Source ranges (s) the preview in the player left out: silence cut at the ends, pauses. */
+function playingCutsS() {
+  const p = state.playing;
+  const steps = p && p.voice && p.voice.steps;
+  if (!steps || !$("#player").getAttribute("src")) return [];
+  const out = [];
+  const dur = durationS();
+  if (steps.trimmedMs) {
+    const [a, b] = steps.trimmedMs;
+    const keptFrom = p.recipe && p.recipe.trim ? (p.recipe.trim.startMs || 0) / 1000 : 0;
+    const keptTo = p.recipe && p.recipe.trim && p.recipe.trim.endMs != null ? p.recipe.trim.endMs / 1000 : dur;
+    if (a / 1000 > keptFrom) out.push([keptFrom, a / 1000]);
+    if (b / 1000 < keptTo) out.push([b / 1000, keptTo]);
+  }
+  for (const [a, b] of steps.cutsMs || []) out.push([a / 1000, b / 1000]);
+  return out;
 }
 
 function updateSelLabels() {
@@ -654,6 +679,7 @@ function buildRecipe() {
   if ($("#trim-silence").checked) r.trimSilence = true;
   if ($("#channels").value) r.channels = $("#channels").value;
   if ($("#sample-rate").value) r.sampleRate = Number($("#sample-rate").value);
+  Object.assign(r, voiceRecipe());
   const norm = $("#normalize").value;
   if (norm === "custom") {
     const n = {};
@@ -666,6 +692,59 @@ function buildRecipe() {
     r.normalize = { preset: norm };
   }
   return r;
+}
+
+/** A number field of the voice section; its default when left empty (the step is on). */
+function voiceNum(id, scale = 1) {
+  const v = num(id, scale);
+  if (v !== undefined) return v;
+  const d = Number($(id).defaultValue);
+  return scale === 1 ? d : Math.round(d * scale);
+}
+
+/** The "Clean up voice" fields that are switched on (trimSilence is set with the rest). */
+function voiceRecipe() {
+  const r = {};
+  if ($("#highpass-on").checked) r.highpassHz = voiceNum("#highpass-hz");
+  if ($("#dehum-on").checked) {
+    const v = $("#dehum-hz").value;
+    r.dehum = v === "auto" ? "auto" : Number(v);
+  }
+  if ($("#denoise-on").checked) {
+    r.denoise = $("#denoise-mode").value === "amount" ? { amountDb: Number($("#denoise-amount").value) } : "auto";
+  }
+  if ($("#leveler-on").checked) r.leveler = { strength: Number($("#leveler-strength").value) };
+  if ($("#deess-on").checked) r.deess = { amount: Number($("#deess-amount").value) };
+  if ($("#pauses-on").checked) r.shortenPauses = { maxPauseMs: voiceNum("#max-pause", 1000) };
+  return r;
+}
+
+const VOICE_TOGGLES = ["highpass-on", "dehum-on", "denoise-on", "leveler-on", "deess-on", "trim-silence", "pauses-on"];
+
+/** What a slider shows: its value in the field's unit ("20 dB", "70 %"). */
+function rangeWords(input) {
+  const v = Number(input.value);
+  return input.dataset.unit === "%" ? `${Math.round(v * 100)} %` : `${v} ${input.dataset.unit || ""}`.trim();
+}
+
+/** A step's settings are usable only while it is switched on; sliders show their value. */
+function syncVoice() {
+  for (const id of VOICE_TOGGLES) {
+    const t = document.getElementById(id);
+    for (const cid of (t.dataset.controls || "").split(/\s+/).filter(Boolean)) {
+      document.getElementById(cid).disabled = !t.checked;
+    }
+    t.closest(".voice-step").classList.toggle("on", t.checked);
+  }
+  const amount = $("#denoise-amount");
+  amount.disabled = !$("#denoise-on").checked || $("#denoise-mode").value !== "amount";
+  amount.title = amount.disabled && $("#denoise-on").checked ? "Choose “set the amount” to use the slider." : "";
+  for (const input of document.querySelectorAll("#voice input[type=range]")) {
+    const words = rangeWords(input);
+    input.setAttribute("aria-valuetext", words);
+    const out = document.getElementById(`${input.id}-out`);
+    if (out) out.textContent = words;
+  }
 }
 
 /** A few words naming an edit, for the job list. */
@@ -686,6 +765,12 @@ function recipeSummary(r) {
   if (r.trimSilence) parts.push("silence cut");
   if (r.channels) parts.push(r.channels);
   if (r.sampleRate) parts.push(`${r.sampleRate} Hz`);
+  if (r.highpassHz) parts.push(`high-pass ${r.highpassHz} Hz`);
+  if (r.dehum) parts.push(r.dehum === "auto" ? "dehum" : `dehum ${r.dehum} Hz`);
+  if (r.denoise) parts.push(r.denoise === "auto" ? "denoise" : `denoise ${r.denoise.amountDb} dB`);
+  if (r.leveler) parts.push(`leveler ${Math.round(r.leveler.strength * 100)} %`);
+  if (r.deess) parts.push(`de-ess ${Math.round(r.deess.amount * 100)} %`);
+  if (r.shortenPauses) parts.push(`pauses ≤ ${r.shortenPauses.maxPauseMs / 1000} s`);
   return parts.join(", ") || "no changes";
 }
 
@@ -703,6 +788,7 @@ function resetRecipe() {
   state.sel = null;
   selToInputs();
   syncNormalize();
+  syncVoice();
   clearFieldErrors();
   drawWave();
 }
@@ -733,6 +819,7 @@ function fieldMessage(detail, input) {
     return `must be ${words} ${v}`;
   }
   if (/^Expected `\w+`, got `str`$/.test(text)) return "must be a number";
+  if (/^Expected `int( \| null)?`, got `float`$/.test(text)) return "must be a whole number";
   return text;
 }
 
@@ -781,6 +868,7 @@ function resetPlayer(note = "") {
   $("#preview-note").textContent = note;
   show($("#preview-progress"), false);
   show($("#preview-report"), false);
+  show($("#preview-voice"), false);
   drawWave();
 }
 
@@ -802,6 +890,8 @@ function play(entry, key, note) {
     a.currentTime = 0;
   }
   renderReport($("#preview-report"), entry.report, "Preview loudness");
+  renderVoiceReport($("#preview-voice"), entry.voice, entry.recipe, "Voice clean-up of the preview");
+  drawWave();
   a.play().catch(() => {
     /* autoplay may be blocked: the controls are there */
   });
@@ -818,6 +908,7 @@ function editChanged(how = "form") {
   if (how === "keys") {
     $("#preview-note").textContent = "Playing the earlier edit: press Preview (P) to hear the new one.";
     show($("#preview-report"), false);
+    show($("#preview-voice"), false);
     return;
   }
   resetPlayer("The edit changed: press Preview to hear it.");
@@ -829,8 +920,12 @@ function playheadS() {
   const a = $("#player");
   if (!p || !a.getAttribute("src")) return null;
   const r = p.recipe || {};
-  const start = r.trim && r.trim.startMs ? r.trim.startMs / 1000 : 0;
-  const t = start + (a.currentTime || 0) * (r.speed || 1);
+  const steps = p.voice && p.voice.steps;
+  let start = r.trim && r.trim.startMs ? r.trim.startMs / 1000 : 0;
+  if (steps && steps.trimmedMs) start = steps.trimmedMs[0] / 1000; // cut silence moved the start
+  let t = start + (a.currentTime || 0) * (r.speed || 1);
+  // Shortened pauses: each cut before this point (source ms, ascending) moves it on.
+  for (const [ca, cb] of (steps && steps.cutsMs) || []) if (ca / 1000 < t) t += (cb - ca) / 1000;
   return Math.min(Math.max(t, 0), durationS());
 }
 
@@ -882,6 +977,7 @@ async function preview() {
       jobId: view.jobId,
       recipe,
       report: view.result && view.result.loudnessReport,
+      voice: view.result && view.result.voiceReport,
     };
     state.previewCache.set(key, entry);
     if (key !== currentPreviewKey()) {
@@ -1046,6 +1142,136 @@ function renderReport(box, report, title) {
   show(box);
 }
 
+// ---- voice analysis and clean-up report --------------------------------------------------
+
+function fmtHz(v) {
+  return `${Number.isInteger(v) ? v : Number(v).toFixed(1)} Hz`;
+}
+
+function humWords(hum) {
+  return hum ? `${fmtHz(hum.frequencyHz)}, ${fmtDb(hum.levelDb, "dBFS")}` : "none";
+}
+
+/** One analysis ({noiseFloorDb, speechLevelDb, snrDb, hum, clippedSamples, speechRatio}) in words. */
+const ANALYSIS_ROWS = [
+  ["Noise floor", "floor", (a) => (a.noiseFloorDb != null ? fmtDb(a.noiseFloorDb, "dBFS") : "digital silence")],
+  ["Speech level", "speech", (a) => (a.speechLevelDb != null ? fmtDb(a.speechLevelDb, "dBFS") : "no speech found")],
+  ["Signal to noise", "snr", (a) => fmtDb(a.snrDb, "dB")],
+  ["Mains hum", "hum", (a) => humWords(a.hum)],
+  ["Clipped samples", "clipped", (a) => (a.clippedSamples || 0).toLocaleString("en")],
+  ["Speech", "ratio", (a) => `${Math.round((a.speechRatio || 0) * 100)} % of the time`],
+];
+
+/** The ingest's analysis, with the source facts; a hint names the steps that would help. */
+function renderAnalysis(a) {
+  const box = $("#src-analysis");
+  show(box, !!a);
+  if (!a) return;
+  const ids = { floor: "an-floor", speech: "an-speech", snr: "an-snr", hum: "an-hum", clipped: "an-clipped", ratio: "an-ratio" };
+  for (const [, name, words] of ANALYSIS_ROWS) document.getElementById(ids[name]).textContent = words(a);
+  const hints = [];
+  if (a.hum) hints.push(`Hum at ${fmtHz(a.hum.frequencyHz)}: “Remove mains hum” notches it.`);
+  if (a.snrDb != null && a.snrDb < 30 && a.noiseFloorDb != null) hints.push("Audible noise: try “Reduce noise”.");
+  if (a.clippedSamples) hints.push("Clipped samples are distortion that no setting here undoes.");
+  $("#an-hint").textContent = hints.join(" ");
+  show($("#an-hint"), hints.length > 0);
+}
+
+function seconds(ms) {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** What each step of the voice chain did, in a few words each (data-step names the step). */
+function voiceStepWords(steps, recipe) {
+  const r = recipe || {};
+  const out = [];
+  const add = (step, text, title) => out.push({ step, text, title });
+  if (steps.highpassHz != null) add("highpass", `rumble below ${steps.highpassHz} Hz filtered out`);
+  const notched = steps.notchedHz || [];
+  if (notched.length) {
+    add(
+      "dehum",
+      `hum ${fmtHz(steps.dehumHz ?? notched[0])} notched (${notched.length} harmonics)`,
+      `notches at ${notched.map((f) => fmtHz(f)).join(", ")}`,
+    );
+  } else if (r.dehum != null) {
+    add("dehum", "no hum found: nothing notched");
+  }
+  if (steps.denoiseDb != null) add("denoise", `noise −${Number(steps.denoiseDb).toFixed(1)} dB`);
+  else if (r.denoise != null) add("denoise", "noise: nothing to remove");
+  if (steps.levelerMaxGainDb != null) {
+    add(
+      "leveler",
+      `levels evened out (${fmtSigned(steps.levelerMinGainDb, "dB")} … ${fmtSigned(steps.levelerMaxGainDb, "dB")})`,
+    );
+  }
+  if (steps.deess != null) add("deess", `de-esser at ${Math.round(steps.deess * 100)} %`);
+  if (steps.trimmedMs) {
+    const [a, b] = steps.trimmedMs;
+    add("trim", `silence cut: keeps ${fmtTime(a / 1000)}–${fmtTime(b / 1000)} of the source`);
+  } else if (r.trimSilence) {
+    add("trim", "silence at the ends: nothing to cut");
+  }
+  const cuts = steps.cutsMs || [];
+  if (cuts.length) {
+    const n = cuts.length;
+    const list = cuts.map(([a, b]) => `${fmtTime(a / 1000)}–${fmtTime(b / 1000)}`).join(", ");
+    add("pauses", `${n} pause${n === 1 ? "" : "s"} shortened, ${seconds(steps.cutTotalMs || 0)} cut`, `cut (source time): ${list}`);
+  } else if (r.shortenPauses) {
+    add("pauses", `no pause longer than ${seconds(r.shortenPauses.maxPauseMs)}: nothing cut`);
+  }
+  return out;
+}
+
+/** result.voiceReport: before → after analysis and what each step did (null: no voice step). */
+function renderVoiceReport(box, report, recipe, title) {
+  box.textContent = "";
+  if (!report) {
+    show(box, false);
+    return;
+  }
+  box.append(el("h3", null, title));
+  if (report.before || report.after) {
+    const table = el("table", "report-table");
+    const head = el("tr");
+    for (const h of ["", "Before", "After"]) head.append(el("th", null, h));
+    table.append(head);
+    for (const [label, name, words] of ANALYSIS_ROWS) {
+      const tr = el("tr");
+      tr.dataset.row = name;
+      tr.append(el("th", null, label));
+      tr.append(el("td", "before", report.before ? words(report.before) : "–"));
+      tr.append(el("td", "after", report.after ? words(report.after) : "–"));
+      table.append(tr);
+    }
+    box.append(table);
+  }
+  const steps = voiceStepWords(report.steps || {}, recipe);
+  if (steps.length) {
+    const ul = el("ul", "voice-steps-done");
+    for (const s of steps) {
+      const li = el("li", null, s.text);
+      li.dataset.step = s.step;
+      if (s.title) li.title = s.title;
+      ul.append(li);
+    }
+    box.append(ul);
+  }
+  const cuts = report.steps && report.steps.cutsMs;
+  if (cuts && cuts.length) {
+    const details = el("details", "voice-cuts");
+    details.append(el("summary", null, "Cut list (source time)"));
+    const ol = el("ol");
+    for (const [a, b] of cuts) ol.append(el("li", null, `${fmtTime(a / 1000)} – ${fmtTime(b / 1000)} (${seconds(b - a)})`));
+    details.append(ol);
+    box.append(details);
+    if (box.id === "preview-voice") {
+      box.append(el("p", "report-facts", "While this preview is in the player, what it cut is shaded red on the waveform."));
+    }
+  }
+  show(box);
+}
+
 // ---- save --------------------------------------------------------------------------------
 
 const LOSSY_DEFAULT_KBPS = { mp3: 192, opus: 128, aac: 192 };
@@ -1101,6 +1327,7 @@ async function save() {
   setError("#save-error", "");
   show($("#save-done"), false);
   show($("#save-report"), false);
+  show($("#save-voice"), false);
   const format = $("#save-format").value;
   const body = { sourceKey: state.source.sourceKey, recipe: buildRecipe(), format };
   const name = $("#save-name").value.trim();
@@ -1148,6 +1375,7 @@ async function save() {
     $("#save-size").textContent = view.result && view.result.sizeBytes ? `(${fmtBytes(view.result.sizeBytes)})` : "";
     show($("#save-done"));
     renderReport($("#save-report"), view.result && view.result.loudnessReport, `Loudness of ${real}`);
+    renderVoiceReport($("#save-voice"), view.result && view.result.voiceReport, body.recipe, `Voice clean-up of ${real}`);
     if (!view.downloadUrl) setError("#save-error", "Saved, but the server gave no download link.");
   } else {
     show($("#save-status"), false);
@@ -1163,6 +1391,8 @@ const EDIT_FIELDS = [
   "trim-start", "trim-end", "fade-in", "fade-out", "gain", "speed", "channels", "sample-rate",
   "trim-silence", "normalize", "target-lufs", "true-peak", "save-format", "save-quality",
   "mp3-quality", "save-name",
+  "highpass-on", "highpass-hz", "dehum-on", "dehum-hz", "denoise-on", "denoise-mode", "denoise-amount",
+  "leveler-on", "leveler-strength", "deess-on", "deess-amount", "pauses-on", "max-pause",
 ];
 
 function saveEdit() {
@@ -1193,6 +1423,7 @@ function restoreEdit() {
   syncSaveOptions(); // the quality choices depend on the format: set the saved one again
   if (values && "save-quality" in values) $("#save-quality").value = values["save-quality"];
   syncNormalize();
+  syncVoice();
   inputsToSel();
 }
 
@@ -1291,6 +1522,7 @@ function main() {
     if (!document.querySelector("#recipe-form .field.invalid")) setError("#recipe-error", "");
     if (e.target.id === "trim-start" || e.target.id === "trim-end") inputsToSel();
     if (e.target.id === "normalize") syncNormalize();
+    if (e.target.closest("#voice")) syncVoice();
     editChanged();
   });
   const saveRow = $("#save .save-row");
@@ -1305,6 +1537,7 @@ function main() {
   });
   syncSaveOptions();
   syncNormalize();
+  syncVoice();
   setupShortcuts();
   $("#preview-btn").addEventListener("click", preview);
   $("#reset-btn").addEventListener("click", () => {

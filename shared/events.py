@@ -145,6 +145,7 @@ class JobResult(_Data, frozen=True, kw_only=True):
     loudness_report: LoudnessReport | None = None
     analysis: VoiceAnalysisInfo | None = None  # ingest
     voice_report: VoiceReport | None = None  # renders with a voice chain
+    chapters_key: str | None = None  # save with chapters: Podcasting 2.0 JSON chapters file
 
 
 class _Event(
@@ -188,6 +189,12 @@ class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     # sha256 of (route, canonical body) of a request with an Idempotency-Key: a replay of the
     # key with another body or on another route is refused instead of answered with this job.
     request_fingerprint: str | None = None
+    # Save publishing fields (docs/publishing.md): tags and source-time chapter marks, and the
+    # saved preset they were resolved from (recipe/metadata here are already merged).
+    metadata: dict[str, Any] | None = None
+    chapters: list[dict[str, Any]] | None = None
+    preset: str | None = None
+    preset_revision: int | None = None
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):

@@ -13,6 +13,9 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from shared.keys import DEFAULT_TENANT
+from shared.subjects import check_token
+
 MAX_CHAPTERS: Final = 500
 CHAPTERS_JSON_VERSION: Final = "1.2.0"
 CHAPTERS_MEDIA_TYPE: Final = "application/json+chapters"
@@ -192,3 +195,37 @@ def chapters_json(chapters: list[OutputChapter], metadata: Metadata | None = Non
         for c in chapters
     ]
     return msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+
+
+# ---- cover images (POST /api/images) -------------------------------------------------------
+
+IMAGES_DIR: Final = "images"
+JPEG_MAGIC: Final = b"\xff\xd8\xff"
+PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+
+
+def image_kind(data: bytes) -> str | None:
+    """`jpeg` / `png` from the first bytes (never from a name or a Content-Type)."""
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    return None
+
+
+def image_key(tenant: str, digest: str, kind: str) -> str:
+    """`[tenants/<t>/]images/<sha256 of the re-encoded bytes>.<jpg|png>`: one key per picture."""
+    ext = "jpg" if kind == "jpeg" else "png"
+    key = f"{IMAGES_DIR}/{digest}.{ext}"
+    return key if tenant == DEFAULT_TENANT else f"tenants/{check_token(tenant)}/{key}"
+
+
+def is_image_key_of(tenant: str, key: str) -> bool:
+    """A key `image_key` could have made for this tenant."""
+    prefix = "" if tenant == DEFAULT_TENANT else f"tenants/{tenant}/"
+    rest = key.removeprefix(prefix) if key.startswith(prefix) else None
+    if rest is None or not rest.startswith(f"{IMAGES_DIR}/"):
+        return False
+    name = rest[len(IMAGES_DIR) + 1 :]
+    stem, _, ext = name.partition(".")
+    return ext in ("jpg", "png") and len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)

@@ -22,6 +22,7 @@ from services.api.routes.cancel import cancel_job
 from services.api.routes.downloads import storage_download
 from services.api.routes.edit import preview, preview_audio, save
 from services.api.routes.health import healthz, readyz
+from services.api.routes.images import upload_image
 from services.api.routes.ingest import ingest
 from services.api.routes.job_events import job_events
 from services.api.routes.jobs import get_job
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             metrics_endpoint,
             *web_handlers,
             *webhook_handlers,
+            upload_image,
         ],
         middleware=[trace_middleware, rate_limit_middleware(settings)],
         # Open mode (no keys) needs no guard; Litestar copies the handler per guard call.

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared.metadata import ChapterList, Metadata
 from shared.recipe import OutputOptions, Recipe, SaveFormat
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -42,6 +43,8 @@ class SaveRequest(_Body, frozen=True, kw_only=True):
     format: SaveFormat
     filename: _Filename | None = None
     options: OutputOptions | None = None
+    metadata: Metadata | None = None  # docs/publishing.md
+    chapters: ChapterList | None = None
 
 
 class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

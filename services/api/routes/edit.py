@@ -26,6 +26,7 @@ from services.api.links import LINK_TTL_S
 from services.api.openapi import JSON_BODY, problems
 from services.api.previews import replayed_job, request_preview
 from services.api.problems import ProblemError
+from services.api.routes.images import publishing_fields
 from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
 from services.api.serving import serve_object
 from shared import keys
@@ -172,6 +173,7 @@ async def save(
     await _check_source(api, data.source_key, tenant)
     await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
     options: OutputOptions | None = data.options
+    metadata, chapters = await publishing_fields(api, tenant, data.metadata, data.chapters)
     event = JobRequested(
         job_id=job_id,
         kind="save",
@@ -182,6 +184,8 @@ async def save(
         filename=keys.safe_filename(data.filename) if data.filename else None,
         options=msgspec.to_builtins(options) if options is not None else None,
         request_fingerprint=fingerprint,
+        metadata=metadata,
+        chapters=chapters,
     )
     await submit(api, event, traceparent_of(request))
     return _accepted(job_id)

@@ -206,6 +206,33 @@ async def test_voice_cleanup_is_sent_and_its_report_shown(
     assert await cell(page, "#save-voice", "hum", "after") == "none"
     await shot(page, "11-voice-save")
 
+    # I on the cleaned preview marks the source time: through the cut silence and pauses.
+    played = 6.0
+    source_s = start / 1000 + played
+    for a, b in cuts:
+        if a / 1000 < source_s:
+            source_s += (b - a) / 1000
+    assert source_s > cuts[0][1] / 1000  # the point is after a cut
+    await page.evaluate(
+        """(t) => new Promise((resolve) => {
+          const a = document.querySelector('#player');
+          a.pause();
+          a.addEventListener('seeked', resolve, {once: true});
+          a.currentTime = t;
+        })""",
+        played,
+    )
+    await page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    await page.keyboard.press("i")
+    assert abs(float(await page.input_value("#trim-start")) - source_s) <= 0.05, source_s
+
+    # Reset edit switches every voice step off again.
+    await page.click("#reset-btn")
+    for sel in TOGGLES:
+        await expect(page.locator(sel)).not_to_be_checked()
+    for sel in SETTINGS:
+        await expect(page.locator(sel)).to_be_disabled()
+
 
 async def test_a_refused_voice_value_is_explained_next_to_its_field(
     page: Page, media_dir: Path

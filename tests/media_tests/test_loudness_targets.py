@@ -218,3 +218,37 @@ def test_long_sources_spill_peaks_and_land_the_same(
     assert abs(media.integrated_lufs(spilled_dir / "b.flac") - -14.0) <= TOLERANCE_LU
     assert media.true_peak_db(spilled_dir / "b.flac") <= -1.0
     assert sorted(p.name for p in spilled_dir.iterdir()) == ["b.flac"]  # scratch removed
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3"])
+def test_long_sources_calibrate_on_excerpts_and_still_land(
+    materials: dict[str, speech.Material],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    """Past LONG_SOURCE_MS the dry runs run on 8 excerpts; the encoded file still lands."""
+    from services.worker.pipeline import excerpt
+    from services.worker.pipeline import render as render_mod
+
+    monkeypatch.setattr(render_mod, "LONG_SOURCE_MS", 5_000)
+    monkeypatch.setattr(excerpt, "EXCERPT_MS", 700)
+    built: list[str] = []
+    real_build = excerpt.build_excerpt
+
+    def spy(*args: object, **kwargs: object) -> object:
+        made = real_build(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(made.path if made else "")
+        return made
+
+    monkeypatch.setattr(render_mod, "build_excerpt", spy)
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    dst = out_dir / f"o.{EXT[fmt]}"
+    recipe = Recipe(normalize=Normalize(target_lufs=-14.0, true_peak_db=-1.0))
+    report = render(str(materials["studio"].path), str(dst), recipe, fmt).loudness_report
+    assert built and built[0].endswith("excerpt.wav")
+    assert report is not None and report.measuring_passes >= 1
+    assert abs(media.integrated_lufs(dst) - -14.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0
+    assert sorted(p.name for p in out_dir.iterdir()) == [dst.name]  # excerpt removed

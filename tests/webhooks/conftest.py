@@ -311,7 +311,10 @@ async def end_job(
     events = EventStore(nc, nc.jetstream())
     job_id = new_job_id()
     await events.request_job(
-        JobRequested(job_id=job_id, kind=kind, tenant=tenant, source_key="x", format="wav")  # type: ignore[arg-type]
+        # from_cache: a session worker (other suites' stack) must not start it and fail it first
+        JobRequested(  # type: ignore[arg-type]
+            job_id=job_id, kind=kind, tenant=tenant, source_key="x", format="wav", from_cache=True
+        )
     )
     terminal: JobCompleted | JobFailed | JobCancelled
     if outcome == "completed":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.worker.pipeline.excerpt import Excerpt
 from services.worker.pipeline.level_meter import LOUDNESS_ONLY_CHAIN, Levels
 from services.worker.pipeline.loudness import Loudness, LoudnessMeter
 from services.worker.pipeline.progress import Progress
@@ -77,12 +78,25 @@ def normalize(
     cache: PcmCache | None = None,
     stage: StageFn | None = None,
     length_ms: float | None = None,
+    excerpt: Excerpt | None = None,
 ) -> Outcome:
-    """Run calibration, encode and verification passes; returns the final figures."""
+    """Run calibration, encode and verification passes; returns the final figures.
+
+    With an `excerpt` (long sources) the dry runs run on it: the full file's loudness is
+    predicted as measured + (excerpt after the chain − excerpt before it).
+    """
     warnings: list[tuple[str, str]] = []
     long = length_ms is not None and length_ms > LONG_SOURCE_MS
     tolerance = LONG_VERIFY_TOLERANCE_LU if long else VERIFY_TOLERANCE_LU
-    calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
+    offset = 0.0
+    start_lufs = measured.integrated_lufs if measured else None
+    if excerpt is not None and excerpt.raw_lufs is not None and start_lufs is not None:
+        offset = excerpt.raw_lufs - start_lufs
+        calibration = _Calibration(
+            excerpt.path, excerpt.signal, target, should_stop, PcmCache(), stage, excerpt.length_ms
+        )
+    else:
+        calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
     ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
     start = measured.integrated_lufs if measured else None
     if start is None:
@@ -108,7 +122,7 @@ def normalize(
         )
         if not skip_dry:
             gain, runs, reachable = calibration.run(
-                gain, ceiling, aim, start, measured.true_peak_db if measured else None
+                gain, ceiling, aim + offset, start, measured.true_peak_db if measured else None
             )
             dry_runs += runs
             if not reachable and not any(c == "target_unreachable" for c, _ in warnings):

@@ -17,6 +17,7 @@ import av.container
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
+from services.worker.pipeline.excerpt import build_excerpt
 from services.worker.pipeline.formats import EncoderSettings, encoder_settings
 from services.worker.pipeline.graph import (
     Window,
@@ -31,7 +32,7 @@ from services.worker.pipeline.level_meter import Levels, measure_file
 from services.worker.pipeline.loudness import Loudness, measure_loudness
 from services.worker.pipeline.loudness_report import build_report
 from services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
-from services.worker.pipeline.normalize import Outcome, normalize
+from services.worker.pipeline.normalize import LONG_SOURCE_MS, Outcome, normalize
 from services.worker.pipeline.probe import MediaInfo, probe
 from services.worker.pipeline.progress import Progress, StagedProgress
 from services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
@@ -93,6 +94,7 @@ class _Plan:
     before: Loudness | None  # the kept part (or the source, when that is what was measured)
     voice_before: VoiceAnalysisInfo | None = None
     trimmed_ms: tuple[int, int] | None = None
+    end_ms: float = 0.0  # where the kept window ends in the source
 
 
 def render(
@@ -197,19 +199,34 @@ def _normalized_or_plain(
 
     outcome: Outcome | None = None
     if plan.target is not None:
-        outcome = normalize(
-            src_path,
-            plan.path,
-            target=plan.target,
-            measured=plan.before,
-            codec=settings.codec,
-            encode=encode,
-            verify=verify,
-            should_stop=should_stop,
-            cache=cache,
-            stage=staged.stage,
-            length_ms=plan.length_ms,
-        )
+        excerpt = None
+        if plan.target.measure == "lufs" and plan.length_ms > LONG_SOURCE_MS:
+            staged.stage("calibrating")
+            excerpt = build_excerpt(
+                src_path,
+                plan.path,
+                end_ms=plan.end_ms,
+                scratch=Path(dst_path).parent,
+                should_stop=should_stop,
+            )
+        try:
+            outcome = normalize(
+                src_path,
+                plan.path,
+                target=plan.target,
+                measured=plan.before,
+                codec=settings.codec,
+                encode=encode,
+                verify=verify,
+                should_stop=should_stop,
+                cache=cache,
+                stage=staged.stage,
+                length_ms=plan.length_ms,
+                excerpt=excerpt,
+            )
+        finally:
+            if excerpt is not None:
+                Path(excerpt.path).unlink(missing_ok=True)
         after = outcome.after
     else:
         encode(plan.gain_db, None)
@@ -324,6 +341,7 @@ def _plan(
         before=before,
         voice_before=voice_before if voice.active or recipe.trim_silence else None,
         trimmed_ms=bounds,
+        end_ms=info.duration_ms if window.end_ms is None else window.end_ms,
     )
 
 

@@ -14,6 +14,7 @@ from services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
 from services.worker.pipeline.loudness import Loudness
 from services.worker.pipeline.probe import MediaInfo
 from services.worker.pipeline.render import RenderResult, render
+from services.worker.publish.output import publish_output
 from services.worker.source_files import local_source
 from shared import keys, render_cache, subjects
 from shared.errors import Permanent
@@ -127,6 +128,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     )
     await ctx.progress(96, "storing", force=True)
     key = output_key(ctx, ext)
+    chapters_key = await publish_output(ctx, dst, fmt, recipe, rendered, key)  # tags, chapters
     size = await ctx.storage.put_file(key, dst)
     result = JobResult(
         source_key=req.source_key,
@@ -140,6 +142,7 @@ async def run_render(ctx: JobContext) -> JobResult:
         prepared_key=key if req.kind == "save" else None,
         loudness_report=rendered.loudness_report,
         voice_report=rendered.voice_report,
+        chapters_key=chapters_key,
     )
     if req.kind == "preview" and req.cache_key:
         await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)

@@ -1,0 +1,1 @@
+"""Publishing a saved render: tags, cover art and chapters (docs/publishing.md)."""

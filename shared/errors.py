@@ -52,4 +52,11 @@ INVALID_RECIPE = "invalid_recipe"
 RENDER_FAILED = "render_failed"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 MAX_DELIVERIES = "max_deliveries"
+# The media child died from a signal (SIGSEGV in FFmpeg, SIGXCPU/SIGKILL past its limits):
+# retried once; the same job crashing it again fails as UNSUPPORTED_MEDIA.
+MEDIA_CRASH = "media_crash"
+# Anything else that ended a media child without an answer (a Python error in it).
+WORKER_CRASH = "worker_crash"
+# The storage volume (or the event store's disk) is full: retried with backoff.
+STORAGE_FULL = "storage_full"
 INTERNAL_ERROR = "internal_error"

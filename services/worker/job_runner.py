@@ -20,7 +20,15 @@ from nats.js import JetStreamContext
 
 from services.worker.context import JobContext
 from shared import logs, metrics, subjects
-from shared.errors import INTERNAL_ERROR, AudioprepError, Cancelled, Permanent, Retryable
+from shared.errors import (
+    INTERNAL_ERROR,
+    MEDIA_CRASH,
+    UNSUPPORTED_MEDIA,
+    AudioprepError,
+    Cancelled,
+    Permanent,
+    Retryable,
+)
 from shared.event_store import EventStore
 from shared.events import (
     ErrorInfo,
@@ -329,6 +337,14 @@ class JobRunner:
         self, msg: Msg, ctx: JobContext, error: AudioprepError, delivery: int
     ) -> None:
         request = ctx.request
+        if error.code == MEDIA_CRASH and await self._crashed_before(request.job_id):
+            # The same input killed a media child twice (SIGSEGV in FFmpeg, a resource
+            # limit): a third try would crash again. Fail now instead of burning deliveries.
+            error = Permanent(
+                f"{error.message}; the second crash on this input, so it is not retried",
+                code=UNSUPPORTED_MEDIA,
+            )
+            delivery = self.settings.max_deliver
         base = ctx.log_extra(code=error.code, error=error.message)
         if delivery >= self.settings.max_deliver:
             await self._cleanup(ctx)
@@ -351,6 +367,17 @@ class JobRunner:
         metrics.job_retrying(request, error.code)
         log.warning("job will be retried", extra={**base, "delay_s": round(delay, 2)})
         await msg.nak(delay=delay)
+
+    async def _crashed_before(self, job_id: str) -> bool:
+        """An earlier attempt of this job was retried because its media child crashed."""
+        try:
+            history = await self.events.history(job_id)
+        except Exception as exc:  # can't tell: retry as usual
+            log.warning("history unavailable", extra={"job_id": job_id, "error": repr(exc)})
+            return False
+        return any(
+            isinstance(e.event, JobRetrying) and e.event.error.code == MEDIA_CRASH for e in history
+        )
 
     async def _emit_failed(
         self, request: JobRequested, attempt: int, exc: AudioprepError, tp: str | None

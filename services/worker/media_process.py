@@ -12,13 +12,30 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
+import resource
 import signal
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from shared.errors import AudioprepError, Cancelled, Permanent, Retryable
+from shared.errors import (
+    MEDIA_CRASH,
+    WORKER_CRASH,
+    AudioprepError,
+    Cancelled,
+    Permanent,
+    Retryable,
+)
+
+# Resource limits of every media child (0 = none). A decompression bomb or a decoder stuck
+# in a loop ends as a dead child (SIGXCPU, or MemoryError/abort past the address space), which
+# run_media_call reports as `media_crash`: retried once, then the job fails.
+CPU_LIMIT_ENV = "AUDIOPREP_MEDIA_CPU_S"
+MEMORY_LIMIT_ENV = "AUDIOPREP_MEDIA_MEMORY_MB"
+DEFAULT_CPU_S = 3600
+DEFAULT_MEMORY_MB = 16384
 
 # multiprocessing re-runs the parent's main module (as `__mp_main__`) in every child it starts.
 # The forkserver has imported that module already (see _context), which makes the re-run cheap
@@ -57,12 +74,36 @@ def _context() -> Any:
     return _CONTEXT
 
 
+def _limits() -> tuple[int, int]:
+    """(CPU seconds, address-space MB) for a media child, from the environment."""
+
+    def get(name: str, default: int) -> int:
+        try:
+            return max(0, int(os.environ.get(name, default)))
+        except ValueError:
+            return default
+
+    return get(CPU_LIMIT_ENV, DEFAULT_CPU_S), get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_MB)
+
+
+def _apply_limits(cpu_s: int, memory_mb: int) -> None:
+    if cpu_s:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        spent = int(used.ru_utime + used.ru_stime)
+        resource.setrlimit(resource.RLIMIT_CPU, (spent + cpu_s, spent + cpu_s + 5))
+    if memory_mb:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _child_main(
     conn: multiprocessing.connection.Connection,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    limits: tuple[int, int] = (0, 0),
 ) -> None:
+    _apply_limits(*limits)
     # The terminal's Ctrl-C reaches the worker's whole process group: the worker drains (the
     # call finishes, or is handed back and this child terminated), a KeyboardInterrupt here
     # would turn it into a crash instead.
@@ -96,6 +137,18 @@ def _rebuild_error(kind: str, code: str, message: str) -> AudioprepError:
     return Permanent(message, code=code)
 
 
+def _died(exitcode: int | None) -> Retryable:
+    """A child that ended without an answer: killed by a signal is `media_crash` (the input
+    crashed FFmpeg, or the child hit its CPU/memory limit), anything else `worker_crash`."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return Retryable(f"media process killed by {name} (exit code {exitcode})", code=MEDIA_CRASH)
+    return Retryable(f"media process died (exit code {exitcode})", code=WORKER_CRASH)
+
+
 async def run_media_call(
     fn: Callable[..., Any],
     *args: Any,
@@ -112,7 +165,7 @@ async def run_media_call(
         kwargs["_with_stages"] = True
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs, _limits()), daemon=True)
     proc.start()
     child.close()
     loop = asyncio.get_running_loop()
@@ -142,9 +195,9 @@ async def run_media_call(
             if kind == "error":
                 raise _rebuild_error(*payload)
             if kind == "crash":
-                raise Retryable(f"media process failed: {payload}", code="worker_crash")
+                raise Retryable(f"media process failed: {payload}", code=WORKER_CRASH)
             await asyncio.to_thread(proc.join, 5)
-            raise Retryable(f"media process died (exit code {proc.exitcode})", code="worker_crash")
+            raise _died(proc.exitcode)
     finally:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(parent.fileno())

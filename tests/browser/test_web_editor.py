@@ -82,6 +82,7 @@ async def test_resetting_the_trim_drops_the_old_preview(page: Page, media_dir: P
     trimmed = await preview_and_wait(page)
     assert trimmed["duration"] < 2.0, trimmed
     # A single click on the waveform keeps everything again: the trimmed preview goes.
+    await page.locator("#wave").scroll_into_view_if_needed()
     box = await page.locator("#wave").bounding_box()
     assert box is not None
     await page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)

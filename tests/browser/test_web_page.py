@@ -59,6 +59,9 @@ async def wave_pixels(page: Page) -> int:
 
 async def drag_on_wave(page: Page, start: float, end: float) -> None:
     """Drag across the waveform from fraction `start` to fraction `end` of its width."""
+    # Mouse coordinates are the viewport's: the waveform must be on screen (Preview, further
+    # down the page, scrolls it away).
+    await page.locator("#wave").scroll_into_view_if_needed()
     box = await page.locator("#wave").bounding_box()
     assert box is not None
     y = box["y"] + box["height"] / 2

@@ -45,6 +45,7 @@ from mutagen.id3 import (
     ID3NoHeaderError,
     PictureType,
 )
+from mutagen.id3._tags import save_frame  # one frame's bytes, as ID3.save writes it
 from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 from mutagen.oggopus import OggOpus
 from mutagen.wave import WAVE
@@ -137,12 +138,33 @@ def _id3_frames(tags: ID3, m: Metadata, cover: Cover | None, chapters: list[Outp
         )
 
 
+def _chapters_last_in_order(tags: ID3) -> None:
+    """mutagen orders frames by size; FFmpeg (and players that skip CTOC) list CHAP frames in
+    file order. Have this instance write its CHAP frames last, by start time."""
+    write = tags._write
+
+    def chronological(config: Any) -> bytearray:
+        keys = [k for k, frame in tags.items() if frame.FrameID == "CHAP"]
+        chaps = sorted((tags.pop(k) for k in keys), key=lambda frame: frame.start_time)
+        try:
+            data: bytearray = write(config)
+        finally:
+            for frame in chaps:
+                tags.add(frame)
+        for frame in chaps:
+            data += save_frame(frame, config=config)
+        return data
+
+    tags._write = chronological  # type: ignore[method-assign]
+
+
 def _mp3(path: Path, m: Metadata, cover: Cover | None, chapters: list[OutputChapter]) -> None:
     try:
         tags = ID3(path)
     except ID3NoHeaderError:
         tags = ID3()
     _id3_frames(tags, m, cover, chapters)
+    _chapters_last_in_order(tags)
     tags.save(path, v2_version=4)
 
 
@@ -153,6 +175,7 @@ def _wav(path: Path, m: Metadata, cover: Cover | None, chapters: list[OutputChap
         wave.add_tags()
     assert isinstance(wave.tags, ID3)
     _id3_frames(wave.tags, m, cover, chapters)
+    _chapters_last_in_order(wave.tags)
     wave.save(v2_version=4)
 
 

@@ -1,4 +1,4 @@
-"""Storage keys (DESIGN.md "Storage"), tenant-scoped, and filename sanitising."""
+"""Storage keys (docs/storage.md), tenant-scoped, and filename sanitising."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The result equals what the live projector produces, key for key (the same pure `
 the same events), only KV revisions differ. Steps:
 
 1. Snapshot the stream's last sequence S and fold events [first, S] in memory (ordered
-   consumer with a message callback: the fastest way nats-py reads a stream, see NOTES.md).
+   consumer with a message callback: the fastest way nats-py reads a stream, docs/benchmarks.md).
 2. Read the bucket's current entries (one watch) and write only keys whose bytes differ, in
    atomic batches of 500 (one fsync per batch instead of one per key: ~10× faster with
    `sync_interval: always`; provisioning sets `allow_atomic` on stream KV_jobs). Delete keys

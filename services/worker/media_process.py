@@ -1,7 +1,7 @@
 """Run one CPU-heavy media call in its own child process, with progress and hard cancel.
 
 Why a process per call rather than threads: PyAV's light codecs are partly GIL-bound and any
-CPU-bound Python thread slows a render badly (NOTES.md), while a child process keeps the
+CPU-bound Python thread slows a render badly (docs/architecture.md), while a child process keeps the
 event loop free for heartbeats and cancel messages; cancel is simply `terminate()`.
 The forkserver context preloads PyAV once, so a call starts in tens of milliseconds.
 """

@@ -1,5 +1,5 @@
 // audioprep web page: plain JS, no build step, no third-party code.
-// Talks only to the API under /api (see docs/web.md and DESIGN.md "HTTP API").
+// Talks only to the API under /api (see docs/web.md and docs/http-api.md).
 
 const $ = (sel) => document.querySelector(sel);
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);

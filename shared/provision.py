@@ -145,6 +145,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
         await _ensure_kv(js, config)
     await _allow_atomic_batches(js, kv_stream_name(subjects.JOBS_BUCKET))
     await provision_webhooks(js, settings)
+    await provision_presets(js, settings)
 
 
 # ---- webhooks (docs/webhooks.md) ---------------------------------------------------------------
@@ -215,6 +216,23 @@ async def provision_webhooks(js: JetStreamContext, settings: Settings) -> None:
         KeyValueConfig(
             bucket=subjects.WEBHOOK_ENDPOINTS_BUCKET,
             history=1,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+            direct=True,
+        ),
+    )
+
+
+# ---- saved presets (docs/publishing.md) -------------------------------------------------------
+
+
+async def provision_presets(js: JetStreamContext, settings: Settings) -> None:
+    """KV bucket `presets`, with history: a preset's earlier revisions stay readable."""
+    await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=subjects.PRESETS_BUCKET,
+            history=subjects.PRESETS_HISTORY,
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
             direct=True,

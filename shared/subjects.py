@@ -134,3 +134,15 @@ def parse_webhook_subject(subject: str) -> tuple[str, str, WebhookEventName]:
     if len(parts) != 4 or parts[0] != "webhooks" or parts[3] not in WEBHOOK_EVENT_NAMES:
         raise ValueError(f"not a webhook subject: {subject}")
     return parts[1], parts[2], parts[3]
+
+
+# ---- saved presets (docs/publishing.md) -------------------------------------------------------
+# KV bucket `presets`: one key per tenant and preset name, `<tenant>.<name>`, history kept so
+# every revision a job was made from can still be read.
+PRESETS_BUCKET: Final = "presets"
+PRESETS_HISTORY: Final = 16
+
+
+def preset_key(tenant: str, name: str) -> str:
+    """KV key of a saved preset: `<tenant>.<name>` (names are `[A-Za-z0-9_-]`, checked first)."""
+    return f"{check_token(tenant)}.{check_token(name)}"

@@ -27,6 +27,7 @@ from services.api.routes.ingest import ingest
 from services.api.routes.job_events import job_events
 from services.api.routes.jobs import get_job
 from services.api.routes.metrics import metrics_endpoint
+from services.api.routes.presets import preset_handlers
 from services.api.routes.web import web_handlers
 from services.api.routes.webhooks import webhook_handlers
 from services.api.tracing import trace_middleware
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             *web_handlers,
             *webhook_handlers,
             upload_image,
+            *preset_handlers,
         ],
         middleware=[trace_middleware, rate_limit_middleware(settings)],
         # Open mode (no keys) needs no guard; Litestar copies the handler per guard call.

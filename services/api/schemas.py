@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from shared.metadata import ChapterList, Metadata
+from shared.presets import PresetName
 from shared.recipe import OutputOptions, Recipe, SaveFormat
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -35,6 +36,7 @@ class PreviewRequest(_Body, frozen=True, kw_only=True):
     source_key: _Key
     recipe: Recipe = msgspec.field(default_factory=Recipe)
     format: Literal["opus", "aac"] = "opus"
+    preset: PresetName | None = None  # a saved preset; the request's fields override it
 
 
 class SaveRequest(_Body, frozen=True, kw_only=True):
@@ -45,6 +47,7 @@ class SaveRequest(_Body, frozen=True, kw_only=True):
     options: OutputOptions | None = None
     metadata: Metadata | None = None  # docs/publishing.md
     chapters: ChapterList | None = None
+    preset: PresetName | None = None
 
 
 class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

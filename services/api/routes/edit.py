@@ -12,7 +12,6 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.api.auth import tenant_for
-from services.api.bodies import json_body
 from services.api.context import ApiContext
 from services.api.jobs import (
     body_fingerprint,
@@ -27,6 +26,7 @@ from services.api.openapi import JSON_BODY, problems
 from services.api.previews import replayed_job, request_preview
 from services.api.problems import ProblemError
 from services.api.routes.images import publishing_fields
+from services.api.routes.presets import body_with_preset
 from services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
 from services.api.serving import serve_object
 from shared import keys
@@ -124,7 +124,7 @@ async def preview(
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
-    data = await json_body(request, PreviewRequest)
+    data, _ = await body_with_preset(request, api, tenant, PreviewRequest, save=False)
     fingerprint = body_fingerprint(PREVIEW, data) if has_idempotency_key(request) else None
     replayed = await replayed_job(api, job_id, tenant, kind="preview", fingerprint=fingerprint)
     if replayed is not None:
@@ -163,7 +163,7 @@ async def save(
 ) -> Response[JobAccepted]:
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
-    data = await json_body(request, SaveRequest)
+    data, preset_revision = await body_with_preset(request, api, tenant, SaveRequest, save=True)
     fingerprint = body_fingerprint(SAVE, data) if has_idempotency_key(request) else None
     replayed = await replayed_job(api, job_id, tenant, kind="save", fingerprint=fingerprint)
     if replayed is not None:
@@ -186,6 +186,8 @@ async def save(
         request_fingerprint=fingerprint,
         metadata=metadata,
         chapters=chapters,
+        preset=data.preset,
+        preset_revision=preset_revision,
     )
     await submit(api, event, traceparent_of(request))
     return _accepted(job_id)

@@ -98,12 +98,16 @@ class PresetStore:
 
     async def names(self, tenant: str) -> list[str]:
         prefix = f"{subjects.check_token(tenant)}."
+        # A watch filtered by the server (KeyValue.keys' filters are substring matches).
+        watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
+        found: list[str] = []
         try:
-            found = await self.kv.keys(filters=[f"{prefix}>"])
-        except Exception as exc:  # NoKeysError: an empty bucket or no keys under the filter
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+            async for entry in watcher:
+                if entry is None:  # the initial values are all delivered
+                    break
+                found.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return sorted(k[len(prefix) :] for k in found if k.startswith(prefix))
 
     async def list(self, tenant: str) -> list[StoredPreset]:

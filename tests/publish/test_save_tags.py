@@ -284,3 +284,25 @@ async def test_cover_of_another_tenant_or_missing_is_a_404(pub_stack: Stack, sou
         assert resp.status_code == 404, resp.text
         assert resp.json()["code"] == "image_not_found"
         assert resp.json()["field"] == "metadata.coverKey"
+
+
+async def test_chapters_follow_speed_and_drop_past_the_end(pub_stack: Stack, source: str) -> None:
+    body = {
+        "sourceKey": source,
+        "recipe": {"speed": 2.0, "trim": {"endMs": 5000}},
+        "format": "opus",
+        "chapters": [
+            {"startMs": 0, "title": "A"},
+            {"startMs": 2000, "title": "B"},
+            {"startMs": 4000, "title": "C"},
+            {"startMs": 5500, "title": "gone"},
+        ],
+    }
+    view = await _save(pub_stack, body)
+    path = _stored(pub_stack, view["result"]["preparedKey"])
+    chapters = ffprobe(path)["chapters"]
+    assert [round(float(c["start_time"]) * 1000) for c in chapters] == [0, 1000, 2000]
+    assert [c["tags"]["title"] for c in chapters] == ["A", "B", "C"]
+    doc = json.loads(_stored(pub_stack, view["result"]["chaptersKey"]).read_bytes())
+    assert [c["title"] for c in doc["chapters"]] == ["A", "B", "C"]
+    assert doc["chapters"][-1]["endTime"] == pytest.approx(2.5, abs=0.03)

@@ -44,7 +44,21 @@ RATE = 48000
 SNRS = (20.0, 15.0, 8.0)
 
 
+def aligned(clean: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, int]:
+    """`out` shifted onto `clean` (FFmpeg's afftdn adds ~25 ms; scores need alignment)."""
+    a, b = 2 * RATE, 8 * RATE
+    window = RATE // 20  # search ±50 ms
+    corr = np.correlate(out[0][a - window : b + window], clean[0][a:b], "valid")
+    lag = int(np.argmax(corr)) - window
+    if lag > 0:
+        out = out[:, lag:]
+    elif lag < 0:
+        out = np.concatenate([np.zeros((out.shape[0], -lag), np.float32), out], axis=1)
+    return out, lag
+
+
 def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    out, _ = aligned(clean, out)
     ref = resample_poly(clean[0], 1, 3)
     deg = resample_poly(out[0][: clean.shape[1]], 1, 3)
     return round(float(pesq(16000, ref, deg, "wb")), 2), round(float(stoi(ref, deg, 16000)), 3)
@@ -74,8 +88,9 @@ def _row(
 ) -> None:
     pesq_v, stoi_v = scores(mix.clean, out)
     seconds = mix.noisy.shape[1] / RATE
+    lag = aligned(mix.clean, out)[1]
     rows.append({"snr": snr, "method": name, "pesq": pesq_v, "stoi": stoi_v,
-                 "floor_db": floor_db(out),
+                 "floor_db": floor_db(out), "delay_ms": round(lag * 1000 / RATE, 1),
                  "x_realtime": round(seconds / took, 1) if took else None})  # fmt: skip
 
 
@@ -206,11 +221,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"measured": measured, "rows": rows, "speed": speed}, indent=2))
     print(f"\nmeasured {measured}\n")
-    print("| SNR | method | PESQ | STOI | floor in room tone (dBFS) |")
-    print("|---:|---|---:|---:|---:|")
+    print("| SNR | method | PESQ | STOI | floor in room tone (dBFS) | delay (ms) |")
+    print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['snr']:g} dB | {r['method']} | {r['pesq']:.2f} | {r['stoi']:.3f} "
-              f"| {r['floor_db']:.1f} |")  # fmt: skip
+              f"| {r['floor_db']:.1f} | {r['delay_ms']:g} |")  # fmt: skip
     if speed:
         print("\n" + json.dumps(speed))
 

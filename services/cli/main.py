@@ -10,6 +10,7 @@ import sys
 import httpx
 
 from services.cli import dlq, events, jobs, projection, run_services, submit, up
+from services.cli import presets as presets_cli
 from services.cli import storage as storage_cli
 from services.cli import webhooks as webhooks_cli
 from services.cli.common import CliError
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     projection.register(commands)
     dlq.register(commands)
     webhooks_cli.register(commands)
+    presets_cli.register(commands)
     return parser
 
 

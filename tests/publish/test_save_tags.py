@@ -245,13 +245,15 @@ async def test_metadata_without_chapters_keeps_source_title_when_none_given(
         ({"track": 0}, None, "metadata.track"),
         ({"language": "english"}, None, "metadata.language"),
         ({"date": "2026-13-01"}, None, "metadata.date"),
-        ({"year": 2025, "date": "2026-01-01"}, None, "metadata.year"),
+        ({"album": "two\nlines"}, None, "metadata.album"),
+        ({"albumArtist": "trailing newline\n"}, None, "metadata.albumArtist"),
         ({"title": "a\x00b"}, None, "metadata.title"),
         ({"rating": 5}, None, "metadata"),
         (None, [{"startMs": -1, "title": "x"}], "chapters[0].startMs"),
         (None, [{"startMs": 0}], "chapters[0].title"),
         (None, [{"startMs": 0, "title": "x", "url": "javascript:alert(1)"}], "chapters[0].url"),
-        (None, [{"startMs": 5, "title": "a"}, {"startMs": 5, "title": "b"}], "chapters[1]"),
+        (None, [{"startMs": 5, "title": "a"}, {"startMs": 6, "title": "b\n"}], "chapters[1].title"),
+        (None, [{"startMs": 0, "title": "x", "url": "https://a b"}], "chapters[0].url"),
     ],
 )
 async def test_bad_metadata_is_a_422_naming_the_field(

@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process with its own nats-server), then print one table
 of results with ratios against the baselines measured in the same run.
 
-python -m bench.all [--only api,projector,workers,e2e,render] [--quick]   (`make bench`)
+python -m bench.all [--only api,projector,workers,e2e,render,loudness,voice,webhooks] [--quick]
 Each benchmark writes bench/results/<name>.json; this writes bench/results/all.json too.
 """
 
@@ -27,6 +27,9 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], float]] = {
     "workers": (["-m", "bench.workers"], ["--dispatches", "20", "--batch", "16"], 300),
     "e2e": (["-m", "bench.e2e"], ["--jobs", "30"], 240),
     "render": (["bench/render.py"], ["--runs", "1", "--skip-long"], 420),
+    "loudness": (["bench/loudness.py"], ["--skip-long"], 1800),
+    "voice": (["bench/voice.py"], ["--minutes", "5"], 1800),
+    "webhooks": (["-m", "bench.webhooks"], ["--jobs", "300", "--idle-jobs", "50"], 600),
 }
 
 
@@ -113,7 +116,57 @@ def load_rows(name: str, since: float) -> list[dict[str, Any]]:
     if not path.exists() or path.stat().st_mtime < since:
         return []
     result = json.loads(path.read_text())
-    return render_rows(result) if name == "render" else list(result.get("rows", []))
+    if name == "render":
+        return render_rows(result)
+    if name == "loudness":
+        return loudness_rows(result)
+    if name == "voice":
+        return voice_rows(result)
+    return list(result.get("rows", []))
+
+
+def loudness_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/loudness.py against ffmpeg-normalize, as table rows."""
+    s = result.get("summary") or {}
+    rows = [
+        {"row": "8 loudness", "metric": "worst |error| from target", "unit": "LU",
+         "ours": s.get("ours_max_error_lu"), "baseline": s.get("ffmpeg_normalize_max_error_lu"),
+         "ratio": None, "target": "≤ 0.5 and closer",
+         "met": (s.get("ours_max_error_lu") or 9) <= 0.5},
+        {"row": "8 loudness", "metric": "worst true-peak overshoot", "unit": "dB",
+         "ours": s.get("ours_max_overshoot_db"),
+         "baseline": s.get("ffmpeg_normalize_max_overshoot_db"), "ratio": None, "target": "0",
+         "met": s.get("ours_max_overshoot_db") == 0},
+        {"row": "8 loudness", "metric": "total time, all cases", "unit": "s",
+         "ours": s.get("ours_total_s"), "baseline": s.get("ffmpeg_normalize_total_s"),
+         "ratio": round(s["ours_total_s"] / s["ffmpeg_normalize_total_s"], 3)
+         if s.get("ffmpeg_normalize_total_s") else None, "target": "≤ 1×",
+         "met": (s.get("ours_total_s") or 0) <= (s.get("ffmpeg_normalize_total_s") or 0)},
+    ]  # fmt: skip
+    return rows
+
+
+def voice_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/voice.py: PESQ at 15 dB SNR and the chain's speed, as table rows."""
+    rows: list[dict[str, Any]] = []
+    by = {(r["snr"], r["method"]): r for r in result.get("rows", [])}
+    ours, noisy = by.get((15.0, "our chain")), by.get((15.0, "noisy input"))
+    if ours and noisy:
+        rows.append({"row": "9 voice", "metric": "PESQ at 15 dB SNR (vs noisy input)",
+                     "unit": "", "ours": ours["pesq"], "baseline": noisy["pesq"],
+                     "ratio": None, "target": "higher",
+                     "met": ours["pesq"] > noisy["pesq"]})  # fmt: skip
+    speed = result.get("speed") or {}
+    if speed:
+        rows.append({"row": "9 voice", "metric": "FFmpeg-filter part vs ffmpeg CLI",
+                     "unit": "s", "ours": speed["our_filters_seconds"],
+                     "baseline": speed["ffmpeg_filters_seconds"], "ratio": speed["filters_ratio"],
+                     "target": "≤ 1.1×", "met": speed["filters_ratio"] <= 1.1})  # fmt: skip
+        rows.append({"row": "9 voice", "metric": "whole chain, × real time (one core)",
+                     "unit": "×", "ours": speed["chain_x_realtime"], "baseline": 30.0,
+                     "ratio": None, "target": "> 30× (jivetalking 16–30×)",
+                     "met": speed["chain_x_realtime"] > 30})  # fmt: skip
+    return rows
 
 
 def fmt(value: Any) -> str:

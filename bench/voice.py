@@ -59,6 +59,9 @@ def aligned(clean: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, int]:
 
 def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     out, _ = aligned(clean, out)
+    n = clean.shape[1]
+    if out.shape[1] < n:
+        out = np.concatenate([out, np.zeros((out.shape[0], n - out.shape[1]), np.float32)], axis=1)
     ref = resample_poly(clean[0], 1, 3)
     deg = resample_poly(out[0][: clean.shape[1]], 1, 3)
     return round(float(pesq(16000, ref, deg, "wb")), 2), round(float(stoi(ref, deg, 16000)), 3)

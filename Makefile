@@ -26,8 +26,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict services shared
 
 # Debian packages the tests use: Chromium for tests/browser (Playwright from PyPI drives it),
-# espeak-ng for speech-like test material (tests/speech.py).
-SYSTEM_DEPS := chromium espeak-ng
+# espeak-ng for speech-like test material (tests/speech.py), ffprobe (package ffmpeg) as the
+# independent reader of tags and chapters (tests/publish).
+SYSTEM_DEPS := chromium espeak-ng ffmpeg
 system-deps:
 	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	test -z "$$missing" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \

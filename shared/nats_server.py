@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -11,6 +14,56 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "deploy" / "nats.conf"
+# Free space kept on the JetStream store's volume: the file store limit (`max_file_store`) is
+# lowered at start to what the volume can hold minus this floor, so a full store is refused
+# cleanly (503, error 10047 "insufficient resources") and heals by itself when space returns,
+# instead of a "no space left on device" write error that sticks until a restart.
+STORE_FLOOR_ENV = "AUDIOPREP_NATS_STORE_FLOOR_MB"
+DEFAULT_STORE_FLOOR_BYTES = 256 * 1024 * 1024
+_MAX_FILE_STORE = re.compile(r"^(\s*max_file_store:\s*)(\d+)\s*([KMGT]?B?)\s*$", re.M | re.I)
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2}
+_UNITS |= {"G": 1024**3, "GB": 1024**3, "T": 1024**4, "TB": 1024**4}
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def store_budget(store_dir: Path, floor: int) -> int:
+    """Bytes the store may use: what it holds now plus the volume's free space, minus floor."""
+    return _dir_size(store_dir) + shutil.disk_usage(store_dir).free - floor
+
+
+def bounded_config(config: Path, store_dir: Path, floor: int) -> Path:
+    """`config`, or a copy next to the store whose max_file_store fits the volume."""
+    text = config.read_text()
+    match = _MAX_FILE_STORE.search(text)
+    if match is None:  # no limit in this file (an include may set one): leave it
+        return config
+    budget = max(1024 * 1024, store_budget(store_dir, floor))
+    if int(match.group(2)) * _UNITS[match.group(3).upper()] <= budget:
+        return config
+    text = text[: match.start()] + f"{match.group(1)}{budget}" + text[match.end() :]
+    out = store_dir.parent / f".{store_dir.name}-nats.conf"
+    # includes in the original resolve relative to it: keep them absolute
+    text = re.sub(
+        r"^(\s*include\s+)(\S+)",
+        lambda m: m.group(1) + str((config.parent / m.group(2).strip("'\"")).resolve()),
+        text,
+        flags=re.M,
+    )
+    out.write_text(text)
+    return out
+
+
+def store_floor_bytes() -> int:
+    raw = os.environ.get(STORE_FLOOR_ENV)
+    return int(raw) * 1024 * 1024 if raw else DEFAULT_STORE_FLOOR_BYTES
 
 
 def nats_server_binary() -> str:
@@ -62,12 +115,15 @@ class NatsServer:
         config: Path = DEFAULT_CONFIG,
         extra_args: list[str] | None = None,
         log_file: Path | None = None,
+        store_floor: int | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
         self.config = config
         self.extra_args = extra_args or []
         self.log_file = log_file
+        self.store_floor = store_floor_bytes() if store_floor is None else store_floor
+        self.effective_config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,10 +132,11 @@ class NatsServer:
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.effective_config = bounded_config(self.config, self.store_dir, self.store_floor)
         args = [
             nats_server_binary(),
             "-c",
-            str(self.config),
+            str(self.effective_config),
             "-a",
             "127.0.0.1",
             "-p",

@@ -78,6 +78,21 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("get", "/api/audio/jobs/{job_id}/events"): ("getJobEvents", "jobs"),
     ("get", "/api/audio/jobs/{job_id}/peaks"): ("getJobPeaks", "jobs"),
     ("get", "/api/storage/download"): ("download", "storage"),
+    ("post", "/api/webhooks"): ("createWebhook", "webhooks"),
+    ("get", "/api/webhooks"): ("listWebhooks", "webhooks"),
+    ("get", "/api/webhooks/{webhook_id}"): ("getWebhook", "webhooks"),
+    ("delete", "/api/webhooks/{webhook_id}"): ("deleteWebhook", "webhooks"),
+    ("post", "/api/webhooks/{webhook_id}/rotate-secret"): ("rotateWebhookSecret", "webhooks"),
+    ("post", "/api/webhooks/{webhook_id}/enable"): ("enableWebhook", "webhooks"),
+    ("get", "/api/webhooks/{webhook_id}/deliveries"): ("listWebhookDeliveries", "webhooks"),
+    ("get", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}"): (
+        "getWebhookDelivery",
+        "webhooks",
+    ),
+    ("post", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): (
+        "replayWebhookDelivery",
+        "webhooks",
+    ),
     ("get", "/healthz"): ("getLiveness", "health"),
     ("get", "/readyz"): ("getReadiness", "health"),
 }
@@ -86,6 +101,7 @@ TAGS = {
     "edit": "Preview a recipe (render cache, coalescing) and save the final render.",
     "jobs": "Every request is a job: poll it, follow its events, cancel it.",
     "storage": "Signed, expiring downloads of stored results.",
+    "webhooks": "Signed, retried, replayable notifications when jobs end (docs/webhooks.md).",
     "health": "Liveness and readiness.",
 }
 BEARER = "apiKey"

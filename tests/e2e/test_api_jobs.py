@@ -297,3 +297,9 @@ async def test_openapi_tells_the_truth(stack: Stack) -> None:
         p for p in operations[("post", "/api/audio/edit/save")]["parameters"] if p["in"] == "header"
     ]
     assert [p["name"] for p in idempotency] == ["Idempotency-Key"]
+    # Webhooks: the JSON body the handler decodes itself is documented, with its `url`.
+    create = operations[("post", "/api/webhooks")]
+    body_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = doc["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
+    assert "url" in body["required"] and set(body["properties"]) >= {"url", "events", "kinds"}
+    assert {"201", "422"} <= set(create["responses"])

@@ -62,6 +62,11 @@ DOCUMENTED_EXCEPTIONS: dict[tuple[type[Failure], str, str], set[str | None] | No
         "recipe.trim.endMs",
         "recipe.normalize.preset",
     },
+    # The SSRF guard on a webhook URL (docs/webhooks.md "SSRF guard"): a schema-valid string
+    # that is no http(s) URL, a private/local target, a name that does not resolve.
+    (RejectedPositiveData, "createWebhook", "forbidden_url"): {"url"},
+    (RejectedPositiveData, "createWebhook", "invalid_url"): {"url"},
+    (RejectedPositiveData, "createWebhook", "unresolvable_host"): {"url"},
 }
 
 SOURCE_KEY = keys.source_key(TENANT_A, "01FUZZSOURCE00000000000000", "source.wav")
@@ -119,6 +124,7 @@ def fuzz_settings(base: Path, nats_url: str) -> Settings:
         api_keys={KEY_A: TENANT_A, KEY_B: TENANT_B},
         max_upload_bytes=2 * 1024 * 1024,
         dev_mode=False,
+        webhook_secret_key="fuzz-webhook-key-0123456789abcdef0123",
     )
 
 

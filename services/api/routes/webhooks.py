@@ -4,8 +4,8 @@ Endpoints live in KV bucket `webhook_endpoints` (the signing secret encrypted at
 deliveries are the fold of the events the notifier records in stream WEBHOOKS. Another
 tenant's endpoint is a 404, exactly like one that does not exist.
 
-Kept out of the OpenAPI document for now: the schema fuzz test (tests/security) would need
-documented exceptions for URLs refused by the SSRF guard first (docs/webhooks.md "API").
+In the OpenAPI document (operation ids and tags in services/api/openapi.py); the schema fuzz
+test (tests/security) lists the URLs the SSRF guard refuses among its documented exceptions.
 """
 
 from __future__ import annotations
@@ -17,14 +17,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import HttpMethod, Request, Response, delete, get, post, route
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, Parameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+)
 
 from services.api.auth import tenant_for
 from services.api.bodies import json_body
 from services.api.context import ApiContext
+from services.api.openapi import JSON_BODY, problems
 from services.api.problems import ProblemError
 from shared import subjects
 from shared.events import utcnow
@@ -151,7 +158,19 @@ def _unique(values: list[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-@post("/api/webhooks", status_code=HTTP_201_CREATED, include_in_schema=False)
+@post(
+    "/api/webhooks",
+    summary="Register a webhook endpoint",
+    description=(
+        "The answer carries the endpoint's signing `secret` (`whsec_…`), shown only this once. "
+        "The URL passes the SSRF guard: private, loopback and link-local targets (also by DNS) "
+        "are a 422 `forbidden_url`, a bad URL `invalid_url`, a name that does not resolve "
+        "`unresolvable_host` (`field` = `url`)."
+    ),
+    status_code=HTTP_201_CREATED,
+    responses=problems(400, 401, 409, 413, 415, 422),
+    opt={JSON_BODY: WebhookCreate},
+)
 async def create_webhook(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[WebhookOut]:
@@ -199,7 +218,7 @@ async def create_webhook(
     )
 
 
-@get("/api/webhooks", include_in_schema=False)
+@get("/api/webhooks", summary="List the tenant's webhook endpoints", responses=problems(401))
 async def list_webhooks(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> WebhookList:
@@ -208,7 +227,7 @@ async def list_webhooks(
     return WebhookList(webhooks=[_out(e) for e in endpoints])
 
 
-@get("/api/webhooks/{webhook_id:str}", include_in_schema=False)
+@get("/api/webhooks/{webhook_id:str}", summary="One webhook endpoint", responses=problems(401, 404))
 async def get_webhook(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], webhook_id: FromPath[str]
 ) -> WebhookOut:
@@ -216,7 +235,11 @@ async def get_webhook(
     return _out(await _endpoint(api, tenant, webhook_id))
 
 
-@delete("/api/webhooks/{webhook_id:str}", include_in_schema=False)
+@delete(
+    "/api/webhooks/{webhook_id:str}",
+    summary="Delete a webhook endpoint",
+    responses=problems(401, 404),
+)
 async def delete_webhook(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], webhook_id: FromPath[str]
 ) -> None:
@@ -228,8 +251,9 @@ async def delete_webhook(
 
 @post(
     "/api/webhooks/{webhook_id:str}/rotate-secret",
+    summary="Rotate an endpoint's signing secret",
     status_code=HTTP_200_OK,
-    include_in_schema=False,
+    responses=problems(401, 404),
 )
 async def rotate_webhook_secret(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], webhook_id: FromPath[str]
@@ -261,7 +285,12 @@ async def rotate_webhook_secret(
     return SecretRotated(id=webhook_id, secret=secret, previous_secret_expires_at=expires)
 
 
-@post("/api/webhooks/{webhook_id:str}/enable", status_code=HTTP_200_OK, include_in_schema=False)
+@post(
+    "/api/webhooks/{webhook_id:str}/enable",
+    summary="Re-enable a disabled endpoint",
+    status_code=HTTP_200_OK,
+    responses=problems(401, 404),
+)
 async def enable_webhook(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], webhook_id: FromPath[str]
 ) -> WebhookOut:
@@ -287,7 +316,11 @@ async def enable_webhook(
     return _out(updated)
 
 
-@get("/api/webhooks/{webhook_id:str}/deliveries", include_in_schema=False)
+@get(
+    "/api/webhooks/{webhook_id:str}/deliveries",
+    summary="An endpoint's deliveries, newest first",
+    responses=problems(401, 404, 422),
+)
 async def list_deliveries(
     request: Request[Any, Any, Any],
     api: NamedDependency[ApiContext],
@@ -313,7 +346,11 @@ async def _delivery(
     return endpoint, view
 
 
-@get("/api/webhooks/{webhook_id:str}/deliveries/{delivery_id:str}", include_in_schema=False)
+@get(
+    "/api/webhooks/{webhook_id:str}/deliveries/{delivery_id:str}",
+    summary="One delivery with every attempt",
+    responses=problems(401, 404),
+)
 async def get_delivery(
     request: Request[Any, Any, Any],
     api: NamedDependency[ApiContext],
@@ -327,8 +364,9 @@ async def get_delivery(
 
 @post(
     "/api/webhooks/{webhook_id:str}/deliveries/{delivery_id:str}/replay",
+    summary="Send a delivery again, as a new delivery",
     status_code=HTTP_202_ACCEPTED,
-    include_in_schema=False,
+    responses=problems(401, 404, 409),
 )
 async def replay_delivery(
     request: Request[Any, Any, Any],
@@ -380,7 +418,20 @@ async def replay_delivery(
     )
 
 
+def _options(path: str, methods: str) -> HTTPRouteHandler:
+    """OPTIONS for a path served by two handler functions. Litestar builds its automatic
+    OPTIONS handler with the first route of the path, so its `Allow` would name only the
+    first function's method (`OPTIONS, POST` on /api/webhooks)."""
+
+    async def options_handler() -> Response[None]:
+        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": methods})
+
+    return route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False)(options_handler)
+
+
 webhook_handlers = [
+    _options("/api/webhooks", "GET, OPTIONS, POST"),
+    _options("/api/webhooks/{webhook_id:str}", "DELETE, GET, OPTIONS"),
     create_webhook,
     list_webhooks,
     get_webhook,

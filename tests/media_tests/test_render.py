@@ -225,3 +225,25 @@ def test_bad_inputs_fail_with_codes(tmp_path: Path) -> None:
         render(str(cut), str(tmp_path / "o.wav"), Recipe(), "wav")
     assert info.value.code == CORRUPT_MEDIA
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize(
+    ("channels", "layout", "depth"), [("stereo", "stereo", 16), ("mono", "mono", 24)]
+)
+def test_wav_outputs_carry_their_channel_mask(
+    tmp_path: Path, tone_wav: Path, channels: str, layout: str, depth: int
+) -> None:
+    """Issue 15 bug 11: without WAVE_FORMAT_EXTENSIBLE readers see layout "unknown"."""
+    import av
+
+    dst = tmp_path / "o.wav"
+    recipe = Recipe(channels=channels)  # type: ignore[arg-type]
+    render(
+        str(tone_wav), str(dst), recipe, "wav", options=OutputOptions(bit_depth=depth), title="T"
+    )
+    with av.open(str(dst)) as inp:
+        stream = inp.streams.audio[0]
+        assert stream.layout.name == layout
+        assert inp.metadata.get("title") == "T"
+    assert media.stream_info(dst)[0] == ("pcm_s16le" if depth == 16 else "pcm_s24le")
+    assert abs(media.measure_duration_s(dst) - 4.0) <= 0.01

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from services.worker.pipeline.voice_chain import (
     plan_voice,
     trim_bounds_ms,
 )
+from services.worker.pipeline.wav import WavWriter
 from shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
 from shared.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
 from shared.loudness_targets import LoudnessTarget, resolve_target
@@ -415,6 +416,21 @@ def _encode(
             f"sample_fmts={sample_fmt}:sample_rates={path.rate}:channel_layouts={path.layout}",
         )
     ]
+    frames = run_path(
+        src_path,
+        path,
+        gain_db=gain,
+        ceiling_db=ceiling,
+        tail=tail,
+        frame_size=None if settings.fmt.name != "wav" else 4096,
+        should_stop=should_stop,
+        stats=run,
+        cache=cache,
+    )
+    if settings.fmt.name == "wav":
+        _write_wav(dst_path, frames, path, settings, title, progress)
+        progress.done()
+        return run
     try:
         with av.open(dst_path, "w", format=settings.fmt.container) as out:
             if title:
@@ -458,6 +474,36 @@ def _encode(
         lame.patch_header(dst_path)
     progress.done()
     return run
+
+
+def _write_wav(
+    dst_path: str,
+    frames: Iterator[AudioFrame],
+    path: SignalPath,
+    settings: EncoderSettings,
+    title: str | None,
+    progress: Progress,
+) -> None:
+    """PCM from a standalone encoder into our own WAVE_FORMAT_EXTENSIBLE writer (wav.py)."""
+    codec = av.CodecContext.create(settings.codec, "w")
+    assert isinstance(codec, av.AudioCodecContext)
+    codec.sample_rate = path.rate
+    codec.layout = path.layout
+    codec.format = settings.sample_fmt
+    try:
+        codec.open()
+        bits = 24 if settings.codec == "pcm_s24le" else 16
+        with open(dst_path, "wb") as fh:
+            writer = WavWriter(fh, rate=path.rate, channels=path.channels, bits=bits, title=title)
+            for frame in frames:
+                for packet in codec.encode(frame):
+                    writer.write(bytes(packet))
+                progress.advance_samples(frame.samples, path.rate)
+            for packet in codec.encode(None):
+                writer.write(bytes(packet))
+            writer.close()
+    except av.FFmpegError as exc:
+        raise Permanent(f"render failed: {exc}", code=RENDER_FAILED) from exc
 
 
 def _write(

@@ -35,7 +35,13 @@ CHROMIUM_FLAGS = [
 ]
 API_KEY = "browser-test-key"
 BROWSER_TEST_FILES = frozenset(
-    {"test_web_page.py", "test_web_editor.py", "test_web_voice.py", "test_docs_ui.py"}
+    {
+        "test_web_page.py",
+        "test_web_editor.py",
+        "test_web_voice.py",
+        "test_docs_ui.py",
+        "test_web_webhooks.py",
+    }
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 

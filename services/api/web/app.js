@@ -1440,6 +1440,342 @@ async function cancelSave() {
   }
 }
 
+// ---- webhooks settings panel (docs/webhooks.md) ------------------------------------------
+
+const wh = {
+  endpoints: [],
+  open: null, // the endpoint whose deliveries are shown
+  timer: null,
+  loaded: false,
+  shown: "", // what the deliveries table shows now
+};
+
+function fmtWhen(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+function fmtNext(iso) {
+  if (!iso) return "–";
+  const s = Math.round((new Date(iso).getTime() - Date.now()) / 1000);
+  if (!Number.isFinite(s)) return iso;
+  if (s <= 0) return "due now";
+  if (s < 90) return `in ${s} s`;
+  if (s < 5400) return `in ${Math.round(s / 60)} min`;
+  return fmtWhen(iso);
+}
+
+function whClearErrors() {
+  for (const box of document.querySelectorAll("#wh-form .field.invalid")) box.classList.remove("invalid");
+  for (const e of document.querySelectorAll("#wh-form .field-error")) e.textContent = "";
+  setError("#wh-error", "");
+}
+
+/** A refused request: next to its field (`url`, `events[0]` → events, …) or under the form. */
+function whProblem(err, what) {
+  const field = String(err.field || "").replace(/^\$\.?/, "").split(/[.[]/)[0];
+  const box = field ? document.querySelector(`#wh-form [data-field="${field}"]`) : null;
+  const words = err.code === "forbidden_url" || err.code === "invalid_url" || err.code === "unresolvable_host"
+    ? whUrlWords(err)
+    : String(err.message || "").replace(/\s*-\s*at `\$[^`]*`\s*$/, "");
+  if (box) {
+    const where = box.closest(".field") || box;
+    where.classList.add("invalid");
+    where.querySelector(".field-error").textContent = words;
+    setError("#wh-error", `${what}: please fix “${where.querySelector("label").textContent.trim()}”.`);
+    const input = where.querySelector("input");
+    if (input) input.focus();
+    return;
+  }
+  setError("#wh-error", `${what}: ${words}`);
+}
+
+function whUrlWords(err) {
+  const base = {
+    forbidden_url: "That address is not allowed (private or local network addresses are blocked).",
+    invalid_url: "That is not a URL audioprep can send to.",
+    unresolvable_host: "That host name does not resolve.",
+  }[err.code];
+  const msg = String(err.message || "").trim();
+  return msg ? `${base} Details: ${msg}` : base;
+}
+
+function showSecret(title, secret) {
+  $("#wh-secret-title").textContent = title;
+  $("#wh-secret-value").textContent = secret;
+  $("#wh-secret-note").textContent = "";
+  show($("#wh-secret"));
+}
+
+function hideSecret() {
+  $("#wh-secret-value").textContent = "";
+  show($("#wh-secret"), false);
+}
+
+async function copySecret() {
+  const secret = $("#wh-secret-value").textContent;
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(secret);
+    ok = true;
+  } catch {
+    // No clipboard API (not a secure context, or refused): copy the selected text instead.
+    const range = document.createRange();
+    range.selectNodeContents($("#wh-secret-value"));
+    const sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    try {
+      ok = document.execCommand("copy");
+    } catch {
+      ok = false;
+    }
+  }
+  $("#wh-secret-note").textContent = ok ? "Copied." : "Could not copy: select it and copy by hand.";
+}
+
+async function loadWebhooks() {
+  let list;
+  try {
+    list = (await api("GET", "/api/webhooks")).webhooks || [];
+  } catch (err) {
+    setError("#wh-error", `Could not list the webhooks: ${err.message}`);
+    return;
+  }
+  // Rebuilt only when something changed (the deliveries poll reloads it too).
+  const changed = !wh.loaded || JSON.stringify(list) !== JSON.stringify(wh.endpoints);
+  wh.endpoints = list;
+  wh.loaded = true;
+  if (wh.open) wh.open = list.find((e) => e.id === wh.open.id) || wh.open;
+  if (changed) renderWebhooks();
+}
+
+function endpointState(ep) {
+  if (ep.disabled) return { cls: "wh-disabled", text: `disabled: ${ep.disabledReason || "no reason given"}` };
+  if (ep.failingSince) return { cls: "wh-failing", text: `failing since ${fmtWhen(ep.failingSince)}` };
+  if (ep.lastSuccessAt) return { cls: "wh-ok", text: `active, last success ${fmtWhen(ep.lastSuccessAt)}` };
+  return { cls: "wh-ok", text: "active" };
+}
+
+function button(text, action, id) {
+  const b = el("button", null, text);
+  b.type = "button";
+  b.dataset.action = action;
+  b.dataset.id = id;
+  return b;
+}
+
+function renderWebhooks() {
+  const body = $("#wh-table tbody");
+  body.textContent = "";
+  show($("#wh-empty"), wh.loaded && wh.endpoints.length === 0);
+  show($("#wh-table"), wh.endpoints.length > 0);
+  for (const ep of wh.endpoints) {
+    const tr = el("tr");
+    tr.dataset.id = ep.id;
+    const url = el("td", "wh-url-cell");
+    url.append(el("div", null, ep.url));
+    if (ep.description) url.append(el("div", "note", ep.description));
+    url.title = ep.id;
+    const state = endpointState(ep);
+    const actions = el("td", "wh-actions");
+    actions.append(button("Deliveries", "deliveries", ep.id));
+    if (ep.disabled) actions.append(button("Enable", "enable", ep.id));
+    actions.append(button("Rotate secret", "rotate", ep.id), button("Delete", "delete", ep.id));
+    tr.append(
+      url,
+      el("td", null, (ep.events || []).map((e) => e.replace(/^job\./, "")).join(", ")),
+      el("td", null, ep.kinds && ep.kinds.length ? ep.kinds.join(", ") : "all"),
+      el("td", `wh-state ${state.cls}`, state.text),
+      actions,
+    );
+    body.append(tr);
+  }
+  if (wh.open && !wh.endpoints.some((e) => e.id === wh.open.id)) closeDeliveries();
+}
+
+async function addWebhook(e) {
+  e.preventDefault();
+  whClearErrors();
+  hideSecret();
+  const body = { url: $("#wh-url").value.trim() };
+  body.events = [...document.querySelectorAll('input[name="wh-event"]:checked')].map((i) => i.value);
+  const kinds = [...document.querySelectorAll('input[name="wh-kind"]:checked')].map((i) => i.value);
+  if (kinds.length) body.kinds = kinds;
+  const description = $("#wh-desc").value.trim();
+  if (description) body.description = description;
+  const btn = $("#wh-add");
+  btn.disabled = true;
+  let created;
+  try {
+    created = await api("POST", "/api/webhooks", body);
+  } catch (err) {
+    whProblem(err, "The endpoint was not added");
+    return;
+  } finally {
+    btn.disabled = false;
+  }
+  showSecret(`Signing secret for ${created.url}`, created.secret);
+  $("#wh-url").value = "";
+  $("#wh-desc").value = "";
+  await loadWebhooks();
+}
+
+async function webhookAction(e) {
+  const b = e.target.closest("button[data-action]");
+  if (!b) return;
+  const ep = wh.endpoints.find((x) => x.id === b.dataset.id);
+  if (!ep) return;
+  setError("#wh-error", "");
+  const act = b.dataset.action;
+  try {
+    if (act === "deliveries") {
+      await openDeliveries(ep);
+      return;
+    }
+    if (act === "delete") {
+      if (!window.confirm(`Delete the webhook to ${ep.url}? Deliveries still retrying end at their next attempt.`)) return;
+      await api("DELETE", `/api/webhooks/${ep.id}`);
+      if (wh.open && wh.open.id === ep.id) closeDeliveries();
+    } else if (act === "rotate") {
+      if (!window.confirm(`New secret for ${ep.url}? The old one keeps signing beside it for a grace period.`)) return;
+      const r = await api("POST", `/api/webhooks/${ep.id}/rotate-secret`);
+      showSecret(
+        `New signing secret for ${ep.url} (the old one also signs until ${fmtWhen(r.previousSecretExpiresAt)})`,
+        r.secret,
+      );
+    } else if (act === "enable") {
+      await api("POST", `/api/webhooks/${ep.id}/enable`);
+    }
+  } catch (err) {
+    setError("#wh-error", `${b.textContent} failed: ${err.message}`);
+  }
+  await loadWebhooks();
+}
+
+async function openDeliveries(ep) {
+  wh.open = ep;
+  $("#wh-deliveries-title").textContent = `Deliveries to ${ep.url}`;
+  show($("#wh-deliveries"));
+  await refreshDeliveries();
+}
+
+function closeDeliveries() {
+  wh.open = null;
+  clearTimeout(wh.timer);
+  show($("#wh-deliveries"), false);
+  $("#wh-delivery-table tbody").textContent = "";
+  wh.shown = "";
+}
+
+async function refreshDeliveries() {
+  clearTimeout(wh.timer);
+  const ep = wh.open;
+  if (!ep) return;
+  let list;
+  try {
+    // The endpoint's state too: a 410 answer disables it, a success clears "failing".
+    await loadWebhooks();
+    list = (await api("GET", `/api/webhooks/${ep.id}/deliveries?limit=50`)).deliveries || [];
+  } catch (err) {
+    if (!wh.open || wh.open.id !== ep.id) return;
+    setError("#wh-error", `Could not list the deliveries: ${err.message}`);
+    if (err.status === 404) closeDeliveries();
+    return;
+  }
+  if (!wh.open || wh.open.id !== ep.id) return;
+  renderDeliveries(wh.open, list);
+  // Deliveries appear when jobs end and move on by themselves: keep the list fresh while open.
+  if ($("#webhooks").open) wh.timer = setTimeout(refreshDeliveries, 1500);
+}
+
+function deliveryAnswer(d) {
+  if (d.lastStatusCode != null) return `HTTP ${d.lastStatusCode}`;
+  if (d.lastError) return d.lastError;
+  return "–";
+}
+
+function renderDeliveries(ep, list) {
+  // Rebuilt when something changed (or a retry's "next attempt in …" moves on).
+  const key = JSON.stringify([ep.id, ep.disabled, list]);
+  if (key === wh.shown && !list.some((d) => d.status === "retrying")) return;
+  wh.shown = key;
+  const body = $("#wh-delivery-table tbody");
+  body.textContent = "";
+  show($("#wh-deliveries-empty"), list.length === 0);
+  show($("#wh-delivery-table"), list.length > 0);
+  for (const d of list) {
+    const tr = el("tr", `wh-delivery wh-${d.status}`);
+    tr.dataset.id = d.id;
+    const job = el("td", "wh-job");
+    job.append(el("code", null, d.jobId));
+    if (d.kind) job.append(el("span", "note", ` ${d.kind}`));
+    const status = el("td", "wh-status", d.status + (d.replayOf ? " (replay)" : ""));
+    if (d.replayOf) status.title = `replay of ${d.replayOf}`;
+    const answer = el("td", "wh-code", deliveryAnswer(d));
+    if (d.lastMessage) answer.title = d.lastMessage;
+    const replay = el("td");
+    const b = button("Replay", "replay", d.id);
+    b.disabled = ep.disabled;
+    if (ep.disabled) b.title = "The endpoint is disabled: enable it first";
+    replay.append(b);
+    tr.append(
+      el("td", null, d.event),
+      job,
+      status,
+      el("td", "wh-attempts", String(d.attempts || 0)),
+      answer,
+      el("td", "wh-next", d.status === "retrying" ? fmtNext(d.nextAttemptAt) : "–"),
+      replay,
+    );
+    tr.title = `webhook-id ${d.id}, created ${fmtWhen(d.createdAt)}`;
+    body.append(tr);
+  }
+}
+
+async function replayDelivery(e) {
+  const b = e.target.closest("button[data-action='replay']");
+  if (!b || !wh.open) return;
+  b.disabled = true;
+  setError("#wh-error", "");
+  try {
+    await api("POST", `/api/webhooks/${wh.open.id}/deliveries/${b.dataset.id}/replay`);
+  } catch (err) {
+    setError("#wh-error", `Replay failed: ${err.message}`);
+    b.disabled = false;
+    return;
+  }
+  await refreshDeliveries();
+}
+
+function setupWebhooks() {
+  const panel = $("#webhooks");
+  panel.addEventListener("toggle", () => {
+    if (panel.open) {
+      loadWebhooks();
+      if (wh.open) refreshDeliveries();
+    } else {
+      clearTimeout(wh.timer);
+    }
+  });
+  $("#wh-form").addEventListener("submit", addWebhook);
+  $("#wh-form").addEventListener("input", (e) => {
+    const box = e.target.closest(".field");
+    if (box && box.classList.contains("invalid")) {
+      box.classList.remove("invalid");
+      box.querySelector(".field-error").textContent = "";
+      if (!document.querySelector("#wh-form .field.invalid")) setError("#wh-error", "");
+    }
+  });
+  $("#wh-table").addEventListener("click", webhookAction);
+  $("#wh-delivery-table").addEventListener("click", replayDelivery);
+  $("#wh-refresh").addEventListener("click", refreshDeliveries);
+  $("#wh-deliveries-close").addEventListener("click", closeDeliveries);
+  $("#wh-secret-copy").addEventListener("click", copySecret);
+  $("#wh-secret-done").addEventListener("click", hideSecret);
+}
+
 // ---- wiring ------------------------------------------------------------------------------
 
 function setupIngest() {
@@ -1547,6 +1883,7 @@ function main() {
   });
   $("#save-btn").addEventListener("click", save);
   $("#cancel-btn").addEventListener("click", cancelSave);
+  setupWebhooks();
   document.body.dataset.ready = "1";
   restore();
 }

@@ -252,3 +252,39 @@ def test_long_sources_calibrate_on_excerpts_and_still_land(
     assert abs(media.integrated_lufs(dst) - -14.0) <= TOLERANCE_LU
     assert media.true_peak_db(dst) <= -1.0
     assert sorted(p.name for p in out_dir.iterdir()) == [dst.name]  # excerpt removed
+
+
+def _write_71_flac(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
+    """8 channels, written packed (PyAV's planar path overruns at 8 planes)."""
+    import av
+
+    rng = np.random.default_rng(71)
+    n = int(seconds * rate)
+    pcm = (rng.standard_normal((n, 8)) * 0.08 * 32767).astype(np.int16)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("flac", rate=rate, layout="7.1")
+        st.format = "s16"
+        for i in range(0, n, 4096):
+            chunk = np.ascontiguousarray(pcm[i : i + 4096]).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="7.1")
+            frame.sample_rate = rate
+            for packet in st.encode(frame):
+                out.mux(packet)
+        for packet in st.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_surround_source_is_analysed_and_normalised_through_the_downmix(tmp_path: Path) -> None:
+    """A 7.1 FLAC crashed the analysis (SIGSEGV); its stereo downmix is quieter than the 7.1
+    measurement, and with no limiting needed the verification must still move the gain."""
+    from services.worker.pipeline.analyse import analyse
+
+    src = _write_71_flac(tmp_path / "s71.flac")
+    analysis = analyse(str(src))
+    assert analysis.info.channels == 8 and analysis.loudness.integrated_lufs is not None
+    dst = tmp_path / "o.mp3"
+    result = render(str(src), str(dst), Recipe(normalize=Normalize(preset="spotify")), "mp3")
+    assert result.channels == 2
+    assert abs(media.integrated_lufs(dst) - -14.0) <= TOLERANCE_LU
+    assert media.true_peak_db(dst) <= -1.0

@@ -9,7 +9,7 @@ from typing import Any
 from services.worker.pipeline.decode import decode_frames, open_audio
 from services.worker.pipeline.filters import make_graph, run_graph
 from services.worker.pipeline.loudness import METER, Loudness, LoudnessMeter
-from services.worker.pipeline.peaks import PLANAR_FLOAT, PeakAccumulator
+from services.worker.pipeline.peaks import PeakAccumulator, planar_float_for
 from services.worker.pipeline.probe import MediaInfo, header_duration_ms, media_info
 from services.worker.pipeline.progress import Progress
 from services.worker.pipeline.voice_analysis import VoiceAnalysis, VoiceAnalyzer
@@ -52,7 +52,7 @@ def analyse(
         voice = VoiceAnalyzer(rate)
         progress = Progress(on_progress, header_ms)
         samples = 0
-        graph = make_graph(stream, [METER, PLANAR_FLOAT])
+        graph = make_graph(stream, [METER, planar_float_for(stream.codec_context.channels)])
         for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
             meter.feed(frame)
             pcm = frame.to_ndarray()

@@ -18,6 +18,7 @@ import numpy as np
 from services.worker.pipeline.decode import decode_frames, normal_layout, open_audio
 from services.worker.pipeline.filters import make_graph, run_graph
 from services.worker.pipeline.loudness import measure_loudness
+from services.worker.pipeline.peaks import planar_float_for
 from services.worker.pipeline.signal_path import SignalPath
 
 EXCERPTS = 8
@@ -59,9 +60,10 @@ def build_excerpt(
     out_path = scratch / "excerpt.wav"
     with open_audio(src_path) as (container, stream):
         rate = stream.codec_context.sample_rate
-        layout = normal_layout(stream)
+        layout = normal_layout(stream) if stream.codec_context.channels <= 2 else "stereo"
         bounds = [(round(a * rate / 1000), round((a + n) * rate / 1000)) for a, n in windows]
-        graph = make_graph(stream, [("asetpts", "PTS-STARTPTS"), ("aformat", "sample_fmts=fltp")])
+        channels = stream.codec_context.channels
+        graph = make_graph(stream, [("asetpts", "PTS-STARTPTS"), planar_float_for(channels)])
         with av.open(str(out_path), "w", format="wav") as out:
             st = out.add_stream("pcm_f32le", rate=rate, layout=layout)
             position = 0

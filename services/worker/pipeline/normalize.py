@@ -110,6 +110,7 @@ def normalize(
     encodes = 0
     after: Levels | None = None
     run = PathRun()
+    skipped = False
     for _ in range(MAX_ENCODES):
         skip_dry = (
             target.measure == "lufs"
@@ -136,6 +137,7 @@ def normalize(
         run = encode(gain, ceiling)
         encodes += 1
         after = verify()
+        skipped = skip_dry
         value, peak = metric(after, target), after.true_peak
         loud_ok = value is None or abs(value - target.target) <= tolerance
         peak_ok = peak is None or peak <= target.true_peak_db
@@ -144,7 +146,9 @@ def normalize(
         if not peak_ok and peak is not None:
             ceiling -= peak - target.true_peak_db + PEAK_MARGIN_DB * 2
         if not loud_ok and value is not None and not _unreachable(warnings):
-            aim += target.target - value  # the codec moved the loudness: aim past it
+            aim += target.target - value  # the codec (or a downmix) moved the loudness
+            if skipped:  # no limiting, no calibration: loudness follows the gain 1:1
+                gain += target.target - value
     assert after is not None
     if run.max_reduction_db > HEAVY_LIMITING_DB:
         warnings.append(

@@ -14,6 +14,16 @@ from services.worker.pipeline.progress import Progress
 
 PEAKS_VERSION = 1
 PLANAR_FLOAT: Filter = ("aformat", "sample_fmts=fltp")
+# PyAV 18 overruns its plane array converting 8-channel planar frames to numpy (SIGSEGV on a
+# 7.1 FLAC): numpy-side analysis of more than two channels works on a stereo downmix.
+_PLANAR_STEREO: Filter = ("aformat", "sample_fmts=fltp:channel_layouts=stereo")
+
+
+def planar_float_for(channels: int) -> Filter:
+    """Planar float for numpy; a stereo downmix when there are more than two channels."""
+    return PLANAR_FLOAT if channels <= 2 else _PLANAR_STEREO
+
+
 _BLOCKS_PER_POINT = 4
 _MAX_BLOCKS_PER_POINT = 16
 
@@ -104,7 +114,7 @@ def compute_peaks(
             points=points, expected_samples=int((total_ms or 0) * rate / 1000), sample_rate=rate
         )
         progress = Progress(on_progress, total_ms)
-        graph = make_graph(stream, [PLANAR_FLOAT])
+        graph = make_graph(stream, [planar_float_for(stream.codec_context.channels)])
         for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
             acc.feed(frame.to_ndarray())  # type: ignore[arg-type]
             progress.advance_samples(frame.samples, rate)

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from services.worker.pipeline.decode import decode_frames, open_audio
 from services.worker.pipeline.filters import make_graph, run_graph
+from services.worker.pipeline.peaks import planar_float_for
 from services.worker.pipeline.progress import Progress
 from shared.events import HumInfo, VoiceAnalysisInfo
 
@@ -260,7 +261,8 @@ def measure_voice(
         total_ms = container.duration / 1000 if container.duration else None
         progress = Progress(on_progress, total_ms)
         analyzer = VoiceAnalyzer(stream.codec_context.sample_rate)
-        graph = make_graph(stream, [("asetpts", "PTS-STARTPTS"), ("aformat", "sample_fmts=fltp")])
+        channels = stream.codec_context.channels
+        graph = make_graph(stream, [("asetpts", "PTS-STARTPTS"), planar_float_for(channels)])
         for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
             analyzer.feed(np.asarray(frame.to_ndarray()[:, : frame.samples], dtype=np.float32))
             progress.advance_samples(frame.samples, frame.sample_rate)

@@ -266,7 +266,10 @@ def _up(args: argparse.Namespace) -> int:
         _start_nats(server, args, env)
         settings = Settings.from_env(env)
         asyncio.run(_provision_with_retry(settings))
-        print("provisioned   stream JOBS, consumers workers-*, KV buckets jobs/render_cache")
+        print(
+            "provisioned   streams JOBS/WEBHOOKS, consumers workers-*/notifier-*, "
+            "KV buckets jobs/render_cache/presets/webhook_endpoints"
+        )
         children = _start_services(args, env, settings)
         dead = _wait_ready(settings, children)
         if not dead:

@@ -923,10 +923,85 @@ function playheadS() {
   const steps = p.voice && p.voice.steps;
   let start = r.trim && r.trim.startMs ? r.trim.startMs / 1000 : 0;
   if (steps && steps.trimmedMs) start = steps.trimmedMs[0] / 1000; // cut silence moved the start
-  let t = start + (a.currentTime || 0) * (r.speed || 1);
+  let t = start + ((p.offsetS || 0) + (a.currentTime || 0)) * (r.speed || 1);
   // Shortened pauses: each cut before this point (source ms, ascending) moves it on.
   for (const [ca, cb] of (steps && steps.cutsMs) || []) if (ca / 1000 < t) t += (cb - ca) / 1000;
   return Math.min(Math.max(t, 0), durationS());
+}
+
+// Long sources: the edit is heard at once. Its first seconds render as their own small
+// preview and play; while one part plays the next (twice as long) renders; the whole preview
+// renders beside them, and when it is ready the player switches to it at the same position.
+// Recipes whose start depends on a pass over the whole source (cut silence, shortened pauses,
+// leveler) render whole first.
+const QUICK_START_MIN_S = 45;
+const QUICK_START_HEAD_S = 8;
+
+function quickBounds(recipe) {
+  if (durationS() < QUICK_START_MIN_S) return null;
+  if (recipe.trimSilence || recipe.shortenPauses || recipe.leveler) return null;
+  const start = recipe.trim && recipe.trim.startMs ? recipe.trim.startMs : 0;
+  const end = recipe.trim && recipe.trim.endMs ? recipe.trim.endMs : Math.floor(durationS() * 1000);
+  if (end - start < 2 * QUICK_START_HEAD_S * 1000) return null;
+  return { start, end };
+}
+
+/** The recipe of one part of the edit: source [fromMs, toMs), no fade-out (it ends the edit). */
+function partRecipe(recipe, bounds, fromMs, toMs) {
+  const part = { ...recipe, trim: { startMs: Math.round(fromMs), endMs: Math.round(toMs) } };
+  if (fromMs > bounds.start) delete part.fadeInMs;
+  if (toMs < bounds.end) delete part.fadeOutMs;
+  return part;
+}
+
+async function renderPreview(recipe, format, label, onProgress) {
+  const accepted = await api("POST", "/api/audio/edit/preview", {
+    sourceKey: state.source.sourceKey,
+    recipe,
+    format,
+  });
+  recordJob(accepted.jobId, "preview", label);
+  return followJob(accepted.jobId, (v) => {
+    recordJob(accepted.jobId, "preview", label, v);
+    if (onProgress) onProgress(v);
+  });
+}
+
+/** Parts of the edit played one after the other until the whole preview takes over. */
+function startQuickParts(recipe, format, key, bounds) {
+  const speed = recipe.speed || 1;
+  const run = { stopped: false, next: null };
+  const part = (fromMs, lenS) => {
+    const toMs = Math.min(bounds.end, fromMs + lenS * 1000 * speed);
+    const promise = renderPreview(
+      partRecipe(recipe, bounds, fromMs, toMs),
+      format,
+      `preview part: ${recipeSummary(recipe)}`,
+    ).then((v) => (v.status === "completed" ? { view: v, fromMs, toMs, lenS } : null));
+    return promise.catch(() => null);
+  };
+  const playPart = (p) => {
+    if (run.stopped || !p || key !== currentPreviewKey()) return;
+    if (state.playing && !state.playing.part) return; // the whole preview is already there
+    const entry = {
+      url: previewAudioUrl(p.view),
+      jobId: p.view.jobId,
+      recipe,
+      part: true,
+      offsetS: (p.fromMs - bounds.start) / 1000 / speed,
+    };
+    play(entry, key, "Playing the start while the rest renders…");
+    if (p.toMs < bounds.end) run.next = part(p.toMs, p.lenS * 2);
+  };
+  $("#player").addEventListener("ended", function onEnded() {
+    if (run.stopped || !state.playing || !state.playing.part) {
+      this.removeEventListener("ended", onEnded);
+      return;
+    }
+    if (run.next) run.next.then(playPart);
+  });
+  part(bounds.start, QUICK_START_HEAD_S).then(playPart);
+  return run;
 }
 
 async function preview() {
@@ -942,30 +1017,30 @@ async function preview() {
   }
   const btn = $("#preview-btn");
   btn.disabled = true;
+  const bar = $("#preview-progress");
+  const bounds = quickBounds(recipe);
+  let quick = null;
   try {
-    let accepted;
+    const label = `preview: ${recipeSummary(recipe)}`;
+    const whole = renderPreview(recipe, format, label, (v) => {
+      if (TERMINAL.has(v.status)) return;
+      show(bar);
+      bar.value = v.progress || 0;
+      if (!(state.playing && state.playing.part)) {
+        $("#preview-note").textContent = `${stageWords(v)}… ${v.progress || 0}%`;
+      }
+    });
+    if (bounds) quick = startQuickParts(recipe, format, key, bounds);
+    let view;
     try {
-      accepted = await api("POST", "/api/audio/edit/preview", {
-        sourceKey: state.source.sourceKey,
-        recipe,
-        format,
-      });
+      view = await whole;
     } catch (err) {
+      if (quick) quick.stopped = true;
       resetPlayer("Not previewed: the server refused this edit (see above).");
       showProblem(err, "#recipe-error");
       return;
     }
-    const label = `preview: ${recipeSummary(recipe)}`;
-    recordJob(accepted.jobId, "preview", label);
-    const bar = $("#preview-progress");
-    const view = await followJob(accepted.jobId, (v) => {
-      recordJob(accepted.jobId, "preview", label, v);
-      if (!TERMINAL.has(v.status)) {
-        show(bar);
-        bar.value = v.progress || 0;
-        $("#preview-note").textContent = `${stageWords(v)}… ${v.progress || 0}%`;
-      }
-    });
+    if (quick) quick.stopped = true;
     show(bar, false);
     if (view.status !== "completed") {
       resetPlayer("Not previewed.");
@@ -985,11 +1060,39 @@ async function preview() {
       $("#preview-note").textContent = "The edit changed while rendering: press Preview to hear it.";
       return;
     }
+    if (state.playing && state.playing.part && state.playing.key === key) {
+      switchToWhole(entry, key);
+      return;
+    }
     const cached = view.result && view.result.fromCache;
     play(entry, key, cached ? "Playing (this edit was already rendered)." : "Playing the preview.");
   } finally {
     btn.disabled = false;
   }
+}
+
+/** The whole preview is ready while its start plays: carry on from the same position. */
+function switchToWhole(entry, key) {
+  const a = $("#player");
+  const at = ((state.playing && state.playing.offsetS) || 0) + (a.currentTime || 0);
+  const wasPlaying = !a.paused && !a.ended;
+  state.playing = { key, ...entry };
+  a.src = entry.url;
+  a.load();
+  const resume = () => {
+    a.removeEventListener("loadedmetadata", resume);
+    try {
+      a.currentTime = at;
+    } catch {
+      /* not seekable yet: from the start */
+    }
+    if (wasPlaying || at > 0) a.play().catch(() => {});
+  };
+  a.addEventListener("loadedmetadata", resume);
+  $("#preview-note").textContent = "Playing the preview.";
+  renderReport($("#preview-report"), entry.report, "Preview loudness");
+  renderVoiceReport($("#preview-voice"), entry.voice, entry.recipe, "Voice clean-up of the preview");
+  drawWave();
 }
 
 function togglePlay() {

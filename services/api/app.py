@@ -73,7 +73,13 @@ def create_app(settings: Settings) -> Litestar:
             cache_kv=await render_cache.bucket(js),
         )
         if not settings.api_keys:
-            log.warning("no API keys configured: running open, single tenant 'default'")
+            # Loud in production; in dev mode (the default, `make run`) it is the expected
+            # set-up and the README's flows must run without a warning in the log.
+            open_note = "no API keys configured: running open, single tenant 'default'"
+            if settings.dev_mode:
+                log.info(open_note + " (dev mode; set AUDIOPREP_API_KEYS to require keys)")
+            else:
+                log.warning(open_note)
         try:
             yield
         finally:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.worker.pipeline import render as render_mod  # noqa: E402
 from services.worker.pipeline.formats import EncoderSettings, encoder_settings  # noqa: E402
+from services.worker.pipeline.progress import StagedProgress  # noqa: E402
 from shared.recipe import Recipe, Trim  # noqa: E402
 from tests import media  # noqa: E402
 
@@ -118,15 +119,12 @@ def ours(src: Path, dst: Path, fmt: str) -> None:
 def ours_mp3_bundled_lame(src: Path, dst: Path) -> None:
     """The alternative mp3 route: PyAV's bundled libmp3lame through the generic encoder path."""
     settings = encoder_settings("mp3", None)
-    plan = render_mod._plan(str(src), RECIPE, settings, None, None, None)
-    plan = render_mod._Plan(
-        chain=[*plan.chain[:-1], (plan.chain[-1][0], plan.chain[-1][1].replace("s16", "fltp"))],
-        rate=plan.rate,
-        layout=plan.layout,
-        length_ms=plan.length_ms,
-    )
+    staged = StagedProgress(None, None, {})
+    plan = render_mod._plan(str(src), RECIPE, settings, None, None, None, staged)
     generic = EncoderSettings(settings.fmt, "mp3", "fltp", settings.bitrate_kbps)
-    render_mod._encode(str(src), str(dst), plan, generic, None, None, None, None)
+    render_mod._encode(
+        str(src), str(dst), plan, generic, None, None, None, None, gain=plan.gain_db, ceiling=None
+    )
 
 
 def cli(ffmpeg: str, src: Path, dst: Path, fmt: str) -> None:

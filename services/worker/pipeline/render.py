@@ -196,7 +196,8 @@ def _normalized_or_plain(
 
     def verify() -> Levels:
         staged.stage("verifying")
-        return measure_file(dst_path, should_stop=should_stop)
+        # the true peak is what a ceiling is checked against: measured when normalising
+        return measure_file(dst_path, should_stop=should_stop, true_peak=plan.target is not None)
 
     outcome: Outcome | None = None
     if plan.target is not None:

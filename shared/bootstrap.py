@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from shared.nats_conn import connect
+from shared.nats_conn import connect_waiting
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 
@@ -26,8 +26,8 @@ class Deps:
 
 @contextlib.asynccontextmanager
 async def service_deps(settings: Settings, name: str) -> AsyncIterator[Deps]:
-    """Connect to NATS and open storage; close them on exit."""
-    nc = await connect(settings, name)
+    """Connect to NATS (waiting for it at start) and open storage; close them on exit."""
+    nc = await connect_waiting(settings, name)
     try:
         yield Deps(
             settings=settings, nc=nc, js=nc.jetstream(), storage=open_storage(settings.storage)

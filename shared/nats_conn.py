@@ -104,6 +104,27 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
     return client
 
 
+START_WAIT_S = 60.0  # how long a long-running service waits for NATS at start
+
+
+async def connect_waiting(settings: Settings, name: str, *, wait_s: float = START_WAIT_S) -> Client:
+    """`connect`, retried for `wait_s` at start: a worker, projector or notifier started while
+    nats-server (re)starts waits for it instead of exiting (one log line, then quiet)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    said = False
+    while True:
+        try:
+            return await connect(settings, name)
+        except NatsUnavailable as exc:
+            if loop.time() >= deadline:
+                raise
+            if not said:
+                log.warning("waiting for nats", extra={"service": name, "error": str(exc)})
+                said = True
+            await asyncio.sleep(0.5)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures a server restart or leader election explains: retry, don't give up."""
     if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.js.errors.ServerError):

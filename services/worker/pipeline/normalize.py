@@ -126,7 +126,7 @@ def normalize(
                 gain, ceiling, aim + offset, start, measured.true_peak_db if measured else None
             )
             dry_runs += runs
-            if not reachable and not any(c == "target_unreachable" for c, _ in warnings):
+            if not reachable and not _unreachable(warnings):
                 warnings.append(
                     (
                         "target_unreachable",

@@ -56,6 +56,7 @@ from shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 _CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe reports them
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
+_WAV_FRAME = 4096  # samples per frame fed to the PCM encoder
 # where each pass sits in the job's progress (0..1)
 _NORMALIZE_SPANS = {
     "analysing voice": (0.0, 0.05),
@@ -254,15 +255,14 @@ def _voice_report(plan: _Plan, after: Levels) -> VoiceReport | None:
         return None
     voice = voice or VoicePlan()
     gains = voice.leveler_db
-    highpass = next((a for n, a in voice.pre if n == "highpass"), None)
     steps = VoiceSteps(
-        highpass_hz=int(highpass.split("=")[1].split(":")[0]) if highpass else None,
+        highpass_hz=voice.highpass_hz,
         dehum_hz=voice.notched_hz[0] if voice.notched_hz else None,
         notched_hz=voice.notched_hz,
         denoise_db=None if voice.denoise_db is None else round(voice.denoise_db, 1),
         leveler_max_gain_db=None if gains is None else round(float(gains.max()), 2),
         leveler_min_gain_db=None if gains is None else round(float(gains.min()), 2),
-        deess=next((float(a.split(":")[0][2:]) for n, a in voice.post if n == "deesser"), None),
+        deess=voice.deess,
         trimmed_ms=list(plan.trimmed_ms) if plan.trimmed_ms else None,
         cuts_ms=[[a, b] for a, b in voice.cuts_ms],
         cut_total_ms=sum(b - a for a, b in voice.cuts_ms),
@@ -417,19 +417,22 @@ def _encode(
             f"sample_fmts={sample_fmt}:sample_rates={path.rate}:channel_layouts={path.layout}",
         )
     ]
-    frames = run_path(
-        src_path,
-        path,
-        gain_db=gain,
-        ceiling_db=ceiling,
-        tail=tail,
-        frame_size=None if settings.fmt.name != "wav" else 4096,
-        should_stop=should_stop,
-        stats=run,
-        cache=cache,
-    )
+
+    def frames(frame_size: int | None) -> Iterator[AudioFrame]:
+        return run_path(
+            src_path,
+            path,
+            gain_db=gain,
+            ceiling_db=ceiling,
+            tail=tail,
+            frame_size=frame_size,
+            should_stop=should_stop,
+            stats=run,
+            cache=cache,
+        )
+
     if settings.fmt.name == "wav":
-        _write_wav(dst_path, frames, path, settings, title, progress)
+        _write_wav(dst_path, frames(_WAV_FRAME), path, settings, title, progress)
         progress.done()
         return run
     try:
@@ -450,18 +453,7 @@ def _encode(
             else:
                 encoder = _open_encoder(out, path, settings)
                 frame_size = encoder.codec_context.frame_size
-            frames = run_path(
-                src_path,
-                path,
-                gain_db=gain,
-                ceiling_db=ceiling,
-                tail=tail,
-                frame_size=frame_size or None,
-                should_stop=should_stop,
-                stats=run,
-                cache=cache,
-            )
-            for frame in frames:
+            for frame in frames(frame_size or None):
                 _write(out, encoder, lame, frame)
                 progress.advance_samples(frame.samples, path.rate)
             if lame is not None:

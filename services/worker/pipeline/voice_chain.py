@@ -40,6 +40,8 @@ class VoicePlan:
     post: list[Filter] = field(default_factory=list)  # de-esser
     hum: Hum | None = None
     notched_hz: list[float] = field(default_factory=list)
+    highpass_hz: int | None = None  # what pre/post hold, for the report
+    deess: float | None = None
 
     @property
     def numpy_stages(self) -> bool:
@@ -113,8 +115,9 @@ def plan_voice(
     if recipe.shorten_pauses is not None and analysis is not None:
         cuts = plan_pause_cuts(analysis.pauses_ms(), recipe.shorten_pauses.max_pause_ms)
     post: list[Filter] = []
-    if recipe.deess is not None and recipe.deess.amount > 0:
-        post.append(("deesser", f"i={recipe.deess.amount:g}:m=0.5:f=0.5:s=o"))
+    deess = recipe.deess.amount if recipe.deess is not None and recipe.deess.amount > 0 else None
+    if deess is not None:
+        post.append(("deesser", f"i={deess:g}:m=0.5:f=0.5:s=o"))
     return VoicePlan(
         pre=pre,
         denoise_db=denoise_db,
@@ -124,6 +127,8 @@ def plan_voice(
         post=post,
         hum=found,
         notched_hz=notched,
+        highpass_hz=recipe.highpass_hz,
+        deess=deess,
     )
 
 

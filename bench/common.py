@@ -346,3 +346,26 @@ def http_load(
         cmd += ["--paths-file", str(paths_file)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def write_tiled_wav(path: Path, mono: Any, rate: int, seconds: float) -> Path:
+    """`mono` (1, n) float repeated to `seconds`, written as 16-bit wav chunk by chunk (a long
+    benchmark source without holding it in memory)."""
+    import av
+    import numpy as np
+
+    block = (np.clip(mono, -1, 1) * 32767).astype(np.int16)
+    total = int(seconds * rate)
+    with av.open(str(path), "w") as out:
+        st: Any = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        written = 0
+        while written < total:
+            chunk = np.ascontiguousarray(block[:, : min(block.shape[1], total - written)])
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in st.encode(frame):
+                out.mux(packet)
+            written += chunk.shape[1]
+        for packet in st.encode(None):
+            out.mux(packet)
+    return path

@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_tiled_wav  # noqa: E402
 from bench.render import peak_rss_mib  # noqa: E402
 from services.worker.pipeline.render import render  # noqa: E402
 from shared.recipe import Normalize, Recipe  # noqa: E402
@@ -181,29 +179,12 @@ def rss_child(src: str, dst: str, normalize: str) -> None:
 
 def long_source(work: Path, minutes: int) -> Path:
     """Speech tiled to `minutes` (mono 44.1 kHz wav), written in chunks."""
-    import av
-
     voice = speech.make_material("laptop", work / "long-src")
     pcm, rate = media.decode_pcm(voice.path)
     path = work / f"long-{minutes}min.wav"
     if path.exists():
         return path
-    total = minutes * 60 * rate
-    with av.open(str(path), "w") as out:
-        st: Any = out.add_stream("pcm_s16le", rate=rate, layout="mono")
-        written = 0
-        while written < total:
-            chunk = pcm[:, : min(pcm.shape[1], total - written)]
-            frame = av.AudioFrame.from_ndarray(
-                (np.clip(chunk, -1, 1) * 32767).astype(np.int16), format="s16", layout="mono"
-            )
-            frame.sample_rate = rate
-            for packet in st.encode(frame):
-                out.mux(packet)
-            written += chunk.shape[1]
-        for packet in st.encode(None):
-            out.mux(packet)
-    return path
+    return write_tiled_wav(path, pcm, rate, minutes * 60)
 
 
 def measure_long(work: Path, minutes: int) -> dict[str, Any]:

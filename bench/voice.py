@@ -33,6 +33,7 @@ from scipy.signal import resample_poly
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_tiled_wav  # noqa: E402
 from services.worker.pipeline.render import render  # noqa: E402
 from services.worker.pipeline.signal_path import SignalPath, run_path  # noqa: E402
 from services.worker.pipeline.voice_analysis import measure_voice  # noqa: E402
@@ -135,26 +136,7 @@ def long_episode(work: Path, minutes: int) -> Path:
         return path
     mix = speech.voice_mix(work / "episode-src", snr_db=15, hum_hz=50, level_step_db=6, name="ep")
     pcm = mix.noisy
-    reps = int(np.ceil(minutes * 60 * RATE / pcm.shape[1]))
-    import av
-
-    with av.open(str(path), "w") as out:
-        st: Any = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
-        block = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
-        total = minutes * 60 * RATE
-        written = 0
-        for _ in range(reps):
-            chunk = block[:, : min(block.shape[1], total - written)]
-            if chunk.shape[1] == 0:
-                break
-            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
-            frame.sample_rate = RATE
-            for packet in st.encode(frame):
-                out.mux(packet)
-            written += chunk.shape[1]
-        for packet in st.encode(None):
-            out.mux(packet)
-    return path
+    return write_tiled_wav(path, pcm, RATE, minutes * 60)
 
 
 def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:

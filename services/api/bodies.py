@@ -59,8 +59,8 @@ async def read_limited(request: Request[Any, Any, Any], limit: int = JSON_BODY_L
     return b"".join(chunks)
 
 
-async def json_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
-    """Read and decode the request's JSON body into `type_`, or raise the mapped problem."""
+async def json_bytes(request: Request[Any, Any, Any]) -> bytes:
+    """The request's body, checked for size, emptiness and a JSON content type."""
     raw = await read_limited(request)
     if not raw.strip():
         raise empty_body()
@@ -71,7 +71,12 @@ async def json_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
             "unsupported_media_type",
             f"send the body as application/json, not {content_type.split(';', 1)[0].strip()!r}",
         )
-    return decode_json(raw, type_)
+    return raw
+
+
+async def json_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
+    """Read and decode the request's JSON body into `type_`, or raise the mapped problem."""
+    return decode_json(await json_bytes(request), type_)
 
 
 def decode_json(raw: bytes, type_: type[T]) -> T:

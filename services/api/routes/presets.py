@@ -17,14 +17,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from services.api.auth import tenant_for
-from services.api.bodies import (
-    decode_json,
-    empty_body,
-    is_json_media_type,
-    json_body,
-    malformed_json,
-    read_limited,
-)
+from services.api.bodies import decode_json, json_body, json_bytes, malformed_json
 from services.api.context import ApiContext
 from services.api.problems import ProblemError
 from services.api.routes.images import publishing_fields
@@ -195,16 +188,7 @@ async def body_with_preset(
 ) -> tuple[T, int | None]:
     """The preview/save body with its `preset` resolved (request fields win), and the
     preset's KV revision (None without one). Same error mapping as `json_body`."""
-    raw = await read_limited(request)
-    if not raw.strip():
-        raise empty_body()
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not is_json_media_type(content_type):
-        raise ProblemError(
-            415,
-            "unsupported_media_type",
-            f"send the body as application/json, not {content_type.split(';', 1)[0].strip()!r}",
-        )
+    raw = await json_bytes(request)
     try:
         document = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

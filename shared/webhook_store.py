@@ -18,6 +18,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -223,37 +224,29 @@ class DeliveryStore:
     async def create(self, event: DeliveryCreated) -> bool:
         """Append a delivery's DeliveryCreated once; False when it already exists (also after
         the duplicate window: expected-last-subject-sequence 0 on the delivery's subjects)."""
-        headers = {
-            "Nats-Msg-Id": f"{event.delivery_id}:created",
-            "Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.delivery_subjects(
-                event.endpoint_id, event.delivery_id
-            ),
-        }
-        try:
-            ack = await self.js.publish(
-                subject_of(event),
-                encode_webhook_event(event),
-                timeout=self.timeout,
-                headers=headers,
-            )
-        except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise
-            return False
-        return not ack.duplicate
+        ack = await self._publish_expecting(event, 0, msg_id=f"{event.delivery_id}:created")
+        return ack is not None and not ack.duplicate
 
     async def append_after(self, event: WebhookEvent, last_seq: int) -> int | None:
         """Append `event` if the delivery's last event is still `last_seq` (optimistic
         concurrency: two notifiers can't both record an outcome); its seq, or None."""
+        ack = await self._publish_expecting(event, last_seq)
+        return None if ack is None else ack.seq
+
+    async def _publish_expecting(
+        self, event: WebhookEvent, last_seq: int, *, msg_id: str | None = None
+    ) -> PubAck | None:
+        """Publish if the delivery's subjects still end at `last_seq`; None when they moved on."""
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(last_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": subjects.delivery_subjects(
                 event.endpoint_id, event.delivery_id
             ),
         }
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
         try:
-            ack = await self.js.publish(
+            return await self.js.publish(
                 subject_of(event),
                 encode_webhook_event(event),
                 timeout=self.timeout,
@@ -263,7 +256,6 @@ class DeliveryStore:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
             return None
-        return ack.seq
 
     async def events(self, subject: str, *, after_seq: int = 0) -> list[StoredWebhookEvent]:
         """Every event on `subject` (a filter) in stream order, by batched direct gets."""

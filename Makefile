@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict services shared
+	$(BIN)/mypy --strict audioprep
 
 # Debian packages the tests use: Chromium for tests/browser (Playwright from PyPI drives it),
 # espeak-ng for speech-like test material (tests/speech.py), ffprobe (package ffmpeg) as the

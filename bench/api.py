@@ -44,7 +44,7 @@ def _post(url: str, body: str) -> tuple[int, str]:
 
 async def _put_source(env: Env) -> str:
     """A small stored source for save requests (the route may check that it exists)."""
-    from shared.storage import open_storage
+    from audioprep.shared.storage import open_storage
     from tests import media
 
     path = media.write_tone(env.tmp / "src.wav", seconds=1.0)
@@ -76,8 +76,8 @@ async def _job_ids(env: Env, count: int) -> list[str]:
     """The first `count` job ids in stream JOBS (their views are the first the projector writes)."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    from shared import subjects
-    from shared.nats_conn import connect
+    from audioprep.shared import subjects
+    from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench")
     try:
@@ -102,8 +102,8 @@ async def _wait_projected(env: Env, timeout: float) -> tuple[int, float]:
     """Wait until the projector's checkpoint reaches the stream's last sequence."""
     from nats.js.errors import KeyNotFoundError
 
-    from shared import subjects
-    from shared.nats_conn import connect
+    from audioprep.shared import subjects
+    from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench")
     try:

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.nats_server import NatsServer, free_port  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from audioprep.shared.nats_server import NatsServer, free_port  # noqa: E402
+from audioprep.shared.settings import Settings  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 NATS_CONF = ROOT / "deploy" / "nats.conf"
@@ -147,7 +147,7 @@ class Env:
 
     def audioprep(self, role: str, *args: str, log_name: str = "", **env: str) -> Any:
         """`audioprep <role>` as a child process (same as `audioprep up` starts them)."""
-        cmd = [sys.executable, "-m", "services.cli.main", role, *args]
+        cmd = [sys.executable, "-m", "audioprep.services.cli.main", role, *args]
         return self.spawn(cmd, log_name=log_name or role, **env)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -209,8 +209,8 @@ def fast_nats_conf(tmp: Path) -> Path:
 
 
 async def provision_env(env: Env) -> None:
-    from shared.nats_conn import connect
-    from shared.provision import provision
+    from audioprep.shared.nats_conn import connect
+    from audioprep.shared.provision import provision
 
     nc = await connect(env.settings, "bench-provision")
     try:

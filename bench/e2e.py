@@ -74,8 +74,8 @@ async def drive(api: str, wav: Path, jobs: int) -> list[Timing]:
 
 async def breakdown(env: Env, timings: list[Timing]) -> dict[str, dict[str, float]]:
     """Where the time went, from the events' own timestamps (`at`, same machine clock)."""
-    from shared.event_store import EventStore
-    from shared.nats_conn import connect
+    from audioprep.shared.event_store import EventStore
+    from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench-e2e")
     parts: dict[str, list[float]] = {"upload_post": [], "queued": [], "work": [], "visible": []}
@@ -93,7 +93,7 @@ async def breakdown(env: Env, timings: list[Timing]) -> dict[str, dict[str, floa
 
 
 def bare_analyse(wav: Path, runs: int = 10) -> list[float]:
-    from services.worker.pipeline.analyse import analyse
+    from audioprep.services.worker.pipeline.analyse import analyse
 
     analyse(str(wav), points=2000)
     out = []

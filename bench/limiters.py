@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.services.worker.pipeline.render import render  # noqa: E402
+from audioprep.shared.recipe import Normalize, Recipe  # noqa: E402
 from bench.loudness import cli_measure  # noqa: E402
-from services.worker.pipeline.render import render  # noqa: E402
-from shared.recipe import Normalize, Recipe  # noqa: E402
 from tests import speech  # noqa: E402
 
 TARGET, CEILING = -14.0, -1.0

@@ -24,10 +24,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.services.worker.pipeline.render import render  # noqa: E402
+from audioprep.shared.recipe import Normalize, Recipe  # noqa: E402
 from bench.common import machine, write_tiled_wav  # noqa: E402
 from bench.render import peak_rss_mib  # noqa: E402
-from services.worker.pipeline.render import render  # noqa: E402
-from shared.recipe import Normalize, Recipe  # noqa: E402
 from tests import media, speech  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "loudness.json"
@@ -166,8 +166,8 @@ def run_cases(work: Path, ffmpeg: str) -> list[dict[str, Any]]:
 
 def rss_child(src: str, dst: str, normalize: str) -> None:
     """Render as the worker does: with the ingest's measurements at hand (not timed here)."""
-    from services.worker.pipeline.loudness import Loudness
-    from services.worker.pipeline.probe import probe
+    from audioprep.services.worker.pipeline.loudness import Loudness
+    from audioprep.services.worker.pipeline.probe import probe
 
     recipe = Recipe(normalize=Normalize(preset="apple-podcasts")) if normalize == "1" else Recipe()
     facts = json.loads(Path(src + ".ingest.json").read_text())
@@ -190,7 +190,7 @@ def long_source(work: Path, minutes: int) -> Path:
 def measure_long(work: Path, minutes: int) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from services.worker.pipeline.loudness import measure_loudness
+    from audioprep.services.worker.pipeline.loudness import measure_loudness
 
     src = long_source(work, minutes)
     facts = Path(str(src) + ".ingest.json")

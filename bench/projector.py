@@ -21,6 +21,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from audioprep.shared import subjects
+from audioprep.shared.events import (
+    Event,
+    JobCompleted,
+    JobProgressed,
+    JobRequested,
+    JobResult,
+    JobStarted,
+    encode_event,
+)
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_conn import connect
 from bench.common import (
     Env,
     bench_env,
@@ -31,18 +43,6 @@ from bench.common import (
     summary_ms,
     write_result,
 )
-from shared import subjects
-from shared.events import (
-    Event,
-    JobCompleted,
-    JobProgressed,
-    JobRequested,
-    JobResult,
-    JobStarted,
-    encode_event,
-)
-from shared.ids import new_job_id
-from shared.nats_conn import connect
 
 EVENTS_PER_JOB = 5
 INTERLEAVE = 200  # jobs in flight at once while preloading: their events interleave
@@ -118,8 +118,8 @@ async def bare_read_rate(nc: Client, last_seq: int) -> float:
 
 def fold_only_rate(sample: list[Event]) -> float:
     """Pure CPU: decode + fold of the same events (no NATS): the projector's compute ceiling."""
-    from services.projector.fold import fold
-    from shared.events import decode_event
+    from audioprep.services.projector.fold import fold
+    from audioprep.shared.events import decode_event
 
     raw = [encode_event(e) for e in sample]
     views: dict[str, Any] = {}
@@ -132,10 +132,10 @@ def fold_only_rate(sample: list[Event]) -> float:
 
 async def time_rebuild(env: Env) -> tuple[float, str] | None:
     """Seconds `audioprep projection rebuild` takes over the whole stream (None: no rebuild)."""
-    if importlib.util.find_spec("services.projector.rebuild") is None:
+    if importlib.util.find_spec("audioprep.services.projector.rebuild") is None:
         return None
-    from services.projector import rebuild as rebuild_mod
-    from shared.event_store import EventStore
+    from audioprep.services.projector import rebuild as rebuild_mod
+    from audioprep.shared.event_store import EventStore
 
     nc = await connect(env.settings, "bench-rebuild")
     try:
@@ -152,7 +152,7 @@ async def time_rebuild(env: Env) -> tuple[float, str] | None:
 async def time_live_catch_up(env: Env, last_seq: int) -> float:
     """Seconds the live Projector (runner.py) takes from seq 1 into an empty bucket; then the
     bucket and checkpoint are emptied again so the rebuild starts from the same state."""
-    from services.projector.runner import Projector
+    from audioprep.services.projector.runner import Projector
 
     nc = await connect(env.settings, "bench-projector")
     try:
@@ -232,7 +232,7 @@ async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict
         published[(await fut).seq] = t
     first_seq, last_seq = min(published), max(published)
     elapsed_pub = max(t for t, _ in futures) - start
-    from shared.views import decode_view
+    from audioprep.shared.views import decode_view
 
     def done() -> bool:
         if bare:

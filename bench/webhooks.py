@@ -23,14 +23,14 @@ from typing import Any
 
 import standardwebhooks
 
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobCompleted, JobRequested, JobResult, utcnow
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.webhook_crypto import new_secret, secret_box
+from audioprep.shared.webhook_store import Endpoint, EndpointStore, StoredSecret, new_endpoint_id
 from bench.common import bench_env, log, provision_env, row, summary_ms, write_result
-from shared import subjects
-from shared.event_store import EventStore
-from shared.events import JobCompleted, JobRequested, JobResult, utcnow
-from shared.ids import new_job_id
-from shared.nats_conn import connect
-from shared.webhook_crypto import new_secret, secret_box
-from shared.webhook_store import Endpoint, EndpointStore, StoredSecret, new_endpoint_id
 
 TENANT = "bench"
 KEY = "bench-webhook-key-0123456789abcdef0123456789"

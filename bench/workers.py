@@ -22,12 +22,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import FetchTimeoutError
 
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobRequested
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_conn import connect
 from bench.common import Env, bench_env, log, provision_env, row, summary_ms, write_result
-from shared import subjects
-from shared.event_store import EventStore
-from shared.events import JobRequested
-from shared.ids import new_job_id
-from shared.nats_conn import connect
 
 BARE_STREAM = "BENCH_DISPATCH"
 BARE_DURABLE = "bench-bare"
@@ -59,7 +59,7 @@ async def bare_worker(url: str) -> None:
 
 async def put_upload(env: Env, seconds: float) -> str:
     """One WAV of `seconds` in storage that every ingest job of the run points at."""
-    from shared.storage import open_storage
+    from audioprep.shared.storage import open_storage
     from tests import media
 
     path = media.write_tone(env.tmp / "upload.wav", seconds=seconds)

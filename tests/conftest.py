@@ -12,10 +12,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +61,9 @@ async def running_stack(
     settings: Settings, nc: Client, *, workers: int = 1
 ) -> AsyncIterator[Stack]:
     """API (in-process test client), projector and worker tasks against the real server."""
-    from services.api.app import create_app
-    from services.projector.main import run_projector
-    from services.worker.main import run_worker
+    from audioprep.services.api.app import create_app
+    from audioprep.services.projector.main import run_projector
+    from audioprep.services.worker.main import run_worker
 
     stop = asyncio.Event()
     tasks = [asyncio.create_task(run_projector(settings, stop))]

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.settings import Settings
+from audioprep.shared.settings import Settings
 from tests.conftest import Stack
 
 CHROMIUM = Path(os.environ.get("AUDIOPREP_CHROMIUM", "/usr/bin/chromium"))
@@ -76,7 +76,7 @@ async def serve_api(settings: Settings) -> AsyncIterator[WebStack]:
     """uvicorn serving create_app() on a socket bound before start (no port race)."""
     import uvicorn
 
-    from services.api.app import create_app
+    from audioprep.services.api.app import create_app
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

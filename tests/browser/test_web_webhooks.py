@@ -11,8 +11,8 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from shared.nats_server import free_port
-from shared.provision import provision_webhooks
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.provision import provision_webhooks
 from tests.browser.conftest import WebStack, open_page, serve_api
 from tests.browser.test_web_page import JOB_TIMEOUT_MS, shot, upload
 from tests.conftest import Stack

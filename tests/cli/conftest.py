@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 from nats.aio.client import Client
 
-from shared.nats_server import free_port
-from shared.settings import Settings
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.settings import Settings
 
 AUDIOPREP = str(Path(sys.executable).parent / "audioprep")
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -84,9 +84,9 @@ async def wait_view(stack: CliStack, job_id: str, timeout: float = 60.0) -> dict
 
 @contextlib.asynccontextmanager
 async def http_stack(settings: Settings, nc: Client) -> AsyncIterator[CliStack]:
-    from services.api.app import create_app
-    from services.projector.main import run_projector
-    from services.worker.main import run_worker
+    from audioprep.services.api.app import create_app
+    from audioprep.services.projector.main import run_projector
+    from audioprep.services.worker.main import run_worker
 
     api_port, worker_port, projector_port = free_port(), free_port(), free_port()
     settings = settings.with_(api_port=api_port)

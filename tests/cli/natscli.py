@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg, StreamInfo
 from nats.js.kv import KeyValue
 
-from shared import subjects
+from audioprep.shared import subjects
 
 SNAPSHOT_CHUNK = 128 * 1024
 
@@ -269,8 +269,8 @@ async def restore(nc: Client, directory: Path) -> dict[str, Any]:
 
 
 async def _print_examples(job_id: str, backup_dir: Path) -> None:
-    from shared.nats_conn import connect
-    from shared.settings import Settings
+    from audioprep.shared.nats_conn import connect
+    from audioprep.shared.settings import Settings
 
     nc = await connect(Settings.from_env(), "natscli-doc")
     js = nc.jetstream()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.nats_server import free_port
+from audioprep.shared.nats_server import free_port
 from tests.cli.conftest import AUDIOPREP, CliStack, run_cli, wait_view
 from tests.media import decode_pcm, junk_bytes, measure_duration_s, rms_db, stream_info, write_tone
 

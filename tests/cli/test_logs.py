@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import logs
+from audioprep.shared import logs
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import write_tone
 

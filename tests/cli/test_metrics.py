@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics, subjects
+from audioprep.shared import metrics, subjects
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import junk_bytes, write_tone
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import logs, subjects
-from shared.event_store import EventStore
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer
+from audioprep.shared import logs, subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer
 from tests.cli import natscli
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import write_tone

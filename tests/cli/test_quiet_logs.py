@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from services.worker import dead_letters
-from services.worker.dead_letters import DeadLetterFailer
-from shared import keys
-from shared.event_store import EventStore
-from shared.ids import new_job_id
-from shared.storage import open_storage
+from audioprep.services.worker import dead_letters
+from audioprep.services.worker.dead_letters import DeadLetterFailer
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.storage import open_storage
 from tests.cli.conftest import CliStack, run_cli
 from tests.faults.harness import (
     Workers,
@@ -48,7 +48,7 @@ async def test_an_idle_dead_letter_fetch_is_not_a_warning(
 
 
 async def test_a_worker_process_logs_no_warnings_for_a_normal_job(tmp_path: Path) -> None:
-    """`python -m services.cli.main worker` (what `up` runs): no runpy RuntimeWarning per
+    """`python -m audioprep.services.cli.main worker` (what `up` runs): no runpy RuntimeWarning per
     media child, nothing at WARNING for an ingest that goes well."""
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=1)

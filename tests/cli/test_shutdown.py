@@ -20,12 +20,12 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared.event_store import EventStore
-from shared.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer, free_port
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer, free_port
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 from tests.cli.conftest import AUDIOPREP, CliStack
 from tests.media import write_tone
 
@@ -205,7 +205,7 @@ async def test_events_tail_stops_on_sigint_even_if_started_ignoring_it(
 
 async def test_api_shutdown_with_nats_already_gone_is_clean(tmp_path: Path) -> None:
     """The API's lifespan ends without an error when nats-server stopped first."""
-    from services.api.app import create_app
+    from audioprep.services.api.app import create_app
 
     server = NatsServer(tmp_path / "nats").start()
     settings = Settings(

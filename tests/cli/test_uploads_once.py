@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 
-from shared import keys
-from shared.event_store import EventStore
-from shared.events import JobRequested
-from shared.ids import new_job_id
-from shared.settings import Settings
-from shared.storage import open_storage
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobRequested
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import open_storage
 from tests.cli.conftest import AUDIOPREP, CliStack, wait_view
 from tests.media import write_tone
 

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from shared import subjects
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.shared import subjects
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 
 T = TypeVar("T")
 DEDUPE_WINDOW_S = 1.0
@@ -42,7 +42,7 @@ class IdleApi:
 
 @pytest.fixture(scope="module")
 async def idle_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[IdleApi]:
-    from services.api.app import create_app
+    from audioprep.services.api.app import create_app
 
     base = tmp_path_factory.mktemp("idle-api")
     server = NatsServer(base / "nats").start()

@@ -12,13 +12,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from services.api.openapi import OPERATIONS
-from services.api.routes.job_events import follow_job, wake_ups
-from services.api.url_check import YOUTUBE_HOSTS
-from shared import signing
-from shared.event_store import EventStore, StoredEvent
-from shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
-from shared.ids import new_job_id
+from audioprep.services.api.openapi import OPERATIONS
+from audioprep.services.api.routes.job_events import follow_job, wake_ups
+from audioprep.services.api.url_check import YOUTUBE_HOSTS
+from audioprep.shared import signing
+from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
+from audioprep.shared.ids import new_job_id
 from tests.conftest import Stack
 from tests.e2e.test_api_support import (
     history,

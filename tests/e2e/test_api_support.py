@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared import subjects
-from shared.event_store import EventStore, StoredEvent
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore, StoredEvent
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 

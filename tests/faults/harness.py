@@ -1,8 +1,8 @@
 """Fault-test harness: a private nats-server, worker processes we can SIGKILL, stream audits.
 
 Every fault test gets its own nats-server (own store dir and port), so killing or restarting
-it disturbs nobody else; workers are real `python -m services.cli.main worker` processes in
-their own process group (SIGKILL takes their media children with them).
+it disturbs nobody else; workers are real `python -m audioprep.services.cli.main worker`
+processes in their own process group (SIGKILL takes their media children with them).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from services.worker.job_runner import sweep_dead_scratch
-from shared import keys, subjects
-from shared.event_store import EventStore, StoredEvent
-from shared.events import JobCompleted, JobRequested, decode_event
-from shared.ids import new_job_id
-from shared.nats_conn import connect
-from shared.nats_server import REPO_ROOT, NatsServer
-from shared.provision import provision
-from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from audioprep.services.worker.job_runner import sweep_dead_scratch
+from audioprep.shared import keys, subjects
+from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.events import JobCompleted, JobRequested, decode_event
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import REPO_ROOT, NatsServer
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
 
 TERMINAL_TYPES = ("JobCompleted", "JobFailed", "JobCancelled")
@@ -88,7 +88,7 @@ class Workers:
         n = len(self.procs) + 1
         log = (self.log_dir / f"worker-{n}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "worker"],
+            [sys.executable, "-m", "audioprep.services.cli.main", "worker"],
             cwd=REPO_ROOT,
             env=service_env(self.settings),
             stdout=log,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from litestar.testing import AsyncTestClient
 
-from services.api.app import create_app
-from shared import subjects
-from shared.event_store import EventStore
-from shared.nats_cluster import NatsCluster, wait_for_jetstream
-from shared.nats_conn import connect
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.services.api.app import create_app
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.nats_cluster import NatsCluster, wait_for_jetstream
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 from tests.faults.harness import (
     Submitter,
     Workers,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.nats_cluster import DEPLOY_DIR, default_ports, node_config
+from audioprep.shared.nats_cluster import DEPLOY_DIR, default_ports, node_config
 
 
 def test_deploy_cluster_configs_match_the_generator() -> None:

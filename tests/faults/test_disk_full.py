@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import subjects
-from shared.events import JobRequested
-from shared.nats_server import NatsServer
+from audioprep.shared import subjects
+from audioprep.shared.events import JobRequested
+from audioprep.shared.nats_server import NatsServer
 from tests.conftest import running_stack
 from tests.faults.harness import by_job, connected, fault_settings, read_stream
 from tests.media import write_tone

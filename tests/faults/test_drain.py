@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from services.worker.context import JobContext
-from services.worker.service import WorkerService
-from shared import keys
-from shared.event_store import EventStore
-from shared.events import (
+from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.service import WorkerService
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
     JobCompleted,
     JobProgressed,
     JobRequested,
@@ -24,8 +24,8 @@ from shared.events import (
     JobStarted,
     decode_event,
 )
-from shared.ids import new_job_id
-from shared.storage import open_storage
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.storage import open_storage
 from tests.faults.harness import (
     Workers,
     by_job,

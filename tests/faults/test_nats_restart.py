@@ -16,12 +16,12 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from services.api.app import create_app
-from services.projector.main import run_projector
-from services.projector.rebuild import rebuild
-from shared import subjects
-from shared.event_store import EventStore
-from shared.nats_server import NatsServer, free_port
+from audioprep.services.api.app import create_app
+from audioprep.services.projector.main import run_projector
+from audioprep.services.projector.rebuild import rebuild
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.nats_server import NatsServer, free_port
 from tests.faults.harness import (
     Submitter,
     Workers,

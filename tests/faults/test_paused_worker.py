@@ -14,10 +14,16 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from shared import keys
-from shared.event_store import EventStore
-from shared.events import JobProgressed, JobRequested, JobStarted, decode_event, is_terminal
-from shared.ids import new_job_id
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
+    JobProgressed,
+    JobRequested,
+    JobStarted,
+    decode_event,
+    is_terminal,
+)
+from audioprep.shared.ids import new_job_id
 from tests.faults.harness import (
     Workers,
     by_job,
@@ -51,7 +57,7 @@ async def test_a_paused_worker_past_ack_wait_ends_the_job_once(tmp_path: Path) -
         )
         async with connected(settings) as nc:
             events = EventStore(nc, nc.jetstream())
-            from shared.storage import open_storage
+            from audioprep.shared.storage import open_storage
 
             storage = open_storage(settings.storage)
             media = tmp_path / "media"

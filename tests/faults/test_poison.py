@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from services.cli.dlq import retry_job
-from shared import subjects
-from shared.event_store import EventStore
-from shared.events import JobFailed, JobRequested, JobStarted, decode_event
-from shared.nats_server import REPO_ROOT
+from audioprep.services.cli.dlq import retry_job
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobFailed, JobRequested, JobStarted, decode_event
+from audioprep.shared.nats_server import REPO_ROOT
 from tests.faults.harness import (
     Workers,
     by_job,
@@ -102,7 +102,7 @@ async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
                 # The operator sees it in the DLQ ...
                 listing = await asyncio.to_thread(
                     subprocess.run,
-                    [sys.executable, "-m", "services.cli.main", "dlq", "list"],
+                    [sys.executable, "-m", "audioprep.services.cli.main", "dlq", "list"],
                     cwd=REPO_ROOT,
                     env=service_env(settings),
                     capture_output=True,

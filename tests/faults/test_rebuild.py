@@ -18,16 +18,16 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.api.app import create_app
-from services.projector.main import run_projector
-from services.projector.rebuild import fold_stream, read_bucket
-from services.worker.main import run_worker
-from shared import subjects
-from shared.event_store import EventStore
-from shared.events import JobProgressed, JobRequested
-from shared.ids import new_job_id
-from shared.nats_server import REPO_ROOT
-from shared.views import encode_view
+from audioprep.services.api.app import create_app
+from audioprep.services.projector.main import run_projector
+from audioprep.services.projector.rebuild import fold_stream, read_bucket
+from audioprep.services.worker.main import run_worker
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobProgressed, JobRequested
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_server import REPO_ROOT
+from audioprep.shared.views import encode_view
 from tests.faults.harness import (
     Submitter,
     by_job,
@@ -204,7 +204,7 @@ async def test_rebuild_equals_live_view_after_mixed_run(tmp_path: Path) -> None:
             await kv.put(new_job_id(), live[keys[0]])
             result = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "services.cli.main", "projection", "rebuild"],
+                [sys.executable, "-m", "audioprep.services.cli.main", "projection", "rebuild"],
                 cwd=REPO_ROOT,
                 env=service_env(settings),
                 capture_output=True,

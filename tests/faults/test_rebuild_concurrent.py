@@ -11,19 +11,19 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from services.projector.fold import fold
-from services.projector.main import run_projector
-from services.projector.rebuild import (
+from audioprep.services.projector.fold import fold
+from audioprep.services.projector.main import run_projector
+from audioprep.services.projector.rebuild import (
     Current,
     RebuildReport,
     RebuildWriter,
     read_bucket,
     rebuild,
 )
-from services.projector.runner import Projector
-from shared import subjects
-from shared.event_store import EventStore
-from shared.events import (
+from audioprep.services.projector.runner import Projector
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
     ErrorInfo,
     Event,
     JobCompleted,
@@ -33,8 +33,8 @@ from shared.events import (
     JobResult,
     JobStarted,
 )
-from shared.ids import new_job_id
-from shared.views import encode_view
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.views import encode_view
 from tests.faults.harness import connected, fault_settings, private_server
 
 

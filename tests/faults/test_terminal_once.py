@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from shared.event_store import EventStore
-from shared.events import (
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -15,7 +15,7 @@ from shared.events import (
     JobRequested,
     JobResult,
 )
-from shared.ids import new_job_id
+from audioprep.shared.ids import new_job_id
 from tests.faults.harness import connected, fault_settings, private_server
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.event_store import EventStore
-from shared.nats_server import NatsServer, free_port
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.nats_server import NatsServer, free_port
 from tests.faults.harness import (
     Workers,
     connected,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
-from shared import subjects
-from shared.event_store import EventStore, JobAlreadyExists
-from shared.events import JobRequested, JobStarted
-from shared.ids import new_job_id
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.shared import subjects
+from audioprep.shared.event_store import EventStore, JobAlreadyExists
+from audioprep.shared.events import JobRequested, JobStarted
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 
 
 async def test_provisioning_twice_is_a_no_op(nc: Client, base_settings: Settings) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.worker.pipeline.analyse import analyse
-from services.worker.pipeline.loudness import measure_loudness
-from services.worker.pipeline.peaks import PeakAccumulator, compute_peaks
-from services.worker.pipeline.voice_analysis import measure_voice
+from audioprep.services.worker.pipeline.analyse import analyse
+from audioprep.services.worker.pipeline.loudness import measure_loudness
+from audioprep.services.worker.pipeline.peaks import PeakAccumulator, compute_peaks
+from audioprep.services.worker.pipeline.voice_analysis import measure_voice
 from tests import media
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from services.worker.pipeline.render import render
-from services.worker.pipeline.true_peak import max_true_peak_db
-from shared.recipe import Normalize, Recipe, Trim
+from audioprep.services.worker.pipeline.render import render
+from audioprep.services.worker.pipeline.true_peak import max_true_peak_db
+from audioprep.shared.recipe import Normalize, Recipe, Trim
 from tests import media, speech
 
 FORMATS = ("wav", "flac", "mp3", "opus", "aac")
@@ -158,7 +158,7 @@ def test_acx_preset_meets_rms_and_peak_and_reports_noise_floor(
 def test_preview_codec_is_verified_like_a_save(
     materials: dict[str, speech.Material], tmp_path: Path
 ) -> None:
-    from services.worker.pipeline.formats import PREVIEW_OPTIONS
+    from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS
 
     dst = tmp_path / "p.opus"
     recipe = Recipe(normalize=Normalize(preset="apple-podcasts"))
@@ -205,7 +205,7 @@ def test_long_sources_spill_peaks_and_land_the_same(
     materials: dict[str, speech.Material], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the in-memory limit later passes re-decode and read the peaks from scratch."""
-    from services.worker.pipeline import signal_path
+    from audioprep.services.worker.pipeline import signal_path
 
     recipe = Recipe(normalize=Normalize(target_lufs=-14.0, true_peak_db=-1.0))
     kept = render(str(materials["studio"].path), str(tmp_path / "a.flac"), recipe, "flac")
@@ -228,8 +228,8 @@ def test_long_sources_calibrate_on_excerpts_and_still_land(
     fmt: str,
 ) -> None:
     """Past LONG_SOURCE_MS the dry runs run on 8 excerpts; the encoded file still lands."""
-    from services.worker.pipeline import excerpt
-    from services.worker.pipeline import render as render_mod
+    from audioprep.services.worker.pipeline import excerpt
+    from audioprep.services.worker.pipeline import render as render_mod
 
     monkeypatch.setattr(render_mod, "LONG_SOURCE_MS", 5_000)
     monkeypatch.setattr(excerpt, "EXCERPT_MS", 700)
@@ -278,7 +278,7 @@ def _write_71_flac(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
 def test_surround_source_is_analysed_and_normalised_through_the_downmix(tmp_path: Path) -> None:
     """A 7.1 FLAC crashed the analysis (SIGSEGV); its stereo downmix is quieter than the 7.1
     measurement, and with no limiting needed the verification must still move the gain."""
-    from services.worker.pipeline.analyse import analyse
+    from audioprep.services.worker.pipeline.analyse import analyse
 
     src = _write_71_flac(tmp_path / "s71.flac")
     analysis = analyse(str(src))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.pipeline.probe import probe
-from shared.errors import (
+from audioprep.services.worker.pipeline.probe import probe
+from audioprep.shared.errors import (
     CORRUPT_MEDIA,
     EMPTY_FILE,
     NO_AUDIO_STREAM,

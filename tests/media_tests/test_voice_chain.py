@@ -11,9 +11,9 @@ from pesq import pesq
 from pystoi import stoi
 from scipy.signal import resample_poly
 
-from services.worker.pipeline.render import render
-from services.worker.pipeline.voice_analysis import VoiceAnalyzer, measure_voice
-from shared.recipe import Denoise, Leveler, Recipe, ShortenPauses
+from audioprep.services.worker.pipeline.render import render
+from audioprep.services.worker.pipeline.voice_analysis import VoiceAnalyzer, measure_voice
+from audioprep.shared.recipe import Denoise, Leveler, Recipe, ShortenPauses
 from tests import media, speech
 
 RATE = 48000
@@ -161,8 +161,8 @@ def test_shorten_pauses(mixes: dict[str, speech.VoiceMix], tmp_path: Path) -> No
 def test_ingest_analysis_summary_is_reused(
     mixes: dict[str, speech.VoiceMix], tmp_path: Path
 ) -> None:
-    from services.worker.pipeline.analyse import analyse
-    from services.worker.pipeline.voice_analysis import summary
+    from audioprep.services.worker.pipeline.analyse import analyse
+    from audioprep.services.worker.pipeline.voice_analysis import summary
 
     mix = mixes["snr15-hum50"]
     info = summary(analyse(str(mix.path)).voice)

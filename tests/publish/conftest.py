@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client
 from PIL import Image
 
-from shared.settings import Settings
+from audioprep.shared.settings import Settings
 from tests.conftest import Stack, running_stack
 from tests.jobs_helpers import wait_for_job
 

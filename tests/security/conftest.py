@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer
-from shared.provision import provision
-from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import Storage, open_storage
 from tests.conftest import Stack, running_stack
 
 KEY_A = "key-a-0123456789abcdef0123456789"

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
-from shared import signing
-from shared.storage import Storage, open_storage
+from audioprep.shared import signing
+from audioprep.shared.storage import Storage, open_storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone, write_video_only

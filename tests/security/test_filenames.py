@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared import keys
+from audioprep.shared import keys
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.media_process import CPU_LIMIT_ENV
-from shared.event_store import EventStore
-from shared.events import JobRetrying, JobStarted
-from shared.nats_server import REPO_ROOT
-from shared.settings import Settings
+from audioprep.services.worker.media_process import CPU_LIMIT_ENV
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobRetrying, JobStarted
+from audioprep.shared.nats_server import REPO_ROOT
+from audioprep.shared.settings import Settings
 from tests.conftest import running_stack
 from tests.faults.harness import connected, fault_settings, private_server, service_env
 from tests.jobs_helpers import wait_for_job
@@ -161,7 +161,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env[CPU_LIMIT_ENV] = "1"  # media children: 1 s of CPU each
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "worker"],
+            [sys.executable, "-m", "audioprep.services.cli.main", "worker"],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

@@ -20,12 +20,12 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from shared import subjects
-from shared.ids import new_job_id
-from shared.nats_conn import connect, inbox_prefix_for
-from shared.nats_server import REPO_ROOT, NatsServer
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.shared import subjects
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_conn import connect, inbox_prefix_for
+from audioprep.shared.nats_server import REPO_ROOT, NatsServer
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
 
@@ -343,9 +343,9 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
 
 async def test_full_job_runs_under_least_privilege(provisioned: ProdNats, tmp_path: Path) -> None:
     """API, projector and worker each connect as their own user; an upload completes."""
-    from services.api.app import create_app
-    from services.projector.main import run_projector
-    from services.worker.main import run_worker
+    from audioprep.services.api.app import create_app
+    from audioprep.services.projector.main import run_projector
+    from audioprep.services.worker.main import run_worker
 
     before = len(provisioned.violations())
     base = Settings(
@@ -481,7 +481,7 @@ def test_config_refuses_to_load_without_passwords() -> None:
     import os
     import subprocess
 
-    from shared.nats_server import nats_server_binary
+    from audioprep.shared.nats_server import nats_server_binary
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOPREP_NATS_")}
     bad = subprocess.run(
@@ -497,8 +497,8 @@ def test_config_refuses_to_load_without_passwords() -> None:
 
 
 async def test_passwords_stay_out_of_errors() -> None:
-    from shared.nats_conn import NatsUnavailable, redact_url
-    from shared.nats_server import free_port
+    from audioprep.shared.nats_conn import NatsUnavailable, redact_url
+    from audioprep.shared.nats_server import free_port
 
     url = f"nats://api:s3cr3t-pw@127.0.0.1:{free_port()}"
     with pytest.raises(NatsUnavailable) as info:

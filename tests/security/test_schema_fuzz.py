@@ -35,14 +35,14 @@ from hypothesis import HealthCheck, Phase
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from services.api.app import create_app
-from services.api.openapi import complete_schema
-from shared import keys
-from shared.event_store import EventStore
-from shared.events import JobCancelled
-from shared.nats_server import NatsServer, free_port
-from shared.provision import provision
-from shared.settings import Settings
+from audioprep.services.api.app import create_app
+from audioprep.services.api.openapi import complete_schema
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import JobCancelled
+from audioprep.shared.nats_server import NatsServer, free_port
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
 from tests.security.conftest import KEY_A, KEY_B, TENANT_A, TENANT_B
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}

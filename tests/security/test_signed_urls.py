@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from shared import signing
+from audioprep.shared import signing
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone

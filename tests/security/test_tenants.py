@@ -9,11 +9,11 @@ from typing import Any
 from litestar import Litestar
 from nats.aio.client import Client
 
-from services.api.app import create_app
-from shared import signing
-from shared.ids import new_job_id
-from shared.settings import Settings
-from shared.storage import Storage
+from audioprep.services.api.app import create_app
+from audioprep.shared import signing
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import Storage
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
@@ -108,7 +108,7 @@ async def test_idempotency_keys_are_per_tenant(secure_stack: Stack, media_dir: P
 
 
 async def test_default_tenant_key_maps_to_unprefixed_storage(secure_settings: Settings) -> None:
-    from shared import keys
+    from audioprep.shared import keys
 
     assert keys.source_key("default", "J1", "a.wav") == "sources/J1/a.wav"
     assert keys.source_key(TENANT_A, "J1", "a.wav") == f"tenants/{TENANT_A}/sources/J1/a.wav"

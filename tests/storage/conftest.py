@@ -13,11 +13,11 @@ import boto3
 import pytest
 from nats.aio.client import Client
 
-from shared.nats_conn import connect
-from shared.nats_server import NatsServer, free_port, wait_for_port
-from shared.provision import provision
-from shared.settings import Settings
-from shared.storage import Storage, open_storage
+from audioprep.shared.nats_conn import connect
+from audioprep.shared.nats_server import NatsServer, free_port, wait_for_port
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import Storage, open_storage
 
 REGION = "us-east-1"
 # moto accepts any credentials; they only have to be present and consistent.

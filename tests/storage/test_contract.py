@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.errors import Retryable
-from shared.storage import (
+from audioprep.shared.errors import Retryable
+from audioprep.shared.storage import (
     PART_SIZE,
     Storage,
     StorageNotFound,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.aio.client import Client
 
-from services.cli.storage import (
+from audioprep.services.cli.storage import (
     CANCELLED,
     COPIED_UPLOAD,
     EVICTED,
@@ -25,10 +25,10 @@ from services.cli.storage import (
     run_eviction,
     run_gc,
 )
-from services.projector.fold import fold
-from shared import render_cache, subjects
-from shared.event_store import EventStore
-from shared.events import (
+from audioprep.services.projector.fold import fold
+from audioprep.shared import render_cache, subjects
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -37,10 +37,10 @@ from shared.events import (
     JobResult,
     JobStarted,
 )
-from shared.ids import new_job_id
-from shared.nats_server import NatsServer
-from shared.storage import ObjectInfo, Storage
-from shared.views import encode_view
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_server import NatsServer
+from audioprep.shared.storage import ObjectInfo, Storage
+from audioprep.shared.views import encode_view
 
 LATER = timedelta(days=2)  # "now" for runs that should see today's objects as past the grace
 
@@ -205,7 +205,7 @@ async def test_cli_dry_run_then_yes(storage: Storage, own_nc: Client, own_nats: 
 
     def cli(*args: str, rc: int = 0, **more_env: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli.main", "storage", *args],
+            [sys.executable, "-m", "audioprep.services.cli.main", "storage", *args],
             env={**env, **more_env},
             capture_output=True,
             text=True,

@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from shared.nats_server import NatsServer
-from shared.settings import Settings
-from shared.storage import PART_SIZE, Storage, open_storage
+from audioprep.shared.nats_server import NatsServer
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import PART_SIZE, Storage, open_storage
 from tests.conftest import running_stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import measure_duration_s, sine_lufs, write_tone

@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from shared import subjects
-from shared.events import (
+from audioprep.shared import subjects
+from audioprep.shared.events import (
     ErrorInfo,
     JobCompleted,
     JobFailed,
@@ -18,7 +18,7 @@ from shared.events import (
     decode_event,
     encode_event,
 )
-from shared.ids import idempotent_job_id, is_job_id, new_job_id
+from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
 
 
 def test_round_trip_every_shape() -> None:

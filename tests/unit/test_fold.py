@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.projector.fold import fold, fold_history
-from shared.events import (
+from audioprep.services.projector.fold import fold, fold_history
+from audioprep.shared.events import (
     ErrorInfo,
     Event,
     JobCancelled,
@@ -18,7 +18,7 @@ from shared.events import (
     JobRetrying,
     JobStarted,
 )
-from shared.views import JobView
+from audioprep.shared.views import JobView
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 JOB = "01JOBAAAAAAAAAAAAAAAAAAAAA"
@@ -135,7 +135,7 @@ def test_stray_event_without_request_is_ignored() -> None:
 
 
 def test_fold_history_replays_stored_events_in_order() -> None:
-    from shared.event_store import StoredEvent
+    from audioprep.shared.event_store import StoredEvent
 
     events = happy_path()
     stored = [StoredEvent(seq=10 + i, subject="s", event=e) for i, e in enumerate(events)]

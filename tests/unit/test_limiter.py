@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.worker.pipeline.limiter import TruePeakLimiter
-from services.worker.pipeline.true_peak import PeakDetector, max_true_peak_db, oversampling_factor
+from audioprep.services.worker.pipeline.limiter import TruePeakLimiter
+from audioprep.services.worker.pipeline.true_peak import (
+    PeakDetector,
+    max_true_peak_db,
+    oversampling_factor,
+)
 
 RATE = 44100
 

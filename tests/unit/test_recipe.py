@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from shared.errors import INVALID_RECIPE, Permanent
-from shared.recipe import (
+from audioprep.shared.errors import INVALID_RECIPE, Permanent
+from audioprep.shared.recipe import (
     Normalize,
     OutputOptions,
     Recipe,

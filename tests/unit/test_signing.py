@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared import signing
+from audioprep.shared import signing
 
 SECRET = "unit-secret"
 NOW = 1_800_000_010.0

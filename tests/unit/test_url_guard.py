@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from shared.errors import Permanent
-from shared.url_guard import (
+from audioprep.shared.errors import Permanent
+from audioprep.shared.url_guard import (
     ForbiddenUrl,
     check_literal,
     check_url,

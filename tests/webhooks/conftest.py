@@ -25,12 +25,19 @@ import standardwebhooks
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 
-from shared.event_store import EventStore
-from shared.events import ErrorInfo, JobCancelled, JobCompleted, JobFailed, JobRequested, JobResult
-from shared.ids import new_job_id
-from shared.nats_server import free_port
-from shared.provision import provision_webhooks
-from shared.settings import Settings
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
+    ErrorInfo,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobResult,
+)
+from audioprep.shared.ids import new_job_id
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.provision import provision_webhooks
+from audioprep.shared.settings import Settings
 
 WEBHOOK_KEY = "webhook-test-key-0123456789abcdef0123"
 _tenants = itertools.count(1)
@@ -188,7 +195,7 @@ async def wh(base_settings: Settings, nc: Client) -> Settings:
 
 @contextlib.asynccontextmanager
 async def api_client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    from services.api.app import create_app
+    from audioprep.services.api.app import create_app
 
     async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
         yield client
@@ -197,7 +204,7 @@ async def api_client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # t
 @contextlib.asynccontextmanager
 async def notifier_task(settings: Settings) -> AsyncIterator[None]:
     """The notifier in this process (for tests that replace its DNS resolver)."""
-    from services.notifier.main import run_notifier
+    from audioprep.services.notifier.main import run_notifier
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_notifier(settings, stop))
@@ -247,7 +254,7 @@ class NotifierProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "notifier"],
+            [sys.executable, "-m", "audioprep.services.cli.main", "notifier"],
             env=self.env,
             stdout=log,
             stderr=log,

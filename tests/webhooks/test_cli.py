@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 from nats.aio.client import Client
 
-from shared.nats_server import free_port
-from shared.settings import Settings
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.settings import Settings
 from tests.webhooks.conftest import NotifierProcess, Receiver, auth, end_job, tenant_of
 
 AUDIOPREP = str(Path(sys.executable).parent / "audioprep")
@@ -31,7 +31,7 @@ class Live:
 
 @pytest.fixture
 def live_api(wh: Settings) -> Iterator[Live]:
-    from services.api.app import create_app
+    from audioprep.services.api.app import create_app
 
     port = free_port()
     config = uvicorn.Config(

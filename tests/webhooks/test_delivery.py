@@ -15,9 +15,9 @@ import pytest
 import standardwebhooks
 from nats.aio.client import Client
 
-from shared.nats_server import free_port
-from shared.settings import Settings
-from shared.webhook_store import DeliveryStore
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.settings import Settings
+from audioprep.shared.webhook_store import DeliveryStore
 from tests.conftest import running_stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone

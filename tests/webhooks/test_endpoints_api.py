@@ -7,9 +7,9 @@ import base64
 import pytest
 from nats.aio.client import Client
 
-from shared import subjects
-from shared.settings import Settings
-from shared.webhook_store import EndpointStore
+from audioprep.shared import subjects
+from audioprep.shared.settings import Settings
+from audioprep.shared.webhook_store import EndpointStore
 from tests.webhooks.conftest import Receiver, api_client, auth, register, tenant_of
 
 

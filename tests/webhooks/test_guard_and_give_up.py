@@ -1,6 +1,7 @@
 """The SSRF guard at delivery time, redirects, giving up after the retry window, and disabling
 an endpoint that keeps failing. The notifier runs in this process here, because these tests
-replace its DNS resolver (`shared.webhook_url.resolver`) to make a name's answer change."""
+replace its DNS resolver (`audioprep.shared.webhook_url.resolver`) to make a name's answer
+change."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from nats.aio.client import Client
 
-from shared import webhook_url
-from shared.nats_server import free_port
-from shared.provision import provision_webhooks
-from shared.settings import Settings
+from audioprep.shared import webhook_url
+from audioprep.shared.nats_server import free_port
+from audioprep.shared.provision import provision_webhooks
+from audioprep.shared.settings import Settings
 from tests.webhooks.conftest import (
     Receiver,
     api_client,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from shared.settings import Settings
+from audioprep.shared.settings import Settings
 from tests.webhooks.conftest import (
     NotifierProcess,
     Receiver,
@@ -97,7 +97,7 @@ async def test_metrics_count_outcomes_latency_and_queue_depth(
 ) -> None:
     import httpx
 
-    from shared.nats_server import free_port
+    from audioprep.shared.nats_server import free_port
 
     port = free_port()
     proc = NotifierProcess(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from services.notifier.deliver import retry_delay
-from shared.settings import Settings
-from shared.webhook_crypto import (
+from audioprep.services.notifier.deliver import retry_delay
+from audioprep.shared.settings import Settings
+from audioprep.shared.webhook_crypto import (
     SecretBox,
     SecretBoxError,
     new_secret,
@@ -21,7 +21,7 @@ from shared.webhook_crypto import (
     signature,
     signature_header,
 )
-from shared.webhook_events import (
+from audioprep.shared.webhook_events import (
     DeliveryAttempted,
     DeliveryCreated,
     decode_webhook_event,
@@ -30,7 +30,7 @@ from shared.webhook_events import (
     fold_deliveries,
     new_delivery_id,
 )
-from shared.webhook_store import is_delivery_id
+from audioprep.shared.webhook_store import is_delivery_id
 
 
 def test_our_signature_is_the_librarys() -> None:

@@ -1,0 +1,1 @@
+"""audioprep: the one top-level package an install adds (layout: docs/architecture.md)."""

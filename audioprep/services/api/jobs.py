@@ -1,0 +1,133 @@
+"""Creating jobs (create-once, idempotency keys) and reading their views."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request
+from nats.js.errors import KeyNotFoundError
+
+from audioprep.services.api.context import ApiContext
+from audioprep.services.api.problems import ProblemError
+from audioprep.services.projector.fold import fold_history
+from audioprep.shared import metrics
+from audioprep.shared.event_store import JobAlreadyExists
+from audioprep.shared.events import JobRequested
+from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
+from audioprep.shared.subjects import Kind
+from audioprep.shared.views import JobView, decode_view
+
+log = logging.getLogger("audioprep.api")
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def traceparent_of(request: Request[Any, Any, Any]) -> str | None:
+    value = request.headers.get("traceparent")
+    return value if value and len(value) < 128 else None
+
+
+def job_id_for(request: Request[Any, Any, Any], tenant: str) -> str:
+    """Deterministic id for an Idempotency-Key (per tenant), else a fresh time-sorted id."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return new_job_id()
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ProblemError(
+            400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} chars"
+        )
+    return idempotent_job_id(tenant, key)
+
+
+def has_idempotency_key(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get("idempotency-key") is not None
+
+
+def request_fingerprint(route: str, canonical: bytes) -> str:
+    """sha256 of the route and the request's canonical body: what an Idempotency-Key stands for."""
+    return hashlib.sha256(route.encode() + b"\n" + canonical).hexdigest()
+
+
+def body_fingerprint(route: str, body: msgspec.Struct) -> str:
+    """A decoded JSON body, re-encoded with every field (defaults too) in sorted order: key
+    order, spacing, `1` vs `1.0` and defaults left out or written out all fingerprint alike."""
+    return request_fingerprint(route, msgspec.json.encode(body, order="sorted"))
+
+
+def idempotency_key_reused() -> ProblemError:
+    return ProblemError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different request (another body or route); "
+        "send a new key for a new request",
+    )
+
+
+def check_same_request(first: JobRequested, kind: Kind, fingerprint: str | None) -> None:
+    """A replayed key must repeat the request it was first used for (same route and body).
+
+    Jobs requested before fingerprints existed have none: for those only the kind is compared.
+    """
+    if first.kind != kind:
+        raise idempotency_key_reused()
+    if fingerprint and first.request_fingerprint and first.request_fingerprint != fingerprint:
+        raise idempotency_key_reused()
+
+
+async def existing_job(
+    ctx: ApiContext, job_id: str, tenant: str, *, kind: Kind, fingerprint: str | None
+) -> JobRequested | None:
+    """The job's JobRequested if it already exists for this tenant (idempotent replays).
+
+    409 when another tenant's job has the id, 422 when the key was first used for another
+    request; `fingerprint` None skips the body comparison (the caller compares later).
+    """
+    first = await ctx.events.first_event(job_id)
+    if first is None or not isinstance(first.event, JobRequested):
+        return None
+    if first.event.tenant != tenant:
+        raise ProblemError(409, "idempotency_conflict", "this Idempotency-Key is already used")
+    check_same_request(first.event, kind, fingerprint)
+    return first.event
+
+
+async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) -> str:
+    """Publish JobRequested once; a replay of the same request answers with the same job."""
+    try:
+        await ctx.events.request_job(event, traceparent=traceparent)
+        metrics.job_requested(event.kind)
+    except JobAlreadyExists:
+        # A concurrent request with the same key won: it must have been the same request.
+        existing = await existing_job(
+            ctx,
+            event.job_id,
+            event.tenant,
+            kind=event.kind,
+            fingerprint=event.request_fingerprint,
+        )
+        if existing is None:
+            raise
+        log.info("idempotent replay", extra={"job_id": event.job_id})
+    log.info("job requested", extra={"job_id": event.job_id, "kind": event.kind})
+    return event.job_id
+
+
+async def load_view(ctx: ApiContext, job_id: str, tenant: str) -> JobView:
+    """The KV view, or a view folded from the stream when the projector hasn't caught up."""
+    if not is_job_id(job_id):
+        raise ProblemError(404, "job_not_found", f"no job {job_id!r}")
+    view: JobView | None = None
+    try:
+        entry = await ctx.jobs_kv.get(job_id)
+        if entry.value:
+            view = decode_view(entry.value)
+    except KeyNotFoundError:
+        view = None
+    if view is None:
+        view = fold_history(await ctx.events.history(job_id))
+    if view is None or view.tenant != tenant:
+        raise ProblemError(404, "job_not_found", f"no job {job_id!r}")
+    return view

@@ -1,0 +1,208 @@
+"""Saved presets of a tenant (KV bucket `presets`), and `"preset": "name"` on preview/save.
+
+`POST /api/presets` → 201, `GET /api/presets`, `GET/PUT/DELETE /api/presets/{name}`. Another
+tenant's preset is a 404 `preset_not_found`, exactly like one that does not exist. Kept out of
+the OpenAPI document for now, like the webhook routes. docs/publishing.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from audioprep.services.api.auth import tenant_for
+from audioprep.services.api.bodies import decode_json, json_body, json_bytes, malformed_json
+from audioprep.services.api.context import ApiContext
+from audioprep.services.api.problems import ProblemError
+from audioprep.services.api.routes.images import publishing_fields
+from audioprep.shared.metadata import Metadata
+from audioprep.shared.presets import (
+    NAME_PATTERN,
+    PresetExists,
+    PresetFields,
+    PresetName,
+    PresetNotFound,
+    PresetStore,
+    StoredPreset,
+    TooManyPresets,
+    is_preset_name,
+    merge_into_request,
+)
+from audioprep.shared.recipe import OutputOptions, Recipe, RecipeError, SaveFormat, check_recipe
+
+T = TypeVar("T")
+
+
+class PresetCreate(PresetFields, frozen=True, kw_only=True):
+    name: PresetName
+
+
+class PresetOut(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    name: str
+    version: int
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    recipe: Recipe | None = None
+    metadata: Metadata | None = None
+    format: SaveFormat | None = None
+    options: OutputOptions | None = None
+
+
+class PresetList(msgspec.Struct, frozen=True, kw_only=True):
+    presets: list[PresetOut]
+
+
+def _out(stored: StoredPreset) -> PresetOut:
+    p = stored.preset
+    return PresetOut(
+        name=p.name,
+        version=p.version,
+        revision=stored.revision,
+        created_at=p.created_at,
+        updated_at=p.updated_at,
+        recipe=p.recipe,
+        metadata=p.metadata,
+        format=p.format,
+        options=p.options,
+    )
+
+
+def _not_found(name: str) -> ProblemError:
+    return ProblemError(404, "preset_not_found", f"no preset {name!r}", field="preset")
+
+
+async def _store(api: ApiContext) -> PresetStore:
+    return await PresetStore.open(api.js)
+
+
+async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> PresetFields:
+    if fields.recipe is not None:
+        try:
+            check_recipe(fields.recipe)
+        except RecipeError as exc:
+            field = f"recipe.{exc.field}"
+            reason = exc.message.split(" - at ", 1)[0]
+            raise ProblemError(422, "invalid_recipe", f"{field} {reason}", field=field) from None
+    await publishing_fields(api, tenant, fields.metadata, None)
+    return fields
+
+
+def _fields_of(body: PresetFields) -> PresetFields:
+    return PresetFields(
+        recipe=body.recipe, metadata=body.metadata, format=body.format, options=body.options
+    )
+
+
+@post("/api/presets", status_code=HTTP_201_CREATED, include_in_schema=False)
+async def create_preset(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
+) -> Response[PresetOut]:
+    tenant = tenant_for(request, api.settings)
+    body = await json_body(request, PresetCreate)
+    fields = await _checked(api, tenant, _fields_of(body))
+    store = await _store(api)
+    try:
+        stored = await store.create(tenant, body.name, fields)
+    except PresetExists:
+        raise ProblemError(
+            409,
+            "preset_exists",
+            f"preset {body.name!r} exists; PUT /api/presets/{body.name} replaces it",
+            field="name",
+        ) from None
+    except TooManyPresets:
+        raise ProblemError(422, "too_many_presets", "this tenant has too many presets") from None
+    return Response(
+        _out(stored),
+        status_code=HTTP_201_CREATED,
+        headers={"Location": f"/api/presets/{body.name}"},
+    )
+
+
+@get("/api/presets", include_in_schema=False)
+async def list_presets(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
+) -> PresetList:
+    tenant = tenant_for(request, api.settings)
+    store = await _store(api)
+    return PresetList(presets=[_out(s) for s in await store.list(tenant)])
+
+
+@get("/api/presets/{name:str}", include_in_schema=False)
+async def get_preset(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
+) -> PresetOut:
+    tenant = tenant_for(request, api.settings)
+    try:
+        return _out(await (await _store(api)).get(tenant, name))
+    except PresetNotFound:
+        raise _not_found(name) from None
+
+
+@put("/api/presets/{name:str}", status_code=HTTP_200_OK, include_in_schema=False)
+async def put_preset(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
+) -> Response[PresetOut]:
+    """Replace a preset (a new version); creates it when there is none (201)."""
+    tenant = tenant_for(request, api.settings)
+    if not is_preset_name(name):
+        raise ProblemError(
+            422, "validation_error", f"a preset name matches {NAME_PATTERN}", field="name"
+        )
+    fields = await _checked(api, tenant, await json_body(request, PresetFields))
+    store = await _store(api)
+    try:
+        return Response(_out(await store.replace(tenant, name, fields)), status_code=HTTP_200_OK)
+    except PresetNotFound:
+        pass
+    try:
+        stored = await store.create(tenant, name, fields)
+    except (PresetExists, TooManyPresets) as exc:
+        raise ProblemError(409, "preset_conflict", f"preset {name!r} changed: {exc!r}") from None
+    return Response(_out(stored), status_code=HTTP_201_CREATED)
+
+
+@delete("/api/presets/{name:str}", status_code=HTTP_204_NO_CONTENT, include_in_schema=False)
+async def delete_preset(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
+) -> None:
+    tenant = tenant_for(request, api.settings)
+    try:
+        await (await _store(api)).delete(tenant, name)
+    except PresetNotFound:
+        raise _not_found(name) from None
+
+
+preset_handlers = [create_preset, list_presets, get_preset, put_preset, delete_preset]
+
+
+async def body_with_preset(
+    request: Request[Any, Any, Any], api: ApiContext, tenant: str, type_: type[T], *, save: bool
+) -> tuple[T, int | None]:
+    """The preview/save body with its `preset` resolved (request fields win), and the
+    preset's KV revision (None without one). Same error mapping as `json_body`."""
+    raw = await json_bytes(request)
+    try:
+        document = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise malformed_json(exc) from None
+    name = document.get("preset") if isinstance(document, dict) else None
+    if name is None:
+        return decode_json(raw, type_), None
+    if not isinstance(name, str) or not is_preset_name(name):
+        raise ProblemError(
+            422, "validation_error", f"`preset` is a name matching {NAME_PATTERN}", field="preset"
+        )
+    try:
+        stored = await (await _store(api)).get(tenant, name)
+    except PresetNotFound:
+        raise _not_found(name) from None
+    merged = merge_into_request(stored.preset, document, save=save)
+    return decode_json(msgspec.json.encode(merged), type_), stored.revision

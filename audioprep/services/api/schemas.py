@@ -1,0 +1,75 @@
+"""Request and response bodies (camelCase JSON, validated by msgspec through Litestar)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from audioprep.shared.metadata import ChapterList, Metadata
+from audioprep.shared.presets import PresetName
+from audioprep.shared.recipe import OutputOptions, Recipe, SaveFormat
+
+_Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+# What keys.is_safe_key accepts, for the schema only (a key outside it is a 422
+# `invalid_source_key`, not a validation error): segments without control characters, none
+# empty, `.` or `..`, no leading `/`.
+_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
+SAFE_KEY_PATTERN = f"^{_SEGMENT}(/{_SEGMENT})*$"
+_Key = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=1024, extra_json_schema={"pattern": SAFE_KEY_PATTERN}),
+]
+_Filename = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    pass
+
+
+class UrlIngestRequest(_Body, frozen=True, kw_only=True):
+    source: Literal["url", "youtube"]
+    url: _Url
+
+
+class PreviewRequest(_Body, frozen=True, kw_only=True):
+    source_key: _Key
+    recipe: Recipe = msgspec.field(default_factory=Recipe)
+    format: Literal["opus", "aac"] = "opus"
+    preset: PresetName | None = None  # a saved preset; the request's fields override it
+
+
+class SaveRequest(_Body, frozen=True, kw_only=True):
+    source_key: _Key
+    recipe: Recipe = msgspec.field(default_factory=Recipe)
+    format: SaveFormat
+    filename: _Filename | None = None
+    options: OutputOptions | None = None
+    metadata: Metadata | None = None  # docs/publishing.md
+    chapters: ChapterList | None = None
+    preset: PresetName | None = None
+
+
+class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    job_id: str
+    status: str = "pending"
+
+
+class DownloadLink(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    download_url: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """RFC 9457 problem details; `code` is stable and meant for programs."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    field: str | None = None
+    # 409 `preview_not_ready`: where the job is (`status` is the HTTP status, per RFC 9457).
+    job_status: str | None = msgspec.field(default=None, name="jobStatus")
+    # 422 `invalid_recipe` for a trim past the end: the source's duration.
+    source_duration_ms: int | None = msgspec.field(default=None, name="sourceDurationMs")

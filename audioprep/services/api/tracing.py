@@ -1,0 +1,35 @@
+"""W3C trace context for every request: keep a valid `traceparent`, else start a trace.
+
+The (possibly new) `traceparent` is written back into the request headers, so handlers pass it
+to the events they publish (EventStore puts it in a message header and workers log its trace
+id), and the trace id is bound to every log line of the request.
+"""
+
+from __future__ import annotations
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from audioprep.shared import logs
+
+
+def trace_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"traceparent"]
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"traceparent"), None
+        )
+        traceparent = incoming if incoming and logs.parse_traceparent(incoming) else None
+        traceparent = traceparent or logs.new_traceparent()
+        headers.append((b"traceparent", traceparent.encode()))
+        scope["headers"] = headers
+        token = logs.bind(trace_id=logs.trace_id_of(traceparent))
+        try:
+            await app(scope, receive, send)
+        finally:
+            logs.unbind(token)
+
+    return middleware

@@ -1,0 +1,399 @@
+"""One delivery of one job: the single place where outcomes map to events and ack/nak/term."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from audioprep.services.worker.context import JobContext
+from audioprep.shared import logs, metrics, subjects
+from audioprep.shared.errors import (
+    INTERNAL_ERROR,
+    MEDIA_CRASH,
+    UNSUPPORTED_MEDIA,
+    AudioprepError,
+    Cancelled,
+    Permanent,
+    Retryable,
+)
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.events import (
+    ErrorInfo,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobResult,
+    JobRetrying,
+    JobStarted,
+    decode_event,
+)
+from audioprep.shared.nats_conn import is_transient
+from audioprep.shared.settings import Settings
+from audioprep.shared.storage import Storage
+
+log = logging.getLogger("audioprep.worker")
+
+Handler = Callable[[JobContext], Coroutine[Any, Any, JobResult]]
+Cleanup = Callable[[JobContext], Coroutine[Any, Any, None]]
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"  # which process ran an attempt
+# How long to keep retrying a terminal event or an ack through a NATS outage (a restart, a
+# leader election) before handing the message back; the heartbeat holds it meanwhile.
+RECORD_PATIENCE_S = 30.0
+T = TypeVar("T")
+
+
+SCRATCH_PREFIX = "audioprep-w"
+
+
+def scratch_root() -> Path:
+    """This process's scratch parent: a SIGKILLed worker's leftovers are found by pid."""
+    root = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{os.getpid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def sweep_dead_scratch() -> int:
+    """Remove scratch dirs of worker processes that no longer exist (killed mid-job)."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX)
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        except PermissionError:
+            pass  # alive, someone else's
+    return removed
+
+
+def backoff_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter: attempt 1 → up to 1 s, 2 → 2 s, 3 → 4 s ..."""
+    cap = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    return random.uniform(cap / 2, cap)
+
+
+class JobRunner:
+    """Runs handlers for delivered messages with heartbeats, cancel watch and typed outcomes."""
+
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        js: JetStreamContext,
+        settings: Settings,
+        storage: Storage,
+        handlers: dict[str, Handler],
+        cleanups: dict[str, Cleanup] | None = None,
+        worker_name: str = WORKER_NAME,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.settings = settings
+        self.storage = storage
+        self.events = EventStore(nc, js)
+        self.handlers = handlers
+        self.cleanups = cleanups or {}
+        self.worker_name = worker_name
+        self.active: dict[str, asyncio.Task[JobResult]] = {}
+        if swept := sweep_dead_scratch():
+            log.info("removed scratch dirs of dead workers", extra={"count": swept})
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one delivery; never raises (every outcome becomes an event + ack/nak/term)."""
+        try:
+            event = decode_event(msg.data)
+        except Exception:
+            log.error("undecodable request terminated", extra={"subject": msg.subject})
+            await msg.term()
+            return
+        if not isinstance(event, JobRequested):
+            await msg.term()
+            return
+        metrics.run_begins(event)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._run(msg, event)
+        except Exception as exc:
+            # NATS went away mid-job (or a bug): hand the message back; a redelivery finds the
+            # terminal event if we managed to write it, and acks.
+            log.warning(
+                "delivery not finished, handing back",
+                extra={"job_id": event.job_id, "kind": event.kind, "error": repr(exc)},
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_delay(msg.metadata.num_delivered or 1))
+        finally:
+            metrics.run_ends(event)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        interval = max(0.5, self.settings.ack_wait_s / 2)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _finished(self, job_id: str) -> bool:
+        return await self.events.terminal_event(job_id) is not None
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry `call` through transient NATS failures for up to RECORD_PATIENCE_S."""
+        deadline = asyncio.get_running_loop().time() + RECORD_PATIENCE_S
+        delay = 0.25
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if not is_transient(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("nats unavailable, retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    async def _ack(self, msg: Msg) -> None:
+        await self._patiently("ack", msg.ack_sync)
+
+    async def _terminal(
+        self, event: JobCompleted | JobFailed | JobCancelled, tp: str | None
+    ) -> None:
+        """Record the job's end exactly once (see EventStore.append_terminal)."""
+        seq = await self._patiently(
+            event.name, lambda: self.events.append_terminal(event, traceparent=tp)
+        )
+        metrics.job_ended(event, recorded=seq is not None)
+        if seq is None:
+            log.info(
+                "job had already ended; nothing recorded",
+                extra={"job_id": event.job_id, "kind": event.kind, "event": event.name},
+            )
+
+    async def _only_requested(self, request: JobRequested) -> bool:
+        """The job's latest event is its request (the usual first delivery): it has neither
+        ended nor been cancelled. One direct get instead of four on the dispatch path."""
+        if request.from_cache:
+            return False
+        last = await self.events.last_event(request.job_id)
+        return last is not None and isinstance(last.event, JobRequested)
+
+    async def _cancel_requested(self, job_id: str) -> bool:
+        return await self.events.last_event(job_id, "cancel_requested") is not None
+
+    async def _answered_from_cache(self, request: JobRequested, wait_s: float = 5.0) -> bool:
+        """A render-cache hit: the API appends JobCompleted right after the request; never
+        start it, wait for that event. False (render normally) if the API died in between."""
+        if not request.from_cache:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while loop.time() < deadline:
+            if await self._finished(request.job_id):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def _run(self, msg: Msg, request: JobRequested) -> None:
+        delivery = msg.metadata.num_delivered or 1
+        attempt = request.attempt_base + delivery
+        traceparent = (msg.headers or {}).get("traceparent")
+        base = {"job_id": request.job_id, "kind": request.kind, "attempt": attempt}
+        if trace_id := logs.trace_id_of(traceparent):
+            base["trace_id"] = trace_id
+        logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
+
+        fresh = await self._only_requested(request)
+        if not fresh and (
+            await self._finished(request.job_id) or await self._answered_from_cache(request)
+        ):
+            log.info("already finished, acking redelivery", extra=base)
+            await self._ack(msg)
+            return
+        if not fresh and await self._cancel_requested(request.job_id):
+            await self._emit_cancelled(request, attempt, traceparent)
+            await self._ack(msg)
+            return
+
+        await self.events.append(
+            JobStarted(
+                job_id=request.job_id,
+                kind=request.kind,
+                tenant=request.tenant,
+                attempt=attempt,
+                worker=self.worker_name,
+            ),
+            traceparent=traceparent,
+        )
+        metrics.job_started(request.kind)
+        log.info("job started", extra=base)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{request.job_id}-", dir=scratch_root()))
+        ctx = JobContext(
+            request=request,
+            attempt=attempt,
+            settings=self.settings,
+            storage=self.storage,
+            events=self.events,
+            js=self.js,
+            scratch=scratch,
+            traceparent=traceparent,
+        )
+        try:
+            result = await self._run_with_cancel(ctx)
+        except Cancelled:
+            await self._cleanup(ctx)
+            await self._emit_cancelled(request, attempt, traceparent)
+            log.info("job cancelled", extra=base)
+            await self._ack(msg)
+            return
+        except Permanent as exc:
+            await self._cleanup(ctx)
+            await self._emit_failed(request, attempt, exc, traceparent)
+            log.info("job failed", extra={**base, "code": exc.code, "error": exc.message})
+            await self._patiently("term", msg.term)
+            return
+        except Exception as exc:
+            error = exc if isinstance(exc, AudioprepError) else None
+            if error is None:
+                log.exception("unexpected error in handler", extra=base)
+                error = Retryable(f"{type(exc).__name__}: {exc}", code=INTERNAL_ERROR)
+            await self._retry_or_fail(msg, ctx, error, delivery)
+            return
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        await self._terminal(
+            JobCompleted(
+                job_id=request.job_id,
+                kind=request.kind,
+                tenant=request.tenant,
+                result=result,
+                attempt=attempt,
+            ),
+            traceparent,
+        )
+        log.info("job completed", extra=base)
+        await self._ack(msg)
+
+    async def _run_with_cancel(self, ctx: JobContext) -> JobResult:
+        """Run the handler while listening for JobCancelRequested on the job's subject."""
+        handler = self.handlers[ctx.request.kind]
+        task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
+        self.active[ctx.job_id] = task
+        cancelled = asyncio.Event()
+
+        async def on_cancel(_: Msg) -> None:
+            cancelled.set()
+            task.cancel()
+
+        sub = await self.nc.subscribe(
+            subjects.job_event_any_kind(ctx.job_id, "cancel_requested"), cb=on_cancel
+        )
+        try:
+            # The request may have been cancelled between our check and the subscription.
+            if await self._cancel_requested(ctx.job_id):
+                cancelled.set()
+                task.cancel()
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if cancelled.is_set():
+                    raise Cancelled("cancelled by request") from None
+                raise
+        finally:
+            await ctx.flush_progress()
+            self.active.pop(ctx.job_id, None)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _cleanup(self, ctx: JobContext) -> None:
+        cleanup = self.cleanups.get(ctx.request.kind)
+        if cleanup is None:
+            return
+        try:
+            await cleanup(ctx)
+        except Exception as exc:
+            log.warning("cleanup failed", extra=ctx.log_extra(error=str(exc)))
+
+    async def _retry_or_fail(
+        self, msg: Msg, ctx: JobContext, error: AudioprepError, delivery: int
+    ) -> None:
+        request = ctx.request
+        if error.code == MEDIA_CRASH and await self._crashed_before(request.job_id):
+            # The same input killed a media child twice (SIGSEGV in FFmpeg, a resource
+            # limit): a third try would crash again. Fail now instead of burning deliveries.
+            error = Permanent(
+                f"{error.message}; the second crash on this input, so it is not retried",
+                code=UNSUPPORTED_MEDIA,
+            )
+            delivery = self.settings.max_deliver
+        base = ctx.log_extra(code=error.code, error=error.message)
+        if delivery >= self.settings.max_deliver:
+            await self._cleanup(ctx)
+            await self._emit_failed(request, ctx.attempt, error, ctx.traceparent)
+            log.warning("job failed on last delivery", extra=base)
+            await self._patiently("term", msg.term)
+            return
+        delay = backoff_delay(delivery)
+        await self.events.append(
+            JobRetrying(
+                job_id=request.job_id,
+                kind=request.kind,
+                tenant=request.tenant,
+                attempt=ctx.attempt,
+                error=ErrorInfo(code=error.code, message=error.message, retryable=True),
+                delay_ms=int(delay * 1000),
+            ),
+            traceparent=ctx.traceparent,
+        )
+        metrics.job_retrying(request, error.code)
+        log.warning("job will be retried", extra={**base, "delay_s": round(delay, 2)})
+        await msg.nak(delay=delay)
+
+    async def _crashed_before(self, job_id: str) -> bool:
+        """An earlier attempt of this job was retried because its media child crashed."""
+        try:
+            history = await self.events.history(job_id)
+        except Exception as exc:  # can't tell: retry as usual
+            log.warning("history unavailable", extra={"job_id": job_id, "error": repr(exc)})
+            return False
+        return any(
+            isinstance(e.event, JobRetrying) and e.event.error.code == MEDIA_CRASH for e in history
+        )
+
+    async def _emit_failed(
+        self, request: JobRequested, attempt: int, exc: AudioprepError, tp: str | None
+    ) -> None:
+        info = ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable)
+        event = JobFailed(
+            job_id=request.job_id,
+            kind=request.kind,
+            tenant=request.tenant,
+            error=info,
+            attempt=attempt,
+        )
+        await self._terminal(event, tp)
+
+    async def _emit_cancelled(self, request: JobRequested, attempt: int, tp: str | None) -> None:
+        event = JobCancelled(
+            job_id=request.job_id, kind=request.kind, tenant=request.tenant, attempt=attempt
+        )
+        await self._terminal(event, tp)

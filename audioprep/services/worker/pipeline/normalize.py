@@ -1,0 +1,271 @@
+"""Normalisation that lands: gain to target, true-peak limiter, and a check of the encoded file.
+
+1. Start from the measured loudness of the kept part: gain = target - measured.
+2. Calibrate (dry runs: decode → gain → limiter → fades → meter, no encoder) until the
+   limited signal is within 0.1 LU of the aim; limiting lowers loudness, so the gain grows by
+   secant steps. Skipped when the measured true peak shows the limiter will not act.
+3. Encode, decode what was written and measure it (ebur128 and our meter). Off target by more
+   than 0.3 LU, or over the ceiling, and it corrects and re-encodes: a lossy codec's overshoot
+   lowers the limiter's ceiling by that much, a codec loudness shift moves the aim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from audioprep.services.worker.pipeline.excerpt import Excerpt
+from audioprep.services.worker.pipeline.level_meter import LOUDNESS_ONLY_CHAIN, Levels
+from audioprep.services.worker.pipeline.loudness import Loudness, LoudnessMeter
+from audioprep.services.worker.pipeline.progress import Progress
+from audioprep.services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
+from audioprep.shared.loudness_targets import LoudnessTarget
+
+CALIBRATION_TOLERANCE_LU = 0.1
+# Off by more than this after an encode and it encodes again. 0.15 LU keeps us closer than
+# ffmpeg-normalize; past LONG_SOURCE_MS a re-encode costs a minute or more, so long sources
+# re-encode only past 0.3 LU (still well inside the ±0.5 LU promise).
+VERIFY_TOLERANCE_LU = 0.15
+LONG_VERIFY_TOLERANCE_LU = 0.3
+LONG_SOURCE_MS = 10 * 60_000
+MAX_DRY_RUNS = 6
+MAX_ENCODES = 4
+HEAVY_LIMITING_DB = 6.0
+MAX_LIMITING_DB = 20.0  # past this much limiting the target is out of reach (warned)
+PEAK_MARGIN_DB = 0.05  # our detector and ebur128's 192 kHz resampler differ by a few 0.01 dB
+# first guess of how far each codec pushes true peaks over a limited signal; verification
+# learns the rest per file
+CODEC_HEADROOM_DB = {"pcm_s16le": 0.0, "pcm_s24le": 0.0, "flac": 0.0}
+LOSSY_HEADROOM_DB = 0.5
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What normalisation did, for the loudness report."""
+
+    gain_db: float
+    ceiling_db: float
+    max_reduction_db: float
+    measuring_passes: int
+    encode_passes: int
+    after: Levels
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+EncodeFn = Callable[[float, float], PathRun]  # (gain dB, ceiling dB) -> what the pass did
+StageFn = Callable[[str], Callable[[float], None]]  # stage name -> that pass's progress
+VerifyFn = Callable[[], Levels]
+
+
+def metric(levels: Levels, target: LoudnessTarget) -> float | None:
+    """The value the target is about: integrated LUFS, or RMS dBFS (ACX)."""
+    return levels.integrated if target.measure == "lufs" else levels.rms_db
+
+
+def normalize(
+    src_path: str,
+    path: SignalPath,
+    *,
+    target: LoudnessTarget,
+    measured: Loudness | None,
+    codec: str,
+    encode: EncodeFn,
+    verify: VerifyFn,
+    should_stop: Callable[[], bool] | None = None,
+    cache: PcmCache | None = None,
+    stage: StageFn | None = None,
+    length_ms: float | None = None,
+    excerpt: Excerpt | None = None,
+) -> Outcome:
+    """Run calibration, encode and verification passes; returns the final figures.
+
+    With an `excerpt` (long sources) the dry runs run on it: the full file's loudness is
+    predicted as measured + (excerpt after the chain − excerpt before it).
+    """
+    warnings: list[tuple[str, str]] = []
+    long = length_ms is not None and length_ms > LONG_SOURCE_MS
+    tolerance = LONG_VERIFY_TOLERANCE_LU if long else VERIFY_TOLERANCE_LU
+    offset = 0.0
+    start_lufs = measured.integrated_lufs if measured else None
+    if excerpt is not None and excerpt.raw_lufs is not None and start_lufs is not None:
+        offset = excerpt.raw_lufs - start_lufs
+        calibration = _Calibration(
+            excerpt.path, excerpt.signal, target, should_stop, PcmCache(), stage, excerpt.length_ms
+        )
+    else:
+        calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
+    ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
+    start = measured.integrated_lufs if measured else None
+    if start is None:
+        run = encode(0.0, ceiling)
+        warnings.append(("silent_source", "nothing above the loudness gate; no gain applied"))
+        return Outcome(0.0, ceiling, run.max_reduction_db, 0, 1, verify(), warnings)
+
+    gain = target.target - start
+    aim = target.target
+    dry_runs = 0
+    encodes = 0
+    after: Levels | None = None
+    run = PathRun()
+    skipped = False
+    for _ in range(MAX_ENCODES):
+        skip_dry = (
+            target.measure == "lufs"
+            and not path.fades
+            and path.voice is None
+            and measured is not None
+            and measured.true_peak_db is not None
+            and measured.true_peak_db + gain <= ceiling
+            and dry_runs == 0
+        )
+        if not skip_dry:
+            gain, runs, reachable = calibration.run(
+                gain, ceiling, aim + offset, start, measured.true_peak_db if measured else None
+            )
+            dry_runs += runs
+            if not reachable and not _unreachable(warnings):
+                warnings.append(
+                    (
+                        "target_unreachable",
+                        f"more than {MAX_LIMITING_DB:.0f} dB of limiting would be needed; "
+                        "stopped there",
+                    )
+                )
+        run = encode(gain, ceiling)
+        encodes += 1
+        after = verify()
+        skipped = skip_dry
+        value, peak = metric(after, target), after.true_peak
+        loud_ok = value is None or abs(value - target.target) <= tolerance
+        peak_ok = peak is None or peak <= target.true_peak_db
+        if (loud_ok or _unreachable(warnings)) and peak_ok:
+            break
+        if not peak_ok and peak is not None:
+            ceiling -= peak - target.true_peak_db + PEAK_MARGIN_DB * 2
+        if not loud_ok and value is not None and not _unreachable(warnings):
+            aim += target.target - value  # the codec (or a downmix) moved the loudness
+            if skipped:  # no limiting, no calibration: loudness follows the gain 1:1
+                gain += target.target - value
+    assert after is not None
+    if run.max_reduction_db > HEAVY_LIMITING_DB:
+        warnings.append(
+            (
+                "heavy_limiting",
+                f"the limiter took off up to {run.max_reduction_db:.1f} dB to reach the target",
+            )
+        )
+    value, peak = metric(after, target), after.true_peak
+    missed = value is not None and abs(value - target.target) > LONG_VERIFY_TOLERANCE_LU
+    if missed and not _unreachable(warnings):
+        warnings.append(("target_missed", f"ended at {value:.1f} after {encodes} encodes"))
+    if peak is not None and peak > target.true_peak_db:
+        warnings.append(("ceiling_exceeded", f"true peak {peak:.2f} dBTP after {encodes} encodes"))
+    return Outcome(gain, ceiling, run.max_reduction_db, dry_runs, encodes, after, warnings)
+
+
+def _unreachable(warnings: list[tuple[str, str]]) -> bool:
+    return any(code == "target_unreachable" for code, _ in warnings)
+
+
+class _Calibration:
+    """Secant search for the gain whose limited output meets the aim, remembering its points.
+
+    Points measured at one ceiling stay valid while the ceiling holds, so a later round that
+    only moves the aim (a codec's loudness shift) needs no new dry run at all: the next
+    verification checks the estimate.
+    """
+
+    def __init__(
+        self,
+        src_path: str,
+        path: SignalPath,
+        target: LoudnessTarget,
+        should_stop: Callable[[], bool] | None,
+        cache: PcmCache | None,
+        stage: StageFn | None,
+        length_ms: float | None,
+    ) -> None:
+        self._args = (src_path, path, target, should_stop, cache)
+        self._stage = stage
+        self._length_ms = length_ms
+        self._target = target
+        self._points: list[tuple[float, float]] = []
+        self._ceiling: float | None = None
+        self._slope = 1.0
+
+    def run(
+        self, gain: float, ceiling: float, aim: float, start: float, peak: float | None
+    ) -> tuple[float, int, bool]:
+        """(gain, dry runs used, reachable)."""
+        peak = peak if peak is not None else start + 20.0
+        max_gain = max(self._target.target - start, ceiling - peak + MAX_LIMITING_DB)
+        if self._ceiling is not None and abs(ceiling - self._ceiling) < 1e-9 and self._points:
+            g, v = self._points[-1]
+            return min(g + (aim - v) / self._slope, max_gain), 0, True
+        if self._points:  # new ceiling: start from the old estimate, keep the slope
+            g, v = self._points[-1]
+            gain = min(g + (aim - v) / self._slope, max_gain)
+        self._points, self._ceiling = [], ceiling
+        runs = 0
+        for _ in range(MAX_DRY_RUNS):
+            progress = Progress(
+                self._stage("calibrating") if self._stage else None, self._length_ms
+            )
+            value = _dry_run(gain, ceiling, *self._args, progress)
+            runs += 1
+            if value is None:
+                return gain, runs, True
+            self._points.append((gain, value))
+            error = aim - value
+            if abs(error) <= CALIBRATION_TOLERANCE_LU:
+                return gain, runs, True
+            if len(self._points) >= 2:
+                (g0, v0), (g1, v1) = self._points[-2], self._points[-1]
+                if abs(g1 - g0) > 1e-6:
+                    self._slope = min(1.0, max(0.05, (v1 - v0) / (g1 - g0)))
+            nxt = gain + error / self._slope
+            if nxt > max_gain:
+                if gain >= max_gain - 1e-6:
+                    return gain, runs, False
+                nxt = max_gain
+            gain = nxt
+        return gain, runs, True
+
+
+def _dry_run(
+    gain: float,
+    ceiling: float,
+    src_path: str,
+    path: SignalPath,
+    target: LoudnessTarget,
+    should_stop: Callable[[], bool] | None,
+    cache: PcmCache | None,
+    progress: Progress,
+) -> float | None:
+    frames = run_path(
+        src_path,
+        path,
+        gain_db=gain,
+        ceiling_db=ceiling,
+        tail=list(LOUDNESS_ONLY_CHAIN),
+        should_stop=should_stop,
+        cache=cache,
+    )
+    # only the one figure the target is about: ebur128's integrated loudness, or plain RMS
+    loudness = LoudnessMeter()
+    sum_sq, count = 0.0, 0
+    for frame in frames:
+        progress.advance_samples(frame.samples, path.rate)
+        if target.measure == "lufs":
+            loudness.feed(frame)
+        else:
+            pcm = frame.to_ndarray()[:, : frame.samples]
+            sum_sq += float(np.square(pcm, dtype=np.float64).sum())
+            count += pcm.size
+    progress.done()
+    if target.measure == "lufs":
+        return loudness.result().integrated_lufs
+    return 10 * math.log10(sum_sq / count) if count and sum_sq > 0 else None

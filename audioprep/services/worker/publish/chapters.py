@@ -1,0 +1,36 @@
+"""Chapter marks on the output's timeline, from the recipe and what the render cut."""
+
+from __future__ import annotations
+
+from audioprep.shared.events import VoiceReport
+from audioprep.shared.metadata import Chapter, OutputChapter, output_chapters
+from audioprep.shared.recipe import Recipe
+
+
+def place_chapters(
+    chapters: list[Chapter],
+    recipe: Recipe,
+    voice_report: VoiceReport | None,
+    duration_ms: int,
+) -> list[OutputChapter]:
+    """Source-time chapters → output time: the kept window (trim, narrowed by trimSilence's
+    sound bounds exactly as the render's `kept_window` does), voice-chain cuts, speed."""
+    start = recipe.trim.start_ms if recipe.trim else 0
+    end = recipe.trim.end_ms if recipe.trim else None
+    cuts: list[tuple[int, int]] = []
+    steps = voice_report.steps if voice_report is not None else None
+    if steps is not None and recipe.trim_silence and steps.trimmed_ms:
+        sound_start, sound_end = steps.trimmed_ms[0], steps.trimmed_ms[1]
+        if sound_end > max(start, sound_start) and (end is None or sound_start < end):
+            start = max(start, sound_start)
+            end = sound_end if end is None else min(end, sound_end)
+    if steps is not None:
+        cuts = [(int(a), int(b)) for a, b in steps.cuts_ms]
+    return output_chapters(
+        chapters,
+        duration_ms=duration_ms,
+        kept_start_ms=start,
+        kept_end_ms=end,
+        cuts_ms=cuts,
+        speed=recipe.speed,
+    )

@@ -1,0 +1,207 @@
+"""Appending job events to stream JOBS and reading a job's history back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from audioprep.shared import subjects
+from audioprep.shared.events import Event, JobRequested, decode_event, encode_event
+
+WRONG_LAST_SEQUENCE = 10071
+HISTORY_BATCH = 256
+TERMINAL_CAS_RETRIES = 50
+TERMINAL_EVENTS: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
+
+
+class JobAlreadyExists(Exception):
+    """A JobRequested for this id is already in the stream."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} already exists")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event together with its place in the stream."""
+
+    seq: int
+    subject: str
+    event: Event
+
+
+def msg_id_for(event: Event) -> str | None:
+    """Deterministic Msg-Id: a redelivered job re-emitting an event is deduplicated."""
+    attempt = getattr(event, "attempt", None)
+    match event.name:
+        case "requested":
+            return event.job_id
+        case "completed" | "failed" | "cancelled":
+            return f"{event.job_id}:{event.name}"
+        case "started" | "retrying":
+            return f"{event.job_id}:{event.name}:{attempt}"
+        case _:
+            return None
+
+
+class EventStore:
+    """The only writer and reader of stream JOBS for services."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = js
+        self.timeout = timeout
+
+    async def append(self, event: Event, *, traceparent: str | None = None) -> int:
+        """Publish one event and wait until the server has it on disk; returns its sequence."""
+        headers: dict[str, str] = {}
+        msg_id = msg_id_for(event)
+        if msg_id:
+            headers["Nats-Msg-Id"] = msg_id
+        if traceparent:
+            headers["traceparent"] = traceparent
+        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        ack = await self.js.publish(
+            subject, encode_event(event), timeout=self.timeout, headers=headers or None
+        )
+        return ack.seq
+
+    async def request_job(self, event: JobRequested, *, traceparent: str | None = None) -> int:
+        """Publish a job's first event exactly once (create-once headers + Msg-Id).
+
+        Raises JobAlreadyExists when another request already created this job id.
+        """
+        headers = {
+            "Nats-Msg-Id": event.job_id,
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.job_subjects(event.job_id),
+        }
+        if traceparent:
+            headers["traceparent"] = traceparent
+        subject = subjects.event_subject(event.kind, event.job_id, "requested")
+        try:
+            ack = await self.js.publish(
+                subject, encode_event(event), timeout=self.timeout, headers=headers
+            )
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            raise JobAlreadyExists(event.job_id) from exc
+        return ack.seq
+
+    async def first_event(self, job_id: str) -> StoredEvent | None:
+        """The job's JobRequested (its first message), or None if the job is unknown."""
+        history = await self.history(job_id, limit=1)
+        return history[0] if history else None
+
+    async def last_event(
+        self, job_id: str, name: subjects.EventName | None = None
+    ) -> StoredEvent | None:
+        """Last event of a job (or its last event of one name) by direct get."""
+        subject = (
+            subjects.job_event_any_kind(job_id, name) if name else subjects.job_subjects(job_id)
+        )
+        try:
+            raw = await self.js.get_last_msg(subjects.STREAM, subject, direct=True)
+        except NotFoundError:
+            return None
+        if raw.data is None or raw.seq is None or raw.subject is None:
+            return None
+        return StoredEvent(seq=raw.seq, subject=raw.subject, event=decode_event(raw.data))
+
+    async def terminal_event(self, job_id: str) -> StoredEvent | None:
+        """The job's completed/failed/cancelled event, if it has one (three direct gets)."""
+        found = await asyncio.gather(*(self.last_event(job_id, n) for n in TERMINAL_EVENTS))
+        ended = [e for e in found if e is not None]
+        return min(ended, key=lambda e: e.seq) if ended else None
+
+    async def append_terminal(self, event: Event, *, traceparent: str | None = None) -> int | None:
+        """Append a terminal event unless the job already ended; returns its seq, else None.
+
+        Optimistic concurrency on the job's subjects (expected last sequence = the job's latest
+        event) makes "at most one terminal event per job" hold across workers, redeliveries and
+        the dead-letter failer, also after the Msg-Id dedupe window.
+        """
+        job_subject = subjects.job_subjects(event.job_id)
+        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        for _ in range(TERMINAL_CAS_RETRIES):
+            ended, last = await asyncio.gather(
+                self.terminal_event(event.job_id), self.last_event(event.job_id)
+            )
+            if ended is not None:
+                return None
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(last.seq if last else 0),
+                "Nats-Expected-Last-Subject-Sequence-Subject": job_subject,
+            }
+            msg_id = msg_id_for(event)
+            if msg_id:
+                headers["Nats-Msg-Id"] = msg_id
+            if traceparent:
+                headers["traceparent"] = traceparent
+            try:
+                ack = await self.js.publish(
+                    subject, encode_event(event), timeout=self.timeout, headers=headers
+                )
+            except BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                continue  # another event landed in between (or our lost-ack retry): look again
+            return None if ack.duplicate else ack.seq
+        raise RuntimeError(f"could not append {event.name} to {event.job_id}: too much contention")
+
+    async def history(
+        self, job_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """All events of one job in stream order, via batched direct gets (one round trip)."""
+        out: list[StoredEvent] = []
+        next_seq = after_seq + 1
+        subject = subjects.job_subjects(job_id)
+        while True:
+            batch = HISTORY_BATCH if limit is None else min(HISTORY_BATCH, limit - len(out))
+            got = await self._direct_batch(subject, next_seq, batch)
+            out.extend(got)
+            if len(got) < batch or (limit is not None and len(out) >= limit):
+                return out
+            next_seq = got[-1].seq + 1
+
+    async def _direct_batch(self, subject: str, start_seq: int, batch: int) -> list[StoredEvent]:
+        inbox = self.nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await self.nc.subscribe(inbox, cb=collect)
+        try:
+            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{subjects.STREAM}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            out: list[StoredEvent] = []
+            while True:
+                msg = await asyncio.wait_for(queue.get(), timeout=self.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:  # 204 end of batch, 404 nothing (more) found
+                    return out
+                out.append(
+                    StoredEvent(
+                        seq=int(headers["Nats-Sequence"]),
+                        subject=headers["Nats-Subject"],
+                        event=decode_event(msg.data),
+                    )
+                )
+                if len(out) >= batch:
+                    return out
+        finally:
+            await sub.unsubscribe()

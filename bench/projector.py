@@ -21,8 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from audioprep.shared import subjects
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     Event,
     JobCompleted,
     JobProgressed,
@@ -31,6 +30,7 @@ from audioprep.shared.events import (
     JobStarted,
     encode_event,
 )
+from audioprep.shared import subjects
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_conn import connect
 from bench.common import (
@@ -118,8 +118,8 @@ async def bare_read_rate(nc: Client, last_seq: int) -> float:
 
 def fold_only_rate(sample: list[Event]) -> float:
     """Pure CPU: decode + fold of the same events (no NATS): the projector's compute ceiling."""
-    from audioprep.services.projector.fold import fold
-    from audioprep.shared.events import decode_event
+    from audioprep.domain.events import decode_event
+    from audioprep.domain.fold import fold
 
     raw = [encode_event(e) for e in sample]
     views: dict[str, Any] = {}
@@ -232,7 +232,7 @@ async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict
         published[(await fut).seq] = t
     first_seq, last_seq = min(published), max(published)
     elapsed_pub = max(t for t, _ in futures) - start
-    from audioprep.shared.views import decode_view
+    from audioprep.domain.views import decode_view
 
     def done() -> bool:
         if bare:

@@ -23,9 +23,9 @@ from typing import Any
 
 import standardwebhooks
 
+from audioprep.domain.events import JobCompleted, JobRequested, JobResult, utcnow
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobRequested, JobResult, utcnow
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.webhook_crypto import new_secret, secret_box

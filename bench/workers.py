@@ -22,9 +22,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import FetchTimeoutError
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_conn import connect
 from bench.common import Env, bench_env, log, provision_env, row, summary_ms, write_result

@@ -11,13 +11,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, JobRequested, decode_event, encode_event
 from audioprep.shared import subjects
-from audioprep.shared.events import Event, JobRequested, decode_event, encode_event
 
 WRONG_LAST_SEQUENCE = 10071
 HISTORY_BATCH = 256
 TERMINAL_CAS_RETRIES = 50
-TERMINAL_EVENTS: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
 
 
 class JobAlreadyExists(Exception):
@@ -102,7 +102,7 @@ class EventStore:
         return history[0] if history else None
 
     async def last_event(
-        self, job_id: str, name: subjects.EventName | None = None
+        self, job_id: str, name: kinds.EventName | None = None
     ) -> StoredEvent | None:
         """Last event of a job (or its last event of one name) by direct get."""
         subject = (
@@ -118,7 +118,9 @@ class EventStore:
 
     async def terminal_event(self, job_id: str) -> StoredEvent | None:
         """The job's completed/failed/cancelled event, if it has one (three direct gets)."""
-        found = await asyncio.gather(*(self.last_event(job_id, n) for n in TERMINAL_EVENTS))
+        found = await asyncio.gather(
+            *(self.last_event(job_id, n) for n in kinds.TERMINAL_EVENT_NAMES)
+        )
         ended = [e for e in found if e is not None]
         return min(ended, key=lambda e: e.seq) if ended else None
 

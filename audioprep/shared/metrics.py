@@ -29,8 +29,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, JobFailed, JobRequested
 from audioprep.shared import subjects
-from audioprep.shared.events import Event, JobFailed, JobRequested
 
 log = logging.getLogger("audioprep.metrics")
 # `*_created` timestamps double the output and no dashboard of ours uses them.
@@ -192,7 +193,7 @@ def projector_applied(seq: int, event_type: str, pending: int | None = None) -> 
 # ---- sampling from NATS at scrape time ---------------------------------------------------------
 
 
-async def sample_queues(js: JetStreamContext, kinds: tuple[str, ...] = subjects.KINDS) -> None:
+async def sample_queues(js: JetStreamContext, kinds: tuple[str, ...] = kinds.KINDS) -> None:
     for kind in kinds:
         info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))  # type: ignore[arg-type]
         QUEUE_PENDING.labels(kind).set(info.num_pending or 0)

@@ -17,10 +17,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from audioprep.domain.events import utcnow
+from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
 from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
 from audioprep.shared.metadata import Metadata
-from audioprep.shared.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME_RE: Final = re.compile(NAME_PATTERN)

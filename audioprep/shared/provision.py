@@ -16,6 +16,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from audioprep.domain import kinds
 from audioprep.shared import subjects
 from audioprep.shared.settings import Settings
 
@@ -55,7 +56,7 @@ def dlq_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-def worker_consumer_config(kind: subjects.Kind, settings: Settings) -> ConsumerConfig:
+def worker_consumer_config(kind: kinds.Kind, settings: Settings) -> ConsumerConfig:
     """Durable pull consumer for one kind's requests."""
     return ConsumerConfig(
         durable_name=subjects.worker_consumer(kind),
@@ -130,7 +131,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create or update everything audioprep needs; safe to run any number of times."""
     await _ensure_stream(js, jobs_stream_config(settings))
     await _ensure_stream(js, dlq_stream_config(settings))
-    for kind in subjects.KINDS:
+    for kind in kinds.KINDS:
         await _ensure_consumer(js, subjects.STREAM, worker_consumer_config(kind, settings))
     await _ensure_consumer(js, subjects.DLQ_STREAM, dlq_consumer_config(settings))
     buckets = (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET, subjects.RENDER_CACHE_BUCKET)

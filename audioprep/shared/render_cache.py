@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from audioprep.domain.events import JobResult
 from audioprep.shared import subjects
-from audioprep.shared.events import JobResult
 
 
 class CacheEntry(msgspec.Struct, frozen=True):

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-Kind = Literal["ingest", "preview", "save"]
-EventName = Literal[
-    "requested",
-    "started",
-    "progressed",
-    "retrying",
-    "completed",
-    "failed",
-    "cancel_requested",
-    "cancelled",
-]
-KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
-EVENT_NAMES: Final[tuple[EventName, ...]] = get_args(EventName)
+from audioprep.domain.kinds import EVENT_NAMES, KINDS, TERMINAL_EVENT_NAMES, EventName, Kind
 
 STREAM: Final = "JOBS"
 STREAM_SUBJECTS: Final = "jobs.>"
@@ -95,7 +83,6 @@ WEBHOOKS_SUBJECTS: Final = "webhooks.>"
 WEBHOOK_ENDPOINTS_BUCKET: Final = "webhook_endpoints"
 NOTIFIER_JOBS_CONSUMER: Final = "notifier-jobs"
 NOTIFIER_DELIVERIES_CONSUMER: Final = "notifier-deliveries"
-TERMINAL_EVENT_NAMES: Final[tuple[EventName, ...]] = ("completed", "failed", "cancelled")
 
 
 def terminal_filters() -> list[str]:

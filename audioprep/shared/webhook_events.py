@@ -21,10 +21,11 @@ from typing import ClassVar, Literal, get_args
 
 import msgspec
 
+from audioprep.domain.events import utcnow
+from audioprep.domain.kinds import EventName, Kind
 from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.subjects import EventName, Kind, WebhookEventName
+from audioprep.shared.subjects import WebhookEventName
 
 WebhookType = Literal["job.completed", "job.failed", "job.cancelled"]
 WEBHOOK_TYPES: tuple[WebhookType, ...] = get_args(WebhookType)

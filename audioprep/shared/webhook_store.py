@@ -22,10 +22,10 @@ from nats.js.api import PubAck
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from audioprep.domain.kinds import Kind
 from audioprep.shared import subjects
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.provision import kv_stream_name
-from audioprep.shared.subjects import Kind
 from audioprep.shared.webhook_events import (
     DeliveryCreated,
     DeliveryView,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import idempotent_job_id, new_job_id
 from tests.cli.conftest import CliStack, run_cli, wait_view
 from tests.faults.harness import connected, fault_settings, private_server

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from audioprep.domain import kinds
 from audioprep.shared import metrics, subjects
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import junk_bytes, write_tone
@@ -92,7 +93,7 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
     assert moved(worker0, worker1, "audioprep_render_seconds_count", kind="save", format="wav") >= 1
     assert value(worker1, "audioprep_render_seconds_sum", kind="save", format="wav") > 0
     assert value(worker1, "audioprep_jobs_active", kind="ingest") >= 0
-    for kind in subjects.KINDS:  # sampled from the consumers at scrape time
+    for kind in kinds.KINDS:  # sampled from the consumers at scrape time
         assert ("audioprep_queue_pending", frozenset({("kind", kind)})) in api1
         assert ("audioprep_queue_pending", frozenset({("kind", kind)})) in worker1
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from audioprep.domain.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer, free_port
 from audioprep.shared.provision import provision

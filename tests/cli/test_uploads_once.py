@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import open_storage

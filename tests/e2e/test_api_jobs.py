@@ -12,12 +12,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
+from audioprep.domain.events import JobCompleted, JobProgressed, JobResult, JobStarted
 from audioprep.services.api.openapi import OPERATIONS
 from audioprep.services.api.routes.job_events import follow_job, wake_ups
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
 from audioprep.shared import signing
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
 from audioprep.shared.ids import new_job_id
 from tests.conftest import Stack
 from tests.e2e.test_api_support import (

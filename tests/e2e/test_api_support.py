@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from audioprep.domain import kinds
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore, StoredEvent
 from tests.conftest import Stack
@@ -45,9 +46,7 @@ async def event_types(stack: Stack, job_id: str) -> list[str]:
     return [type(s.event).__name__ for s in await history(stack, job_id)]
 
 
-async def wait_consumer_past(
-    stack: Stack, kind: subjects.Kind, seq: int, timeout: float = 20
-) -> None:
+async def wait_consumer_past(stack: Stack, kind: kinds.Kind, seq: int, timeout: float = 20) -> None:
     """Wait until the kind's worker consumer has delivered and acked everything up to `seq`."""
     js = stack.nc.jetstream()
     deadline = time.monotonic() + timeout

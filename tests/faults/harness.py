@@ -25,10 +25,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from audioprep.domain.events import JobCompleted, JobRequested, decode_event
 from audioprep.services.worker.job_runner import sweep_dead_scratch
 from audioprep.shared import keys, subjects
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.events import JobCompleted, JobRequested, decode_event
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import REPO_ROOT, NatsServer

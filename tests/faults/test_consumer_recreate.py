@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from audioprep.domain.events import JobRequested, JobResult, JobStarted
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.service import WorkerService
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested, JobResult, JobStarted
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.storage import open_storage
 from tests.faults.harness import connected, fault_settings, private_server, wait_terminal

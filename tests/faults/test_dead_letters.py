@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from audioprep.domain.events import JobCompleted, JobFailed, JobRequested, JobResult
 from audioprep.services.worker.dead_letters import decode_advisory, fail_dead_letter
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobFailed, JobRequested, JobResult
 from audioprep.shared.ids import new_job_id
 from tests.faults.harness import connected, fault_settings, private_server
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared import subjects
-from audioprep.shared.events import JobRequested
 from audioprep.shared.nats_server import NatsServer
 from tests.conftest import running_stack
 from tests.faults.harness import by_job, connected, fault_settings, read_stream

@@ -11,11 +11,7 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from audioprep.services.worker.context import JobContext
-from audioprep.services.worker.service import WorkerService
-from audioprep.shared import keys
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     JobCompleted,
     JobProgressed,
     JobRequested,
@@ -24,6 +20,10 @@ from audioprep.shared.events import (
     JobStarted,
     decode_event,
 )
+from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.service import WorkerService
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.storage import open_storage
 from tests.faults.harness import (

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from audioprep.shared import keys
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     JobProgressed,
     JobRequested,
     JobStarted,
     decode_event,
     is_terminal,
 )
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from tests.faults.harness import (
     Workers,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobFailed, JobRequested, JobStarted, decode_event
 from audioprep.services.cli.dlq import retry_job
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobFailed, JobRequested, JobStarted, decode_event
 from audioprep.shared.nats_server import REPO_ROOT
 from tests.faults.harness import (
     Workers,

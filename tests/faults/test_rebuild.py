@@ -18,16 +18,16 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobProgressed, JobRequested
+from audioprep.domain.views import encode_view
 from audioprep.services.api.app import create_app
 from audioprep.services.projector.main import run_projector
 from audioprep.services.projector.rebuild import fold_stream, read_bucket
 from audioprep.services.worker.main import run_worker
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobProgressed, JobRequested
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_server import REPO_ROOT
-from audioprep.shared.views import encode_view
 from tests.faults.harness import (
     Submitter,
     by_job,

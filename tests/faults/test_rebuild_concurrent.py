@@ -11,7 +11,18 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from audioprep.services.projector.fold import fold
+from audioprep.domain.events import (
+    ErrorInfo,
+    Event,
+    JobCompleted,
+    JobFailed,
+    JobProgressed,
+    JobRequested,
+    JobResult,
+    JobStarted,
+)
+from audioprep.domain.fold import fold
+from audioprep.domain.views import encode_view
 from audioprep.services.projector.main import run_projector
 from audioprep.services.projector.rebuild import (
     Current,
@@ -23,18 +34,7 @@ from audioprep.services.projector.rebuild import (
 from audioprep.services.projector.runner import Projector
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
-    ErrorInfo,
-    Event,
-    JobCompleted,
-    JobFailed,
-    JobProgressed,
-    JobRequested,
-    JobResult,
-    JobStarted,
-)
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.views import encode_view
 from tests.faults.harness import connected, fault_settings, private_server
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -15,6 +14,7 @@ from audioprep.shared.events import (
     JobRequested,
     JobResult,
 )
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from tests.faults.harness import connected, fault_settings, private_server
 

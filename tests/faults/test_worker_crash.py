@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobStarted, decode_event, is_terminal
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobStarted, decode_event, is_terminal
 from tests.faults.harness import (
     Workers,
     by_job,

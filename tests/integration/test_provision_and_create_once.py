@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
+from audioprep.domain.events import JobRequested, JobStarted
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore, JobAlreadyExists
-from audioprep.shared.events import JobRequested, JobStarted
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from audioprep.domain.events import JobRetrying, JobStarted
 from audioprep.services.worker.media_process import CPU_LIMIT_ENV
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRetrying, JobStarted
 from audioprep.shared.nats_server import REPO_ROOT
 from audioprep.shared.settings import Settings
 from tests.conftest import running_stack

@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from audioprep.domain import kinds
 from audioprep.shared import subjects
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_conn import connect, inbox_prefix_for
@@ -272,7 +273,7 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
         # Nothing of it reached the server: the stream, consumers and buckets are intact.
         ajs = admin.nc.jetstream()
         await ajs.stream_info(subjects.STREAM)
-        for kind in subjects.KINDS:
+        for kind in kinds.KINDS:
             await ajs.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
         with pytest.raises(NotFoundError):
             await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job))

@@ -35,11 +35,11 @@ from hypothesis import HealthCheck, Phase
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 
+from audioprep.domain.events import JobCancelled
 from audioprep.services.api.app import create_app
 from audioprep.services.api.openapi import complete_schema
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCancelled
 from audioprep.shared.nats_server import NatsServer, free_port
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings

@@ -12,6 +12,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.aio.client import Client
 
+from audioprep.domain import kinds
+from audioprep.domain.events import (
+    ErrorInfo,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobResult,
+    JobStarted,
+)
+from audioprep.domain.fold import fold
+from audioprep.domain.views import encode_view
 from audioprep.services.cli.storage import (
     CANCELLED,
     COPIED_UPLOAD,
@@ -25,22 +37,11 @@ from audioprep.services.cli.storage import (
     run_eviction,
     run_gc,
 )
-from audioprep.services.projector.fold import fold
 from audioprep.shared import render_cache, subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
-    ErrorInfo,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobRequested,
-    JobResult,
-    JobStarted,
-)
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import ObjectInfo, Storage
-from audioprep.shared.views import encode_view
 
 LATER = timedelta(days=2)  # "now" for runs that should see today's objects as past the grace
 
@@ -49,7 +50,7 @@ def _cache_key(label: str) -> str:
     return hashlib.sha256(f"{label}-{new_job_id()}".encode()).hexdigest()
 
 
-async def _job(events: EventStore, kind: subjects.Kind, *more: str, tenant: str = "default") -> str:
+async def _job(events: EventStore, kind: kinds.Kind, *more: str, tenant: str = "default") -> str:
     """A job with real events in the stream: requested, then the named outcome."""
     job_id = new_job_id()
     await events.request_job(JobRequested(job_id=job_id, kind=kind, tenant=tenant))

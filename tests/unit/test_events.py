@@ -7,8 +7,7 @@ import json
 import msgspec
 import pytest
 
-from audioprep.shared import subjects
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     JobCompleted,
     JobFailed,
@@ -18,6 +17,7 @@ from audioprep.shared.events import (
     decode_event,
     encode_event,
 )
+from audioprep.shared import subjects
 from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
 
 

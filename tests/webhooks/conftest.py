@@ -25,8 +25,7 @@ import standardwebhooks
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -34,6 +33,7 @@ from audioprep.shared.events import (
     JobRequested,
     JobResult,
 )
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_server import free_port
 from audioprep.shared.provision import provision_webhooks

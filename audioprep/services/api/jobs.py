@@ -10,15 +10,15 @@ import msgspec
 from litestar import Request
 from nats.js.errors import KeyNotFoundError
 
+from audioprep.domain.events import JobRequested
+from audioprep.domain.fold import fold_history
+from audioprep.domain.kinds import Kind
+from audioprep.domain.views import JobView, decode_view
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.problems import ProblemError
-from audioprep.services.projector.fold import fold_history
 from audioprep.shared import metrics
 from audioprep.shared.event_store import JobAlreadyExists
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
-from audioprep.shared.subjects import Kind
-from audioprep.shared.views import JobView, decode_view
 
 log = logging.getLogger("audioprep.api")
 

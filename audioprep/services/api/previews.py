@@ -25,14 +25,14 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from audioprep.domain.events import JobCompleted, JobRequested, JobResult
+from audioprep.domain.fold import fold_history
+from audioprep.domain.kinds import Kind
+from audioprep.domain.recipe import Recipe, render_cache_key
+from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import existing_job, idempotency_key_reused, submit
-from audioprep.services.projector.fold import fold_history
 from audioprep.shared import render_cache
-from audioprep.shared.events import JobCompleted, JobRequested, JobResult
-from audioprep.shared.recipe import Recipe, render_cache_key
-from audioprep.shared.subjects import Kind
-from audioprep.shared.views import JobView
 
 log = logging.getLogger("audioprep.api")
 

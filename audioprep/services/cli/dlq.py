@@ -10,14 +10,14 @@ from typing import Any
 import msgspec
 from nats.js.errors import NotFoundError
 
+from audioprep.domain.events import JobRequested, utcnow
+from audioprep.domain.fold import fold_history
+from audioprep.domain.views import JobView
 from audioprep.services.cli.common import CliError, Session, add_nats_url, iso, run_with_nats
-from audioprep.services.projector.fold import fold_history
 from audioprep.services.worker.dead_letters import decode_advisory, original_request
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore, JobAlreadyExists
-from audioprep.shared.events import JobRequested, utcnow
 from audioprep.shared.ids import idempotent_job_id, is_job_id
-from audioprep.shared.views import JobView
 
 
 @dataclass(frozen=True)

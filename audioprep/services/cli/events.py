@@ -12,6 +12,8 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, decode_event, is_terminal
 from audioprep.services.cli.common import (
     CliError,
     Session,
@@ -22,7 +24,6 @@ from audioprep.services.cli.common import (
     run_with_nats,
 )
 from audioprep.shared import subjects
-from audioprep.shared.events import Event, decode_event, is_terminal
 from audioprep.shared.ids import is_job_id
 
 REPLAY_BATCH = 256
@@ -152,7 +153,7 @@ async def _replay(session: Session, args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", metavar="ID", help="only this job's events (subject jobs.*.<ID>.>)")
-    p.add_argument("--kind", choices=list(subjects.KINDS), help="only jobs of this kind")
+    p.add_argument("--kind", choices=list(kinds.KINDS), help="only jobs of this kind")
     p.add_argument(
         "--since",
         metavar="TIME|SEQ",

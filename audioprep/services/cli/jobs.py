@@ -16,6 +16,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from audioprep.domain import kinds
+from audioprep.domain.events import decode_event
+from audioprep.domain.fold import fold_history
+from audioprep.domain.kinds import STATUSES
+from audioprep.domain.views import JobView, decode_view
 from audioprep.services.cli.common import (
     CliError,
     Session,
@@ -26,12 +31,9 @@ from audioprep.services.cli.common import (
     run_with_nats,
     view_lines,
 )
-from audioprep.services.projector.fold import fold_history
 from audioprep.shared import subjects
 from audioprep.shared.event_store import StoredEvent
-from audioprep.shared.events import decode_event
 from audioprep.shared.ids import is_job_id
-from audioprep.shared.views import JobView, decode_view
 
 
 async def _bucket(session: Session) -> KeyValue:
@@ -308,8 +310,8 @@ def register(commands: Any) -> None:
         "projector has not written one yet). Only the jobs shown are read; the last line says "
         "how to get the next page.",
     )
-    ls.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
-    ls.add_argument("--kind", choices=list(subjects.KINDS))
+    ls.add_argument("--status", choices=STATUSES)
+    ls.add_argument("--kind", choices=list(kinds.KINDS))
     ls.add_argument("--limit", type=int, default=20, help="how many (default 20, 0 = all)")
     ls.add_argument(
         "--before",

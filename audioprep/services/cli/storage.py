@@ -26,12 +26,12 @@ from typing import Any, TextIO
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
+from audioprep.domain.views import JobView, decode_view
 from audioprep.shared import render_cache, subjects
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import is_job_id
 from audioprep.shared.keys import DEFAULT_TENANT
 from audioprep.shared.storage import ObjectInfo, Storage
-from audioprep.shared.views import JobView, decode_view
 
 log = logging.getLogger("audioprep.storage")
 
@@ -186,7 +186,7 @@ class JobLookup:
         return dict(pairs)
 
     async def _fold(self, job_id: str) -> JobView | None:
-        from audioprep.services.projector.fold import fold_history
+        from audioprep.domain.fold import fold_history
 
         return fold_history(await self.events.history(job_id))
 

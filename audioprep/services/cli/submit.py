@@ -16,15 +16,17 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import msgspec
 
+from audioprep.domain.errors import INVALID_RECIPE
+from audioprep.domain.events import JobCancelled, JobCompleted, JobFailed
+from audioprep.domain.kinds import TERMINAL_STATUSES
+from audioprep.domain.recipe import SAVE_FORMATS, RecipeError, decode_recipe
 from audioprep.services.cli.common import CliError
 from audioprep.services.cli.report import report_lines
 from audioprep.shared import keys, logs
-from audioprep.shared.errors import INVALID_RECIPE
-from audioprep.shared.recipe import SAVE_FORMATS, RecipeError, decode_recipe
 from audioprep.shared.settings import Settings
 
-TERMINAL_TYPES = {"JobCompleted", "JobFailed", "JobCancelled"}
-TERMINAL_STATUSES = {"completed", "failed", "cancelled"}
+# SSE events are named by their event type (`JobCompleted`, …)
+TERMINAL_TYPES = frozenset(cls.__name__ for cls in (JobCompleted, JobFailed, JobCancelled))
 POLL_INTERVAL_S = 0.25
 VIEW_SETTLE_S = 30.0
 _YOUTUBE_HOSTS = ("youtube.com", "youtu.be")

@@ -16,12 +16,12 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from audioprep.services.projector.fold import fold_history
+from audioprep.domain.fold import fold_history
+from audioprep.domain.views import JobView, decode_view
 from audioprep.shared import signing
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
-from audioprep.shared.views import JobView, decode_view
 from audioprep.shared.webhook_crypto import signature_header
 from audioprep.shared.webhook_events import DeliveryCreated
 

@@ -36,12 +36,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from audioprep.services.projector.fold import fold, fold_history
+from audioprep.domain.events import decode_event
+from audioprep.domain.fold import fold, fold_history
+from audioprep.domain.views import JobView, decode_view, encode_view
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import decode_event
 from audioprep.shared.provision import kv_stream_name
-from audioprep.shared.views import JobView, decode_view, encode_view
 
 log = logging.getLogger("audioprep.rebuild")
 

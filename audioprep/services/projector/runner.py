@@ -14,11 +14,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from audioprep.services.projector.fold import fold
+from audioprep.domain.events import Event, JobRequested, decode_event
+from audioprep.domain.fold import fold
+from audioprep.domain.views import JobView, decode_view, encode_view
 from audioprep.shared import metrics, subjects
-from audioprep.shared.events import Event, JobRequested, decode_event
 from audioprep.shared.nats_conn import is_transient
-from audioprep.shared.views import JobView, decode_view, encode_view
 
 log = logging.getLogger("audioprep.projector")
 

@@ -20,10 +20,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
+from audioprep.domain.errors import MAX_DELIVERIES
+from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested, decode_event
 from audioprep.shared import subjects
-from audioprep.shared.errors import MAX_DELIVERIES
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import ErrorInfo, JobFailed, JobRequested, decode_event
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
 from audioprep.shared.settings import Settings

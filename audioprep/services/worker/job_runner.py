@@ -18,9 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from audioprep.services.worker.context import JobContext
-from audioprep.shared import logs, metrics, subjects
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     INTERNAL_ERROR,
     MEDIA_CRASH,
     UNSUPPORTED_MEDIA,
@@ -29,8 +27,7 @@ from audioprep.shared.errors import (
     Permanent,
     Retryable,
 )
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -41,6 +38,9 @@ from audioprep.shared.events import (
     JobStarted,
     decode_event,
 )
+from audioprep.services.worker.context import JobContext
+from audioprep.shared import logs, metrics, subjects
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage

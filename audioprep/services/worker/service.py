@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
+from audioprep.domain import kinds
 from audioprep.services.worker.job_runner import Cleanup, Handler, JobRunner
 from audioprep.services.worker.slots import PrioritySlots
 from audioprep.shared import metrics, subjects
@@ -21,7 +22,7 @@ from audioprep.shared.storage import Storage
 
 log = logging.getLogger("audioprep.worker")
 
-PRIORITY: dict[subjects.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
+PRIORITY: dict[kinds.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
 FETCH_TIMEOUT_S = 2.0  # also how long a stopping worker may wait for its fetch loops
 
 
@@ -37,7 +38,7 @@ class WorkerService:
         storage: Storage,
         handlers: dict[str, Handler],
         cleanups: dict[str, Cleanup] | None = None,
-        kinds: tuple[subjects.Kind, ...] = subjects.KINDS,
+        kinds: tuple[kinds.Kind, ...] = kinds.KINDS,
         drain_grace_s: float = 30.0,
     ) -> None:
         self.js = js
@@ -96,7 +97,7 @@ class WorkerService:
             log.info("handed back unfinished jobs", extra={"count": len(pending)})
 
     async def _subscribe(
-        self, kind: subjects.Kind, *, recreate: bool = False
+        self, kind: kinds.Kind, *, recreate: bool = False
     ) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
@@ -110,7 +111,7 @@ class WorkerService:
             durable=subjects.worker_consumer(kind), stream=subjects.STREAM
         )
 
-    async def _fetch_loop(self, kind: subjects.Kind, stop: asyncio.Event) -> None:
+    async def _fetch_loop(self, kind: kinds.Kind, stop: asyncio.Event) -> None:
         sub: JetStreamContext.PullSubscription | None = None
         while not stop.is_set():
             if sub is None:
@@ -142,7 +143,7 @@ class WorkerService:
                 metrics.job_delivered(kind, msg.metadata.num_delivered)
                 await self._start(kind, msg, stop)
 
-    async def _start(self, kind: subjects.Kind, msg: Msg, stop: asyncio.Event) -> None:
+    async def _start(self, kind: kinds.Kind, msg: Msg, stop: asyncio.Event) -> None:
         waiting = asyncio.create_task(self._hold(msg))
         acquire = asyncio.create_task(self.slots.acquire(PRIORITY[kind]))
         stopping = asyncio.create_task(stop.wait())

@@ -10,14 +10,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
+from audioprep.domain.events import JobCancelRequested
+from audioprep.domain.fold import fold, fold_history
+from audioprep.domain.views import JobView
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view, traceparent_of
 from audioprep.services.api.links import with_download_url
 from audioprep.services.api.openapi import problems
-from audioprep.services.projector.fold import fold, fold_history
-from audioprep.shared.events import JobCancelRequested
-from audioprep.shared.views import JobView
 
 log = logging.getLogger("audioprep.api")
 

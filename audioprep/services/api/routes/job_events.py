@@ -22,6 +22,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import Event, encode_event, is_terminal
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view
@@ -29,7 +30,6 @@ from audioprep.services.api.openapi import problems
 from audioprep.services.api.problems import ProblemError
 from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.events import Event, encode_event, is_terminal
 
 log = logging.getLogger("audioprep.api")
 

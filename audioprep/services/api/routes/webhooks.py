@@ -28,15 +28,15 @@ from litestar.status_codes import (
     HTTP_204_NO_CONTENT,
 )
 
+from audioprep.domain.events import utcnow
+from audioprep.domain.kinds import Kind
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import json_body
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.openapi import JSON_BODY, problems
 from audioprep.services.api.problems import ProblemError
 from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
 from audioprep.shared.settings import Settings
-from audioprep.shared.subjects import Kind
 from audioprep.shared.webhook_crypto import SecretBox, new_secret, secret_box
 from audioprep.shared.webhook_events import (
     WEBHOOK_TYPES,

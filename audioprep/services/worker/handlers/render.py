@@ -8,6 +8,10 @@ import re
 import msgspec
 from nats.js.errors import KeyNotFoundError
 
+from audioprep.domain.errors import Permanent
+from audioprep.domain.events import JobResult, VoiceAnalysisInfo
+from audioprep.domain.recipe import OutputOptions, Recipe, check_recipe
+from audioprep.domain.views import decode_view
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
@@ -17,10 +21,6 @@ from audioprep.services.worker.pipeline.render import RenderResult, render
 from audioprep.services.worker.publish.output import publish_output
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys, render_cache, subjects
-from audioprep.shared.errors import Permanent
-from audioprep.shared.events import JobResult, VoiceAnalysisInfo
-from audioprep.shared.recipe import OutputOptions, Recipe, check_recipe
-from audioprep.shared.views import decode_view
 
 log = logging.getLogger("audioprep.worker")
 _SOURCE_OF_JOB = re.compile(r"(?:^|/)sources/([0-9A-HJKMNP-TV-Z]{26})/")

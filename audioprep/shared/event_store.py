@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from audioprep.domain import kinds
 from audioprep.domain.events import Event, JobRequested, decode_event, encode_event
-from audioprep.shared import subjects
+from audioprep.shared import direct_get
+from audioprep.shared.names import Names
 
 WRONG_LAST_SEQUENCE = 10071
 HISTORY_BATCH = 256
@@ -54,9 +53,12 @@ def msg_id_for(event: Event) -> str | None:
 class EventStore:
     """The only writer and reader of stream JOBS for services."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, names: Names, *, timeout: float = 5.0
+    ) -> None:
         self.nc = nc
         self.js = js
+        self.names = names
         self.timeout = timeout
 
     async def append(self, event: Event, *, traceparent: str | None = None) -> int:
@@ -67,7 +69,7 @@ class EventStore:
             headers["Nats-Msg-Id"] = msg_id
         if traceparent:
             headers["traceparent"] = traceparent
-        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        subject = self.names.event_subject(event.kind, event.job_id, event.name)
         ack = await self.js.publish(
             subject, encode_event(event), timeout=self.timeout, headers=headers or None
         )
@@ -81,11 +83,11 @@ class EventStore:
         headers = {
             "Nats-Msg-Id": event.job_id,
             "Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.job_subjects(event.job_id),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
         }
         if traceparent:
             headers["traceparent"] = traceparent
-        subject = subjects.event_subject(event.kind, event.job_id, "requested")
+        subject = self.names.event_subject(event.kind, event.job_id, "requested")
         try:
             ack = await self.js.publish(
                 subject, encode_event(event), timeout=self.timeout, headers=headers
@@ -106,10 +108,10 @@ class EventStore:
     ) -> StoredEvent | None:
         """Last event of a job (or its last event of one name) by direct get."""
         subject = (
-            subjects.job_event_any_kind(job_id, name) if name else subjects.job_subjects(job_id)
+            self.names.job_event_any_kind(job_id, name) if name else self.names.job_subjects(job_id)
         )
         try:
-            raw = await self.js.get_last_msg(subjects.STREAM, subject, direct=True)
+            raw = await self.js.get_last_msg(self.names.stream, subject, direct=True)
         except NotFoundError:
             return None
         if raw.data is None or raw.seq is None or raw.subject is None:
@@ -131,8 +133,8 @@ class EventStore:
         event) makes "at most one terminal event per job" hold across workers, redeliveries and
         the dead-letter failer, also after the Msg-Id dedupe window.
         """
-        job_subject = subjects.job_subjects(event.job_id)
-        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        job_subject = self.names.job_subjects(event.job_id)
+        subject = self.names.event_subject(event.kind, event.job_id, event.name)
         for _ in range(TERMINAL_CAS_RETRIES):
             ended, last = await asyncio.gather(
                 self.terminal_event(event.job_id), self.last_event(event.job_id)
@@ -165,7 +167,7 @@ class EventStore:
         """All events of one job in stream order, via batched direct gets (one round trip)."""
         out: list[StoredEvent] = []
         next_seq = after_seq + 1
-        subject = subjects.job_subjects(job_id)
+        subject = self.names.job_subjects(job_id)
         while True:
             batch = HISTORY_BATCH if limit is None else min(HISTORY_BATCH, limit - len(out))
             got = await self._direct_batch(subject, next_seq, batch)
@@ -175,35 +177,14 @@ class EventStore:
             next_seq = got[-1].seq + 1
 
     async def _direct_batch(self, subject: str, start_seq: int, batch: int) -> list[StoredEvent]:
-        inbox = self.nc.new_inbox()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def collect(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await self.nc.subscribe(inbox, cb=collect)
-        try:
-            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.STREAM}",
-                json.dumps(request).encode(),
-                reply=inbox,
+        msgs = await direct_get.next_by_subject(
+            self.nc, self.names.stream, subject, start_seq, batch, self.timeout
+        )
+        return [
+            StoredEvent(
+                seq=direct_get.sequence(msg),
+                subject=direct_get.subject_of(msg),
+                event=decode_event(msg.data),
             )
-            out: list[StoredEvent] = []
-            while True:
-                msg = await asyncio.wait_for(queue.get(), timeout=self.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:  # 204 end of batch, 404 nothing (more) found
-                    return out
-                out.append(
-                    StoredEvent(
-                        seq=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        event=decode_event(msg.data),
-                    )
-                )
-                if len(out) >= batch:
-                    return out
-        finally:
-            await sub.unsubscribe()
+            for msg in msgs
+        ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from audioprep.shared.subjects import check_token
+from audioprep.shared.names import check_token
 
 DEFAULT_TENANT = "default"
 MAX_NAME_CHARS = 120

@@ -8,9 +8,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from audioprep.domain import kinds
-from audioprep.shared import metrics, subjects
+from audioprep.shared import metrics
+from audioprep.shared.names import Names
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import junk_bytes, write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -106,10 +109,10 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
 
 async def test_projector_lag_is_stream_last_minus_applied(cli_stack: CliStack) -> None:
     js = cli_stack.nc.jetstream()
-    last = (await js.stream_info(subjects.STREAM)).state.last_seq
-    await metrics.projector_sampler(js, lambda: 0)()
+    last = (await js.stream_info(NAMES.stream)).state.last_seq
+    await metrics.projector_sampler(js, Names(), lambda: 0)()
     assert metrics.projector_lag()._value.get() >= last  # type: ignore[attr-defined]
-    await metrics.projector_sampler(js, lambda: 10**12)()
+    await metrics.projector_sampler(js, Names(), lambda: 10**12)()
     assert metrics.projector_lag()._value.get() == 0  # type: ignore[attr-defined]
 
 

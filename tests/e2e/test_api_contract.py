@@ -17,11 +17,13 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from audioprep.shared import subjects
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 T = TypeVar("T")
 DEDUPE_WINDOW_S = 1.0
@@ -60,7 +62,7 @@ async def idle_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Id
         js = nc.jetstream()
         await provision(js, settings)
         # A short dedupe window, so "after the stream's dedupe window" is testable in seconds.
-        config = (await js.stream_info(subjects.STREAM)).config
+        config = (await js.stream_info(NAMES.stream)).config
         config.duplicate_window = DEDUPE_WINDOW_S
         await js.update_stream(config)
         await nc.close()

@@ -12,10 +12,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from audioprep.domain import kinds
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.names import Names
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 T = TypeVar("T")
 
@@ -39,7 +42,7 @@ async def ingest_source(stack: Stack, path: Path) -> str:
 
 async def history(stack: Stack, job_id: str) -> list[StoredEvent]:
     js = stack.nc.jetstream()
-    return await EventStore(stack.nc, js).history(job_id)
+    return await EventStore(stack.nc, js, NAMES).history(job_id)
 
 
 async def event_types(stack: Stack, job_id: str) -> list[str]:
@@ -51,7 +54,7 @@ async def wait_consumer_past(stack: Stack, kind: kinds.Kind, seq: int, timeout: 
     js = stack.nc.jetstream()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+        info = await js.consumer_info(NAMES.stream, names.worker_consumer(kind))
         if info.ack_floor.stream_seq >= seq and info.delivered.stream_seq >= seq:
             return
         await asyncio.sleep(0.02)

@@ -27,15 +27,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from audioprep.domain.events import JobCompleted, JobRequested, decode_event
 from audioprep.services.worker.job_runner import sweep_dead_scratch
-from audioprep.shared import keys, subjects
+from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore, StoredEvent
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import REPO_ROOT, NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 TERMINAL_TYPES = ("JobCompleted", "JobFailed", "JobCancelled")
 
@@ -232,7 +235,7 @@ class Submitter:
 
 async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
     """Every event in stream JOBS, in order (ordered consumer up to the current last seq)."""
-    info = await js.stream_info(subjects.STREAM)
+    info = await js.stream_info(NAMES.stream)
     last = info.state.last_seq or 0
     out: list[StoredEvent] = []
     if last == 0:
@@ -247,8 +250,8 @@ async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
             done.set()
 
     sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS,
-        stream=subjects.STREAM,
+        NAMES.stream_subjects,
+        stream=NAMES.stream,
         ordered_consumer=True,
         cb=on_msg,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),

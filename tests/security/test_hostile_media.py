@@ -25,12 +25,15 @@ import pytest
 from audioprep.domain.events import JobRetrying, JobStarted
 from audioprep.services.worker.media_process import CPU_LIMIT_ENV
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import REPO_ROOT
 from audioprep.shared.settings import Settings
 from tests.conftest import running_stack
 from tests.faults.harness import connected, fault_settings, private_server, service_env
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -262,7 +265,7 @@ async def test_hostile_media_fails_cleanly_and_the_worker_lives(tmp_path: Path) 
         worker = start_worker(settings, tmp_path / "worker.log")
         try:
             async with connected(settings) as nc, running_stack(settings, nc, workers=0) as st:
-                events = EventStore(nc, nc.jetstream())
+                events = EventStore(nc, nc.jetstream(), NAMES)
 
                 async def submit(name: str, data: bytes) -> str:
                     resp = await st.client.post(

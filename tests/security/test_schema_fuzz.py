@@ -40,10 +40,13 @@ from audioprep.services.api.app import create_app
 from audioprep.services.api.openapi import complete_schema
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer, free_port
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.security.conftest import KEY_A, KEY_B, TENANT_A, TENANT_B
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 MAX_EXAMPLES = 60  # fuzzing examples per operation (coverage and examples phases come on top)
@@ -103,7 +106,7 @@ def _finished_jobs(base_url: str, nats_url: str) -> list[str]:
 
     async def confirm() -> None:
         nc = await nats.connect(nats_url)
-        events = EventStore(nc, nc.jetstream())
+        events = EventStore(nc, nc.jetstream(), NAMES)
         for job_id, kind in ids:
             await events.append_terminal(JobCancelled(job_id=job_id, kind=kind, tenant=TENANT_A))
         await nc.close()

@@ -37,11 +37,14 @@ from audioprep.services.cli.storage import (
     run_eviction,
     run_gc,
 )
-from audioprep.shared import render_cache, subjects
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import ObjectInfo, Storage
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 LATER = timedelta(days=2)  # "now" for runs that should see today's objects as past the grace
 
@@ -76,7 +79,7 @@ async def _completed_ingest(events: EventStore, nc: Client) -> str:
     view = fold(None, req, await events.request_job(req))
     view = fold(view, done, await events.append(done))
     assert view is not None
-    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    kv = await nc.jetstream().key_value(NAMES.jobs_bucket)
     await kv.put(job_id, encode_view(view))
     return job_id
 
@@ -94,7 +97,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     storage: Storage, own_nc: Client
 ) -> None:
     js = own_nc.jetstream()
-    events = EventStore(own_nc, js)
+    events = EventStore(own_nc, js, NAMES)
     failed = await _job(events, "ingest", "started", "failed")
     cancelled = await _job(events, "save", "cancelled")
     running = await _job(events, "ingest", "started")
@@ -122,7 +125,9 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
         "misc/readme.txt",  # not our layout
     ]
     await _put(storage, *doomed, *kept)
-    await render_cache.remember(await render_cache.bucket(js), cached, f"previews/{cached}.opus")
+    await render_cache.remember(
+        await render_cache.bucket(js, Names()), cached, f"previews/{cached}.opus"
+    )
 
     # Today nothing is past the grace period: only job-owned leftovers are planned.
     out = io.StringIO()
@@ -143,7 +148,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     assert [k for k in doomed if await _exists(storage, k)] == []
     assert [k for k in kept if not await _exists(storage, k)] == []
     assert (
-        await render_cache.lookup(await render_cache.bucket(js), cached)
+        await render_cache.lookup(await render_cache.bucket(js, Names()), cached)
         == f"previews/{cached}.opus"
     )
 
@@ -165,11 +170,11 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     ]
     others = [f"prepared/{new_job_id()}/out.flac", f"sources/{new_job_id()}/a.wav"]
     await _put(storage, *previews, *others)
-    await render_cache.remember(await render_cache.bucket(js), a, previews[0])
-    await render_cache.remember(await render_cache.bucket(js), b, previews[1])
+    await render_cache.remember(await render_cache.bucket(js, Names()), a, previews[0])
+    await render_cache.remember(await render_cache.bucket(js, Names()), b, previews[1])
 
     plan = await run_eviction(
-        storage, js, older_than=parse_duration("7d"), apply=True, out=io.StringIO()
+        storage, js, Names(), older_than=parse_duration("7d"), apply=True, out=io.StringIO()
     )
     assert plan.doomed == []  # all of them are younger than a week
 
@@ -177,6 +182,7 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     plan = await run_eviction(
         storage,
         js,
+        Names(),
         older_than=parse_duration("7d"),
         apply=True,
         now=datetime.now(UTC) + timedelta(days=8),
@@ -186,14 +192,14 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     assert {d.reason for d in plan.doomed} == {EVICTED}
     assert [k for k in previews if await _exists(storage, k)] == []
     assert [k for k in others if not await _exists(storage, k)] == []
-    assert await render_cache.lookup(await render_cache.bucket(js), a) is None
-    assert await render_cache.lookup(await render_cache.bucket(js), b) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, Names()), a) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, Names()), b) is None
     assert "3/3 processed" in out.getvalue()
 
 
 async def test_cli_dry_run_then_yes(storage: Storage, own_nc: Client, own_nats: NatsServer) -> None:
     """The real command line, as a user runs it (env: AUDIOPREP_* and AWS_*)."""
-    events = EventStore(own_nc, own_nc.jetstream())
+    events = EventStore(own_nc, own_nc.jetstream(), NAMES)
     failed = await _job(events, "ingest", "failed")
     key = f"sources/{failed}/a.wav"
     await _put(storage, key)

@@ -17,8 +17,10 @@ from audioprep.domain.events import (
     decode_event,
     encode_event,
 )
-from audioprep.shared import subjects
 from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
+from audioprep.shared.names import Names
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 def test_round_trip_every_shape() -> None:
@@ -58,13 +60,13 @@ def test_garbage_is_rejected() -> None:
 
 def test_subjects_are_built_and_parsed_in_one_place() -> None:
     job_id = new_job_id()
-    subject = subjects.event_subject("save", job_id, "completed")
+    subject = NAMES.event_subject("save", job_id, "completed")
     assert subject == f"jobs.save.{job_id}.completed"
-    assert subjects.parse_subject(subject) == ("save", job_id, "completed")
+    assert NAMES.parse_subject(subject) == ("save", job_id, "completed")
     with pytest.raises(ValueError):
-        subjects.event_subject("save", "a.b", "completed")
+        NAMES.event_subject("save", "a.b", "completed")
     with pytest.raises(ValueError):
-        subjects.event_subject("save", "a*", "completed")
+        NAMES.event_subject("save", "a*", "completed")
 
 
 def test_job_ids_sort_by_time_and_idempotent_ids_are_stable() -> None:

@@ -35,9 +35,12 @@ from audioprep.domain.events import (
 )
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import free_port
 from audioprep.shared.provision import provision_webhooks
 from audioprep.shared.settings import Settings
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 WEBHOOK_KEY = "webhook-test-key-0123456789abcdef0123"
 _tenants = itertools.count(1)
@@ -315,7 +318,7 @@ async def end_job(
 ) -> str:
     """A job that ends at once (JobRequested + its terminal event, as the API does for a
     render-cache hit), for tests about deliveries rather than media."""
-    events = EventStore(nc, nc.jetstream())
+    events = EventStore(nc, nc.jetstream(), NAMES)
     job_id = new_job_id()
     await events.request_job(
         # from_cache: a session worker (other suites' stack) must not start it and fail it first

@@ -15,6 +15,7 @@ import pytest
 import standardwebhooks
 from nats.aio.client import Client
 
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import free_port
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_store import DeliveryStore
@@ -32,6 +33,8 @@ from tests.webhooks.conftest import (
     wait_delivery,
     webhook_settings,
 )
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +317,7 @@ async def test_deleting_an_endpoint_drops_its_pending_deliveries(
         assert (
             await client.delete(f"/api/webhooks/{created['id']}", headers=auth(wh))
         ).status_code == 204
-    store = DeliveryStore(nc, nc.jetstream())
+    store = DeliveryStore(nc, nc.jetstream(), NAMES)
     deadline = time.monotonic() + 15
     view = None
     while time.monotonic() < deadline:

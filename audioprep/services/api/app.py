@@ -31,7 +31,7 @@ from audioprep.services.api.routes.presets import preset_handlers
 from audioprep.services.api.routes.web import web_handlers
 from audioprep.services.api.routes.webhooks import webhook_handlers
 from audioprep.services.api.tracing import trace_middleware
-from audioprep.shared import render_cache, subjects
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.settings import Settings
@@ -67,10 +67,10 @@ def create_app(settings: Settings) -> Litestar:
             settings=settings,
             nc=nc,
             js=js,
-            events=EventStore(nc, js),
+            events=EventStore(nc, js, settings.names),
             storage=open_storage(settings.storage),
-            jobs_kv=await js.key_value(subjects.JOBS_BUCKET),
-            cache_kv=await render_cache.bucket(js),
+            jobs_kv=await js.key_value(settings.names.jobs_bucket),
+            cache_kv=await render_cache.bucket(js, settings.names),
         )
         if not settings.api_keys:
             # Loud in production; in dev mode (the default, `make run`) it is the expected

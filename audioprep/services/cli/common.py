@@ -74,7 +74,7 @@ async def nats_session(settings: Settings) -> AsyncIterator[Session]:
     nc = await connect(settings, "cli")
     js = nc.jetstream()
     try:
-        yield Session(settings=settings, nc=nc, js=js, events=EventStore(nc, js))
+        yield Session(settings=settings, nc=nc, js=js, events=EventStore(nc, js, settings.names))
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), timeout=2)

@@ -23,18 +23,17 @@ from audioprep.services.cli.common import (
     parse_since,
     run_with_nats,
 )
-from audioprep.shared import subjects
 from audioprep.shared.ids import is_job_id
 
 REPLAY_BATCH = 256
 
 
-def _filter(args: argparse.Namespace) -> str:
+def _filter(session: Session, args: argparse.Namespace) -> str:
     if args.job:
         if not is_job_id(args.job):
             raise CliError(f"{args.job!r} is not a job id")
-        return subjects.job_subjects(args.job)
-    return subjects.kind_filter(args.kind)
+        return session.settings.names.job_subjects(args.job)
+    return session.settings.names.kind_filter(args.kind)
 
 
 def _start(since: str | None, default: DeliverPolicy) -> ConsumerConfig:
@@ -80,7 +79,7 @@ def _wanted(args: argparse.Namespace, subject: str) -> bool:
 
 
 async def _tail(session: Session, args: argparse.Namespace) -> int:
-    subject = _filter(args)
+    subject = _filter(session, args)
     # Following one job starts at its first event; a general tail shows only new events.
     config = _start(args.since, DeliverPolicy.ALL if args.job else DeliverPolicy.NEW)
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -90,13 +89,13 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
 
     sub = await session.js.subscribe(
         subject,
-        stream=subjects.STREAM,
+        stream=session.settings.names.stream,
         ordered_consumer=True,
         idle_heartbeat=2.0,
         cb=on_msg,
         config=config,
     )
-    where = f"stream {subjects.STREAM}, subject {subject}"
+    where = f"stream {session.settings.names.stream}, subject {subject}"
     print(f"# following {where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     seen = 0
     try:
@@ -118,7 +117,7 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
 async def _replay_job(session: Session, args: argparse.Namespace) -> int:
     history = await session.events.history(args.job)
     if not history:
-        raise CliError(f"no events for job {args.job} in stream {subjects.STREAM}")
+        raise CliError(f"no events for job {args.job} in stream {session.settings.names.stream}")
     for stored in history:
         if _wanted(args, stored.subject):
             print(event_line(stored.seq, stored.subject, stored.event), flush=True)
@@ -130,7 +129,9 @@ async def _replay_range(session: Session, args: argparse.Namespace) -> int:
     config = _start(args.since, DeliverPolicy.ALL)
     config.ack_policy = AckPolicy.NONE
     config.inactive_threshold = 30.0
-    sub = await session.js.pull_subscribe(_filter(args), stream=subjects.STREAM, config=config)
+    sub = await session.js.pull_subscribe(
+        _filter(session, args), stream=session.settings.names.stream, config=config
+    )
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
         while remaining > 0:

@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -19,7 +18,7 @@ from nats.js.kv import KeyValue
 from audioprep.domain import kinds
 from audioprep.domain.events import decode_event
 from audioprep.domain.fold import fold_history
-from audioprep.domain.kinds import STATUSES
+from audioprep.domain.kinds import STATUSES, Kind
 from audioprep.domain.views import JobView, decode_view
 from audioprep.services.cli.common import (
     CliError,
@@ -31,14 +30,14 @@ from audioprep.services.cli.common import (
     run_with_nats,
     view_lines,
 )
-from audioprep.shared import subjects
+from audioprep.shared import direct_get
 from audioprep.shared.event_store import StoredEvent
 from audioprep.shared.ids import is_job_id
 
 
 async def _bucket(session: Session) -> KeyValue:
     try:
-        return await session.js.key_value(subjects.JOBS_BUCKET)
+        return await session.js.key_value(session.settings.names.jobs_bucket)
     except BucketNotFoundError:
         raise CliError("KV bucket `jobs` does not exist: run `audioprep provision`") from None
 
@@ -94,62 +93,33 @@ DIRECT_BATCH = 64
 LOOKUP_CONCURRENCY = 32
 
 
-def _requested_subject(kind: str | None) -> str:
-    return f"jobs.{kind or '*'}.*.requested"
-
-
 async def _direct_range(session: Session, subject: str, lo: int, hi: int) -> list[StoredEvent]:
-    """The events on `subject` with sequences lo..hi, oldest first (batched direct gets)."""
+    """The events on `subject` with sequences lo..hi, oldest first (batched direct gets);
+    messages that are not events are skipped."""
     out: list[StoredEvent] = []
     start = lo
     while start <= hi:
-        got = await _direct_batch(session, subject, start, DIRECT_BATCH)
-        out.extend(e for e in got if e.seq <= hi)
-        if len(got) < DIRECT_BATCH or got[-1].seq >= hi:
-            return out
-        start = got[-1].seq + 1
-    return out
-
-
-async def _direct_batch(
-    session: Session, subject: str, start_seq: int, batch: int
-) -> list[StoredEvent]:
-    inbox = session.nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        await queue.put(msg)
-
-    sub = await session.nc.subscribe(inbox, cb=collect)
-    try:
-        request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-        await session.nc.publish(
-            f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(request).encode(), reply=inbox
+        msgs = await direct_get.next_by_subject(
+            session.nc, session.settings.names.stream, subject, start, DIRECT_BATCH, 5.0
         )
-        out: list[StoredEvent] = []
-        while len(out) < batch:
-            msg = await asyncio.wait_for(queue.get(), timeout=5.0)
-            headers = msg.headers or {}
-            if headers.get("Status") is not None:  # 204 end of batch, 404 nothing (more) found
-                break
+        for msg in msgs:
+            seq = direct_get.sequence(msg)
+            if seq > hi:
+                return out
             with contextlib.suppress(msgspec.DecodeError):
-                out.append(
-                    StoredEvent(
-                        seq=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        event=decode_event(msg.data),
-                    )
-                )
-        return out
-    finally:
-        await sub.unsubscribe()
+                event = decode_event(msg.data)
+                out.append(StoredEvent(seq=seq, subject=direct_get.subject_of(msg), event=event))
+        if len(msgs) < DIRECT_BATCH:
+            return out
+        start = direct_get.sequence(msgs[-1]) + 1
+    return out
 
 
 async def requests_newest_first(
     session: Session, subject: str, before_seq: int
 ) -> AsyncGenerator[StoredEvent, None]:
     """JobRequested events on `subject` with a sequence below `before_seq`, newest first."""
-    info = await session.js.stream_info(subjects.STREAM)
+    info = await session.js.stream_info(session.settings.names.stream)
     first = max(1, info.state.first_seq or 1)
     hi = min(before_seq - 1, info.state.last_seq or 0)
     window = WINDOW_SEQS
@@ -180,7 +150,9 @@ async def _before_seq(session: Session, before: str | None, subject: str) -> int
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
     )
-    sub = await session.js.pull_subscribe(subject, stream=subjects.STREAM, config=config)
+    sub = await session.js.pull_subscribe(
+        subject, stream=session.settings.names.stream, config=config
+    )
     try:
         if not (await sub.consumer_info()).num_pending:
             return sys.maxsize  # every job was requested before that time
@@ -217,12 +189,12 @@ async def list_jobs(
     limit: int,
     before: str | None = None,
     status: str | None = None,
-    kind: str | None = None,
+    kind: Kind | None = None,
 ) -> tuple[list[tuple[StoredEvent, JobView]], bool]:
     """Up to `limit` (0 = all) jobs requested before `before`, newest first, and whether older
     ones match too."""
     kv = await _bucket(session)
-    subject = _requested_subject(kind)
+    subject = session.settings.names.requested_filter(kind)
     before_seq = await _before_seq(session, before, subject)
     found: list[tuple[StoredEvent, JobView]] = []
     chunk: list[StoredEvent] = []

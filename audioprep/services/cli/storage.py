@@ -25,12 +25,14 @@ from typing import Any, TextIO
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from audioprep.domain.views import JobView, decode_view
-from audioprep.shared import render_cache, subjects
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import is_job_id
 from audioprep.shared.keys import DEFAULT_TENANT
+from audioprep.shared.names import Names
 from audioprep.shared.storage import ObjectInfo, Storage
 
 log = logging.getLogger("audioprep.storage")
@@ -169,7 +171,7 @@ class JobLookup:
         self.events = events
 
     async def views(self, job_ids: Iterable[str]) -> dict[str, JobView | None]:
-        kv = await self.js.key_value(subjects.JOBS_BUCKET)
+        kv = await self.js.key_value(self.events.names.jobs_bucket)
         gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
         async def one(job_id: str) -> tuple[str, JobView | None]:
@@ -191,9 +193,8 @@ class JobLookup:
         return fold_history(await self.events.history(job_id))
 
 
-async def cache_entries(js: JetStreamContext, cache_keys: Iterable[str]) -> dict[str, str | None]:
+async def cache_entries(kv: KeyValue, cache_keys: Iterable[str]) -> dict[str, str | None]:
     gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-    kv = await render_cache.bucket(js)
 
     async def one(key: str) -> tuple[str, str | None]:
         async with gate:
@@ -225,7 +226,7 @@ async def plan_storage_gc(
     job_ids = {o.owner for o in objects if _job_owned(o) and is_job_id(o.owner)}
     cache_keys = {o.owner for o in objects if not _job_owned(o)}
     jobs = await JobLookup(js, events).views(sorted(job_ids))
-    cached = await cache_entries(js, sorted(cache_keys))
+    cached = await cache_entries(await render_cache.bucket(js, events.names), sorted(cache_keys))
     print(
         f"  {len(job_ids)} jobs and {len(cache_keys)} render-cache keys checked",
         file=out,
@@ -274,7 +275,7 @@ async def apply_plan(
     storage: Storage,
     plan: Plan,
     *,
-    js: JetStreamContext | None = None,
+    cache: KeyValue | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Delete what the plan names in batches, printing progress; returns bytes freed."""
@@ -283,7 +284,7 @@ async def apply_plan(
     total = len(plan.doomed)
     for i in range(0, total, DELETE_BATCH):
         batch = [
-            d for d in plan.doomed[i : i + DELETE_BATCH] if await _still_doomed(storage, d, js)
+            d for d in plan.doomed[i : i + DELETE_BATCH] if await _still_doomed(storage, d, cache)
         ]
         await storage.delete_many([d.info.key for d in batch])
         done += len(plan.doomed[i : i + DELETE_BATCH])
@@ -292,7 +293,7 @@ async def apply_plan(
     return freed
 
 
-async def _still_doomed(storage: Storage, d: Doomed, js: JetStreamContext | None) -> bool:
+async def _still_doomed(storage: Storage, d: Doomed, kv: KeyValue | None) -> bool:
     """Re-check one object just before deleting it.
 
     An evicted preview first loses its render-cache entry, so the cache never answers with a
@@ -301,8 +302,7 @@ async def _still_doomed(storage: Storage, d: Doomed, js: JetStreamContext | None
     """
     stored = parse_key(d.info)
     cache_owned = stored is not None and stored.area == PREVIEWS and not is_job_id(stored.owner)
-    if js is not None and stored is not None and cache_owned:
-        kv = await render_cache.bucket(js)
+    if kv is not None and stored is not None and cache_owned:
         points_here = await render_cache.lookup(kv, stored.owner) == d.info.key
         if d.reason == UNCACHED_PREVIEW and points_here:
             return False
@@ -324,12 +324,14 @@ async def run_gc(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_storage_gc(storage, js, events, grace=grace, now=now, out=out)
-    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
+    cache = await render_cache.bucket(js, events.names)
+    return await _show_and_apply(plan, storage, cache, apply=apply, verbose=verbose, out=out)
 
 
 async def run_eviction(
     storage: Storage,
     js: JetStreamContext,
+    names: Names,
     *,
     older_than: timedelta,
     apply: bool,
@@ -338,13 +340,14 @@ async def run_eviction(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_eviction(storage, older_than=older_than, now=now, out=out)
-    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
+    cache = await render_cache.bucket(js, names)
+    return await _show_and_apply(plan, storage, cache, apply=apply, verbose=verbose, out=out)
 
 
 async def _show_and_apply(
     plan: Plan,
     storage: Storage,
-    js: JetStreamContext,
+    cache: KeyValue,
     *,
     apply: bool,
     verbose: bool,
@@ -353,7 +356,7 @@ async def _show_and_apply(
     """Print the plan, then delete (--yes) or say it was a dry run."""
     print_plan(plan, out, verbose=verbose, apply=apply)
     if apply and plan.doomed:
-        plan.freed = await apply_plan(storage, plan, js=js, out=out)
+        plan.freed = await apply_plan(storage, plan, cache=cache, out=out)
     elif not apply and plan.doomed:
         print("dry run: nothing deleted; run again with --yes to delete", file=out)
     return plan
@@ -468,7 +471,7 @@ async def _with_deps(args: argparse.Namespace) -> int:
             await gc_every(
                 storage,
                 js,
-                EventStore(nc, js),
+                EventStore(nc, js, settings.names),
                 interval_s=every.total_seconds(),
                 stop=stop,
                 grace=args.grace,
@@ -477,14 +480,19 @@ async def _with_deps(args: argparse.Namespace) -> int:
             await run_gc(
                 storage,
                 js,
-                EventStore(nc, js),
+                EventStore(nc, js, settings.names),
                 apply=args.yes,
                 grace=args.grace,
                 verbose=args.verbose,
             )
         else:
             await run_eviction(
-                storage, js, older_than=args.older_than, apply=args.yes, verbose=args.verbose
+                storage,
+                js,
+                settings.names,
+                older_than=args.older_than,
+                apply=args.yes,
+                verbose=args.verbose,
             )
     finally:
         await nc.close()

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from audioprep.domain.errors import MAX_DELIVERIES
 from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested, decode_event
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
@@ -35,7 +35,6 @@ FETCH_BATCH = 16
 # FetchTimeoutError or nats.errors.TimeoutError, and a batch fetch whose deadline runs out
 # between its two pull requests with a plain asyncio TimeoutError: all are TimeoutError.
 FETCH_TIMEOUT_S = 2.0
-WORKER_CONSUMER_PREFIX = "workers-"
 
 Outcome = Literal["failed", "already_ended", "ignored", "missing"]
 
@@ -57,10 +56,10 @@ def decode_advisory(data: bytes) -> MaxDeliveriesAdvisory:
     return _advisory_decoder.decode(data)
 
 
-async def original_request(js: JetStreamContext, seq: int) -> JobRequested | None:
+async def original_request(events: EventStore, seq: int) -> JobRequested | None:
     """The JobRequested at `seq` in stream JOBS (None if aged out or not a request)."""
     try:
-        raw = await js.get_msg(subjects.STREAM, seq, direct=True)
+        raw = await events.js.get_msg(events.names.stream, seq, direct=True)
     except NotFoundError:
         return None
     if raw.data is None:
@@ -73,14 +72,15 @@ async def original_request(js: JetStreamContext, seq: int) -> JobRequested | Non
 
 
 async def fail_dead_letter(
-    events: EventStore, js: JetStreamContext, advisory: MaxDeliveriesAdvisory
+    events: EventStore, advisory: MaxDeliveriesAdvisory
 ) -> tuple[Outcome, JobRequested | None]:
     """Turn one advisory into JobFailed{max_deliveries} unless the job already ended."""
-    if advisory.stream != subjects.STREAM or not advisory.consumer.startswith(
-        WORKER_CONSUMER_PREFIX
+    if (
+        advisory.stream != events.names.stream
+        or names.worker_consumer_kind(advisory.consumer) is None
     ):
         return "ignored", None
-    request = await original_request(js, advisory.stream_seq)
+    request = await original_request(events, advisory.stream_seq)
     if request is None:
         return "missing", None
     deliveries = advisory.deliveries or 1
@@ -113,11 +113,13 @@ class DeadLetterFailer:
     async def _subscribe(self, *, recreate: bool) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
-                await self.js.consumer_info(subjects.DLQ_STREAM, subjects.DLQ_CONSUMER)
+                await self.js.consumer_info(self.settings.names.dlq_stream, names.DLQ_CONSUMER)
             except NotFoundError:
-                await self.js.add_consumer(subjects.DLQ_STREAM, dlq_consumer_config(self.settings))
+                await self.js.add_consumer(
+                    self.settings.names.dlq_stream, dlq_consumer_config(self.settings)
+                )
         return await self.js.pull_subscribe_bind(
-            durable=subjects.DLQ_CONSUMER, stream=subjects.DLQ_STREAM
+            durable=names.DLQ_CONSUMER, stream=self.settings.names.dlq_stream
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,7 +155,7 @@ class DeadLetterFailer:
             await msg.term()
             return
         try:
-            outcome, request = await fail_dead_letter(self.events, self.js, advisory)
+            outcome, request = await fail_dead_letter(self.events, advisory)
         except Exception as exc:
             level = logging.WARNING if is_transient(exc) else logging.ERROR
             log.log(level, "dead letter not handled yet", extra={"error": repr(exc)})

@@ -39,7 +39,7 @@ from audioprep.domain.events import (
     decode_event,
 )
 from audioprep.services.worker.context import JobContext
-from audioprep.shared import logs, metrics, subjects
+from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
@@ -110,7 +110,7 @@ class JobRunner:
         self.js = js
         self.settings = settings
         self.storage = storage
-        self.events = EventStore(nc, js)
+        self.events = EventStore(nc, js, settings.names)
         self.handlers = handlers
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
@@ -305,7 +305,7 @@ class JobRunner:
             task.cancel()
 
         sub = await self.nc.subscribe(
-            subjects.job_event_any_kind(ctx.job_id, "cancel_requested"), cb=on_cancel
+            self.settings.names.job_event_any_kind(ctx.job_id, "cancel_requested"), cb=on_cancel
         )
         try:
             # The request may have been cancelled between our check and the subscription.

@@ -15,7 +15,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableE
 from audioprep.domain import kinds
 from audioprep.services.worker.job_runner import Cleanup, Handler, JobRunner
 from audioprep.services.worker.slots import PrioritySlots
-from audioprep.shared import metrics, subjects
+from audioprep.shared import metrics, names
 from audioprep.shared.provision import worker_consumer_config
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
@@ -101,14 +101,14 @@ class WorkerService:
     ) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
-                await self.js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+                await self.js.consumer_info(self.settings.names.stream, names.worker_consumer(kind))
             except NotFoundError:
                 # The consumer is gone (a server that lost its state): put it back as
                 # provisioned. An existing one is left alone (an operator may have tuned it).
                 config = worker_consumer_config(kind, self.settings)
-                await self.js.add_consumer(subjects.STREAM, config)
+                await self.js.add_consumer(self.settings.names.stream, config)
         return await self.js.pull_subscribe_bind(
-            durable=subjects.worker_consumer(kind), stream=subjects.STREAM
+            durable=names.worker_consumer(kind), stream=self.settings.names.stream
         )
 
     async def _fetch_loop(self, kind: kinds.Kind, stop: asyncio.Event) -> None:

@@ -28,8 +28,8 @@ from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view
 from audioprep.services.api.openapi import problems
 from audioprep.services.api.problems import ProblemError
-from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.names import Names
 
 log = logging.getLogger("audioprep.api")
 
@@ -59,14 +59,14 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int:
 
 
 @contextlib.asynccontextmanager
-async def wake_ups(nc: Client, job_id: str) -> AsyncIterator[asyncio.Event]:
+async def wake_ups(nc: Client, names: Names, job_id: str) -> AsyncIterator[asyncio.Event]:
     """An event set whenever something is published on the job's subjects (core NATS only)."""
     wake = asyncio.Event()
 
     async def on_msg(_msg: Msg) -> None:
         wake.set()
 
-    sub = await nc.subscribe(subjects.job_subjects(job_id), cb=on_msg)
+    sub = await nc.subscribe(names.job_subjects(job_id), cb=on_msg)
     try:
         await nc.flush()  # registered before the caller reads the history: nothing slips by
         yield wake
@@ -137,7 +137,7 @@ async def job_event_stream(
     api: NamedDependency[ApiContext], job_id: str, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
     """SSE messages for `follow_job`, with a keep-alive comment while idle."""
-    async with wake_ups(api.nc, job_id) as wake:
+    async with wake_ups(api.nc, api.settings.names, job_id) as wake:
         async for stored in follow_job(api.events, job_id, after, wake):
             if stored is None:
                 yield ServerSentEventMessage(comment="keep-alive", data=None)

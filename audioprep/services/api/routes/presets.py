@@ -79,7 +79,7 @@ def _not_found(name: str) -> ProblemError:
 
 
 async def _store(api: ApiContext) -> PresetStore:
-    return await PresetStore.open(api.js)
+    return await PresetStore.open(api.js, api.settings.names)
 
 
 async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> PresetFields:

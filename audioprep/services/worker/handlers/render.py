@@ -20,7 +20,7 @@ from audioprep.services.worker.pipeline.probe import MediaInfo
 from audioprep.services.worker.pipeline.render import RenderResult, render
 from audioprep.services.worker.publish.output import publish_output
 from audioprep.services.worker.source_files import local_source
-from audioprep.shared import keys, render_cache, subjects
+from audioprep.shared import keys, render_cache
 
 log = logging.getLogger("audioprep.worker")
 _SOURCE_OF_JOB = re.compile(r"(?:^|/)sources/([0-9A-HJKMNP-TV-Z]{26})/")
@@ -61,7 +61,7 @@ async def ingest_facts(
     if match is None:
         return None, None, None
     try:
-        kv = await ctx.js.key_value(subjects.JOBS_BUCKET)
+        kv = await ctx.js.key_value(ctx.settings.names.jobs_bucket)
         entry = await kv.get(match.group(1))
         view = decode_view(entry.value or b"")
     except (KeyNotFoundError, msgspec.DecodeError):
@@ -145,7 +145,9 @@ async def run_render(ctx: JobContext) -> JobResult:
         chapters_key=chapters_key,
     )
     if req.kind == "preview" and req.cache_key:
-        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)
+        await render_cache.remember(
+            await render_cache.bucket(ctx.js, ctx.settings.names), req.cache_key, key, result
+        )
     return result
 
 

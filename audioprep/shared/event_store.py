@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
@@ -102,6 +103,20 @@ class EventStore:
         """The job's JobRequested (its first message), or None if the job is unknown."""
         history = await self.history(job_id, limit=1)
         return history[0] if history else None
+
+    async def request_at(self, seq: int) -> JobRequested | None:
+        """The JobRequested at stream sequence `seq` (None if aged out or not a request)."""
+        try:
+            raw = await self.js.get_msg(self.names.stream, seq, direct=True)
+        except NotFoundError:
+            return None
+        if raw.data is None:
+            return None
+        try:
+            event = decode_event(raw.data)
+        except msgspec.DecodeError:
+            return None
+        return event if isinstance(event, JobRequested) else None
 
     async def last_event(
         self, job_id: str, name: kinds.EventName | None = None

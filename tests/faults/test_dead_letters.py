@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from audioprep.domain.events import JobCompleted, JobFailed, JobRequested, JobResult
-from audioprep.services.worker.dead_letters import decode_advisory, fail_dead_letter
+from audioprep.services.worker.dead_letters import fail_dead_letter
+from audioprep.shared.advisories import decode_advisory
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names

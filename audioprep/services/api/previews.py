@@ -26,7 +26,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from audioprep.domain.events import JobCompleted, JobRequested, JobResult
-from audioprep.domain.fold import fold_history
 from audioprep.domain.kinds import Kind
 from audioprep.domain.recipe import Recipe, render_cache_key
 from audioprep.domain.views import JobView
@@ -113,17 +112,13 @@ async def _cached_output(
     return entry.key, info.size, entry.result
 
 
-async def _fold_job(api: ApiContext, job_id: str) -> JobView | None:
-    return fold_history(await api.events.history(job_id))
-
-
 async def _joinable(api: ApiContext, job_id: str, tenant: str) -> JobView | None:
     """The marker's job when it is this tenant's and still pending or running."""
     deadline = time.monotonic() + JOIN_WAIT_S
-    view = await _fold_job(api, job_id)
+    view = await api.views.fresh(job_id)
     while view is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)  # the winner is between its marker and its publish
-        view = await _fold_job(api, job_id)
+        view = await api.views.fresh(job_id)
     if view is None or view.is_terminal or view.tenant != tenant:
         return None
     return view

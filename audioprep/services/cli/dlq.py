@@ -11,12 +11,12 @@ import msgspec
 from nats.js.errors import NotFoundError
 
 from audioprep.domain.events import JobRequested, utcnow
-from audioprep.domain.fold import fold_history
 from audioprep.domain.views import JobView
 from audioprep.services.cli.common import CliError, Session, add_nats_url, iso, run_with_nats
-from audioprep.services.worker.dead_letters import decode_advisory, original_request
+from audioprep.shared.advisories import decode_advisory
 from audioprep.shared.event_store import EventStore, JobAlreadyExists
 from audioprep.shared.ids import idempotent_job_id, is_job_id
+from audioprep.shared.job_views import JobViews
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ async def job_view(events: EventStore, job_id: str) -> tuple[JobView | None, int
     """The job folded from its history, and the highest attempt any of its events names."""
     history = await events.history(job_id)
     attempts = max((int(getattr(s.event, "attempt", 0) or 0) for s in history), default=0)
-    return fold_history(history), attempts
+    return JobViews.folded(history), attempts
 
 
 async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:
@@ -61,7 +61,7 @@ async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:
             advisory = decode_advisory(raw.data)
         except msgspec.DecodeError:
             continue
-        request = await original_request(session.events, advisory.stream_seq)
+        request = await session.events.request_at(advisory.stream_seq)
         view = (await job_view(session.events, request.job_id))[0] if request else None
         out.append(
             DeadLetter(

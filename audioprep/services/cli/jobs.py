@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
@@ -12,14 +11,13 @@ from typing import Any
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from audioprep.domain import kinds
 from audioprep.domain.events import decode_event
-from audioprep.domain.fold import fold_history
 from audioprep.domain.kinds import STATUSES, Kind
-from audioprep.domain.views import JobView, decode_view
+from audioprep.domain.views import JobView
 from audioprep.services.cli.common import (
     CliError,
     Session,
@@ -33,6 +31,7 @@ from audioprep.services.cli.common import (
 from audioprep.shared import direct_get
 from audioprep.shared.event_store import StoredEvent
 from audioprep.shared.ids import is_job_id
+from audioprep.shared.job_views import JobViews
 
 
 async def _bucket(session: Session) -> KeyValue:
@@ -42,13 +41,8 @@ async def _bucket(session: Session) -> KeyValue:
         raise CliError("KV bucket `jobs` does not exist: run `audioprep provision`") from None
 
 
-async def _kv_view(session: Session, job_id: str) -> JobView | None:
-    kv = await _bucket(session)
-    try:
-        entry = await kv.get(job_id)
-    except KeyNotFoundError:
-        return None
-    return decode_view(entry.value) if entry.value else None
+async def _job_views(session: Session) -> JobViews:
+    return JobViews(await _bucket(session), session.events)
 
 
 async def _show(session: Session, args: argparse.Namespace) -> int:
@@ -57,11 +51,11 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
         raise CliError(
             f"{job_id!r} is not a job id (26 characters, like 01KAXZ3V7RJ6W3TQ2M8D1C5B9E)"
         )
-    view = await _kv_view(session, job_id)
+    view = await (await _job_views(session)).stored(job_id)
     history = await session.events.history(job_id)
     if view is None and not history:
         raise CliError(f"no job {job_id} (not in KV bucket `jobs`, no events in stream JOBS)")
-    folded = fold_history(history)
+    folded = JobViews.folded(history)
     if args.json:
         doc: dict[str, Any] = {
             "view": msgspec.to_builtins(view) if view else None,
@@ -90,7 +84,6 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
 WINDOW_SEQS = 1024  # first window; doubles up to MAX_WINDOW_SEQS while too few jobs are found
 MAX_WINDOW_SEQS = 65536
 DIRECT_BATCH = 64
-LOOKUP_CONCURRENCY = 32
 
 
 async def _direct_range(session: Session, subject: str, lo: int, hi: int) -> list[StoredEvent]:
@@ -162,25 +155,11 @@ async def _before_seq(session: Session, before: str | None, subject: str) -> int
         await sub.unsubscribe()
 
 
-async def _views(
-    session: Session, kv: KeyValue, requests: list[StoredEvent]
-) -> list[tuple[StoredEvent, JobView]]:
-    """Each request's view from KV `jobs`; folded from the stream when the projector has not
-    written it yet (a listed job is never missing because the view is behind)."""
-    gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-    async def one(stored: StoredEvent) -> tuple[StoredEvent, JobView | None]:
-        async with gate:
-            try:
-                entry = await kv.get(stored.event.job_id)
-                if entry.value:
-                    return stored, decode_view(entry.value)
-            except KeyNotFoundError:
-                pass
-            return stored, fold_history(await session.events.history(stored.event.job_id))
-
-    found = await asyncio.gather(*(one(r) for r in requests))
-    return [(stored, view) for stored, view in found if view is not None]
+async def _views(views: JobViews, requests: list[StoredEvent]) -> list[tuple[StoredEvent, JobView]]:
+    """Each request's view (`JobViews.get`: a listed job is never missing because the
+    projector is behind)."""
+    found = await views.many(r.event.job_id for r in requests)
+    return [(r, view) for r in requests if (view := found.get(r.event.job_id)) is not None]
 
 
 async def list_jobs(
@@ -193,14 +172,14 @@ async def list_jobs(
 ) -> tuple[list[tuple[StoredEvent, JobView]], bool]:
     """Up to `limit` (0 = all) jobs requested before `before`, newest first, and whether older
     ones match too."""
-    kv = await _bucket(session)
+    views = await _job_views(session)
     subject = session.settings.names.requested_filter(kind)
     before_seq = await _before_seq(session, before, subject)
     found: list[tuple[StoredEvent, JobView]] = []
     chunk: list[StoredEvent] = []
 
     async def flush() -> None:
-        for stored, view in await _views(session, kv, chunk):
+        for stored, view in await _views(views, chunk):
             if status is None or view.status == status:
                 found.append((stored, view))
         chunk.clear()

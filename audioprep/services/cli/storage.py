@@ -24,13 +24,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from audioprep.domain.views import JobView, decode_view
+from audioprep.domain.views import JobView
 from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import is_job_id
+from audioprep.shared.job_views import JobViews
 from audioprep.shared.keys import DEFAULT_TENANT
 from audioprep.shared.names import Names
 from audioprep.shared.storage import ObjectInfo, Storage
@@ -163,36 +163,6 @@ def plan_gc(
     return doomed, kept
 
 
-class JobLookup:
-    """A job's view from KV bucket `jobs`, or folded from the stream if the KV lacks it."""
-
-    def __init__(self, js: JetStreamContext, events: EventStore) -> None:
-        self.js = js
-        self.events = events
-
-    async def views(self, job_ids: Iterable[str]) -> dict[str, JobView | None]:
-        kv = await self.js.key_value(self.events.names.jobs_bucket)
-        gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-        async def one(job_id: str) -> tuple[str, JobView | None]:
-            async with gate:
-                try:
-                    entry = await kv.get(job_id)
-                    if entry.value:
-                        return job_id, decode_view(entry.value)
-                except KeyNotFoundError:
-                    pass
-                return job_id, await self._fold(job_id)
-
-        pairs = await asyncio.gather(*(one(j) for j in job_ids))
-        return dict(pairs)
-
-    async def _fold(self, job_id: str) -> JobView | None:
-        from audioprep.domain.fold import fold_history
-
-        return fold_history(await self.events.history(job_id))
-
-
 async def cache_entries(kv: KeyValue, cache_keys: Iterable[str]) -> dict[str, str | None]:
     gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
@@ -225,7 +195,8 @@ async def plan_storage_gc(
     objects, scanned, scanned_bytes = await _scan(storage, out)
     job_ids = {o.owner for o in objects if _job_owned(o) and is_job_id(o.owner)}
     cache_keys = {o.owner for o in objects if not _job_owned(o)}
-    jobs = await JobLookup(js, events).views(sorted(job_ids))
+    jobs_kv = await js.key_value(events.names.jobs_bucket)
+    jobs = await JobViews(jobs_kv, events).many(sorted(job_ids))
     cached = await cache_entries(await render_cache.bucket(js, events.names), sorted(cache_keys))
     print(
         f"  {len(job_ids)} jobs and {len(cache_keys)} render-cache keys checked",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -21,8 +20,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from audioprep.domain.errors import MAX_DELIVERIES
-from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested, decode_event
+from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested
 from audioprep.shared import names
+from audioprep.shared.advisories import MaxDeliveriesAdvisory, decode_advisory
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
@@ -39,38 +39,6 @@ FETCH_TIMEOUT_S = 2.0
 Outcome = Literal["failed", "already_ended", "ignored", "missing"]
 
 
-class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True):
-    """`io.nats.jetstream.advisory.v1.max_deliver` (only the fields we use)."""
-
-    stream: str
-    consumer: str
-    stream_seq: int
-    deliveries: int = 0
-    timestamp: datetime | None = None
-
-
-_advisory_decoder = msgspec.json.Decoder(MaxDeliveriesAdvisory)
-
-
-def decode_advisory(data: bytes) -> MaxDeliveriesAdvisory:
-    return _advisory_decoder.decode(data)
-
-
-async def original_request(events: EventStore, seq: int) -> JobRequested | None:
-    """The JobRequested at `seq` in stream JOBS (None if aged out or not a request)."""
-    try:
-        raw = await events.js.get_msg(events.names.stream, seq, direct=True)
-    except NotFoundError:
-        return None
-    if raw.data is None:
-        return None
-    try:
-        event = decode_event(raw.data)
-    except msgspec.DecodeError:
-        return None
-    return event if isinstance(event, JobRequested) else None
-
-
 async def fail_dead_letter(
     events: EventStore, advisory: MaxDeliveriesAdvisory
 ) -> tuple[Outcome, JobRequested | None]:
@@ -80,7 +48,7 @@ async def fail_dead_letter(
         or names.worker_consumer_kind(advisory.consumer) is None
     ):
         return "ignored", None
-    request = await original_request(events, advisory.stream_seq)
+    request = await events.request_at(advisory.stream_seq)
     if request is None:
         return "missing", None
     deliveries = advisory.deliveries or 1

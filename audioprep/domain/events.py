@@ -148,6 +148,18 @@ class JobResult(_Data, frozen=True, kw_only=True):
     chapters_key: str | None = None  # save with chapters: Podcasting 2.0 JSON chapters file
 
 
+class JobUsage(_Data, frozen=True, kw_only=True):
+    """What one attempt of a job used (docs/fairness.md, "Usage"): summed per tenant per day.
+
+    Carried by the events that end an attempt (retrying, completed, failed, cancelled); events
+    written before metering have none, which counts as zero."""
+
+    processing_ms: int = 0  # wall time the worker spent on the attempt
+    input_audio_ms: int = 0  # duration of the source the job read
+    output_audio_ms: int = 0  # duration of the audio it wrote
+    bytes_stored: int = 0  # bytes of the objects it left in storage
+
+
 class _Event(
     msgspec.Struct,
     frozen=True,
@@ -195,6 +207,19 @@ class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     chapters: list[dict[str, Any]] | None = None
     preset: str | None = None
     preset_revision: int | None = None
+    # Bytes the API received for an upload ingest (the per-day upload quota counts them).
+    upload_bytes: int | None = None
+
+
+class JobReleased(_Event, tag="JobReleased", frozen=True, kw_only=True):
+    """The dispatcher let a waiting job go to the workers (fair dispatch, docs/fairness.md).
+
+    Written once per job (expected last sequence = the request's), on
+    `jobs.<kind>.<id>.released`, the subject the workers' consumers take; `request_seq` is
+    where the JobRequested is, so a worker reads it with one direct get."""
+
+    name = "released"
+    request_seq: int
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):
@@ -215,6 +240,7 @@ class JobRetrying(_Event, tag="JobRetrying", frozen=True, kw_only=True):
     attempt: int
     error: ErrorInfo
     delay_ms: int = 0
+    usage: JobUsage | None = None
 
 
 class JobCompleted(_Event, tag="JobCompleted", frozen=True, kw_only=True):
@@ -222,6 +248,7 @@ class JobCompleted(_Event, tag="JobCompleted", frozen=True, kw_only=True):
     terminal = True
     result: JobResult
     attempt: int = 1
+    usage: JobUsage | None = None
 
 
 class JobFailed(_Event, tag="JobFailed", frozen=True, kw_only=True):
@@ -229,6 +256,7 @@ class JobFailed(_Event, tag="JobFailed", frozen=True, kw_only=True):
     terminal = True
     error: ErrorInfo
     attempt: int = 1
+    usage: JobUsage | None = None
 
 
 class JobCancelRequested(_Event, tag="JobCancelRequested", frozen=True, kw_only=True):
@@ -240,10 +268,12 @@ class JobCancelled(_Event, tag="JobCancelled", frozen=True, kw_only=True):
     name = "cancelled"
     terminal = True
     attempt: int = 0
+    usage: JobUsage | None = None
 
 
 Event = (
     JobRequested
+    | JobReleased
     | JobStarted
     | JobProgressed
     | JobRetrying

@@ -14,6 +14,7 @@ from audioprep.domain.events import (
     JobCompleted,
     JobFailed,
     JobProgressed,
+    JobReleased,
     JobRequested,
     JobRetrying,
     JobStarted,
@@ -64,6 +65,8 @@ def fold(view: JobView | None, event: Event, seq: int) -> JobView | None:
     match event:
         case JobRequested():
             pass  # a duplicate request can't change the job (create-once makes it rare)
+        case JobReleased():
+            pass  # handed to the workers: still pending and queued until one starts it
         case JobStarted(attempt=attempt):
             changes.update(status="running", stage="started", attempt=attempt, error=None)
         case JobProgressed(progress=progress, stage=stage):

@@ -7,6 +7,7 @@ from typing import Final, Literal, get_args
 Kind = Literal["ingest", "preview", "save"]
 EventName = Literal[
     "requested",
+    "released",
     "started",
     "progressed",
     "retrying",

@@ -27,6 +27,9 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_de
     error: ErrorInfo | None = None
     cancel_requested: bool = False
     download_url: str | None = None
+    # While the job waits: how many jobs of its kind the dispatcher lets go before it (an
+    # estimate; 0 = next). Filled in by the API from the dispatcher, never stored.
+    queue_position: int | None = None
 
     @property
     def is_terminal(self) -> bool:

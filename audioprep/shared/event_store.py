@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from audioprep.domain import kinds
-from audioprep.domain.events import Event, JobRequested, decode_event, encode_event
+from audioprep.domain.events import Event, JobReleased, JobRequested, decode_event, encode_event
 from audioprep.shared import direct_get
 from audioprep.shared.names import Names
 
@@ -43,6 +43,8 @@ def msg_id_for(event: Event) -> str | None:
     match event.name:
         case "requested":
             return event.job_id
+        case "released":
+            return f"{event.job_id}:released"
         case "completed" | "failed" | "cancelled":
             return f"{event.job_id}:{event.name}"
         case "started" | "retrying":
@@ -99,24 +101,54 @@ class EventStore:
             raise JobAlreadyExists(event.job_id) from exc
         return ack.seq
 
+    async def append_expecting(
+        self, event: Event, last_seq: int, *, traceparent: str | None = None
+    ) -> int | None:
+        """Append only if the job's latest event is still at `last_seq`; None if it moved on
+        (the dispatcher releases a job this way: once, and never after a cancel)."""
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(last_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
+        }
+        if msg_id := msg_id_for(event):
+            headers["Nats-Msg-Id"] = msg_id
+        if traceparent:
+            headers["traceparent"] = traceparent
+        subject = self.names.event_subject(event.kind, event.job_id, event.name)
+        try:
+            ack = await self.js.publish(
+                subject, encode_event(event), timeout=self.timeout, headers=headers
+            )
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            return None
+        return None if ack.duplicate else ack.seq
+
     async def first_event(self, job_id: str) -> StoredEvent | None:
         """The job's JobRequested (its first message), or None if the job is unknown."""
         history = await self.history(job_id, limit=1)
         return history[0] if history else None
 
     async def request_at(self, seq: int) -> JobRequested | None:
-        """The JobRequested at stream sequence `seq` (None if aged out or not a request)."""
-        try:
-            raw = await self.js.get_msg(self.names.stream, seq, direct=True)
-        except NotFoundError:
-            return None
-        if raw.data is None:
-            return None
-        try:
-            event = decode_event(raw.data)
-        except msgspec.DecodeError:
-            return None
-        return event if isinstance(event, JobRequested) else None
+        """The JobRequested at stream sequence `seq`, or the one a JobReleased there points
+        at (None if aged out or neither)."""
+        for _ in range(2):
+            try:
+                raw = await self.js.get_msg(self.names.stream, seq, direct=True)
+            except NotFoundError:
+                return None
+            if raw.data is None:
+                return None
+            try:
+                event = decode_event(raw.data)
+            except msgspec.DecodeError:
+                return None
+            if isinstance(event, JobReleased) and event.request_seq < seq:
+                seq = event.request_seq
+                continue
+            return event if isinstance(event, JobRequested) else None
+        return None
 
     async def last_event(
         self, job_id: str, name: kinds.EventName | None = None

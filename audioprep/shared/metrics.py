@@ -13,8 +13,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -30,7 +31,7 @@ from prometheus_client import (
 )
 
 from audioprep.domain import kinds
-from audioprep.domain.events import Event, JobFailed, JobRequested
+from audioprep.domain.events import Event, JobFailed, JobRequested, JobUsage
 from audioprep.shared import names
 from audioprep.shared.names import Names
 
@@ -116,6 +117,108 @@ def projector_checkpoint_lag() -> Gauge:
 PROJECTOR_EVENTS = Counter(
     "audioprep_projector_events", "Events folded into the view by the projector", ["type"]
 )
+
+# ---- per tenant (docs/fairness.md, "Metrics"): a bounded label set ------------------------------
+# The first `AUDIOPREP_METRICS_MAX_TENANTS` tenants a process sees get their own label value;
+# any further tenant is counted as `other`. Tenants exist only through the API-keys file, so
+# in practice every tenant has its label; the cap keeps a mistake from exploding the series.
+OTHER_TENANT = "other"
+_tenant_labels: set[str] = set()
+
+TENANT_JOBS = Counter(
+    "audioprep_tenant_jobs", "Jobs ended by workers, per tenant", ["tenant", "kind", "outcome"]
+)
+TENANT_PROCESSING_SECONDS = Counter(
+    "audioprep_tenant_processing_seconds", "Worker time spent on the tenant's jobs", ["tenant"]
+)
+TENANT_AUDIO_SECONDS = Counter(
+    "audioprep_tenant_audio_seconds",
+    "Audio read (input) and written (output) by the tenant's completed jobs",
+    ["tenant", "direction"],
+)
+TENANT_BYTES_STORED = Counter(
+    "audioprep_tenant_bytes_stored", "Bytes the tenant's completed jobs left in storage", ["tenant"]
+)
+TENANT_QUEUED = Gauge(
+    "audioprep_tenant_queued", "Jobs waiting for dispatch (leading dispatcher only)", ["tenant"]
+)
+TENANT_RUNNING = Gauge(
+    "audioprep_tenant_running",
+    "Jobs released or running, the tenant's running cap counts these (leading dispatcher only)",
+    ["tenant"],
+)
+DISPATCH_LEADING = Gauge("audioprep_dispatch_leading", "1 while this process dispatches")
+JOBS_RELEASED = Counter(
+    "audioprep_jobs_released", "Requests released to the workers by the dispatcher", ["kind"]
+)
+ADMISSIONS = Counter(
+    "audioprep_admissions",
+    "Submits checked against tenant limits, by answer (ok, a refusal code, or unanswered)",
+    ["answer"],
+)
+
+
+def tenant_label(tenant: str, limit: int = 50) -> str:
+    """The tenant's label value, or `other` once `limit` tenants have their own."""
+    if tenant in _tenant_labels:
+        return tenant
+    if len(_tenant_labels) >= limit:
+        return OTHER_TENANT
+    _tenant_labels.add(tenant)
+    return tenant
+
+
+def tenant_job_ended(
+    tenant: str, kind: str, outcome: str, usage: JobUsage | None, limit: int
+) -> None:
+    label = tenant_label(tenant, limit)
+    TENANT_JOBS.labels(label, kind, outcome).inc()
+    if usage is None:
+        return
+    TENANT_PROCESSING_SECONDS.labels(label).inc(usage.processing_ms / 1000)
+    if usage.input_audio_ms:
+        TENANT_AUDIO_SECONDS.labels(label, "input").inc(usage.input_audio_ms / 1000)
+    if usage.output_audio_ms:
+        TENANT_AUDIO_SECONDS.labels(label, "output").inc(usage.output_audio_ms / 1000)
+    if usage.bytes_stored:
+        TENANT_BYTES_STORED.labels(label).inc(usage.bytes_stored)
+
+
+def tenant_attempt_used(tenant: str, usage: JobUsage, limit: int) -> None:
+    """A retried attempt's processing time (the job itself has not ended)."""
+    TENANT_PROCESSING_SECONDS.labels(tenant_label(tenant, limit)).inc(usage.processing_ms / 1000)
+
+
+def dispatch_leading(leading: bool) -> None:
+    DISPATCH_LEADING.set(1 if leading else 0)
+    if not leading:
+        TENANT_QUEUED.clear()
+        TENANT_RUNNING.clear()
+
+
+def dispatch_counts(counts: Mapping[str, Any], limit: int) -> None:
+    """Per-tenant queue gauges from the leading dispatcher (`other` sums the rest)."""
+    queued: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for tenant, c in counts.items():
+        label = tenant_label(tenant, limit)
+        queued[label] = queued.get(label, 0) + c.waiting + c.released
+        running[label] = running.get(label, 0) + c.released + c.running
+    TENANT_QUEUED.clear()
+    TENANT_RUNNING.clear()
+    for label, value in queued.items():
+        TENANT_QUEUED.labels(label).set(value)
+    for label, value in running.items():
+        TENANT_RUNNING.labels(label).set(value)
+
+
+def job_released(kind: str) -> None:
+    JOBS_RELEASED.labels(kind).inc()
+
+
+def admission(answer: str) -> None:
+    ADMISSIONS.labels(answer).inc()
+
 
 _runs: dict[str, tuple[float, JobRequested]] = {}
 

@@ -23,6 +23,9 @@ WEBHOOK_EVENT_NAMES: Final[tuple[WebhookEventName, ...]] = get_args(WebhookEvent
 
 # Keys inside buckets (the bucket itself carries the prefix)
 PROJECTOR_CHECKPOINT_KEY: Final = "checkpoint"
+# KV `scheduler`: where the dispatcher resumes; KV `scheduler_lease`: who dispatches now
+SCHEDULER_CHECKPOINT_KEY: Final = "checkpoint"
+SCHEDULER_LEASE_KEY: Final = "leader"
 # KV `presets` keeps this many revisions of each preset, so a job's preset can still be read
 PRESETS_HISTORY: Final = 16
 # Render-cache coalescing markers live beside the cache entries (audioprep.services.api.previews)
@@ -78,6 +81,16 @@ def render_marker_key(cache_key: str) -> str:
     return f"{_RENDER_MARKER_PREFIX}{cache_key}"
 
 
+def usage_key(day: str, tenant: str) -> str:
+    """KV `usage` key of one tenant's day: `<yyyy-mm-dd>.<tenant>` (a day's keys share a prefix)."""
+    return f"{check_token(day)}.{check_token(tenant)}"
+
+
+def usage_day_keys(day: str) -> str:
+    """KV `usage` key filter for every tenant of one day."""
+    return f"{check_token(day)}.*"
+
+
 def kv_stream(bucket: str) -> str:
     """The stream behind a KV bucket (NATS KV convention, ADR-8)."""
     return f"KV_{bucket}"
@@ -106,8 +119,14 @@ class Names:
         "presets_bucket",
         "projector_state_bucket",
         "render_cache_bucket",
+        "scheduler_admit_subject",
+        "scheduler_bucket",
+        "scheduler_lease_bucket",
+        "scheduler_position_subject",
+        "scheduler_status_subject",
         "stream",
         "stream_subjects",
+        "usage_bucket",
         "webhook_endpoints_bucket",
         "webhooks_stream",
         "webhooks_subjects",
@@ -130,6 +149,14 @@ class Names:
         self.projector_state_bucket = f"{name}projector"
         self.webhook_endpoints_bucket = f"{name}webhook_endpoints"
         self.presets_bucket = f"{name}presets"
+        # fair dispatch (docs/fairness.md): checkpoint, leader lease, per-tenant daily usage,
+        # and the core request subjects the dispatcher answers (admission, queue position)
+        self.scheduler_bucket = f"{name}scheduler"
+        self.scheduler_lease_bucket = f"{name}scheduler_lease"
+        self.usage_bucket = f"{name}usage"
+        self.scheduler_admit_subject = f"{subject}scheduler.admit"
+        self.scheduler_position_subject = f"{subject}scheduler.position"
+        self.scheduler_status_subject = f"{subject}scheduler.status"
         # dead letters: the server's MAX_DELIVERIES advisories for the jobs stream
         self.dlq_stream = f"{name}JOBS_DLQ"
         self.max_deliveries_advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.>"
@@ -163,6 +190,14 @@ class Names:
     def requested_filter(self, kind: Kind | None = None) -> str:
         """What a worker consumer for `kind` takes: `jobs.<kind>.*.requested` (None: any kind)."""
         return f"{self._jobs}.{kind or '*'}.*.requested"
+
+    def released_filter(self, kind: Kind | None = None) -> str:
+        """What a worker consumer takes under fair dispatch: `jobs.<kind>.*.released`."""
+        return f"{self._jobs}.{kind or '*'}.*.released"
+
+    def dispatch_filters(self) -> list[str]:
+        """Every job event the dispatcher folds: all but progress (the busiest, and no news)."""
+        return [f"{self._jobs}.*.*.{name}" for name in EVENT_NAMES if name != "progressed"]
 
     def cancel_requested_filter(self) -> str:
         """Every cancel request, for running workers to listen to."""

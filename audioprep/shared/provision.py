@@ -56,11 +56,19 @@ def dlq_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def work_filter(kind: kinds.Kind, settings: Settings) -> str:
+    """What the workers of a kind take: releases (fair dispatch) or requests (fifo)."""
+    if settings.dispatch == "fair":
+        return settings.names.released_filter(kind)
+    return settings.names.requested_filter(kind)
+
+
 def worker_consumer_config(kind: kinds.Kind, settings: Settings) -> ConsumerConfig:
-    """Durable pull consumer for one kind's requests."""
+    """Durable pull consumer for one kind's work (docs/fairness.md: switching the dispatch
+    mode re-provisions its filter)."""
     return ConsumerConfig(
         durable_name=names.worker_consumer(kind),
-        filter_subject=settings.names.requested_filter(kind),
+        filter_subject=work_filter(kind, settings),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
@@ -143,6 +151,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await _allow_atomic_batches(js, names.kv_stream(n.jobs_bucket))
     await provision_webhooks(js, settings)
     await provision_presets(js, settings)
+    await provision_dispatch(js, settings)
 
 
 # ---- webhooks (docs/webhooks.md) ---------------------------------------------------------------
@@ -235,3 +244,31 @@ async def provision_presets(js: JetStreamContext, settings: Settings) -> None:
             direct=True,
         ),
     )
+
+
+# ---- fair dispatch (docs/fairness.md) ----------------------------------------------------------
+
+LEASE_TTL_S = 3.0  # a dispatcher that stops renewing is replaced after this long
+USAGE_MAX_AGE_S = 400 * 24 * 3600  # usage records kept (a year and a bit)
+
+
+async def provision_dispatch(js: JetStreamContext, settings: Settings) -> None:
+    """KV buckets `scheduler` (checkpoint), `scheduler_lease` (who leads; entries expire) and
+    `usage` (per tenant per day)."""
+    n = settings.names
+    for bucket, ttl in (
+        (n.scheduler_bucket, None),
+        (n.scheduler_lease_bucket, LEASE_TTL_S),
+        (n.usage_bucket, float(USAGE_MAX_AGE_S)),
+    ):
+        await _ensure_kv(
+            js,
+            KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=settings.stream_replicas,
+                direct=True,
+            ),
+        )

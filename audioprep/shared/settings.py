@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from audioprep.shared.names import Names
+from audioprep.shared.tenant_limits import (
+    TenantPolicies,
+    parse_api_key_file,
+    policies_from_env,
+)
 
 GIB = 1024**3
 MIN_SECRET_CHARS = 32
-_TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DISPATCH_MODES = ("fair", "fifo")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,18 @@ class Settings:
     max_upload_bytes: int = 2 * GIB
     max_duration_s: int = 4 * 3600
     api_keys: Mapping[str, str] = field(default_factory=dict)
+    # Keys marked `admin` in AUDIOPREP_API_KEYS: they may read every tenant's usage.
+    admin_keys: frozenset[str] = frozenset()
+    # Weights, running caps, queue limits and daily quotas per tenant (docs/fairness.md)
+    tenant_policies: TenantPolicies = field(default_factory=TenantPolicies)
+    # `fair`: a dispatcher releases requests round-robin across tenants (previews first);
+    # `fifo`: workers take requests in arrival order (the behaviour before fair dispatch).
+    dispatch: str = "fair"
+    # Released requests not yet started, per kind: small keeps the order fair, larger keeps
+    # many idle workers fed sooner (docs/fairness.md, "The window").
+    dispatch_window: int = 2
+    # Distinct tenant labels per process on the per-tenant metrics; the rest count as `other`.
+    metrics_max_tenants: int = 50
     url_allow_hosts: frozenset[str] = frozenset()
     log_format: str = "json"
     log_level: str = "INFO"
@@ -100,6 +116,10 @@ class Settings:
             return e.get(f"AUDIOPREP_{name}", default) or default
 
         secret = e.get("AUDIOPREP_SIGNING_SECRET", "")
+        key_file = parse_api_key_file(e.get("AUDIOPREP_API_KEYS", ""))
+        dispatch = get("DISPATCH", "fair").lower()
+        if dispatch not in DISPATCH_MODES:
+            raise ValueError(f"AUDIOPREP_DISPATCH must be one of {', '.join(DISPATCH_MODES)}")
         dev_mode = get("DEV_MODE", "1").lower() not in ("0", "false", "no")
         return cls(
             nats_url=get("NATS_URL", cls.nats_url),
@@ -113,7 +133,12 @@ class Settings:
             worker_concurrency=int(get("WORKER_CONCURRENCY", str(os.cpu_count() or 1))),
             max_upload_bytes=int(get("MAX_UPLOAD_BYTES", str(2 * GIB))),
             max_duration_s=int(get("MAX_DURATION_S", str(4 * 3600))),
-            api_keys=parse_api_keys(e.get("AUDIOPREP_API_KEYS", "")),
+            api_keys=key_file.keys,
+            admin_keys=key_file.admin_keys,
+            tenant_policies=policies_from_env(e, key_file),
+            dispatch=dispatch,
+            dispatch_window=max(1, int(get("DISPATCH_WINDOW", "2"))),
+            metrics_max_tenants=max(1, int(get("METRICS_MAX_TENANTS", "50"))),
             url_allow_hosts=frozenset(
                 h.strip().lower() for h in e.get("AUDIOPREP_URL_ALLOW_HOSTS", "").split(",") if h
             ),
@@ -146,22 +171,6 @@ class Settings:
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
-    """`key1=tenantA,key2=tenantB` → {key: tenant}; a bare `@path` reads that file."""
-    raw = raw.strip()
-    if raw.startswith("@"):
-        raw = Path(raw[1:]).read_text().replace("\n", ",")
-    keys: dict[str, str] = {}
-    for item in raw.split(","):
-        item = item.strip()
-        if not item or item.startswith("#"):
-            continue
-        key, sep, tenant = item.partition("=")
-        if not sep or not key.strip() or not tenant.strip():
-            raise ValueError("AUDIOPREP_API_KEYS entries must look like key=tenant")
-        if not _TENANT_RE.fullmatch(tenant.strip()):
-            raise ValueError(
-                f"AUDIOPREP_API_KEYS: tenant {tenant.strip()[:64]!r} must be 1-64 characters "
-                "of A-Z a-z 0-9 _ -"
-            )
-        keys[key.strip()] = tenant.strip()
-    return keys
+    """`key1=tenantA,key2=tenantB` → {key: tenant}; a bare `@path` reads that file. Per-tenant
+    options after a key (`key=tenantA max_queued=100`) are read by `tenant_limits`."""
+    return parse_api_key_file(raw).keys

@@ -28,6 +28,7 @@ from audioprep.services.api.routes.job_events import job_events
 from audioprep.services.api.routes.jobs import get_job
 from audioprep.services.api.routes.metrics import metrics_endpoint
 from audioprep.services.api.routes.presets import preset_handlers
+from audioprep.services.api.routes.usage import get_usage
 from audioprep.services.api.routes.web import web_handlers
 from audioprep.services.api.routes.webhooks import webhook_handlers
 from audioprep.services.api.tracing import trace_middleware
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> Litestar:
             *webhook_handlers,
             upload_image,
             *preset_handlers,
+            get_usage,
         ],
         middleware=[trace_middleware, rate_limit_middleware(settings)],
         # Open mode (no keys) needs no guard; Litestar copies the handler per guard call.

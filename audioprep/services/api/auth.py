@@ -40,6 +40,23 @@ def tenant_from_authorization(header: str, settings: Settings) -> str | None:
     return found
 
 
+def is_admin(request: Request[Any, Any, Any], settings: Settings) -> bool:
+    """The caller's key is marked `admin` in AUDIOPREP_API_KEYS (open mode: everyone is).
+
+    Compared in constant time against every admin key, like the tenant lookup."""
+    if not settings.api_keys:
+        return True
+    scheme, _, key = request.headers.get("authorization", "").strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or len(key) > MAX_KEY_CHARS:
+        return False
+    given = key.encode("utf-8", "replace")
+    found = False
+    for known in settings.admin_keys:
+        found = hmac.compare_digest(known.encode(), given) or found
+    return found
+
+
 def tenant_for(request: Request[Any, Any, Any], settings: Settings) -> str:
     """The caller's tenant from `Authorization: Bearer <key>`; 401 when keys are required."""
     return _tenant_or_401(request.headers.get("authorization", ""), settings)

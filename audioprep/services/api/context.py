@@ -23,3 +23,4 @@ class ApiContext:
     storage: Storage
     views: JobViews
     cache_kv: KeyValue
+    usage_kv: KeyValue | None = None  # opened on the first GET /api/usage

@@ -13,6 +13,7 @@ from audioprep.domain.events import JobRequested
 from audioprep.domain.kinds import Kind
 from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
+from audioprep.services.api.limits import admit_request
 from audioprep.services.api.problems import ProblemError
 from audioprep.shared import metrics
 from audioprep.shared.event_store import JobAlreadyExists
@@ -92,8 +93,15 @@ async def existing_job(
     return first.event
 
 
-async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) -> str:
-    """Publish JobRequested once; a replay of the same request answers with the same job."""
+async def submit(
+    ctx: ApiContext, event: JobRequested, traceparent: str | None, *, admitted: bool = False
+) -> str:
+    """Publish JobRequested once; a replay of the same request answers with the same job.
+
+    A tenant with a queue limit or a daily quota is checked first (429 past it) unless the
+    route already did (`admitted`: an upload is checked before it is stored)."""
+    if not admitted:
+        await admit_request(ctx, event)
     try:
         await ctx.events.request_job(event, traceparent=traceparent)
         metrics.job_requested(event.kind)

@@ -51,6 +51,9 @@ class JobContext:
     js: JetStreamContext
     scratch: Path
     traceparent: str | None = None
+    # Metering (docs/fairness.md): set by the handlers, reported on the completed event.
+    input_audio_ms: int = 0
+    stored_bytes: int = 0
     _last_progress_at: float = 0.0
     _last_progress: int = -1
     _progress_task: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ import random
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,15 +33,17 @@ from audioprep.domain.events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobReleased,
     JobRequested,
     JobResult,
     JobRetrying,
     JobStarted,
+    JobUsage,
     decode_event,
 )
 from audioprep.services.worker.context import JobContext
 from audioprep.shared import logs, metrics
-from audioprep.shared.event_store import EventStore
+from audioprep.shared.event_store import EventStore, StoredEvent
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
@@ -119,31 +122,54 @@ class JobRunner:
             log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
     async def handle(self, msg: Msg) -> None:
-        """Process one delivery; never raises (every outcome becomes an event + ack/nak/term)."""
+        """Process one delivery; never raises (every outcome becomes an event + ack/nak/term).
+
+        The message is the job's JobRequested (fifo dispatch) or its JobReleased (fair
+        dispatch: the request is read at the sequence it names)."""
         try:
             event = decode_event(msg.data)
         except Exception:
             log.error("undecodable request terminated", extra={"subject": msg.subject})
             await msg.term()
             return
-        if not isinstance(event, JobRequested):
+        latest: StoredEvent | None = None
+        if isinstance(event, JobReleased):
+            try:
+                request, latest = await asyncio.gather(
+                    self.events.request_at(event.request_seq), self.events.last_event(event.job_id)
+                )
+            except Exception as exc:
+                log.warning(
+                    "request not readable yet, handing back",
+                    extra={"job_id": event.job_id, "error": repr(exc)},
+                )
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=backoff_delay(msg.metadata.num_delivered or 1))
+                return
+            if request is None:
+                log.error("released job without its request", extra={"job_id": event.job_id})
+                await msg.term()
+                return
+        elif isinstance(event, JobRequested):
+            request = event
+        else:
             await msg.term()
             return
-        metrics.run_begins(event)
+        metrics.run_begins(request)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
-            await self._run(msg, event)
+            await self._run(msg, request, latest)
         except Exception as exc:
             # NATS went away mid-job (or a bug): hand the message back; a redelivery finds the
             # terminal event if we managed to write it, and acks.
             log.warning(
                 "delivery not finished, handing back",
-                extra={"job_id": event.job_id, "kind": event.kind, "error": repr(exc)},
+                extra={"job_id": request.job_id, "kind": request.kind, "error": repr(exc)},
             )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=backoff_delay(msg.metadata.num_delivered or 1))
         finally:
-            metrics.run_ends(event)
+            metrics.run_ends(request)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -183,19 +209,29 @@ class JobRunner:
             event.name, lambda: self.events.append_terminal(event, traceparent=tp)
         )
         metrics.job_ended(event, recorded=seq is not None)
+        if seq is not None:
+            metrics.tenant_job_ended(
+                event.tenant,
+                event.kind,
+                event.name,
+                event.usage,
+                self.settings.metrics_max_tenants,
+            )
         if seq is None:
             log.info(
                 "job had already ended; nothing recorded",
                 extra={"job_id": event.job_id, "kind": event.kind, "event": event.name},
             )
 
-    async def _only_requested(self, request: JobRequested) -> bool:
-        """The job's latest event is its request (the usual first delivery): it has neither
-        ended nor been cancelled. One direct get instead of four on the dispatch path."""
+    async def _untouched(self, msg: Msg, request: JobRequested, latest: StoredEvent | None) -> bool:
+        """The delivered message (the request, or its release) is still the job's latest
+        event (the usual first delivery): it has neither ended nor been cancelled. One direct
+        get instead of four on the dispatch path (read with the request for a release)."""
         if request.from_cache:
             return False
-        last = await self.events.last_event(request.job_id)
-        return last is not None and isinstance(last.event, JobRequested)
+        if latest is None:
+            latest = await self.events.last_event(request.job_id)
+        return latest is not None and latest.seq == msg.metadata.sequence.stream
 
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
@@ -213,7 +249,7 @@ class JobRunner:
             await asyncio.sleep(0.02)
         return False
 
-    async def _run(self, msg: Msg, request: JobRequested) -> None:
+    async def _run(self, msg: Msg, request: JobRequested, latest: StoredEvent | None) -> None:
         delivery = msg.metadata.num_delivered or 1
         attempt = request.attempt_base + delivery
         traceparent = (msg.headers or {}).get("traceparent")
@@ -222,7 +258,7 @@ class JobRunner:
             base["trace_id"] = trace_id
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
-        fresh = await self._only_requested(request)
+        fresh = await self._untouched(msg, request, latest)
         if not fresh and (
             await self._finished(request.job_id) or await self._answered_from_cache(request)
         ):
@@ -257,17 +293,18 @@ class JobRunner:
             scratch=scratch,
             traceparent=traceparent,
         )
+        began = time.monotonic()
         try:
             result = await self._run_with_cancel(ctx)
         except Cancelled:
             await self._cleanup(ctx)
-            await self._emit_cancelled(request, attempt, traceparent)
+            await self._emit_cancelled(request, attempt, traceparent, _spent(began))
             log.info("job cancelled", extra=base)
             await self._ack(msg)
             return
         except Permanent as exc:
             await self._cleanup(ctx)
-            await self._emit_failed(request, attempt, exc, traceparent)
+            await self._emit_failed(request, attempt, exc, traceparent, _spent(began))
             log.info("job failed", extra={**base, "code": exc.code, "error": exc.message})
             await self._patiently("term", msg.term)
             return
@@ -276,7 +313,7 @@ class JobRunner:
             if error is None:
                 log.exception("unexpected error in handler", extra=base)
                 error = Retryable(f"{type(exc).__name__}: {exc}", code=INTERNAL_ERROR)
-            await self._retry_or_fail(msg, ctx, error, delivery)
+            await self._retry_or_fail(msg, ctx, error, delivery, _spent(began))
             return
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -287,6 +324,7 @@ class JobRunner:
                 tenant=request.tenant,
                 result=result,
                 attempt=attempt,
+                usage=_used(ctx, result, began),
             ),
             traceparent,
         )
@@ -334,7 +372,7 @@ class JobRunner:
             log.warning("cleanup failed", extra=ctx.log_extra(error=str(exc)))
 
     async def _retry_or_fail(
-        self, msg: Msg, ctx: JobContext, error: AudioprepError, delivery: int
+        self, msg: Msg, ctx: JobContext, error: AudioprepError, delivery: int, usage: JobUsage
     ) -> None:
         request = ctx.request
         if error.code == MEDIA_CRASH and await self._crashed_before(request.job_id):
@@ -348,7 +386,7 @@ class JobRunner:
         base = ctx.log_extra(code=error.code, error=error.message)
         if delivery >= self.settings.max_deliver:
             await self._cleanup(ctx)
-            await self._emit_failed(request, ctx.attempt, error, ctx.traceparent)
+            await self._emit_failed(request, ctx.attempt, error, ctx.traceparent, usage)
             log.warning("job failed on last delivery", extra=base)
             await self._patiently("term", msg.term)
             return
@@ -361,10 +399,12 @@ class JobRunner:
                 attempt=ctx.attempt,
                 error=ErrorInfo(code=error.code, message=error.message, retryable=True),
                 delay_ms=int(delay * 1000),
+                usage=usage,
             ),
             traceparent=ctx.traceparent,
         )
         metrics.job_retrying(request, error.code)
+        metrics.tenant_attempt_used(request.tenant, usage, self.settings.metrics_max_tenants)
         log.warning("job will be retried", extra={**base, "delay_s": round(delay, 2)})
         await msg.nak(delay=delay)
 
@@ -380,7 +420,12 @@ class JobRunner:
         )
 
     async def _emit_failed(
-        self, request: JobRequested, attempt: int, exc: AudioprepError, tp: str | None
+        self,
+        request: JobRequested,
+        attempt: int,
+        exc: AudioprepError,
+        tp: str | None,
+        usage: JobUsage | None = None,
     ) -> None:
         info = ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable)
         event = JobFailed(
@@ -389,11 +434,36 @@ class JobRunner:
             tenant=request.tenant,
             error=info,
             attempt=attempt,
+            usage=usage,
         )
         await self._terminal(event, tp)
 
-    async def _emit_cancelled(self, request: JobRequested, attempt: int, tp: str | None) -> None:
+    async def _emit_cancelled(
+        self, request: JobRequested, attempt: int, tp: str | None, usage: JobUsage | None = None
+    ) -> None:
         event = JobCancelled(
-            job_id=request.job_id, kind=request.kind, tenant=request.tenant, attempt=attempt
+            job_id=request.job_id,
+            kind=request.kind,
+            tenant=request.tenant,
+            attempt=attempt,
+            usage=usage,
         )
         await self._terminal(event, tp)
+
+
+def _spent(began: float) -> JobUsage:
+    """An attempt that did not complete used its worker time, and left nothing stored."""
+    return JobUsage(processing_ms=int((time.monotonic() - began) * 1000))
+
+
+def _used(ctx: JobContext, result: JobResult, began: float) -> JobUsage:
+    """What a completed attempt used (docs/fairness.md, "Usage"): its worker time, the
+    source it read, the audio it wrote and the bytes it stored."""
+    duration = result.duration_ms or 0
+    rendered = ctx.request.kind != "ingest"
+    return JobUsage(
+        processing_ms=int((time.monotonic() - began) * 1000),
+        input_audio_ms=ctx.input_audio_ms if rendered else duration,
+        output_audio_ms=duration if rendered else 0,
+        bytes_stored=ctx.stored_bytes,
+    )

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from audioprep.domain import kinds
+from audioprep.services.worker.dispatch.dispatcher import Dispatcher
 from audioprep.services.worker.job_runner import Cleanup, Handler, JobRunner
 from audioprep.services.worker.slots import PrioritySlots
 from audioprep.shared import metrics, names
@@ -40,6 +41,7 @@ class WorkerService:
         cleanups: dict[str, Cleanup] | None = None,
         kinds: tuple[kinds.Kind, ...] = kinds.KINDS,
         drain_grace_s: float = 30.0,
+        dispatcher: bool = True,
     ) -> None:
         self.js = js
         self.settings = settings
@@ -49,6 +51,8 @@ class WorkerService:
             nc=nc, js=js, settings=settings, storage=storage, handlers=handlers, cleanups=cleanups
         )
         self.drain_grace_s = drain_grace_s
+        # Every worker process takes part in dispatching: one of them leads at a time.
+        self.dispatcher = Dispatcher(nc=nc, js=js, settings=settings) if dispatcher else None
         self._jobs: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
 
@@ -56,11 +60,24 @@ class WorkerService:
         """Work until `stop` is set, then drain: finish in-flight jobs or hand them back
         (after the grace period, or as soon as `hurry` is set)."""
         loops = [asyncio.create_task(self._fetch_loop(kind, stop)) for kind in self.kinds]
+        dispatching = (
+            asyncio.create_task(self.dispatcher.run(stop)) if self.dispatcher is not None else None
+        )
         log.info(
             "worker ready",
-            extra={"kinds": ",".join(self.kinds), "concurrency": self.slots.size},
+            extra={
+                "kinds": ",".join(self.kinds),
+                "concurrency": self.slots.size,
+                "dispatch": self.settings.dispatch,
+            },
         )
         await stop.wait()
+        if dispatching is not None:
+            # Step down first: another worker's dispatcher takes over while this one drains.
+            try:
+                await asyncio.wait_for(dispatching, timeout=FETCH_TIMEOUT_S + 5.0)
+            except Exception as exc:
+                log.warning("dispatcher did not stop cleanly", extra={"error": repr(exc)})
         # Let each loop finish its current fetch (a fetch cut short can strand a message
         # until ack_wait), then cancel whatever is still waiting.
         _, waiting = await asyncio.wait(loops, timeout=FETCH_TIMEOUT_S + 1.0)
@@ -121,6 +138,11 @@ class WorkerService:
                     log.warning("cannot subscribe yet", extra={"kind": kind, "error": repr(exc)})
                     await asyncio.sleep(1.0)
                     continue
+            try:
+                # Ask for work only with a free slot (see PrioritySlots.wait_free).
+                await asyncio.wait_for(self.slots.wait_free(), timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:
+                continue
             try:
                 msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
             except (FetchTimeoutError, nats.errors.TimeoutError):

@@ -15,10 +15,23 @@ class PrioritySlots:
         self.size = size
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._watchers: list[asyncio.Future[None]] = []
 
     @property
     def busy(self) -> int:
         return self.size - self.free
+
+    async def wait_free(self) -> None:
+        """Until a slot is free for the taking: a worker asks for work only when it can run
+        it, so a busy process never holds a request another process could start now."""
+        while self.free <= 0 or self._waiters:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._watchers.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._watchers:
+                    self._watchers.remove(fut)
 
     async def acquire(self, priority: int) -> None:
         if self.free > 0 and not self._waiters:
@@ -40,3 +53,7 @@ class PrioritySlots:
                 fut.set_result(None)
                 return
         self.free += 1
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)

@@ -26,6 +26,7 @@ from audioprep.services.api.jobs import (
     submit,
     traceparent_of,
 )
+from audioprep.services.api.limits import admit, declared_upload_bytes
 from audioprep.services.api.previews import replayed_job
 from audioprep.services.api.problems import ProblemError
 from audioprep.services.api.schemas import JobAccepted, UrlIngestRequest
@@ -95,6 +96,14 @@ async def ingest(
         )
         if replayed is not None:
             return await _replayed(api, replayed, tenant)
+        # Limits before a byte is stored (the upload quota by the declared size).
+        await admit(
+            api,
+            job_id=job_id,
+            tenant=tenant,
+            kind="ingest",
+            upload_bytes=declared_upload_bytes(request),
+        )
         upload = await store_upload(
             request,
             api.storage,
@@ -109,12 +118,13 @@ async def ingest(
             source="upload",
             upload_key=upload.key,
             filename=keys.safe_filename(upload.filename),
+            upload_bytes=upload.size,
             request_fingerprint=(
                 _upload_fingerprint(upload.filename, upload.sha256) if upload.sha256 else None
             ),
         )
     try:
-        await submit(api, event, traceparent_of(request))
+        await submit(api, event, traceparent_of(request), admitted=event.upload_key is not None)
     except ProblemError:
         # A concurrent request with this key but another file won the race: drop our copy.
         # (With the same file name both wrote the same key; the winner's job reads that one.)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
@@ -12,6 +13,7 @@ from audioprep.domain.views import JobView
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view
+from audioprep.services.api.limits import queue_position
 from audioprep.services.api.links import with_download_url
 from audioprep.services.api.openapi import problems
 
@@ -22,7 +24,8 @@ from audioprep.services.api.openapi import problems
     description=(
         "The job's view, folded from its events. `downloadUrl` (signed, expiring) is added "
         "when the result has a `previewKey` or `preparedKey`. A job accepted by a POST is "
-        "never a 404, even before the projector has caught up."
+        "never a 404, even before the projector has caught up. While it waits to start, "
+        "`queuePosition` says how many jobs of its kind start before it (an estimate)."
     ),
     responses=problems(401, 404),
 )
@@ -30,4 +33,9 @@ async def get_job(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> JobView:
     tenant = tenant_for(request, api.settings)
-    return await with_download_url(api, await load_view(api, job_id, tenant))
+    view = await load_view(api, job_id, tenant)
+    if view.status == "pending" and view.attempt == 0:  # waiting: ask the dispatcher
+        position = await queue_position(api, job_id)
+        if position is not None:
+            view = msgspec.structs.replace(view, queue_position=position)
+    return await with_download_url(api, view)

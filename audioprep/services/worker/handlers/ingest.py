@@ -49,10 +49,15 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
         if not req.upload_key:
             raise Permanent("upload job without upload key", code="invalid_request")
         await ctx.progress(2, "storing", force=True)
-        return await _move_upload(ctx, req.upload_key), None
+        key = await _move_upload(ctx, req.upload_key)
+        if req.upload_bytes is not None:
+            ctx.stored_bytes += req.upload_bytes
+        elif (info := await ctx.storage.head(key)) is not None:
+            ctx.stored_bytes += info.size
+        return key, None
     fetched = await fetch_source(ctx)
     key = keys.source_key(req.tenant, req.job_id, fetched.filename)
-    await ctx.storage.put_file(key, fetched.path)
+    ctx.stored_bytes += await ctx.storage.put_file(key, fetched.path)
     return key, fetched.title
 
 
@@ -75,7 +80,9 @@ async def run_ingest(ctx: JobContext) -> JobResult:
             code=TOO_LONG,
         )
     peaks_key = keys.peaks_key(ctx.request.tenant, ctx.job_id)
-    await ctx.storage.put_bytes(peaks_key, msgspec.json.encode(analysis.peaks))
+    peaks = msgspec.json.encode(analysis.peaks)
+    await ctx.storage.put_bytes(peaks_key, peaks)
+    ctx.stored_bytes += len(peaks)
     loud = analysis.loudness
     return JobResult(
         source_key=source_key,

@@ -109,6 +109,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     ext = output_format(fmt).extension
     src = await local_source(ctx, req.source_key)
     source_info, source_loudness, source_voice = await ingest_facts(ctx, req.source_key)
+    ctx.input_audio_ms = source_info.duration_ms if source_info else 0
     dst = ctx.scratch / f"output.{ext}"
     await ctx.progress(1, "rendering", force=True)
     relay = ctx.progress_relay(1, 95, "rendering")
@@ -130,6 +131,7 @@ async def run_render(ctx: JobContext) -> JobResult:
     key = output_key(ctx, ext)
     chapters_key = await publish_output(ctx, dst, fmt, recipe, rendered, key)  # tags, chapters
     size = await ctx.storage.put_file(key, dst)
+    ctx.stored_bytes += size
     result = JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,

@@ -1,0 +1,368 @@
+"""The dispatcher: while it holds the lease, fold the job events and release waiting requests
+to the workers, round-robin across tenants; answer admission and queue-position questions;
+keep the usage projection. Every worker process runs one; one leads at a time.
+
+Nothing it holds is needed after a crash: the next leader folds the stream again from the
+saved floor (the oldest open job's request), so a waiting job is never lost, and a job is
+released at most once because each release is written with the job's expected last sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from audioprep.domain.events import Event, JobCancelled, JobReleased, decode_event
+from audioprep.domain.kinds import Kind
+from audioprep.services.worker.dispatch.lease import LEASE_TTL_S, Lease
+from audioprep.services.worker.dispatch.state import CancelWaiting, DispatchState
+from audioprep.services.worker.dispatch.usage_writer import UsageWriter
+from audioprep.shared import metrics, names
+from audioprep.shared.admission import (
+    AdmitReply,
+    AdmitRequest,
+    PositionReply,
+    PositionRequest,
+    StatusReply,
+)
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.settings import Settings
+from audioprep.shared.usage import day_of, usage_of
+
+log = logging.getLogger("audioprep.dispatch")
+
+RELEASE_ORDER: tuple[Kind, ...] = ("preview", "ingest", "save")  # previews first
+STANDBY_POLL_S = 0.5
+RENEW_EVERY_S = LEASE_TTL_S / 3
+FLUSH_EVERY_S = 0.5
+CHECKPOINT_EVERY_S = 1.0
+IDLE_CAUGHT_UP_S = 1.0  # nothing more to read at the start: the rest is progress events
+WAKE_S = 0.25
+RESPONDER_GROUP = "dispatch"
+DECODED = frozenset({"requested", "retrying", "completed", "failed", "cancelled"})
+
+
+class _Checkpoint(msgspec.Struct, kw_only=True, rename="camel"):
+    floor: int
+    applied_seq: int = 0
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def seconds_to_midnight(now: datetime) -> float:
+    tomorrow = (now + timedelta(days=1)).date()
+    return (datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC) - now).total_seconds()
+
+
+class Dispatcher:
+    def __init__(self, *, nc: Client, js: JetStreamContext, settings: Settings) -> None:
+        self.nc = nc
+        self.js = js
+        self.settings = settings
+        self.names = settings.names
+        self.events = EventStore(nc, js, settings.names)
+        self.holder = holder_name()
+        self.state: DispatchState | None = None
+        self.caught_up = False
+        self.leading = asyncio.Event()
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._usage: UsageWriter | None = None
+        self._admit_lock = asyncio.Lock()
+
+    # ---- leadership ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stand by until the lease is free, lead until stopped or the lease is lost."""
+        lease: Lease | None = None
+        while not stop.is_set():
+            try:
+                if lease is None:
+                    lease = Lease(
+                        await self.js.key_value(self.names.scheduler_lease_bucket), self.holder
+                    )
+                if await lease.acquire():
+                    await self._lead(lease, stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dispatcher not running yet", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=STANDBY_POLL_S)
+
+    async def _renew(self, lease: Lease, lost: asyncio.Event) -> None:
+        last_ok = time.monotonic()
+        while not lost.is_set():
+            await asyncio.sleep(RENEW_EVERY_S)
+            try:
+                if not await lease.renew():
+                    log.warning("dispatch lease taken over; stepping down")
+                    lost.set()
+                    return
+                last_ok = time.monotonic()
+            except Exception as exc:
+                if time.monotonic() - last_ok > LEASE_TTL_S:
+                    log.warning("dispatch lease not renewed in time", extra={"error": repr(exc)})
+                    lost.set()
+                    return
+
+    async def _lead(self, lease: Lease, stop: asyncio.Event) -> None:
+        settings = self.settings
+        state = DispatchState(
+            policies=settings.tenant_policies,
+            window=settings.dispatch_window,
+            fair=settings.dispatch == "fair",
+        )
+        self.state, self.caught_up = state, False
+        checkpoints = await self.js.key_value(self.names.scheduler_bucket)
+        self._usage = UsageWriter(await self.js.key_value(self.names.usage_bucket))
+        floor = await self._load_floor(checkpoints)
+        last_seq = (await self.js.stream_info(self.names.stream)).state.last_seq or 0
+        self.caught_up = floor > last_seq
+        log.info(
+            "dispatching",
+            extra={"holder": self.holder, "from_seq": floor, "mode": settings.dispatch},
+        )
+        self._queue = asyncio.Queue()
+        sub = await self._subscribe(floor)
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(lease, lost))
+        responders: list[Subscription] = []
+        self.leading.set()
+        metrics.dispatch_leading(True)
+        loop = asyncio.get_running_loop()
+        started = last_msg = loop.time()
+        last_flush = last_checkpoint = started
+        try:
+            while not stop.is_set() and not lost.is_set():
+                applied = await self._apply_waiting(state, loop.time())
+                now = loop.time()
+                if applied:
+                    last_msg = now
+                if not self.caught_up and now - last_msg > IDLE_CAUGHT_UP_S:
+                    self.caught_up = True
+                if self.caught_up and not responders:
+                    responders = await self._respond()
+                    log.info(
+                        "dispatcher caught up",
+                        extra={"applied_seq": state.applied_seq, "open_jobs": len(state.jobs)},
+                    )
+                state.tick(now)
+                if self.caught_up:
+                    await self._release(state)
+                if now - last_flush >= FLUSH_EVERY_S:
+                    await self._usage.flush()
+                    last_flush = now
+                    metrics.dispatch_counts(state.counts(), settings.metrics_max_tenants)
+                if now - last_checkpoint >= CHECKPOINT_EVERY_S:
+                    await self._save(checkpoints, state)
+                    last_checkpoint = now
+        finally:
+            self.leading.clear()
+            metrics.dispatch_leading(False)
+            renewer.cancel()
+            for responder in responders:
+                with contextlib.suppress(Exception):
+                    await responder.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            try:
+                await self._usage.flush()
+                await self._save(checkpoints, state)
+            except Exception as exc:
+                log.warning("dispatcher state not saved at exit", extra={"error": repr(exc)})
+            if not lost.is_set():
+                with contextlib.suppress(Exception):
+                    await lease.release()
+            log.info("dispatcher stepped down", extra={"applied_seq": state.applied_seq})
+
+    # ---- reading the stream --------------------------------------------------------------------
+
+    async def _load_floor(self, checkpoints: KeyValue) -> int:
+        try:
+            entry = await checkpoints.get(names.SCHEDULER_CHECKPOINT_KEY)
+        except KeyNotFoundError:
+            return 1
+        if not entry.value:
+            return 1
+        return max(1, msgspec.json.decode(entry.value, type=_Checkpoint).floor)
+
+    async def _save(self, checkpoints: KeyValue, state: DispatchState) -> None:
+        assert self._usage is not None
+        if self._usage.dirty:
+            await self._usage.flush()  # the floor may pass events only once they are counted
+        value = _Checkpoint(floor=state.floor(), applied_seq=state.applied_seq)
+        await checkpoints.put(names.SCHEDULER_CHECKPOINT_KEY, msgspec.json.encode(value))
+
+    async def _subscribe(self, floor: int) -> JetStreamContext.PushSubscription:
+        async def on_msg(msg: Msg) -> None:
+            self._queue.put_nowait(msg)
+
+        return await self.js.subscribe(
+            self.names.stream_subjects,
+            stream=self.names.stream,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            cb=on_msg,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor,
+                filter_subjects=self.names.dispatch_filters(),
+            ),
+        )
+
+    async def _apply_waiting(self, state: DispatchState, now: float) -> int:
+        """Fold what has arrived (waiting a little when nothing has); returns how many."""
+        try:
+            first = await asyncio.wait_for(self._queue.get(), timeout=WAKE_S)
+        except TimeoutError:
+            return 0
+        batch = [first]
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        effects: list[CancelWaiting] = []
+        for msg in batch:
+            effect = self._apply(state, msg, now)
+            if effect is not None:
+                effects.append(effect)
+            if not self.caught_up and msg.metadata.num_pending == 0:
+                self.caught_up = True
+        for effect in effects:
+            await self._cancel_waiting(effect)
+        return len(batch)
+
+    def _apply(self, state: DispatchState, msg: Msg, now: float) -> CancelWaiting | None:
+        seq = msg.metadata.sequence.stream
+        if seq <= state.applied_seq:
+            return None  # a redelivery after the ordered consumer was reset
+        try:
+            kind, job_id, name = self.names.parse_subject(msg.subject)
+            event: Event | None = decode_event(msg.data) if name in DECODED else None
+        except (ValueError, msgspec.DecodeError):
+            log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
+            state.applied_seq = seq
+            return None
+        if event is not None and self._usage is not None:
+            counted = usage_of(event)
+            if counted is not None:
+                self._usage.add(counted[0], seq, counted[1])
+        return state.apply(seq, kind, job_id, name, event, now)
+
+    async def _cancel_waiting(self, effect: CancelWaiting) -> None:
+        """Cancelled before it was released or started: it ends here, at once."""
+        entry = effect.entry
+        event = JobCancelled(job_id=entry.job_id, kind=entry.kind, tenant=entry.tenant, attempt=0)
+        try:
+            await self.events.append_terminal(event)
+            log.info("waiting job cancelled", extra={"job_id": entry.job_id, "kind": entry.kind})
+        except Exception as exc:  # a worker ends it when it meets the request (fifo path)
+            log.warning("cancel not recorded", extra={"job_id": entry.job_id, "error": repr(exc)})
+
+    # ---- releasing -----------------------------------------------------------------------------
+
+    async def _release(self, state: DispatchState) -> None:
+        for kind in RELEASE_ORDER:
+            while (entry := state.next_release(kind)) is not None:
+                event = JobReleased(
+                    job_id=entry.job_id,
+                    kind=entry.kind,
+                    tenant=entry.tenant,
+                    request_seq=entry.request_seq,
+                )
+                try:
+                    seq = await self.events.append_expecting(event, entry.request_seq)
+                except Exception as exc:
+                    state.release_failed(entry)
+                    log.warning(
+                        "release not written", extra={"job_id": entry.job_id, "error": repr(exc)}
+                    )
+                    return
+                state.release_done(entry, seq is not None)
+                if seq is not None:
+                    metrics.job_released(entry.kind)
+
+    # ---- answering -----------------------------------------------------------------------------
+
+    async def _respond(self) -> list[Subscription]:
+        n = self.names
+        return [
+            await self.nc.subscribe(n.scheduler_admit_subject, RESPONDER_GROUP, cb=self._on_admit),
+            await self.nc.subscribe(
+                n.scheduler_position_subject, RESPONDER_GROUP, cb=self._on_position
+            ),
+            await self.nc.subscribe(
+                n.scheduler_status_subject, RESPONDER_GROUP, cb=self._on_status
+            ),
+        ]
+
+    async def _reply(self, msg: Msg, answer: msgspec.Struct) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, msgspec.json.encode(answer))
+
+    async def _on_admit(self, msg: Msg) -> None:
+        state, usage = self.state, self._usage
+        try:
+            request = msgspec.json.decode(msg.data, type=AdmitRequest)
+        except msgspec.DecodeError:
+            return
+        if state is None or usage is None:
+            return
+        async with self._admit_lock:
+            now = datetime.now(UTC)
+            quotas = (
+                request.max_processing_s_per_day is not None
+                or request.max_upload_bytes_per_day is not None
+            )
+            today = await usage.current(day_of(now), request.tenant) if quotas else None
+            reply: AdmitReply = state.admit(
+                request, today, asyncio.get_running_loop().time(), seconds_to_midnight(now)
+            )
+        await self._reply(msg, reply)
+
+    async def _on_position(self, msg: Msg) -> None:
+        state = self.state
+        try:
+            request = msgspec.json.decode(msg.data, type=PositionRequest)
+        except msgspec.DecodeError:
+            return
+        if state is None:
+            return
+        positions = {}
+        for job_id in request.job_ids[:100]:
+            position = state.position(job_id)
+            if position is not None:
+                positions[job_id] = position
+        await self._reply(msg, PositionReply(positions=positions))
+
+    async def _on_status(self, msg: Msg) -> None:
+        state = self.state
+        if state is None:
+            return
+        await self._reply(msg, self.status(state))
+
+    def status(self, state: DispatchState) -> StatusReply:
+        return StatusReply(
+            leader=self.holder,
+            mode=self.settings.dispatch,
+            applied_seq=state.applied_seq,
+            floor=state.floor(),
+            caught_up=self.caught_up,
+            tenants=state.counts(),
+            kinds=state.kind_counts(),
+        )

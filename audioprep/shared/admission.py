@@ -56,6 +56,10 @@ class PositionReply(_Wire):
     positions: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class StatusRequest(_Wire):
+    pass
+
+
 class TenantCounts(_Wire):
     waiting: int = 0
     released: int = 0

@@ -13,6 +13,7 @@ import httpx
 
 from audioprep.domain import kinds
 from audioprep.shared import names
+from audioprep.shared.admission import StatusReply, StatusRequest, ask
 from audioprep.shared.event_store import EventStore, StoredEvent
 from audioprep.shared.names import Names
 from tests.conftest import Stack
@@ -50,9 +51,19 @@ async def event_types(stack: Stack, job_id: str) -> list[str]:
 
 
 async def wait_consumer_past(stack: Stack, kind: kinds.Kind, seq: int, timeout: float = 20) -> None:
-    """Wait until the kind's worker consumer has delivered and acked everything up to `seq`."""
+    """Wait until the kind's worker consumer has delivered and acked everything up to `seq`
+    (fair dispatch: until the dispatcher has folded past it; a request it never released is
+    never delivered to the worker consumer)."""
     js = stack.nc.jetstream()
     deadline = time.monotonic() + timeout
+    if stack.settings.dispatch == "fair":
+        subject = stack.settings.names.scheduler_status_subject
+        while time.monotonic() < deadline:
+            status = await ask(stack.nc, subject, StatusRequest(), StatusReply, 1.0)
+            if status is not None and status.caught_up and status.applied_seq >= seq:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the dispatcher never got past {seq}")
     while time.monotonic() < deadline:
         info = await js.consumer_info(NAMES.stream, names.worker_consumer(kind))
         if info.ack_floor.stream_seq >= seq and info.delivered.stream_seq >= seq:

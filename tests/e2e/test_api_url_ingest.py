@@ -189,6 +189,7 @@ async def test_url_failures_have_codes(stack: Stack, site: str, path: str, code:
     assert view["error"]["retryable"] is False
     assert await event_types(stack, job_id) == [
         "JobRequested",
+        "JobReleased",  # fair dispatch let it go to the workers
         "JobStarted",
         "JobProgressed",
         "JobFailed",

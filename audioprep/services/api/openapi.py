@@ -93,6 +93,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
         "replayWebhookDelivery",
         "webhooks",
     ),
+    ("get", "/api/usage"): ("getUsage", "usage"),
     ("get", "/healthz"): ("getLiveness", "health"),
     ("get", "/readyz"): ("getReadiness", "health"),
 }
@@ -102,6 +103,7 @@ TAGS = {
     "jobs": "Every request is a job: poll it, follow its events, cancel it.",
     "storage": "Signed, expiring downloads of stored results.",
     "webhooks": "Signed, retried, replayable notifications when jobs end (docs/webhooks.md).",
+    "usage": "What each tenant used per day (docs/fairness.md).",
     "health": "Liveness and readiness.",
 }
 BEARER = "apiKey"

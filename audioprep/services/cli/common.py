@@ -24,6 +24,7 @@ from audioprep.domain.events import (
     JobCompleted,
     JobFailed,
     JobProgressed,
+    JobReleased,
     JobRequested,
     JobResult,
     JobRetrying,
@@ -204,6 +205,8 @@ def event_details(event: Event) -> str:
                     ("tenant", event.tenant if event.tenant != "default" else None),
                 ]
             )
+        case JobReleased():
+            return _fields([("requestSeq", event.request_seq)])
         case JobStarted():
             return _fields([("attempt", event.attempt), ("worker", event.worker)])
         case JobProgressed():

@@ -12,6 +12,7 @@ import httpx
 from audioprep.services.cli import dlq, events, jobs, projection, run_services, submit, up
 from audioprep.services.cli import presets as presets_cli
 from audioprep.services.cli import storage as storage_cli
+from audioprep.services.cli import usage as usage_cli
 from audioprep.services.cli import webhooks as webhooks_cli
 from audioprep.services.cli.common import CliError
 from audioprep.shared.nats_conn import NatsUnavailable
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.register(commands)
     webhooks_cli.register(commands)
     presets_cli.register(commands)
+    usage_cli.register(commands)
     return parser
 
 

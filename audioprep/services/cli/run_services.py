@@ -53,6 +53,13 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatcher(args: argparse.Namespace) -> int:
+    from audioprep.services.worker.dispatch.main import main
+
+    asyncio.run(main(_settings(args)))
+    return 0
+
+
 def _projector(args: argparse.Namespace) -> int:
     import uvloop  # like the API: ~15 % less CPU per event than asyncio's loop (bench/RESULTS.md)
 
@@ -87,6 +94,11 @@ def register(commands: Any) -> None:
         ("api", _api, "run the HTTP API (Litestar) against AUDIOPREP_NATS_URL"),
         ("worker", _worker, "run one worker process (ingest, preview and save jobs)"),
         ("projector", _projector, "run the projector (stream JOBS → KV bucket jobs)"),
+        (
+            "dispatcher",
+            _dispatcher,
+            "run only the fair dispatcher (every worker runs one too; one leads at a time)",
+        ),
         ("provision", _provision, "create/update the stream, consumers and KV buckets"),
     ):
         p = commands.add_parser(name, help=help_text, description=help_text)

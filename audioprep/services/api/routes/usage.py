@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from audioprep.services.api.auth import is_admin, tenant_for
 from audioprep.services.api.context import ApiContext
@@ -86,9 +86,9 @@ def _day(value: str | None, name: str, default: date) -> date:
 async def get_usage(
     request: Request[Any, Any, Any],
     api: NamedDependency[ApiContext],
-    from_: Annotated[str | None, Parameter(query="from", max_length=10)] = None,
-    to: Annotated[str | None, Parameter(max_length=10)] = None,
-    tenant: Annotated[str | None, Parameter(max_length=64)] = None,
+    from_: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
+    to: Annotated[str | None, QueryParameter(max_length=10)] = None,
+    tenant: Annotated[str | None, QueryParameter(max_length=64)] = None,
 ) -> UsageAnswer:
     own = tenant_for(request, api.settings)
     if tenant is not None and not TENANT_RE.fullmatch(tenant):

@@ -1,0 +1,119 @@
+"""Fair-dispatch tests: each test gets its own name prefix (stream, consumers, lease, usage),
+so its dispatcher sees only its own jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from audioprep.domain.events import decode_event
+from audioprep.shared.admission import StatusReply, StatusRequest, ask
+from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.names import Names
+from audioprep.shared.provision import provision
+from audioprep.shared.settings import Settings
+from audioprep.shared.tenant_limits import TenantLimits, TenantPolicies
+from tests.conftest import Stack
+
+KEY_A, KEY_B, KEY_ADMIN = "key-tenant-a-0123456789", "key-tenant-b-0123456789", "key-ops-01234"
+A = {"Authorization": f"Bearer {KEY_A}"}
+B = {"Authorization": f"Bearer {KEY_B}"}
+ADMIN = {"Authorization": f"Bearer {KEY_ADMIN}"}
+HEADERS = {"ta": A, "tb": B}
+_prefixes = itertools.count()
+
+
+def fair_settings(
+    base: Settings,
+    *,
+    defaults: TenantLimits | None = None,
+    tenants: dict[str, TenantLimits] | None = None,
+    **changes: Any,
+) -> Settings:
+    """Keys for tenants `ta`, `tb` and an admin (`ops`), a fresh name prefix, the limits."""
+    prefix = f"fair{os.getpid()}x{next(_prefixes)}"
+    return base.with_(
+        names=Names(prefix),
+        api_keys={KEY_A: "ta", KEY_B: "tb", KEY_ADMIN: "ops"},
+        admin_keys=frozenset({KEY_ADMIN}),
+        tenant_policies=TenantPolicies(defaults=defaults or TenantLimits(), tenants=tenants or {}),
+        **changes,
+    )
+
+
+async def provisioned(nc: Client, settings: Settings) -> Settings:
+    await provision(nc.jetstream(), settings)
+    return settings
+
+
+async def dispatcher_status(nc: Client, settings: Settings) -> StatusReply | None:
+    subject = settings.names.scheduler_status_subject
+    return await ask(nc, subject, StatusRequest(), StatusReply, 1.0)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Poll with a deadline (no fixed sleeps as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def caught_up(nc: Client, settings: Settings, timeout: float = 20.0) -> StatusReply:
+    found: list[StatusReply] = []
+
+    async def ready() -> bool:
+        status = await dispatcher_status(nc, settings)
+        if status is not None and status.caught_up:
+            found.append(status)
+            return True
+        return False
+
+    await wait_until(ready, timeout, "the dispatcher to lead and catch up")
+    return found[-1]
+
+
+async def stream_events(nc: Client, settings: Settings) -> list[StoredEvent]:
+    """Every event of the prefix's stream, in order (an ordered read, then stop)."""
+    js = nc.jetstream()
+    info = await js.stream_info(settings.names.stream)
+    last = info.state.last_seq or 0
+    out: list[StoredEvent] = []
+    if last == 0:
+        return out
+    sub = await js.subscribe(
+        settings.names.stream_subjects, stream=settings.names.stream, ordered_consumer=True
+    )
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            seq = msg.metadata.sequence.stream
+            out.append(StoredEvent(seq=seq, subject=msg.subject, event=decode_event(msg.data)))
+            if seq >= last:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+def event_store(stack: Stack) -> EventStore:
+    return EventStore(stack.nc, stack.nc.jetstream(), stack.settings.names)
+
+
+async def upload(stack: Stack, path: Path, headers: dict[str, str]) -> str:
+    with path.open("rb") as f:
+        resp = await stack.client.post(
+            "/api/audio/ingest", files={"file": (path.name, f, "audio/wav")}, headers=headers
+        )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["jobId"])

@@ -74,7 +74,9 @@ async def test_follow_one_job_and_view_the_stream(cli_stack: CliStack, save_job:
     js = cli_stack.nc.jetstream()
     msgs = await natscli.follow_job(js, save_job)
     types = [_is_compact_json(m.data)["type"] for m in msgs]
-    assert types[:2] == ["JobRequested", "JobStarted"] and types[-1] == "JobCompleted"
+    # JobReleased: fair dispatch let it go to the workers (docs/fairness.md)
+    assert types[:3] == ["JobRequested", "JobReleased", "JobStarted"]
+    assert types[-1] == "JobCompleted"
     assert all(m.subject.startswith(f"jobs.save.{save_job}.") for m in msgs)
     assert all((m.headers or {})["traceparent"].split("-")[1] == TRACE_ID for m in msgs)
     assert (msgs[0].headers or {})["Nats-Msg-Id"] == save_job

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from nats.aio.client import Client
 
 from audioprep.domain.events import decode_event
@@ -21,6 +22,7 @@ from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.tenant_limits import TenantLimits, TenantPolicies
 from tests.conftest import Stack
+from tests.e2e.test_api_support import in_app_loop
 
 KEY_A, KEY_B, KEY_ADMIN = "key-tenant-a-0123456789", "key-tenant-b-0123456789", "key-ops-01234"
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -110,10 +112,22 @@ def event_store(stack: Stack) -> EventStore:
     return EventStore(stack.nc, stack.nc.jetstream(), stack.settings.names)
 
 
+async def call(stack: Stack, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request run on the app's own loop (tests/e2e/test_api_support.in_app_loop): the
+    test client blocks this loop for a request, and the dispatcher the API asks lives here."""
+
+    async def go(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.request(method, path, **kwargs)
+
+    return await in_app_loop(stack, go)
+
+
+async def post_upload(stack: Stack, path: Path, headers: dict[str, str]) -> httpx.Response:
+    files = {"file": (path.name, path.read_bytes(), "audio/wav")}
+    return await call(stack, "POST", "/api/audio/ingest", files=files, headers=headers)
+
+
 async def upload(stack: Stack, path: Path, headers: dict[str, str]) -> str:
-    with path.open("rb") as f:
-        resp = await stack.client.post(
-            "/api/audio/ingest", files={"file": (path.name, f, "audio/wav")}, headers=headers
-        )
+    resp = await post_upload(stack, path, headers)
     assert resp.status_code == 202, resp.text
     return str(resp.json()["jobId"])

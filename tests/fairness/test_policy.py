@@ -159,6 +159,7 @@ def test_floor_is_the_oldest_open_request_and_a_cancel_ends_a_waiting_job() -> N
     assert isinstance(effect, CancelWaiting) and effect.entry.job_id == "y"
     assert release_all(state) == []  # y is not released any more
     feed.event("x", "started")
+    assert feed.event("x", "cancel_requested") is None  # running: its worker stops it
     feed.event("x", "completed")
     assert state.floor() == 2  # y is open until its JobCancelled
     feed.event("y", "cancelled")

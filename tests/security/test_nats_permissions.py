@@ -312,10 +312,23 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
 
         wake_sub = await api.subscribe(NAMES.job_subjects(job), cb=on_wake)
         await api.flush()
-        # worker: take it, report on it, fill the render cache
+        # worker: its dispatcher reads the job (direct get) and releases it (fair dispatch,
+        # docs/fairness.md), keeping lease, checkpoint and usage in KV; a worker takes it,
+        # reports on it, fills the render cache
+        nudge = await worker.subscribe(NAMES.requested_filter())
+        read = await worker.request(
+            f"$JS.API.DIRECT.GET.{NAMES.stream}", json.dumps(batch).encode(), timeout=5
+        )
+        assert read.headers and read.headers["Nats-Subject"].endswith(f"{job}.requested")
+        await nudge.unsubscribe()
+        await wjs.publish(NAMES.event_subject("ingest", job, "released"), b"{}")
+        for bucket in (NAMES.scheduler_lease_bucket, NAMES.scheduler_bucket, NAMES.usage_bucket):
+            kv = await wjs.key_value(bucket)
+            await kv.put(f"t{job}", b"1")
+            assert (await kv.get(f"t{job}")).value == b"1"
         sub = await wjs.pull_subscribe_bind(durable="workers-ingest", stream=NAMES.stream)
         msgs = await sub.fetch(1, timeout=5)
-        assert msgs[0].subject == NAMES.event_subject("ingest", job, "requested")
+        assert msgs[0].subject == NAMES.event_subject("ingest", job, "released")
         await wjs.publish(NAMES.event_subject("ingest", job, "started"), b"{}")
         await asyncio.wait_for(woken.wait(), timeout=5)  # the api's wake-up saw it
         await wake_sub.unsubscribe()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from audioprep.services.api.queue_positions import QueuePositions
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.job_views import JobViews
 from audioprep.shared.settings import Settings
@@ -24,3 +25,4 @@ class ApiContext:
     views: JobViews
     cache_kv: KeyValue
     usage_kv: KeyValue | None = None  # opened on the first GET /api/usage
+    positions: QueuePositions = field(default_factory=QueuePositions)

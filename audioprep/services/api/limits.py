@@ -22,11 +22,8 @@ from audioprep.services.api.problems import ProblemError
 from audioprep.shared import metrics
 from audioprep.shared.admission import (
     ADMIT_TIMEOUT_S,
-    POSITION_TIMEOUT_S,
     AdmitReply,
     AdmitRequest,
-    PositionReply,
-    PositionRequest,
     ask,
 )
 
@@ -90,11 +87,4 @@ def declared_upload_bytes(request: Request[Any, Any, Any]) -> int:
 
 async def queue_position(api: ApiContext, job_id: str) -> int | None:
     """Where a waiting job is in the dispatcher's order (None: not known or not waiting)."""
-    reply = await ask(
-        api.nc,
-        api.settings.names.scheduler_position_subject,
-        PositionRequest(job_ids=[job_id]),
-        PositionReply,
-        POSITION_TIMEOUT_S,
-    )
-    return reply.positions.get(job_id) if reply is not None else None
+    return await api.positions.get(api.nc, api.settings.names.scheduler_position_subject, job_id)

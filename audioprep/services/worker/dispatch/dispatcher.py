@@ -23,7 +23,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -32,7 +31,7 @@ from audioprep.domain.kinds import Kind
 from audioprep.services.worker.dispatch.lease import LEASE_TTL_S, Lease
 from audioprep.services.worker.dispatch.state import CancelWaiting, DispatchState
 from audioprep.services.worker.dispatch.usage_writer import UsageWriter
-from audioprep.shared import metrics, names
+from audioprep.shared import direct_get, metrics, names
 from audioprep.shared.admission import (
     AdmitReply,
     AdmitRequest,
@@ -51,8 +50,10 @@ STANDBY_POLL_S = 0.5
 RENEW_EVERY_S = LEASE_TTL_S / 3
 FLUSH_EVERY_S = 0.5
 CHECKPOINT_EVERY_S = 1.0
-IDLE_CAUGHT_UP_S = 1.0  # nothing more to read at the start: the rest is progress events
-WAKE_S = 0.25
+WAKE_S = 0.25  # with no nudge, read anyway this often
+READ_BATCH = 512
+READ_RETRIES = 8  # after a nudge that found nothing stored yet
+READ_RETRY_S = 0.0005
 RESPONDER_GROUP = "dispatch"
 DECODED = frozenset({"requested", "retrying", "completed", "failed", "cancelled"})
 
@@ -82,7 +83,8 @@ class Dispatcher:
         self.state: DispatchState | None = None
         self.caught_up = False
         self.leading = asyncio.Event()
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._next_seq = 1
         self._usage: UsageWriter | None = None
         self._admit_lock = asyncio.Lock()
 
@@ -133,29 +135,26 @@ class Dispatcher:
         checkpoints = await self.js.key_value(self.names.scheduler_bucket)
         self._usage = UsageWriter(await self.js.key_value(self.names.usage_bucket))
         floor = await self._load_floor(checkpoints)
-        last_seq = (await self.js.stream_info(self.names.stream)).state.last_seq or 0
-        self.caught_up = floor > last_seq
+        self._next_seq = floor
         log.info(
             "dispatching",
             extra={"holder": self.holder, "from_seq": floor, "mode": settings.dispatch},
         )
-        self._queue = asyncio.Queue()
-        sub = await self._subscribe(floor)
+        self._wake = asyncio.Event()
+        wakers = await self._wake_ups()
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lease, lost))
         responders: list[Subscription] = []
         self.leading.set()
         metrics.dispatch_leading(True)
         loop = asyncio.get_running_loop()
-        started = last_msg = loop.time()
-        last_flush = last_checkpoint = started
+        last_flush = last_checkpoint = loop.time()
         try:
             while not stop.is_set() and not lost.is_set():
-                applied = await self._apply_waiting(state, loop.time())
+                self._wake.clear()
+                read = await self._read(state, loop.time())
                 now = loop.time()
-                if applied:
-                    last_msg = now
-                if not self.caught_up and now - last_msg > IDLE_CAUGHT_UP_S:
+                if read < READ_BATCH:
                     self.caught_up = True
                 if self.caught_up and not responders:
                     responders = await self._respond()
@@ -173,15 +172,16 @@ class Dispatcher:
                 if now - last_checkpoint >= CHECKPOINT_EVERY_S:
                     await self._save(checkpoints, state)
                     last_checkpoint = now
+                if read < READ_BATCH and not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=WAKE_S)
         finally:
             self.leading.clear()
             metrics.dispatch_leading(False)
             renewer.cancel()
-            for responder in responders:
+            for subscription in (*responders, *wakers):
                 with contextlib.suppress(Exception):
-                    await responder.unsubscribe()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                    await subscription.unsubscribe()
             try:
                 await self._usage.flush()
                 await self._save(checkpoints, state)
@@ -210,59 +210,63 @@ class Dispatcher:
         value = _Checkpoint(floor=state.floor(), applied_seq=state.applied_seq)
         await checkpoints.put(names.SCHEDULER_CHECKPOINT_KEY, msgspec.json.encode(value))
 
-    async def _subscribe(self, floor: int) -> JetStreamContext.PushSubscription:
-        async def on_msg(msg: Msg) -> None:
-            self._queue.put_nowait(msg)
+    async def _wake_ups(self) -> list[Subscription]:
+        """Core subscriptions on the job events we fold: a nudge to read (the data comes from
+        the stream, in order, by direct get; no consumer is created)."""
 
-        return await self.js.subscribe(
-            self.names.stream_subjects,
-            stream=self.names.stream,
-            ordered_consumer=True,
-            idle_heartbeat=1.0,
-            cb=on_msg,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=floor,
-                filter_subjects=self.names.dispatch_filters(),
-            ),
-        )
+        async def nudge(_: Msg) -> None:
+            self._wake.set()
 
-    async def _apply_waiting(self, state: DispatchState, now: float) -> int:
-        """Fold what has arrived (waiting a little when nothing has); returns how many."""
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout=WAKE_S)
-        except TimeoutError:
-            return 0
-        batch = [first]
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        return [await self.nc.subscribe(f, cb=nudge) for f in self.names.dispatch_filters()]
+
+    async def _read(self, state: DispatchState, now: float) -> int:
+        """Fold the events after the last one read (one batched direct get); returns how many
+        messages came. A nudge can arrive a moment before its event is stored: then look
+        again briefly before going back to waiting."""
+        nudged = self._wake.is_set()
+        for attempt in range(READ_RETRIES if nudged else 1):
+            msgs = await direct_get.next_by_subject(
+                self.nc,
+                self.names.stream,
+                self.names.stream_subjects,
+                self._next_seq,
+                READ_BATCH,
+                self.events.timeout,
+            )
+            if msgs or attempt == READ_RETRIES - 1:
+                break
+            await asyncio.sleep(READ_RETRY_S)
         effects: list[CancelWaiting] = []
-        for msg in batch:
+        for msg in msgs:
             effect = self._apply(state, msg, now)
             if effect is not None:
                 effects.append(effect)
-            if not self.caught_up and msg.metadata.num_pending == 0:
-                self.caught_up = True
+        if msgs:
+            self._next_seq = direct_get.sequence(msgs[-1]) + 1
         for effect in effects:
             await self._cancel_waiting(effect)
-        return len(batch)
+        return len(msgs)
 
     def _apply(self, state: DispatchState, msg: Msg, now: float) -> CancelWaiting | None:
-        seq = msg.metadata.sequence.stream
+        seq, subject = direct_get.sequence(msg), direct_get.subject_of(msg)
         if seq <= state.applied_seq:
-            return None  # a redelivery after the ordered consumer was reset
+            return None
         try:
-            kind, job_id, name = self.names.parse_subject(msg.subject)
+            kind, job_id, name = self.names.parse_subject(subject)
             event: Event | None = decode_event(msg.data) if name in DECODED else None
         except (ValueError, msgspec.DecodeError):
-            log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
+            log.error("undecodable event skipped", extra={"seq": seq, "subject": subject})
             state.applied_seq = seq
+            return None
+        if name == "progressed":
+            state.applied_seq = seq  # not folded: progress changes nothing here
             return None
         if event is not None and self._usage is not None:
             counted = usage_of(event)
             if counted is not None:
                 self._usage.add(counted[0], seq, counted[1])
-        return state.apply(seq, kind, job_id, name, event, now)
+        traceparent = (msg.headers or {}).get("traceparent") if name == "requested" else None
+        return state.apply(seq, kind, job_id, name, event, now, traceparent)
 
     async def _cancel_waiting(self, effect: CancelWaiting) -> None:
         """Cancelled before it was released or started: it ends here, at once."""
@@ -286,7 +290,9 @@ class Dispatcher:
                     request_seq=entry.request_seq,
                 )
                 try:
-                    seq = await self.events.append_expecting(event, entry.request_seq)
+                    seq = await self.events.append_expecting(
+                        event, entry.request_seq, traceparent=entry.traceparent
+                    )
                 except Exception as exc:
                     state.release_failed(entry)
                     log.warning(
@@ -316,6 +322,12 @@ class Dispatcher:
             await self.nc.publish(msg.reply, msgspec.json.encode(answer))
 
     async def _on_admit(self, msg: Msg) -> None:
+        try:
+            await self._admit(msg)
+        except Exception:
+            log.exception("admission not answered")
+
+    async def _admit(self, msg: Msg) -> None:
         state, usage = self.state, self._usage
         try:
             request = msgspec.json.decode(msg.data, type=AdmitRequest)

@@ -47,11 +47,13 @@ class Entry:
     phase: Phase
     hold_until: float = 0.0
     started_at: float | None = None
+    traceparent: str | None = None  # the request's, carried onto its release
 
 
 @dataclass(frozen=True, slots=True)
 class CancelWaiting:
-    """A job cancelled before anyone started it: the dispatcher records its JobCancelled."""
+    """A job cancelled before anyone started it: the dispatcher records its JobCancelled
+    at once (webhooks and the queue limit don't wait for a worker to meet it)."""
 
     entry: Entry
 
@@ -82,15 +84,17 @@ class DispatchState:
         name: EventName,
         event: Event | None,
         now: float,
+        traceparent: str | None = None,
     ) -> CancelWaiting | None:
-        """Fold one event (stream order); `event` is decoded only for requests."""
+        """Fold one event (stream order); `event` is decoded only for requests (and the
+        events usage is counted from)."""
         if seq <= self.applied_seq:
             return None
         self.applied_seq = seq
         entry = self.jobs.get(job_id)
         if name == "requested":
             if entry is None and isinstance(event, JobRequested):
-                self._add(seq, event, now)
+                self._add(seq, event, now, traceparent)
             return None
         if entry is None:
             return None  # a job that ended before our floor, or never seen
@@ -104,7 +108,9 @@ class DispatchState:
                 if entry.phase == "started":
                     self._set_phase(entry, "backoff")
             case "cancel_requested":
-                if entry.phase in ("held", "waiting", "limbo"):
+                # Not started by anyone: it ends now (a worker that meets its release later
+                # finds it ended and acks; one already starting it sees the cancel too).
+                if entry.phase in ("held", "waiting", "limbo", "released"):
                     self._set_phase(entry, "cancelling")
                     return CancelWaiting(entry)
             case _ if name in TERMINAL_EVENT_NAMES:
@@ -118,7 +124,7 @@ class DispatchState:
                 del self.jobs[job_id]
         return None
 
-    def _add(self, seq: int, event: JobRequested, now: float) -> None:
+    def _add(self, seq: int, event: JobRequested, now: float, traceparent: str | None) -> None:
         entry = Entry(
             job_id=event.job_id,
             kind=event.kind,
@@ -126,6 +132,7 @@ class DispatchState:
             request_seq=seq,
             phase="held" if event.from_cache else "waiting",
             hold_until=now + CACHE_HIT_HOLD_S if event.from_cache else 0.0,
+            traceparent=traceparent,
         )
         self.jobs[event.job_id] = entry
         self.reservations.pop(event.job_id, None)

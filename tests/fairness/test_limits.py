@@ -60,9 +60,7 @@ async def uploads_stored(settings: Settings) -> int:
     return len(await storage.list("tenants/ta/uploads/"))
 
 
-async def test_queue_limit_and_upload_quota(
-    base_settings: Settings, nc: Client, wav: Path
-) -> None:
+async def test_queue_limit_and_upload_quota(base_settings: Settings, nc: Client, wav: Path) -> None:
     size = wav.stat().st_size
     settings = await provisioned(
         nc,

@@ -248,7 +248,7 @@ async def provision_presets(js: JetStreamContext, settings: Settings) -> None:
 
 # ---- fair dispatch (docs/fairness.md) ----------------------------------------------------------
 
-LEASE_TTL_S = 3.0  # a dispatcher that stops renewing is replaced after this long
+LEASE_TTL_S = 5.0  # a dispatcher that stops renewing (a crash, a stalled loop) is replaced after
 USAGE_MAX_AGE_S = 400 * 24 * 3600  # usage records kept (a year and a bit)
 
 

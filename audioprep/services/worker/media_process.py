@@ -166,7 +166,9 @@ async def run_media_call(
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_main, args=(child, fn, args, kwargs, _limits()), daemon=True)
-    proc.start()
+    # Off the event loop: the first start boots the forkserver (PyAV preloaded, ~2 s), which
+    # would otherwise stall heartbeats, cancel watches and this process's dispatcher lease.
+    await asyncio.to_thread(proc.start)
     child.close()
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -65,6 +65,8 @@ def _day(value: str | None, name: str, default: date) -> date:
     if value is None:
         return default
     try:
+        if len(value) != 10:
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise ProblemError(
@@ -86,9 +88,9 @@ def _day(value: str | None, name: str, default: date) -> date:
 async def get_usage(
     request: Request[Any, Any, Any],
     api: NamedDependency[ApiContext],
-    from_: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
-    to: Annotated[str | None, QueryParameter(max_length=10)] = None,
-    tenant: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    from_: Annotated[str | None, QueryParameter(name="from")] = None,
+    to: Annotated[str | None, QueryParameter()] = None,
+    tenant: Annotated[str | None, QueryParameter()] = None,
 ) -> UsageAnswer:
     own = tenant_for(request, api.settings)
     if tenant is not None and not TENANT_RE.fullmatch(tenant):

@@ -40,6 +40,7 @@ from audioprep.shared.admission import (
     StatusReply,
 )
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
 from audioprep.shared.usage import day_of, usage_of
 
@@ -47,7 +48,7 @@ log = logging.getLogger("audioprep.dispatch")
 
 RELEASE_ORDER: tuple[Kind, ...] = ("preview", "ingest", "save")  # previews first
 STANDBY_POLL_S = 0.5
-RENEW_EVERY_S = LEASE_TTL_S / 3
+RENEW_EVERY_S = 1.0
 FLUSH_EVERY_S = 0.5
 CHECKPOINT_EVERY_S = 1.0
 WAKE_S = 0.25  # with no nudge, read anyway this often
@@ -85,6 +86,8 @@ class Dispatcher:
         self.leading = asyncio.Event()
         self._wake = asyncio.Event()
         self._next_seq = 1
+        self._responders: list[Subscription] = []
+        self._last_flush = self._last_checkpoint = 0.0
         self._usage: UsageWriter | None = None
         self._admit_lock = asyncio.Lock()
 
@@ -144,42 +147,25 @@ class Dispatcher:
         wakers = await self._wake_ups()
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lease, lost))
-        responders: list[Subscription] = []
+        self._responders = []
         self.leading.set()
         metrics.dispatch_leading(True)
-        loop = asyncio.get_running_loop()
-        last_flush = last_checkpoint = loop.time()
+        self._last_flush = self._last_checkpoint = asyncio.get_running_loop().time()
         try:
             while not stop.is_set() and not lost.is_set():
-                self._wake.clear()
-                read = await self._read(state, loop.time())
-                now = loop.time()
-                if read < READ_BATCH:
-                    self.caught_up = True
-                if self.caught_up and not responders:
-                    responders = await self._respond()
-                    log.info(
-                        "dispatcher caught up",
-                        extra={"applied_seq": state.applied_seq, "open_jobs": len(state.jobs)},
-                    )
-                state.tick(now)
-                if self.caught_up:
-                    await self._release(state)
-                if now - last_flush >= FLUSH_EVERY_S:
-                    await self._usage.flush()
-                    last_flush = now
-                    metrics.dispatch_counts(state.counts(), settings.metrics_max_tenants)
-                if now - last_checkpoint >= CHECKPOINT_EVERY_S:
-                    await self._save(checkpoints, state)
-                    last_checkpoint = now
-                if read < READ_BATCH and not self._wake.is_set():
+                try:
+                    await self._step(state, checkpoints)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.warning("dispatch step failed, retrying", extra={"error": repr(exc)})
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=WAKE_S)
+                        await asyncio.wait_for(stop.wait(), timeout=0.5)
         finally:
             self.leading.clear()
             metrics.dispatch_leading(False)
             renewer.cancel()
-            for subscription in (*responders, *wakers):
+            for subscription in (*self._responders, *wakers):
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
             try:
@@ -191,6 +177,35 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await lease.release()
             log.info("dispatcher stepped down", extra={"applied_seq": state.applied_seq})
+
+    async def _step(self, state: DispatchState, checkpoints: KeyValue) -> None:
+        """Read, fold, release, keep the projection and checkpoint; wait for a nudge."""
+        assert self._usage is not None
+        loop = asyncio.get_running_loop()
+        self._wake.clear()
+        read = await self._read(state, loop.time())
+        now = loop.time()
+        if read < READ_BATCH:
+            self.caught_up = True
+        if self.caught_up and not self._responders:
+            self._responders = await self._respond()
+            log.info(
+                "dispatcher caught up",
+                extra={"applied_seq": state.applied_seq, "open_jobs": len(state.jobs)},
+            )
+        state.tick(now)
+        if self.caught_up:
+            await self._release(state)
+        if now - self._last_flush >= FLUSH_EVERY_S:
+            await self._usage.flush()
+            self._last_flush = now
+            metrics.dispatch_counts(state.counts(), self.settings.metrics_max_tenants)
+        if now - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            await self._save(checkpoints, state)
+            self._last_checkpoint = now
+        if read < READ_BATCH and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=WAKE_S)
 
     # ---- reading the stream --------------------------------------------------------------------
 

@@ -240,6 +240,9 @@ def _start_services(
 def _print_ready(args: argparse.Namespace, env: dict[str, str], settings: Settings) -> None:
     print(f"api           http://{settings.api_host}:{settings.api_port}  (OpenAPI: /schema)")
     print(f"workers       {args.workers} process(es); storage {settings.storage}")
+    print(
+        f"dispatch      {settings.dispatch} (AUDIOPREP_DISPATCH); one worker leads the dispatcher"
+    )
     if settings.gc_interval_s > 0:
         print(
             f"storage gc    every {settings.gc_interval_s:g} s (AUDIOPREP_GC_INTERVAL_S; 0 = off)"
@@ -268,7 +271,7 @@ def _up(args: argparse.Namespace) -> int:
         asyncio.run(_provision_with_retry(settings))
         print(
             "provisioned   streams JOBS/WEBHOOKS, consumers workers-*/notifier-*, "
-            "KV buckets jobs/render_cache/presets/webhook_endpoints"
+            "KV buckets jobs/render_cache/presets/webhook_endpoints/usage/scheduler"
         )
         children = _start_services(args, env, settings)
         dead = _wait_ready(settings, children)

@@ -53,8 +53,8 @@ FLUSH_EVERY_S = 0.5
 CHECKPOINT_EVERY_S = 1.0
 WAKE_S = 0.25  # with no nudge, read anyway this often
 READ_BATCH = 512
-READ_RETRIES = 8  # after a nudge that found nothing stored yet
-READ_RETRY_S = 0.0005
+READ_RETRIES = 16  # after a nudge that found nothing stored yet (fsync of the event)
+READ_RETRY_S = 0.00025
 RESPONDER_GROUP = "dispatch"
 DECODED = frozenset({"requested", "retrying", "completed", "failed", "cancelled"})
 
@@ -73,6 +73,40 @@ def seconds_to_midnight(now: datetime) -> float:
     return (datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC) - now).total_seconds()
 
 
+class StreamReader:
+    """Batched direct gets of one stream through one long-lived inbox (one read at a time)."""
+
+    def __init__(self, nc: Client, stream: str, subject: str) -> None:
+        self.nc, self.stream, self.subject = nc, stream, subject
+        self.inbox = nc.new_inbox()
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.sub: Subscription
+
+    @classmethod
+    async def open(cls, nc: Client, stream: str, subject: str) -> StreamReader:
+        reader = cls(nc, stream, subject)
+
+        async def collect(msg: Msg) -> None:
+            reader.queue.put_nowait(msg)
+
+        reader.sub = await nc.subscribe(reader.inbox, cb=collect)
+        return reader
+
+    async def read(self, start_seq: int, batch: int, timeout: float) -> list[Msg]:
+        while not self.queue.empty():  # leftovers of a read that timed out
+            self.queue.get_nowait()
+        request = {"seq": start_seq, "next_by_subj": self.subject, "batch": batch}
+        await self.nc.publish(
+            names.direct_get_subject(self.stream), msgspec.json.encode(request), reply=self.inbox
+        )
+        out: list[Msg] = []
+        while True:  # a batch always ends with a status message (204 end, 404 nothing more)
+            msg = await asyncio.wait_for(self.queue.get(), timeout=timeout)
+            if (msg.headers or {}).get("Status") is not None:
+                return out
+            out.append(msg)
+
+
 class Dispatcher:
     def __init__(self, *, nc: Client, js: JetStreamContext, settings: Settings) -> None:
         self.nc = nc
@@ -88,6 +122,7 @@ class Dispatcher:
         self._next_seq = 1
         self._responders: list[Subscription] = []
         self._last_flush = self._last_checkpoint = 0.0
+        self._reader: StreamReader | None = None
         self._usage: UsageWriter | None = None
         self._admit_lock = asyncio.Lock()
 
@@ -144,6 +179,9 @@ class Dispatcher:
             extra={"holder": self.holder, "from_seq": floor, "mode": settings.dispatch},
         )
         self._wake = asyncio.Event()
+        self._reader = await StreamReader.open(
+            self.nc, self.names.stream, self.names.stream_subjects
+        )
         wakers = await self._wake_ups()
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lease, lost))
@@ -165,7 +203,7 @@ class Dispatcher:
             self.leading.clear()
             metrics.dispatch_leading(False)
             renewer.cancel()
-            for subscription in (*self._responders, *wakers):
+            for subscription in (*self._responders, *wakers, self._reader.sub):
                 with contextlib.suppress(Exception):
                     await subscription.unsubscribe()
             try:
@@ -238,16 +276,10 @@ class Dispatcher:
         """Fold the events after the last one read (one batched direct get); returns how many
         messages came. A nudge can arrive a moment before its event is stored: then look
         again briefly before going back to waiting."""
+        assert self._reader is not None
         nudged = self._wake.is_set()
         for attempt in range(READ_RETRIES if nudged else 1):
-            msgs = await direct_get.next_by_subject(
-                self.nc,
-                self.names.stream,
-                self.names.stream_subjects,
-                self._next_seq,
-                READ_BATCH,
-                self.events.timeout,
-            )
+            msgs = await self._reader.read(self._next_seq, READ_BATCH, self.events.timeout)
             if msgs or attempt == READ_RETRIES - 1:
                 break
             await asyncio.sleep(READ_RETRY_S)

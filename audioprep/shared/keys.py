@@ -9,6 +9,11 @@ from audioprep.shared.subjects import check_token
 
 DEFAULT_TENANT = "default"
 MAX_NAME_CHARS = 120
+# What is_safe_key accepts, for schemas (a key outside it is a 422 `invalid_source_key`, not a
+# validation error): segments without control characters, none empty, `.` or `..`, no leading
+# `/`.
+_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
+SAFE_KEY_PATTERN = f"^{_SEGMENT}(/{_SEGMENT})*$"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
@@ -13,13 +15,23 @@ from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
 from audioprep.services.worker.pipeline.loudness import Loudness
 from audioprep.services.worker.pipeline.probe import MediaInfo
-from audioprep.services.worker.pipeline.render import RenderResult, render
-from audioprep.services.worker.publish.output import publish_output
+from audioprep.services.worker.pipeline.render import (
+    JoinSource,
+    OutputSpec,
+    RenderResult,
+    render_outputs,
+)
+from audioprep.services.worker.publish.output import (
+    PublishedFile,
+    chapters_key_for,
+    publish_output,
+)
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys, render_cache, subjects
 from audioprep.shared.errors import Permanent
-from audioprep.shared.events import JobResult, VoiceAnalysisInfo
-from audioprep.shared.recipe import OutputOptions, Recipe, check_recipe
+from audioprep.shared.events import JobResult, OutputResult, PartResult, VoiceAnalysisInfo
+from audioprep.shared.metadata import Output, output_stems
+from audioprep.shared.recipe import IntroOutro, OutputOptions, Recipe, check_recipe
 from audioprep.shared.views import decode_view
 
 log = logging.getLogger("audioprep.worker")
@@ -98,62 +110,164 @@ async def ingest_facts(
     return info, measured, r.analysis
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """One file the job writes: format, encoder options, storage key."""
+
+    fmt: str
+    options: OutputOptions | None
+    key: str
+    ext: str
+
+
+def planned_outputs(ctx: JobContext) -> list[_Output]:
+    """The files of this job: a save's `outputs`, else its one `format` (or the preview's)."""
+    req = ctx.request
+    if req.kind != "save" or not req.outputs:
+        fmt = req.format or PREVIEW_DEFAULT_FORMAT
+        ext = output_format(fmt).extension
+        _, options = _recipe_and_options(ctx)
+        return [_Output(fmt, options, output_key(ctx, ext), ext)]
+    try:
+        outputs = msgspec.convert(req.outputs, list[Output])
+        default_options = msgspec.convert(req.options, OutputOptions) if req.options else None
+    except msgspec.ValidationError as exc:
+        raise Permanent(f"invalid outputs: {exc}", code="invalid_request") from exc
+    source_name = (req.source_key or "audio").rsplit("/", 1)[-1]
+    default = keys.safe_filename(keys.stem(req.filename or source_name))
+    planned: list[_Output] = []
+    for output, stem in zip(outputs, output_stems(outputs, default), strict=True):
+        ext = output_format(output.format).extension
+        key = keys.prepared_key(req.tenant, req.job_id, f"{stem}.{ext}", ext)
+        planned.append(_Output(output.format, output.options or default_options, key, ext))
+    return planned
+
+
+async def _join_source(ctx: JobContext, which: str, spec: IntroOutro | None) -> JoinSource | None:
+    """An intro/outro as a local file: a source of this job's tenant, else `<which>_not_found`."""
+    if spec is None:
+        return None
+    key, code = spec.source_key, f"{which}_not_found"
+    if not keys.is_safe_key(key) or keys.tenant_of_key(key) != ctx.request.tenant:
+        raise Permanent(f"the {which} {key!r} is not a source of this tenant", code=code)
+    try:
+        path = await local_source(ctx, key, prefix=f"{which}-")
+    except Permanent as exc:
+        raise Permanent(f"the {which} {key!r} does not exist", code=code) from exc
+    info, loudness, _ = await ingest_facts(ctx, key)
+    return JoinSource(str(path), spec.crossfade_ms, info, loudness)
+
+
+def _parts(recipe: Recipe, source_key: str, rendered: RenderResult) -> list[PartResult] | None:
+    keys_of = {
+        "intro": recipe.intro.source_key if recipe.intro else "",
+        "episode": source_key,
+        "outro": recipe.outro.source_key if recipe.outro else "",
+    }
+    parts = [
+        PartResult(
+            part=p.part,
+            source_key=keys_of[p.part],
+            start_ms=p.start_ms,
+            duration_ms=p.duration_ms,
+            crossfade_ms=p.crossfade_ms,
+            gain_db=p.gain_db,
+            integrated_lufs=p.integrated_lufs,
+        )
+        for p in rendered.parts
+    ]
+    return parts or None
+
+
 async def run_render(ctx: JobContext) -> JobResult:
     req = ctx.request
     if not req.source_key:
         raise Permanent("render job without sourceKey", code="invalid_request")
-    recipe, options = _recipe_and_options(ctx)
-    if req.kind == "preview" and options is None:
-        options = PREVIEW_OPTIONS  # small and browser-playable; fixed, so the cache key holds
-    fmt = req.format or PREVIEW_DEFAULT_FORMAT
-    ext = output_format(fmt).extension
+    recipe, _ = _recipe_and_options(ctx)
+    outputs = planned_outputs(ctx)
+    if req.kind == "preview" and outputs[0].options is None:
+        # small and browser-playable; fixed, so the cache key holds
+        outputs = [replace(outputs[0], options=PREVIEW_OPTIONS)]
     src = await local_source(ctx, req.source_key)
+    intro = await _join_source(ctx, "intro", recipe.intro)
+    outro = await _join_source(ctx, "outro", recipe.outro)
     source_info, source_loudness, source_voice = await ingest_facts(ctx, req.source_key)
-    dst = ctx.scratch / f"output.{ext}"
+    specs = [
+        OutputSpec(str(ctx.scratch / f"output-{i}.{o.ext}"), o.fmt, o.options)
+        for i, o in enumerate(outputs)
+    ]
     await ctx.progress(1, "rendering", force=True)
     relay = ctx.progress_relay(1, 95, "rendering")
     rendered: RenderResult = await run_media_call(
-        render,
+        render_outputs,
         str(src),
-        str(dst),
+        specs,
         recipe,
-        fmt,
-        options=options,
         title=source_info.title if source_info else None,
         source_info=source_info,
         source_loudness=source_loudness,
         source_voice=source_voice,
+        intro=intro,
+        outro=outro,
         on_progress=relay.fraction,
         on_stage=relay.stage,
     )
     await ctx.progress(96, "storing", force=True)
-    key = output_key(ctx, ext)
-    chapters_key = await publish_output(ctx, dst, fmt, recipe, rendered, key)  # tags, chapters
-    size = await ctx.storage.put_file(key, dst)
+    files = [
+        PublishedFile(Path(spec.dst_path), spec.fmt, done.duration_ms)
+        for spec, done in zip(specs, rendered.outputs, strict=True)
+    ]
+    chapters_key = await publish_output(ctx, files, recipe, rendered, outputs[0].key)
+    sizes = [
+        await ctx.storage.put_file(o.key, Path(s.dst_path))
+        for o, s in zip(outputs, specs, strict=True)
+    ]
+    first = outputs[0]
+    several = req.kind == "save" and bool(req.outputs)
     result = JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,
         sample_rate=rendered.sample_rate,
         channels=rendered.channels,
         codec=rendered.codec,
-        format=fmt,
-        size_bytes=size,
-        preview_key=key if req.kind == "preview" else None,
-        prepared_key=key if req.kind == "save" else None,
+        format=first.fmt,
+        size_bytes=sizes[0],
+        preview_key=first.key if req.kind == "preview" else None,
+        prepared_key=first.key if req.kind == "save" else None,
         loudness_report=rendered.loudness_report,
         voice_report=rendered.voice_report,
         chapters_key=chapters_key,
+        outputs=[
+            OutputResult(
+                format=o.fmt,
+                prepared_key=o.key,
+                size_bytes=size,
+                duration_ms=done.duration_ms,
+                sample_rate=done.sample_rate,
+                channels=done.channels,
+                codec=done.codec,
+                loudness_report=done.loudness_report,
+            )
+            for o, size, done in zip(outputs, sizes, rendered.outputs, strict=True)
+        ]
+        if several
+        else None,
+        parts=_parts(recipe, req.source_key, rendered),
     )
     if req.kind == "preview" and req.cache_key:
-        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)
+        await render_cache.remember(
+            await render_cache.bucket(ctx.js), req.cache_key, first.key, result
+        )
     return result
 
 
 async def cleanup_render(ctx: JobContext) -> None:
-    """Remove a partial output (the scratch dir goes anyway)."""
-    fmt = ctx.request.format or PREVIEW_DEFAULT_FORMAT
+    """Remove partial outputs and the chapters file (the scratch dir goes anyway)."""
     try:
-        ext = output_format(fmt).extension
+        outputs = planned_outputs(ctx)
     except Exception:
         return
-    await ctx.storage.delete(output_key(ctx, ext))
+    for output in outputs:
+        await ctx.storage.delete(output.key)
+    if ctx.request.kind == "save" and ctx.request.chapters:
+        await ctx.storage.delete(chapters_key_for(outputs[0].key))

@@ -192,6 +192,9 @@ def _crossfaded(
             carry = None
         if held:
             tail = np.concatenate(held, axis=1)
+            if tail.shape[1] > hold:  # what is not the tail goes out as it is
+                yield tail[:, : tail.shape[1] - hold]
+                tail = tail[:, tail.shape[1] - hold :]
             if index + 1 < len(parts):
                 carry = tail
             else:

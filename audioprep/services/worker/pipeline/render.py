@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 from audioprep.services.worker.pipeline.excerpt import build_excerpt
 from audioprep.services.worker.pipeline.formats import EncoderSettings, encoder_settings
@@ -44,6 +45,7 @@ from audioprep.shared.recipe import OutputOptions, Recipe, check_recipe
 
 __all__ = ["JoinSource", "OutputSpec", "RenderResult", "render", "render_outputs"]
 
+PartName = Literal["intro", "episode", "outro"]
 # where each pass sits in the job's progress (0..1)
 _NORMALIZE_SPANS = {
     "analysing voice": (0.0, 0.05),
@@ -78,7 +80,7 @@ class OutputRendered:
 class PartRendered:
     """An intro, the episode or an outro as it went into the output."""
 
-    part: str
+    part: PartName
     start_ms: int  # where it starts in the output
     duration_ms: int
     integrated_lufs: float | None  # after its matching gain, before normalisation
@@ -369,7 +371,8 @@ class _Renderer:
             return (), 0
         levels, rate = joins.levels, plan.path.rate
         planned = {p.name: p for p in plan.parts}
-        names = [n for n in ("intro", "episode", "outro") if n == "episode" or n in planned]
+        order: tuple[PartName, ...] = ("intro", "episode", "outro")
+        names = [n for n in order if n == "episode" or n in planned]
         if levels.measured:
             overlaps = [n * 1000 / rate for n in levels.crossfades]
         else:

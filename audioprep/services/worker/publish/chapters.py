@@ -12,9 +12,13 @@ def place_chapters(
     recipe: Recipe,
     voice_report: VoiceReport | None,
     duration_ms: int,
+    *,
+    episode_start_ms: int = 0,
+    episode_ms: int | None = None,
 ) -> list[OutputChapter]:
     """Source-time chapters → output time: the kept window (trim, narrowed by trimSilence's
-    sound bounds exactly as the render's `kept_window` does), voice-chain cuts, speed."""
+    sound bounds exactly as the render's `kept_window` does), voice-chain cuts, speed, and
+    the intro before the episode (its length less the crossfade)."""
     start = recipe.trim.start_ms if recipe.trim else 0
     end = recipe.trim.end_ms if recipe.trim else None
     cuts: list[tuple[int, int]] = []
@@ -33,4 +37,6 @@ def place_chapters(
         kept_end_ms=end,
         cuts_ms=cuts,
         speed=recipe.speed,
+        offset_ms=episode_start_ms,
+        episode_ms=episode_ms,
     )

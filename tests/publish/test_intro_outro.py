@@ -117,8 +117,12 @@ async def test_intro_and_outro_are_matched_joined_and_normalised(
 
     # chapters (source times) start after the intro, less its crossfade
     chapters = pytest.importorskip("mutagen.wave").WAVE(path).tags.getall("CHAP")
-    starts = sorted(c.start_time for c in chapters)
-    assert starts == [episode["startMs"], episode["startMs"] + 6000]
+    by_start = sorted((c.start_time, str(c.sub_frames["TIT2"])) for c in chapters)
+    assert by_start == [
+        (0, "Intro"),  # so no player shows the intro as part of the first chapter
+        (episode["startMs"], "Hello"),
+        (episode["startMs"] + 6000, "Topic"),
+    ]
     assert max(c.end_time for c in chapters) == result["durationMs"]
 
 
@@ -133,25 +137,33 @@ async def test_a_preview_plays_intro_and_outro(pub_stack: Stack, sources: dict[s
     assert info["streams"][0]["codec_name"] == "opus"
 
 
-async def test_several_outputs_with_an_outro(pub_stack: Stack, sources: dict[str, Any]) -> None:
+async def test_several_outputs_with_intro_and_outro(
+    pub_stack: Stack, sources: dict[str, Any]
+) -> None:
     body = {
         "sourceKey": sources["episode"],
         "recipe": {
+            "intro": {"sourceKey": sources["intro"]},
             "outro": {"sourceKey": sources["outro"]},
-            "trim": {"endMs": 4000},
+            "trim": {"startMs": 1000, "endMs": 5000},
             "normalize": {"preset": "apple-podcasts"},
         },
-        "outputs": [{"format": "mp3"}, {"format": "opus"}],
+        "outputs": [{"format": "mp3"}, {"format": "aac"}],
+        "chapters": [{"startMs": 1000, "title": "Hello"}, {"startMs": 3000, "title": "Topic"}],
     }
     result = (await _job(pub_stack, "/api/audio/edit/save", body))["result"]
-    expected_s = 4.0 + OUTRO_S - 1.0  # default crossfade: 1 s
+    expected_s = INTRO_S + 4.0 + OUTRO_S - 2.0  # default crossfades: 1 s each
+    start = INTRO_S * 1000 - 1000
     louds = []
     for output in result["outputs"]:
         path: Path = pub_stack.settings.data_dir / "storage" / output["preparedKey"]
         assert abs(media.measure_duration_s(path) - expected_s) <= 0.02
         louds.append(media.integrated_lufs(path))
+        chapters = ffprobe(path)["chapters"]  # MP4 chapter tracks start at 0: the Intro
+        assert [round(float(c["start_time"]) * 1000) for c in chapters] == [0, start, start + 2000]
+        assert [c["tags"]["title"] for c in chapters] == ["Intro", "Hello", "Topic"]
     assert abs(louds[0] - louds[1]) <= 0.2
-    assert [p["part"] for p in result["parts"]] == ["episode", "outro"]
+    assert [p["part"] for p in result["parts"]] == ["intro", "episode", "outro"]
 
 
 @pytest.mark.parametrize("which", ["intro", "outro"])

@@ -170,7 +170,11 @@ def render_outputs(
     def rate_for(wanted: int) -> int:
         return output_rate(wanted, [s.fmt.output_rate(wanted) for s in settings])
 
-    spans = _NORMALIZE_SPANS if recipe.normalize is not None else _PLAIN_SPANS
+    spans = dict(_NORMALIZE_SPANS if recipe.normalize is not None else _PLAIN_SPANS)
+    if len(outputs) > 1:  # one output's own passes: `verifying mp3`, `rendering opus`
+        for output in outputs:
+            spans[f"verifying {output.fmt}"] = spans["verifying"]
+            spans[f"rendering {output.fmt}"] = spans["rendering"]
     staged = StagedProgress(on_progress, on_stage, spans)
     try:
         plan = plan_render(
@@ -288,7 +292,10 @@ class _Renderer:
     ) -> PathRun:
         """One pass over the whole signal path into the outputs `which`."""
         path = self.plan.path
-        progress = Progress(self.staged.stage("rendering"), self.plan.length_ms)
+        stage = "rendering"
+        if len(which) < len(self.outputs):  # one output encoded again, alone
+            stage = f"rendering {self.outputs[which[0]].fmt}"
+        progress = Progress(self.staged.stage(stage), self.plan.length_ms)
         sinks = [
             Sink(
                 self.outputs[i].dst_path,
@@ -341,7 +348,8 @@ class _Renderer:
         return run
 
     def verify(self, index: int) -> Levels:
-        self.staged.stage("verifying")
+        several = len(self.outputs) > 1
+        self.staged.stage(f"verifying {self.outputs[index].fmt}" if several else "verifying")
         # the true peak is what a ceiling is checked against: measured when normalising
         return measure_file(
             self.outputs[index].dst_path,

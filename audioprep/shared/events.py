@@ -146,7 +146,7 @@ class PartResult(_Data, frozen=True, kw_only=True):
     start_ms: int  # in the output
     duration_ms: int
     crossfade_ms: int = 0  # overlap with the part before
-    gain_db: float = 0.0  # the loudness-matching gain (intro/outro)
+    gain_db: float | None = None  # the loudness-matching gain (intro/outro)
     integrated_lufs: float | None = None  # after matching, before final normalisation
 
 

@@ -171,7 +171,7 @@ def _parts(recipe: Recipe, source_key: str, rendered: RenderResult) -> list[Part
             start_ms=p.start_ms,
             duration_ms=p.duration_ms,
             crossfade_ms=p.crossfade_ms,
-            gain_db=p.gain_db,
+            gain_db=None if p.part == "episode" else p.gain_db,
             integrated_lufs=p.integrated_lufs,
         )
         for p in rendered.parts

@@ -37,6 +37,7 @@ from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
+from tests.services import service_env
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
@@ -58,24 +59,6 @@ def fault_settings(nats_url: str, data_dir: Path, **changes: object) -> Settings
         url_allow_hosts=frozenset({"127.0.0.1", "localhost"}),
     )
     return settings.with_(**changes)
-
-
-def service_env(settings: Settings) -> dict[str, str]:
-    """The environment a service process reads its settings from."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOPREP_")}
-    env.update(
-        AUDIOPREP_NATS_URL=settings.nats_url,
-        AUDIOPREP_DATA_DIR=str(settings.data_dir),
-        AUDIOPREP_STORAGE_URL=settings.storage,
-        AUDIOPREP_SIGNING_SECRET=settings.signing_secret,
-        AUDIOPREP_WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        AUDIOPREP_ACK_WAIT_S=str(settings.ack_wait_s),
-        AUDIOPREP_MAX_DELIVER=str(settings.max_deliver),
-        AUDIOPREP_STREAM_REPLICAS=str(settings.stream_replicas),
-        AUDIOPREP_LOG_FORMAT="console",
-        AUDIOPREP_LOG_LEVEL="INFO",
-    )
-    return env
 
 
 class Workers:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -114,11 +113,12 @@ async def _cached_output(
 
 async def _joinable(api: ApiContext, job_id: str, tenant: str) -> JobView | None:
     """The marker's job when it is this tenant's and still pending or running."""
-    deadline = time.monotonic() + JOIN_WAIT_S
-    view = await api.views.fresh(job_id)
-    while view is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # the winner is between its marker and its publish
+    async with api.events.wake_ups(job_id) as published:
         view = await api.views.fresh(job_id)
+        if view is None:  # the winner is between its marker and its publish: wait for that
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(published.wait(), JOIN_WAIT_S)
+            view = await api.views.fresh(job_id)
     if view is None or view.is_terminal or view.tenant != tenant:
         return None
     return view
@@ -207,9 +207,9 @@ async def _answer_from_cache(
     rendered: JobResult | None,
     traceparent: str | None,
 ) -> None:
-    """JobRequested (marked from_cache, so no worker starts it) and JobCompleted at once."""
+    """JobRequested (marked from_cache, so no worker starts it) and JobCompleted in one atomic
+    batch (`EventStore.request_completed`: create-once, so also end-once)."""
     cached = msgspec.structs.replace(request, from_cache=True)
-    await submit(api, cached, traceparent)
     done = JobCompleted(
         job_id=request.job_id,
         kind="preview",
@@ -224,5 +224,5 @@ async def _answer_from_cache(
             from_cache=True,
         ),
     )
-    await api.events.append(done, traceparent=traceparent)
+    await submit(api, cached, traceparent, completed=done)
     log.info("preview from cache", extra={"job_id": request.job_id, "cache_key": request.cache_key})

@@ -200,19 +200,6 @@ class JobRunner:
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
 
-    async def _answered_from_cache(self, request: JobRequested, wait_s: float = 5.0) -> bool:
-        """A render-cache hit: the API appends JobCompleted right after the request; never
-        start it, wait for that event. False (render normally) if the API died in between."""
-        if not request.from_cache:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while loop.time() < deadline:
-            if await self._finished(request.job_id):
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
     async def _run(self, msg: Msg, request: JobRequested) -> None:
         delivery = msg.metadata.num_delivered or 1
         attempt = request.attempt_base + delivery
@@ -223,9 +210,10 @@ class JobRunner:
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
         fresh = await self._only_requested(request)
-        if not fresh and (
-            await self._finished(request.job_id) or await self._answered_from_cache(request)
-        ):
+        # A render-cache hit (from_cache) was requested and completed in one atomic batch, so
+        # its JobCompleted is already there; one written before batches whose API died before
+        # the completion renders normally.
+        if not fresh and await self._finished(request.job_id):
             log.info("already finished, acking redelivery", extra=base)
             await self._ack(msg)
             return

@@ -39,6 +39,7 @@ from audioprep.domain.events import (
     decode_event,
 )
 from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
@@ -114,7 +115,6 @@ class JobRunner:
         self.handlers = handlers
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
-        self.active: dict[str, asyncio.Task[JobResult]] = {}
         if swept := sweep_dead_scratch():
             log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
@@ -130,7 +130,7 @@ class JobRunner:
             await msg.term()
             return
         metrics.run_begins(event)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
         try:
             await self._run(msg, event)
         except Exception as exc:
@@ -147,13 +147,6 @@ class JobRunner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(0.5, self.settings.ack_wait_s / 2)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _finished(self, job_id: str) -> bool:
         return await self.events.terminal_event(job_id) is not None
@@ -285,7 +278,6 @@ class JobRunner:
         """Run the handler while listening for JobCancelRequested on the job's subject."""
         handler = self.handlers[ctx.request.kind]
         task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
-        self.active[ctx.job_id] = task
         cancelled = asyncio.Event()
 
         async def on_cancel(_: Msg) -> None:
@@ -308,7 +300,6 @@ class JobRunner:
                 raise
         finally:
             await ctx.flush_progress()
-            self.active.pop(ctx.job_id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

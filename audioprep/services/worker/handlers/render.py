@@ -151,6 +151,6 @@ async def cleanup_render(ctx: JobContext) -> None:
     fmt = ctx.request.format or PREVIEW_DEFAULT_FORMAT
     try:
         ext = output_format(fmt).extension
-    except Exception:
+    except Permanent:  # an unknown format: nothing was written
         return
     await ctx.storage.delete(output_key(ctx, ext))

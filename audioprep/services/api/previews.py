@@ -30,12 +30,10 @@ from audioprep.domain.recipe import Recipe, render_cache_key
 from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import existing_job, idempotency_key_reused, submit
-from audioprep.shared import render_cache
+from audioprep.shared import names, render_cache
 
 log = logging.getLogger("audioprep.api")
 
-INFLIGHT = "inflight."
-ALIAS = "alias."
 JOIN_WAIT_S = 2.0  # how long a marker may point at a job whose request isn't visible yet
 ATTEMPTS = 4
 
@@ -59,7 +57,7 @@ async def aliased_job(api: ApiContext, job_id: str) -> Alias | None:
     """The job an idempotent preview request joined earlier, if it did."""
     kv = api.cache_kv
     try:
-        entry = await kv.get(ALIAS + job_id)
+        entry = await kv.get(names.render_alias_key(job_id))
     except KeyNotFoundError:
         return None
     if not entry.value:
@@ -152,7 +150,7 @@ async def request_preview(
         request_fingerprint=fingerprint,
     )
     kv = api.cache_kv
-    marker = INFLIGHT + cache_key
+    marker = names.render_marker_key(cache_key)
     for _ in range(ATTEMPTS):
         cached = await _cached_output(api, cache_key)
         if cached is not None:
@@ -180,7 +178,7 @@ async def request_preview(
         view = await _joinable(api, other, tenant) if other else None
         if view is not None:
             if fingerprint is not None:
-                await kv.put(ALIAS + job_id, f"{other} {fingerprint}".encode())
+                await kv.put(names.render_alias_key(job_id), f"{other} {fingerprint}".encode())
             log.info("preview joined", extra={"job_id": other, "cache_key": cache_key})
             return PreviewAnswer(other, view.status, cache_key, joined=True)
         with contextlib.suppress(KeyWrongLastSequenceError):  # replaced meanwhile: look again

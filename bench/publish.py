@@ -22,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.domain.recipe import Normalize, Recipe  # noqa: E402
 from audioprep.services.worker.pipeline.loudness import Loudness, measure_loudness  # noqa: E402
 from audioprep.services.worker.pipeline.probe import probe  # noqa: E402
 from audioprep.services.worker.pipeline.render import (  # noqa: E402
@@ -29,7 +30,6 @@ from audioprep.services.worker.pipeline.render import (  # noqa: E402
     render,
     render_outputs,
 )
-from audioprep.shared.recipe import Normalize, Recipe  # noqa: E402
 from bench.common import machine, row, write_result, write_tiled_wav  # noqa: E402
 from tests import media, speech  # noqa: E402
 

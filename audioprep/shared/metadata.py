@@ -13,9 +13,9 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from audioprep.domain.recipe import OutputOptions, SaveFormat
 from audioprep.shared.keys import DEFAULT_TENANT, safe_filename, stem
-from audioprep.shared.recipe import OutputOptions, SaveFormat
-from audioprep.shared.subjects import check_token
+from audioprep.shared.names import check_token
 
 MAX_CHAPTERS: Final = 500
 MAX_OUTPUTS: Final = 5

@@ -11,7 +11,7 @@ import httpx
 import msgspec
 from playwright.async_api import Page, expect
 
-from audioprep.shared.recipe import Recipe, normalized_recipe_bytes
+from audioprep.domain.recipe import Recipe, normalized_recipe_bytes
 from tests.browser.conftest import WebStack
 from tests.browser.test_web_page import JOB_TIMEOUT_MS, drag_on_wave, upload
 from tests.media import write_tone

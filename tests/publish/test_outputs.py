@@ -13,7 +13,7 @@ import pytest
 from mutagen.id3 import ID3
 from mutagen.wave import WAVE
 
-from audioprep.shared.events import JobRequested
+from audioprep.domain.events import JobRequested
 from audioprep.shared.metadata import Output, output_stems
 from tests import media, speech
 from tests.conftest import Stack

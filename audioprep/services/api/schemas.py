@@ -6,10 +6,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from audioprep.shared.keys import SAFE_KEY_PATTERN
+from audioprep.domain.recipe import SAFE_KEY_PATTERN, OutputOptions, Recipe, SaveFormat
 from audioprep.shared.metadata import ChapterList, Metadata, OutputList
 from audioprep.shared.presets import PresetName
-from audioprep.shared.recipe import OutputOptions, Recipe, SaveFormat
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 _Key = Annotated[

@@ -16,6 +16,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
+from audioprep.domain.errors import INVALID_RECIPE, Permanent
+from audioprep.domain.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
+from audioprep.domain.recipe import OutputOptions, Recipe, check_recipe
 from audioprep.services.worker.pipeline.excerpt import build_excerpt
 from audioprep.services.worker.pipeline.formats import EncoderSettings, encoder_settings
 from audioprep.services.worker.pipeline.level_meter import Levels, measure_file
@@ -39,9 +42,6 @@ from audioprep.services.worker.pipeline.signal_path import PathRun, PcmCache, ru
 from audioprep.services.worker.pipeline.sinks import OutputSpec, Sink
 from audioprep.services.worker.pipeline.voice_analysis import summary
 from audioprep.services.worker.pipeline.voice_chain import VoicePlan
-from audioprep.shared.errors import INVALID_RECIPE, Permanent
-from audioprep.shared.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
-from audioprep.shared.recipe import OutputOptions, Recipe, check_recipe
 
 __all__ = ["JoinSource", "OutputSpec", "RenderResult", "render", "render_outputs"]
 

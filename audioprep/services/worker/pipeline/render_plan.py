@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from audioprep.domain.events import VoiceAnalysisInfo
+from audioprep.domain.loudness_targets import LoudnessTarget, resolve_target
+from audioprep.domain.recipe import Recipe, RecipeError
 from audioprep.services.worker.pipeline.graph import (
     Window,
     fade_chain,
@@ -32,9 +35,6 @@ from audioprep.services.worker.pipeline.voice_chain import (
     plan_voice,
     trim_bounds_ms,
 )
-from audioprep.shared.events import VoiceAnalysisInfo
-from audioprep.shared.loudness_targets import LoudnessTarget, resolve_target
-from audioprep.shared.recipe import Recipe, RecipeError
 
 
 @dataclass(frozen=True, slots=True)

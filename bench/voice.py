@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,25 @@ def _row(
                  "x_realtime": round(seconds / took, 1) if took else None})  # fmt: skip
 
 
+class Clock:
+    """Wall and CPU seconds of a block: this process's CPU time plus its finished children's
+    (the ffmpeg CLI). On a shared machine the wall clock also counts other people's work; CPU
+    seconds on the one pinned core are what "× real time on one core" means."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), self._cpu_now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = self._cpu_now() - self._cpu
+
+    @staticmethod
+    def _cpu_now() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def with_library(library: str) -> None:
     """Which RNNoise the chain's Denoiser loads from now on (rnnoise_lib.load)."""
     os.environ[rnnoise_lib.LIBRARY_ENV] = library
@@ -165,13 +185,12 @@ def library_rows(work: Path, seconds: float = 60.0) -> list[dict[str, Any]]:
         state, out = rnn.create(), np.empty_like(x)
         vad = np.empty(frames, dtype=np.float32)
         step = 16384 // rnnoise_lib.FRAME * rnnoise_lib.FRAME  # about the chain's block size
-        start = time.perf_counter()
-        for i in range(0, n, step):
-            j = i // rnnoise_lib.FRAME
-            rnn.frames(state, x[i : i + step], out[i : i + step], vad[j : j + step // 480])
-        took = time.perf_counter() - start
+        with Clock() as clock:
+            for i in range(0, n, step):
+                j = i // rnnoise_lib.FRAME
+                rnn.frames(state, x[i : i + step], out[i : i + step], vad[j : j + step // 480])
         rnn.destroy(state)
-        return out, took
+        return out, clock.cpu
 
     candidates = (
         ("pyrnnoise wheel (float weights, plain C)", rnnoise_lib.wheel()),
@@ -206,14 +225,14 @@ def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:
     analysis = measure_voice(str(src))
     recipe = Recipe(highpass_hz=80, dehum="auto", denoise="auto",
                     leveler=Leveler(strength=0.7), deess=Deess(amount=0.5))  # fmt: skip
-    chain: dict[str, float] = {}
+    chain: dict[str, Clock] = {}
     for library in ("built", "wheel"):
         with_library(library)
         rnnoise_lib.load()  # built and cached before the clock starts (first use: ~3 s)
-        start = time.perf_counter()
-        render(str(src), str(work / "episode-out.flac"), recipe, "flac")
-        chain[library] = time.perf_counter() - start
-        print(f"  chain, {library}: {chain[library]:.1f} s", flush=True)
+        with Clock() as chain[library]:
+            render(str(src), str(work / "episode-out.flac"), recipe, "flac")
+        print(f"  chain, {library}: {chain[library].cpu:.1f} CPU s, "
+              f"{chain[library].wall:.1f} s wall", flush=True)  # fmt: skip
     with_library("built")
     plan = plan_voice(
         Recipe(highpass_hz=80, dehum=50, deess=Deess(amount=0.5)),
@@ -225,32 +244,35 @@ def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:
     )
     af = ",".join(f"{name}={args}" for name, args in plan.pre + plan.post)
     # the FFmpeg-filter part alone, same filters, no encoder on either side
-    cli_start = time.perf_counter()
-    subprocess.run(
-        [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i",
-         str(src), "-af", af + ",aformat=sample_fmts=s16", "-f", "null", "-"],
-        check=True,
-    )  # fmt: skip
-    ffmpeg_s = time.perf_counter() - cli_start
+    with Clock() as cli:
+        subprocess.run(
+            [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i",
+             str(src), "-af", af + ",aformat=sample_fmts=s16", "-f", "null", "-"],
+            check=True,
+        )  # fmt: skip
     path = SignalPath(
         timing=[("asetpts", "PTS-STARTPTS")], fades=[], source_rate=RATE, rate=RATE,
         layout="mono", voice=plan,
     )  # fmt: skip
-    start = time.perf_counter()
-    for _ in run_path(str(src), path, gain_db=0.0, ceiling_db=None,
-                      tail=[("aformat", "sample_fmts=s16")]):  # fmt: skip
-        pass
-    ours_filters_s = time.perf_counter() - start
+    with Clock() as filters:
+        for _ in run_path(str(src), path, gain_db=0.0, ceiling_db=None,
+                          tail=[("aformat", "sample_fmts=s16")]):  # fmt: skip
+            pass
     out = {
         "minutes": minutes,
         "analysis_hum_hz": analysis.hum.frequency_hz if analysis.hum else None,
-        "chain_seconds": round(chain["built"], 1),
-        "chain_x_realtime": round(seconds / chain["built"], 1),
-        "chain_wheel_seconds": round(chain["wheel"], 1),
-        "chain_wheel_x_realtime": round(seconds / chain["wheel"], 1),
-        "ffmpeg_filters_seconds": round(ffmpeg_s, 1),
-        "our_filters_seconds": round(ours_filters_s, 1),
-        "filters_ratio": round(ours_filters_s / ffmpeg_s, 2),
+        "chain_cpu_seconds": round(chain["built"].cpu, 1),
+        "chain_wall_seconds": round(chain["built"].wall, 1),
+        "chain_x_realtime": round(seconds / chain["built"].cpu, 1),
+        "chain_x_realtime_wall": round(seconds / chain["built"].wall, 1),
+        "chain_wheel_cpu_seconds": round(chain["wheel"].cpu, 1),
+        "chain_wheel_wall_seconds": round(chain["wheel"].wall, 1),
+        "chain_wheel_x_realtime": round(seconds / chain["wheel"].cpu, 1),
+        "chain_wheel_x_realtime_wall": round(seconds / chain["wheel"].wall, 1),
+        "ffmpeg_filters_cpu_seconds": round(cli.cpu, 2),
+        "our_filters_cpu_seconds": round(filters.cpu, 2),
+        "filters_ratio": round(filters.cpu / cli.cpu, 2),
+        "filters_ratio_wall": round(filters.wall / cli.wall, 2),
     }
     print(json.dumps(out), flush=True)
     return out

@@ -102,7 +102,7 @@ def _row(
     seconds = mix.noisy.shape[1] / RATE
     lag = aligned(mix.clean, out)[1]
     rows.append({"snr": snr, "method": name, "pesq": pesq_v, "stoi": stoi_v,
-                 "floor_db": floor_db(out), "delay_ms": round(lag * 1000 / RATE, 1),
+                 "floor_db": floor_db(out), "delay_ms": round(lag * 1000 / RATE, 1) + 0.0,
                  "x_realtime": round(seconds / took, 1) if took else None})  # fmt: skip
 
 

@@ -111,6 +111,9 @@ class Rnnoise:
         """Denoise whole frames: `data`/`out` contiguous float32 of n·480 samples in [-1, 1],
         `vad` float32 of n (speech probability per frame)."""
         n = data.shape[0] // FRAME
+        for a, length in ((data, n * FRAME), (out, n * FRAME), (vad, n)):
+            if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape[0] < length:
+                raise ValueError("rnnoise frames: contiguous float32 buffers of n frames")
         if self.kind == "built":
             self.lib.audioprep_rnnoise_frames(
                 state, out.ctypes.data_as(_F32), data.ctypes.data_as(_F32), n,
@@ -232,7 +235,9 @@ def build(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
-        with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
+        for stale in target_dir.glob("build-*"):  # a builder killed mid-way (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="build-", dir=target_dir) as tmp:
             objects = []
             for i, (path, flags) in enumerate(plan):
                 obj = f"{tmp}/{i}.o"

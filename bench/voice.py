@@ -40,12 +40,12 @@ from scipy.signal import resample_poly
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.domain.recipe import Deess, Denoise, Leveler, Recipe  # noqa: E402
 from audioprep.services.worker.pipeline import rnnoise_lib  # noqa: E402
 from audioprep.services.worker.pipeline.render import render  # noqa: E402
 from audioprep.services.worker.pipeline.signal_path import SignalPath, run_path  # noqa: E402
 from audioprep.services.worker.pipeline.voice_analysis import measure_voice  # noqa: E402
 from audioprep.services.worker.pipeline.voice_chain import plan_voice  # noqa: E402
-from audioprep.shared.recipe import Deess, Denoise, Leveler, Recipe  # noqa: E402
 from bench.common import machine, write_tiled_wav  # noqa: E402
 from tests import media, speech  # noqa: E402
 

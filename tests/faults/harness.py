@@ -25,17 +25,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from audioprep.domain.events import JobCompleted, JobRequested, decode_event
 from audioprep.services.worker.job_runner import sweep_dead_scratch
-from audioprep.shared import keys, subjects
+from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.events import JobCompleted, JobRequested, decode_event
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import REPO_ROOT, NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
+from tests.services import service_env
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 TERMINAL_TYPES = ("JobCompleted", "JobFailed", "JobCancelled")
 
@@ -55,24 +59,6 @@ def fault_settings(nats_url: str, data_dir: Path, **changes: object) -> Settings
         url_allow_hosts=frozenset({"127.0.0.1", "localhost"}),
     )
     return settings.with_(**changes)
-
-
-def service_env(settings: Settings) -> dict[str, str]:
-    """The environment a service process reads its settings from."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOPREP_")}
-    env.update(
-        AUDIOPREP_NATS_URL=settings.nats_url,
-        AUDIOPREP_DATA_DIR=str(settings.data_dir),
-        AUDIOPREP_STORAGE_URL=settings.storage,
-        AUDIOPREP_SIGNING_SECRET=settings.signing_secret,
-        AUDIOPREP_WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        AUDIOPREP_ACK_WAIT_S=str(settings.ack_wait_s),
-        AUDIOPREP_MAX_DELIVER=str(settings.max_deliver),
-        AUDIOPREP_STREAM_REPLICAS=str(settings.stream_replicas),
-        AUDIOPREP_LOG_FORMAT="console",
-        AUDIOPREP_LOG_LEVEL="INFO",
-    )
-    return env
 
 
 class Workers:
@@ -232,7 +218,7 @@ class Submitter:
 
 async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
     """Every event in stream JOBS, in order (ordered consumer up to the current last seq)."""
-    info = await js.stream_info(subjects.STREAM)
+    info = await js.stream_info(NAMES.stream)
     last = info.state.last_seq or 0
     out: list[StoredEvent] = []
     if last == 0:
@@ -247,8 +233,8 @@ async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
             done.set()
 
     sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS,
-        stream=subjects.STREAM,
+        NAMES.stream_subjects,
+        stream=NAMES.stream,
         ordered_consumer=True,
         cb=on_msg,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),

@@ -11,7 +11,7 @@ import nats.js.errors
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from audioprep.shared.errors import Retryable
+from audioprep.domain.errors import Retryable
 from audioprep.shared.nats_conn import NatsUnavailable
 
 log = logging.getLogger("audioprep.api")

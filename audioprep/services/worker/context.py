@@ -11,9 +11,9 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
+from audioprep.domain.events import JobProgressed, JobRequested
 from audioprep.shared import logs
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobProgressed, JobRequested
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
 

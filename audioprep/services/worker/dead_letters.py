@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -20,10 +19,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from audioprep.shared import subjects
-from audioprep.shared.errors import MAX_DELIVERIES
+from audioprep.domain.errors import MAX_DELIVERIES
+from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested
+from audioprep.shared import names
+from audioprep.shared.advisories import MaxDeliveriesAdvisory, decode_advisory
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import ErrorInfo, JobFailed, JobRequested, decode_event
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
 from audioprep.shared.settings import Settings
@@ -35,52 +35,20 @@ FETCH_BATCH = 16
 # FetchTimeoutError or nats.errors.TimeoutError, and a batch fetch whose deadline runs out
 # between its two pull requests with a plain asyncio TimeoutError: all are TimeoutError.
 FETCH_TIMEOUT_S = 2.0
-WORKER_CONSUMER_PREFIX = "workers-"
 
 Outcome = Literal["failed", "already_ended", "ignored", "missing"]
 
 
-class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True):
-    """`io.nats.jetstream.advisory.v1.max_deliver` (only the fields we use)."""
-
-    stream: str
-    consumer: str
-    stream_seq: int
-    deliveries: int = 0
-    timestamp: datetime | None = None
-
-
-_advisory_decoder = msgspec.json.Decoder(MaxDeliveriesAdvisory)
-
-
-def decode_advisory(data: bytes) -> MaxDeliveriesAdvisory:
-    return _advisory_decoder.decode(data)
-
-
-async def original_request(js: JetStreamContext, seq: int) -> JobRequested | None:
-    """The JobRequested at `seq` in stream JOBS (None if aged out or not a request)."""
-    try:
-        raw = await js.get_msg(subjects.STREAM, seq, direct=True)
-    except NotFoundError:
-        return None
-    if raw.data is None:
-        return None
-    try:
-        event = decode_event(raw.data)
-    except msgspec.DecodeError:
-        return None
-    return event if isinstance(event, JobRequested) else None
-
-
 async def fail_dead_letter(
-    events: EventStore, js: JetStreamContext, advisory: MaxDeliveriesAdvisory
+    events: EventStore, advisory: MaxDeliveriesAdvisory
 ) -> tuple[Outcome, JobRequested | None]:
     """Turn one advisory into JobFailed{max_deliveries} unless the job already ended."""
-    if advisory.stream != subjects.STREAM or not advisory.consumer.startswith(
-        WORKER_CONSUMER_PREFIX
+    if (
+        advisory.stream != events.names.stream
+        or names.worker_consumer_kind(advisory.consumer) is None
     ):
         return "ignored", None
-    request = await original_request(js, advisory.stream_seq)
+    request = await events.request_at(advisory.stream_seq)
     if request is None:
         return "missing", None
     deliveries = advisory.deliveries or 1
@@ -113,11 +81,13 @@ class DeadLetterFailer:
     async def _subscribe(self, *, recreate: bool) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
-                await self.js.consumer_info(subjects.DLQ_STREAM, subjects.DLQ_CONSUMER)
+                await self.js.consumer_info(self.settings.names.dlq_stream, names.DLQ_CONSUMER)
             except NotFoundError:
-                await self.js.add_consumer(subjects.DLQ_STREAM, dlq_consumer_config(self.settings))
+                await self.js.add_consumer(
+                    self.settings.names.dlq_stream, dlq_consumer_config(self.settings)
+                )
         return await self.js.pull_subscribe_bind(
-            durable=subjects.DLQ_CONSUMER, stream=subjects.DLQ_STREAM
+            durable=names.DLQ_CONSUMER, stream=self.settings.names.dlq_stream
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,7 +123,7 @@ class DeadLetterFailer:
             await msg.term()
             return
         try:
-            outcome, request = await fail_dead_letter(self.events, self.js, advisory)
+            outcome, request = await fail_dead_letter(self.events, advisory)
         except Exception as exc:
             level = logging.WARNING if is_transient(exc) else logging.ERROR
             log.log(level, "dead letter not handled yet", extra={"error": repr(exc)})

@@ -38,6 +38,7 @@ from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
 from tests.services import service_env
+from tests.waiting import wait_until
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
@@ -302,14 +303,19 @@ def tally(job_ids: Iterable[str], events: dict[str, list[StoredEvent]]) -> Tally
 
 
 async def wait_terminal(events: EventStore, job_ids: Iterable[str], *, timeout: float) -> set[str]:
-    """Poll until every job has a terminal event (or the deadline); returns the unfinished."""
+    """Wait until every job has a terminal event (or the deadline), looking again after each
+    terminal event on the stream (tests.waiting); returns the unfinished."""
     waiting = list(job_ids)
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
+
+    async def check() -> bool | None:
+        nonlocal waiting
         found = await asyncio.gather(
             *(events.terminal_event(j) for j in waiting), return_exceptions=True
         )
         waiting = [j for j, f in zip(waiting, found, strict=True) if not isinstance(f, StoredEvent)]
-        if waiting:
-            await asyncio.sleep(0.25)
+        return True if not waiting else None
+
+    with contextlib.suppress(AssertionError):  # the deadline: report who is left
+        subjects = events.names.terminal_filters()
+        await wait_until(events.nc, subjects, check, timeout=timeout, what="terminal events")
     return set(waiting)

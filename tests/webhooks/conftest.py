@@ -40,6 +40,7 @@ from audioprep.shared.nats_server import free_port
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.services import service_env
+from tests.waiting import client_for, wait_until
 
 # The webhooks suite has its own names on the shared nats-server (tests/services.py).
 NAMES = Names("wh")
@@ -338,15 +339,21 @@ async def wait_delivery(
     count: int = 1,
     timeout: float = 15.0,
 ) -> list[dict[str, Any]]:
-    """Poll the deliveries list until `count` deliveries have `status`."""
-    deadline = time.monotonic() + timeout
+    """List the deliveries until `count` of them have `status`, again after each delivery event
+    of the endpoint (tests.waiting)."""
     last: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    async def check() -> list[dict[str, Any]] | None:
+        nonlocal last
         resp = await client.get(f"/api/webhooks/{webhook_id}/deliveries", headers=auth(settings))
         assert resp.status_code == 200, resp.text
         last = resp.json()["deliveries"]
         matching = [d for d in last if d["status"] == status]
-        if len(matching) >= count:
-            return matching
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"deliveries never reached {count}x {status}: {last}")
+        return matching if len(matching) >= count else None
+
+    subjects = [settings.names.endpoint_delivery_subjects(webhook_id)]
+    try:
+        nc = await client_for(settings)
+        return await wait_until(nc, subjects, check, timeout=timeout, what="deliveries")
+    except AssertionError:
+        raise AssertionError(f"deliveries never reached {count}x {status}: {last}") from None

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -48,7 +49,7 @@ def _start(since: str | None, default: DeliverPolicy) -> ConsumerConfig:
 def _decode(msg: Msg) -> Event | None:
     try:
         return decode_event(msg.data)
-    except Exception:
+    except msgspec.DecodeError:
         return None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -122,7 +123,7 @@ class JobRunner:
         """Process one delivery; never raises (every outcome becomes an event + ack/nak/term)."""
         try:
             event = decode_event(msg.data)
-        except Exception:
+        except msgspec.DecodeError:
             log.error("undecodable request terminated", extra={"subject": msg.subject})
             await msg.term()
             return

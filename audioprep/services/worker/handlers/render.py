@@ -17,7 +17,7 @@ from audioprep.domain.events import (
     PartResult,
     VoiceAnalysisInfo,
 )
-from audioprep.domain.recipe import IntroOutro, OutputOptions, Recipe, check_recipe
+from audioprep.domain.recipe import IntroOutro, OutputOptions, Recipe
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
@@ -36,31 +36,23 @@ from audioprep.services.worker.publish.output import (
 )
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys, render_cache
-from audioprep.shared.metadata import Output, output_stems
+from audioprep.shared.job_requests import (
+    PreviewRequest,
+    RenderRequest,
+    SaveRequest,
+    render_request,
+)
+from audioprep.shared.metadata import output_stems
 
 log = logging.getLogger("audioprep.worker")
 
-PREVIEW_DEFAULT_FORMAT = "opus"
 
-
-def output_key(ctx: JobContext, ext: str) -> str:
+def output_key(req: RenderRequest, ext: str) -> str:
     """Deterministic output key: a rerun overwrites instead of producing a second result."""
-    req = ctx.request
-    if req.kind == "preview":
+    if isinstance(req, PreviewRequest):
         return keys.preview_key(req.tenant, req.cache_key or req.job_id, ext)
-    source_name = (req.source_key or "audio").rsplit("/", 1)[-1]
+    source_name = req.source_key.rsplit("/", 1)[-1]
     return keys.prepared_key(req.tenant, req.job_id, req.filename or source_name, ext)
-
-
-def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
-    req = ctx.request
-    try:
-        recipe = msgspec.convert(req.recipe or {}, Recipe)
-        check_recipe(recipe)
-        options = msgspec.convert(req.options, OutputOptions) if req.options else None
-    except msgspec.ValidationError as exc:
-        raise Permanent(f"invalid recipe: {exc}", code="invalid_recipe") from exc
-    return recipe, options
 
 
 async def ingest_facts(
@@ -121,26 +113,23 @@ class _Output:
     ext: str
 
 
-def planned_outputs(ctx: JobContext) -> list[_Output]:
-    """The files of this job: a save's `outputs`, else its one `format` (or the preview's)."""
-    req = ctx.request
-    if req.kind != "save" or not req.outputs:
-        fmt = req.format or PREVIEW_DEFAULT_FORMAT
+def planned_outputs(req: RenderRequest) -> list[_Output]:
+    """The files of this job: a save's outputs (one for a single-`format` save), or the
+    preview's one file."""
+    if isinstance(req, PreviewRequest):
+        ext = output_format(req.format).extension
+        return [_Output(req.format, req.options, output_key(req, ext), ext)]
+    if not req.several:
+        fmt = req.outputs[0].format
         ext = output_format(fmt).extension
-        _, options = _recipe_and_options(ctx)
-        return [_Output(fmt, options, output_key(ctx, ext), ext)]
-    try:
-        outputs = msgspec.convert(req.outputs, list[Output])
-        default_options = msgspec.convert(req.options, OutputOptions) if req.options else None
-    except msgspec.ValidationError as exc:
-        raise Permanent(f"invalid outputs: {exc}", code="invalid_request") from exc
-    source_name = (req.source_key or "audio").rsplit("/", 1)[-1]
+        return [_Output(fmt, req.options, output_key(req, ext), ext)]
+    source_name = req.source_key.rsplit("/", 1)[-1]
     default = keys.safe_filename(keys.stem(req.filename or source_name))
     planned: list[_Output] = []
-    for output, stem in zip(outputs, output_stems(outputs, default), strict=True):
+    for output, stem in zip(req.outputs, output_stems(req.outputs, default), strict=True):
         ext = output_format(output.format).extension
         key = keys.prepared_key(req.tenant, req.job_id, f"{stem}.{ext}", ext)
-        planned.append(_Output(output.format, output.options or default_options, key, ext))
+        planned.append(_Output(output.format, output.options or req.options, key, ext))
     return planned
 
 
@@ -181,12 +170,10 @@ def _parts(recipe: Recipe, source_key: str, rendered: RenderResult) -> list[Part
 
 
 async def run_render(ctx: JobContext) -> JobResult:
-    req = ctx.request
-    if not req.source_key:
-        raise Permanent("render job without sourceKey", code="invalid_request")
-    recipe, _ = _recipe_and_options(ctx)
-    outputs = planned_outputs(ctx)
-    if req.kind == "preview" and outputs[0].options is None:
+    req = render_request(ctx.request)
+    recipe = req.recipe
+    outputs = planned_outputs(req)
+    if isinstance(req, PreviewRequest) and outputs[0].options is None:
         # small and browser-playable; fixed, so the cache key holds
         outputs = [replace(outputs[0], options=PREVIEW_OPTIONS)]
     src = await local_source(ctx, req.source_key)
@@ -218,13 +205,17 @@ async def run_render(ctx: JobContext) -> JobResult:
         PublishedFile(Path(spec.dst_path), spec.fmt, done.duration_ms)
         for spec, done in zip(specs, rendered.outputs, strict=True)
     ]
-    chapters_key = await publish_output(ctx, files, recipe, rendered, outputs[0].key)
+    chapters_key = (
+        await publish_output(ctx, req, files, rendered, outputs[0].key)
+        if isinstance(req, SaveRequest)
+        else None
+    )
     sizes = [
         await ctx.storage.put_file(o.key, Path(s.dst_path))
         for o, s in zip(outputs, specs, strict=True)
     ]
     first = outputs[0]
-    several = req.kind == "save" and bool(req.outputs)
+    several = isinstance(req, SaveRequest) and req.several
     result = JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,
@@ -233,8 +224,8 @@ async def run_render(ctx: JobContext) -> JobResult:
         codec=rendered.codec,
         format=first.fmt,
         size_bytes=sizes[0],
-        preview_key=first.key if req.kind == "preview" else None,
-        prepared_key=first.key if req.kind == "save" else None,
+        preview_key=first.key if isinstance(req, PreviewRequest) else None,
+        prepared_key=first.key if isinstance(req, SaveRequest) else None,
         loudness_report=rendered.loudness_report,
         voice_report=rendered.voice_report,
         chapters_key=chapters_key,
@@ -255,7 +246,7 @@ async def run_render(ctx: JobContext) -> JobResult:
         else None,
         parts=_parts(recipe, req.source_key, rendered),
     )
-    if req.kind == "preview" and req.cache_key:
+    if isinstance(req, PreviewRequest) and req.cache_key:
         await render_cache.remember(
             await render_cache.bucket(ctx.js, ctx.settings.names), req.cache_key, first.key, result
         )
@@ -265,10 +256,11 @@ async def run_render(ctx: JobContext) -> JobResult:
 async def cleanup_render(ctx: JobContext) -> None:
     """Remove partial outputs and the chapters file (the scratch dir goes anyway)."""
     try:
-        outputs = planned_outputs(ctx)
-    except Permanent:  # an unknown format or bad outputs: nothing was written
+        req = render_request(ctx.request)
+        outputs = planned_outputs(req)
+    except Permanent:  # a request that doesn't pass (unknown format, bad outputs): no files
         return
     for output in outputs:
         await ctx.storage.delete(output.key)
-    if ctx.request.kind == "save" and ctx.request.chapters:
+    if isinstance(req, SaveRequest) and req.chapters:
         await ctx.storage.delete(chapters_key_for(outputs[0].key))

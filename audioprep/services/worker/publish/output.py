@@ -9,16 +9,13 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
-from audioprep.domain.errors import Permanent
-from audioprep.domain.recipe import Recipe
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.pipeline.render import RenderResult
 from audioprep.services.worker.publish.chapters import place_chapters
 from audioprep.services.worker.publish.cover import Cover, load_cover
 from audioprep.services.worker.publish.tags import write_publishing
-from audioprep.shared.metadata import MetadataError, chapters_json, parse_chapters, parse_metadata
+from audioprep.shared.job_requests import SaveRequest
+from audioprep.shared.metadata import chapters_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +35,16 @@ def chapters_key_for(output_key: str) -> str:
 
 async def publish_output(
     ctx: JobContext,
+    req: SaveRequest,
     files: list[PublishedFile],
-    recipe: Recipe,
     rendered: RenderResult,
     output_key: str,
 ) -> str | None:
     """Write the save's metadata/cover/chapters into each file; the chapters file's key (named
     after `output_key`, the first output's), if any."""
-    req = ctx.request
-    if req.kind != "save" or (not req.metadata and not req.chapters):
+    metadata, chapters, recipe = req.metadata, req.chapters, req.recipe
+    if metadata is None and not chapters:
         return None
-    try:
-        metadata = parse_metadata(req.metadata)
-        chapters = parse_chapters(req.chapters)
-    except (msgspec.ValidationError, MetadataError) as exc:
-        raise Permanent(f"invalid metadata: {exc}", code="invalid_metadata") from exc
     cover: Cover | None = None
     if metadata is not None and metadata.cover_key:
         cover = await load_cover(ctx.storage, req.tenant, metadata.cover_key)

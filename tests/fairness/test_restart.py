@@ -27,11 +27,11 @@ from tests.faults.harness import (
     connected,
     fault_settings,
     read_stream,
-    service_env,
     tally,
     wait_terminal,
 )
 from tests.media import write_tone
+from tests.services import service_env
 
 pytestmark = pytest.mark.slow
 TERMINAL = ("JobCompleted", "JobFailed", "JobCancelled")

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from litestar import Request
 
-from audioprep.domain.events import JobRequested
+from audioprep.domain.events import JobCompleted, JobRequested
 from audioprep.domain.kinds import Kind
 from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
@@ -94,16 +94,26 @@ async def existing_job(
 
 
 async def submit(
-    ctx: ApiContext, event: JobRequested, traceparent: str | None, *, admitted: bool = False
+    ctx: ApiContext,
+    event: JobRequested,
+    traceparent: str | None,
+    *,
+    completed: JobCompleted | None = None,
+    admitted: bool = False,
 ) -> str:
-    """Publish JobRequested once; a replay of the same request answers with the same job.
+    """Publish JobRequested once (with its JobCompleted when the API answers the job itself);
+    a replay of the same request answers with the same job.
 
     A tenant with a queue limit or a daily quota is checked first (429 past it) unless the
-    route already did (`admitted`: an upload is checked before it is stored)."""
-    if not admitted:
+    route already did (`admitted`: an upload is checked before it is stored); a job the API
+    answers itself (render-cache hit) costs nothing and is never refused."""
+    if not admitted and completed is None:
         await admit_request(ctx, event)
     try:
-        await ctx.events.request_job(event, traceparent=traceparent)
+        if completed is None:
+            await ctx.events.request_job(event, traceparent=traceparent)
+        else:
+            await ctx.events.request_completed(event, completed, traceparent=traceparent)
         metrics.job_requested(event.kind)
     except JobAlreadyExists:
         # A concurrent request with the same key won: it must have been the same request.

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -42,6 +43,7 @@ from audioprep.domain.events import (
     decode_event,
 )
 from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import EventStore, StoredEvent
 from audioprep.shared.nats_conn import is_transient
@@ -117,7 +119,6 @@ class JobRunner:
         self.handlers = handlers
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
-        self.active: dict[str, asyncio.Task[JobResult]] = {}
         if swept := sweep_dead_scratch():
             log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
@@ -128,7 +129,7 @@ class JobRunner:
         dispatch: the request is read at the sequence it names)."""
         try:
             event = decode_event(msg.data)
-        except Exception:
+        except msgspec.DecodeError:
             log.error("undecodable request terminated", extra={"subject": msg.subject})
             await msg.term()
             return
@@ -156,7 +157,7 @@ class JobRunner:
             await msg.term()
             return
         metrics.run_begins(request)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
         try:
             await self._run(msg, request, latest)
         except Exception as exc:
@@ -173,13 +174,6 @@ class JobRunner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(0.5, self.settings.ack_wait_s / 2)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _finished(self, job_id: str) -> bool:
         return await self.events.terminal_event(job_id) is not None
@@ -236,19 +230,6 @@ class JobRunner:
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
 
-    async def _answered_from_cache(self, request: JobRequested, wait_s: float = 5.0) -> bool:
-        """A render-cache hit: the API appends JobCompleted right after the request; never
-        start it, wait for that event. False (render normally) if the API died in between."""
-        if not request.from_cache:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while loop.time() < deadline:
-            if await self._finished(request.job_id):
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
     async def _run(self, msg: Msg, request: JobRequested, latest: StoredEvent | None) -> None:
         delivery = msg.metadata.num_delivered or 1
         attempt = request.attempt_base + delivery
@@ -259,9 +240,10 @@ class JobRunner:
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
         fresh = await self._untouched(msg, request, latest)
-        if not fresh and (
-            await self._finished(request.job_id) or await self._answered_from_cache(request)
-        ):
+        # A render-cache hit (from_cache) was requested and completed in one atomic batch, so
+        # its JobCompleted is already there; one written before batches whose API died before
+        # the completion renders normally.
+        if not fresh and await self._finished(request.job_id):
             log.info("already finished, acking redelivery", extra=base)
             await self._ack(msg)
             return
@@ -335,7 +317,6 @@ class JobRunner:
         """Run the handler while listening for JobCancelRequested on the job's subject."""
         handler = self.handlers[ctx.request.kind]
         task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
-        self.active[ctx.job_id] = task
         cancelled = asyncio.Event()
 
         async def on_cancel(_: Msg) -> None:
@@ -358,7 +339,6 @@ class JobRunner:
                 raise
         finally:
             await ctx.flush_progress()
-            self.active.pop(ctx.job_id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -460,6 +440,8 @@ def _used(ctx: JobContext, result: JobResult, began: float) -> JobUsage:
     """What a completed attempt used (docs/fairness.md, "Usage"): its worker time, the
     source it read, the audio it wrote and the bytes it stored."""
     duration = result.duration_ms or 0
+    if result.outputs:  # a save with several files: the audio of each
+        duration = sum(o.duration_ms or 0 for o in result.outputs)
     rendered = ctx.request.kind != "ingest"
     return JobUsage(
         processing_ms=int((time.monotonic() - began) * 1000),

@@ -98,6 +98,15 @@ async def test_everything_restarts_and_the_dispatch_state_comes_back(tmp_path: P
             kill(procs)  # the leading dispatcher dies with its lease, mid-job
             server.stop()
             server.start()
+
+            async def back() -> bool:  # our own connection reconnected, JetStream answers
+                try:
+                    await nc.jetstream().stream_info(settings.names.stream)
+                except Exception:
+                    return False
+                return nc.is_connected
+
+            await wait_until(back, 30, "nats-server back")
             procs = [start_worker(settings, tmp_path / f"w{i + 2}.log") for i in range(2)]
             unfinished = await wait_terminal(store, ids, timeout=90)
             assert not unfinished, (tmp_path / "w2.log").read_text()[-3000:]

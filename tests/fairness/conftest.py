@@ -4,6 +4,7 @@ so its dispatcher sees only its own jobs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -58,6 +59,22 @@ async def provisioned(nc: Client, settings: Settings) -> Settings:
 async def dispatcher_status(nc: Client, settings: Settings) -> StatusReply | None:
     subject = settings.names.scheduler_status_subject
     return await ask(nc, subject, StatusRequest(), StatusReply, 1.0)
+
+
+async def settled_status(nc: Client, settings: Settings, timeout: float = 15.0) -> StatusReply:
+    """The dispatcher's status once it counts nothing waiting or in flight (it folds the
+    last endings a moment after they are written), or the last one seen."""
+    seen: list[StatusReply | None] = []
+
+    async def settled() -> bool:
+        seen.append(await dispatcher_status(nc, settings))
+        return seen[-1] is not None and not seen[-1].tenants
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(settled, timeout, "the dispatcher to count nothing in flight")
+    status = seen[-1]
+    assert status is not None, "no dispatcher answered"
+    return status
 
 
 async def wait_until(

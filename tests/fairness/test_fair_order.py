@@ -28,6 +28,7 @@ from tests.fairness.conftest import (
     dispatcher_status,
     fair_settings,
     provisioned,
+    settled_status,
     stream_events,
     wait_until,
 )
@@ -176,7 +177,7 @@ async def test_a_tenant_at_its_running_cap_runs_no_more_and_blocks_nobody(
         capped = await request_ingests(nc, settings, slow, "ta", 3)
         free = await request_ingests(nc, settings, quick, "tb", 2)
         events = await ended(nc, settings, capped + free)
-        status = await dispatcher_status(nc, settings)
+        status = await settled_status(nc, settings)
     running: Counter[str] = Counter()
     most: Counter[str] = Counter()
     live: dict[str, str] = {}

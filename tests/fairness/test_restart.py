@@ -21,7 +21,7 @@ from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_server import REPO_ROOT, NatsServer, free_port
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import open_storage
-from tests.fairness.conftest import dispatcher_status, wait_until
+from tests.fairness.conftest import settled_status, wait_until
 from tests.faults.harness import (
     by_job,
     connected,
@@ -110,7 +110,7 @@ async def test_everything_restarts_and_the_dispatch_state_comes_back(tmp_path: P
             procs = [start_worker(settings, tmp_path / f"w{i + 2}.log") for i in range(2)]
             unfinished = await wait_terminal(store, ids, timeout=90)
             assert not unfinished, (tmp_path / "w2.log").read_text()[-3000:]
-            status = await dispatcher_status(nc, settings)
+            status = await settled_status(nc, settings)
             history = by_job(await read_stream(nc.jetstream()))
     finally:
         kill([p for p in procs if p.poll() is None])

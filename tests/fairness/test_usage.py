@@ -130,8 +130,10 @@ async def test_usage_sums_the_jobs_own_figures(
         assert row_of(everyone, "tb")["bytesStored"] == expected["tb"]["bytes_stored"]
         refused = await call(stack, "GET", "/api/usage?tenant=ta", headers=HEADERS["tb"])
         assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
-        bad = await call(stack, "GET", "/api/usage?from=yesterday", headers=HEADERS["tb"])
+        bad = await call(stack, "GET", "/api/usage?from=2026-13-45", headers=HEADERS["tb"])
         assert bad.status_code == 400 and bad.json()["code"] == "invalid_date"
+        shape = await call(stack, "GET", "/api/usage?from=yesterday", headers=HEADERS["tb"])
+        assert shape.status_code == 422 and shape.json()["code"] == "validation_error"
 
         # tb's processing quota (1 ms a day) is used up by its one ingest
         over = await post_upload(stack, longer, HEADERS["tb"])

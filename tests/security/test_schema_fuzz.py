@@ -70,6 +70,10 @@ DOCUMENTED_EXCEPTIONS: dict[tuple[type[Failure], str, str], set[str | None] | No
     (RejectedPositiveData, "createWebhook", "forbidden_url"): {"url"},
     (RejectedPositiveData, "createWebhook", "invalid_url"): {"url"},
     (RejectedPositiveData, "createWebhook", "unresolvable_host"): {"url"},
+    # GET /api/usage: `2026-13-45` has the shape of a date but is none; `to` before `from`,
+    # or more than 366 days, is a rule across the two (docs/fairness.md).
+    (RejectedPositiveData, "getUsage", "invalid_date"): {"from", "to"},
+    (RejectedPositiveData, "getUsage", "invalid_date_range"): None,
 }
 
 SOURCE_KEY = keys.source_key(TENANT_A, "01FUZZSOURCE00000000000000", "source.wav")

@@ -54,9 +54,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _dispatcher(args: argparse.Namespace) -> int:
-    from audioprep.services.worker.dispatch.main import main
+    from audioprep.services.worker.main import dispatcher_main
 
-    asyncio.run(main(_settings(args)))
+    asyncio.run(dispatcher_main(_settings(args)))
     return 0
 
 

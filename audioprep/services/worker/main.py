@@ -70,6 +70,13 @@ def stop_then_hurry(stop: asyncio.Event, hurry: asyncio.Event) -> None:
             loop.add_signal_handler(sig, on_signal)
 
 
+async def dispatcher_main(settings: Settings) -> None:
+    """`audioprep dispatcher`: only the dispatcher of a worker process (no media work)."""
+    from audioprep.services.worker.dispatch.main import main as dispatch_only
+
+    await dispatch_only(settings)
+
+
 async def main(settings: Settings) -> None:
     stop, hurry = asyncio.Event(), asyncio.Event()
     stop_then_hurry(stop, hurry)

@@ -18,7 +18,10 @@ from audioprep.services.api.problems import ProblemError
 from audioprep.shared import usage
 from audioprep.shared.usage import TenantDayUsage
 
-TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TENANT_RE = re.compile(TENANT_PATTERN)
+QUERY = frozenset({"from", "to", "tenant"})
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # a calendar date is checked in code (400)
 
 
 class UsageRow(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -83,16 +86,21 @@ def _day(value: str | None, name: str, default: date) -> date:
         "output audio seconds, bytes stored, upload bytes. An admin key sees every tenant "
         "(or one, with `tenant`); any other key only its own."
     ),
-    responses=problems(400, 401, 403),
+    responses=problems(400, 401, 403, 422),
 )
 async def get_usage(
     request: Request[Any, Any, Any],
     api: NamedDependency[ApiContext],
-    from_: Annotated[str | None, QueryParameter(name="from")] = None,
-    to: Annotated[str | None, QueryParameter()] = None,
-    tenant: Annotated[str | None, QueryParameter()] = None,
+    from_: Annotated[str | None, QueryParameter(name="from", pattern=DATE_PATTERN)] = None,
+    to: Annotated[str | None, QueryParameter(pattern=DATE_PATTERN)] = None,
+    tenant: Annotated[str | None, QueryParameter(pattern=TENANT_PATTERN)] = None,
 ) -> UsageAnswer:
     own = tenant_for(request, api.settings)
+    unknown = sorted(set(request.query_params) - QUERY)
+    if unknown:
+        raise ProblemError(
+            400, "unknown_parameter", f"unknown query parameter {unknown[0]!r}", field=unknown[0]
+        )
     if tenant is not None and not TENANT_RE.fullmatch(tenant):
         raise ProblemError(400, "invalid_tenant", "not a tenant name", field="tenant")
     if is_admin(request, api.settings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -327,3 +328,107 @@ async def wait_terminal(events: EventStore, job_ids: Iterable[str], *, timeout: 
         if waiting:
             await asyncio.sleep(0.25)
     return set(waiting)
+
+
+# ---- issue 20: volumes, audits with lost/stuck/server errors ------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
+    """A small tmpfs at `path` (root only: skipped loudly otherwise); unmounted afterwards."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip(f"SKIPPED LOUDLY: mounting a {size_mb} MB tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_volume(path: Path) -> int:
+    """Write one file at `path` until the volume answers ENOSPC; returns the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as out:
+        for size in (1024 * 1024, 4096, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    written += out.write(block) or 0
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    return written
+
+
+@dataclass
+class Audit:
+    """What a fault test prints: every figure that must be zero, and the outcomes.
+
+    lost — acknowledged (202) jobs whose JobRequested is not in the stream;
+    stuck — requested jobs without a terminal event after the wait;
+    duplicates — JobRequested, terminal events and JobCompleted beyond the first, per job;
+    server_errors — HTTP answers that were 500 (or any 5xx not in the expected set).
+    """
+
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    stuck: int = 0
+    duplicates: int = 0
+    server_errors: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    lost_ids: list[str] = field(default_factory=list)
+    stuck_ids: list[str] = field(default_factory=list)
+
+    def line(self, name: str, **extra: object) -> str:
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(self.codes.items()))
+        more = " ".join(f"{k}={v}" for k, v in extra.items())
+        return (
+            f"[{name}] accepted={self.accepted} completed={self.completed} failed={self.failed}"
+            + (f" codes={codes}" if codes else "")
+            + f" lost={self.lost} duplicates={self.duplicates} stuck={self.stuck}"
+            f" server_errors={self.server_errors}" + (f" {more}" if more else "")
+        )
+
+    def assert_clean(self) -> None:
+        assert self.lost == 0, f"lost: {self.lost_ids}"
+        assert self.stuck == 0, f"stuck: {self.stuck_ids}"
+        assert self.duplicates == 0, self
+        assert self.server_errors == 0, self
+
+
+def audit(
+    accepted: Iterable[str], events: dict[str, list[StoredEvent]], *, server_errors: int = 0
+) -> Audit:
+    a = Audit(server_errors=server_errors)
+    for job_id in dict.fromkeys(accepted):
+        a.accepted += 1
+        history = [s.event for s in events.get(job_id, [])]
+        requested = [e for e in history if isinstance(e, JobRequested)]
+        ends = [e for e in history if type(e).__name__ in TERMINAL_TYPES]
+        completions = [e for e in ends if isinstance(e, JobCompleted)]
+        a.duplicates += max(0, len(requested) - 1) + max(0, len(ends) - 1)
+        a.duplicates += max(0, len(completions) - 1)
+        if not requested:
+            a.lost += 1
+            a.lost_ids.append(job_id)
+        elif not ends:
+            a.stuck += 1
+            a.stuck_ids.append(job_id)
+        elif isinstance(ends[0], JobCompleted):
+            a.completed += 1
+        elif type(ends[0]).__name__ == "JobFailed":
+            a.failed += 1
+            code = getattr(ends[0], "error").code  # noqa: B009
+            a.codes[code] = a.codes.get(code, 0) + 1
+        else:
+            a.cancelled += 1
+    return a

@@ -11,12 +11,14 @@ import nats.js.errors
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from audioprep.shared.errors import Retryable
+from audioprep.shared.errors import STORAGE_FULL, Retryable
 from audioprep.shared.nats_conn import NatsUnavailable
 
 log = logging.getLogger("audioprep.api")
 
 PROBLEM_JSON = "application/problem+json"
+# A full media-storage volume: the client may retry, but not in a second.
+STORAGE_FULL_RETRY_AFTER_S = 30
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 
@@ -115,6 +117,18 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             429: "rate_limited",
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
         problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return problem_response(request, problem)
+    if isinstance(exc, Retryable) and exc.code == STORAGE_FULL:
+        # Media storage is out of space (ENOSPC): nothing was stored or published. The event
+        # store lives on its own volume and is unaffected (docs/reliability.md, "Disk full").
+        log.warning("storage full", extra={"path": request.url.path, "error": exc.message})
+        problem = ProblemError(
+            507,
+            STORAGE_FULL,
+            "media storage is full; nothing was stored. Retry later (an operator frees space)",
+            title="Storage full",
+            headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER_S)},
+        )
         return problem_response(request, problem)
     if _is_backend_outage(exc):
         # NATS or storage briefly away (restart, leader election): the client should retry.

@@ -29,6 +29,7 @@ DLQ_STREAM: Final = "JOBS_DLQ"
 MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.>"
 DLQ_CONSUMER: Final = "dlq-failer"
 
+
 _FORBIDDEN_IN_TOKEN: Final = frozenset(". *>\t\r\n")
 
 
@@ -37,6 +38,12 @@ def check_token(value: str) -> str:
     if not value or any(ch in _FORBIDDEN_IN_TOKEN for ch in value):
         raise ValueError(f"not a subject-safe token: {value!r}")
     return value
+
+
+def max_deliveries_advisory(consumer: str) -> str:
+    """Where JetStream announces that `consumer` of stream JOBS gave up on a message (and
+    where the dead-letter reconciler records one whose advisory was missed)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{check_token(consumer)}"
 
 
 def event_subject(kind: Kind, job_id: str, event: EventName) -> str:

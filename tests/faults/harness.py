@@ -432,3 +432,102 @@ def audit(
         else:
             a.cancelled += 1
     return a
+
+
+async def provision_when_ready(settings: Settings, timeout: float = 30.0) -> None:
+    """A fresh cluster can refuse R3 assets for a moment (peers still joining): retry."""
+    nc = await connect(settings, "fault-test")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                await provision(nc.jetstream(), settings)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+async def retrying(call: Any, *, timeout: float = 30.0, pause: float = 0.25) -> Any:
+    """`await call()` until it succeeds (a test's own admin request during an election)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(pause)
+
+
+class ApiProcess:
+    """`audioprep api` as its own process (uvicorn), for tests that need concurrent requests
+    or an API on another "host". `prefix` runs it through a wrapper (`ip netns exec NS`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: list[str] | None = None,
+        name: str = "api",
+    ) -> None:
+        from audioprep.shared.nats_server import free_port
+
+        self.settings = settings
+        self.host = host
+        self.port = port or free_port()
+        self.log = log_dir / f"{name}.log"
+        self.prefix = prefix or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ApiProcess:
+        env = service_env(self.settings)
+        env.update(AUDIOPREP_API_HOST=self.host, AUDIOPREP_API_PORT=str(self.port))
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "audioprep.services.cli.main", "api"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                assert self.proc is not None and self.proc.poll() is None, self.logs()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                assert time.monotonic() < deadline, f"API not up\n{self.logs()}"
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -85,11 +87,12 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.killed = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """A new worker process; `prefix` runs it through a wrapper (`ip netns exec NS`)."""
         n = len(self.procs) + 1
         log = (self.log_dir / f"worker-{n}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "audioprep.services.cli.main", "worker"],
+            [*(prefix or []), sys.executable, "-m", "audioprep.services.cli.main", "worker"],
             cwd=REPO_ROOT,
             env=service_env(self.settings),
             stdout=log,
@@ -505,8 +508,6 @@ class ApiProcess:
         return self
 
     async def ready(self, timeout: float = 30.0) -> None:
-        import httpx
-
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as client:
             while True:
@@ -531,3 +532,44 @@ class ApiProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+class KeyedClient:
+    """POSTs one upload under one Idempotency-Key until a 202, honouring Retry-After: the
+    client issue 20 asks for (a 503 is retried with the same key; anything else fails)."""
+
+    def __init__(self, client: Any, tone: bytes, *, retry_for_s: float = 45.0) -> None:
+        self.client = client
+        self.tone = tone
+        self.retry_for_s = retry_for_s
+        self.statuses: Counter[int] = Counter()
+        self.codes: Counter[str] = Counter()
+        self.retry_after_missing = 0
+        self.answers: dict[str, list[str]] = {}  # key → job ids of its 202s
+
+    async def post(self, key: str, *, pause_s: float = 0.25) -> None:
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                resp = await self.client.post(
+                    "/api/audio/ingest",
+                    files={"file": (f"{key}.wav", self.tone, "audio/wav")},
+                    headers={"Idempotency-Key": key},
+                )
+            except httpx.HTTPError as exc:  # the connection gave up: not acknowledged, retry
+                self.codes[type(exc).__name__] += 1
+                assert time.monotonic() < deadline, f"{key}: no 202 within {self.retry_for_s}s"
+                await asyncio.sleep(pause_s)
+                continue
+            self.statuses[resp.status_code] += 1
+            if resp.status_code == 202:
+                self.answers.setdefault(key, []).append(resp.json()["jobId"])
+                return
+            self.codes[resp.json().get("code", "?")] += 1
+            assert resp.status_code == 503, resp.text  # never a 500, never a 4xx
+            retry_after = resp.headers.get("retry-after")
+            if retry_after is None or int(retry_after) < 1:
+                self.retry_after_missing += 1
+            assert time.monotonic() < deadline, f"{key}: no 202 within {self.retry_for_s}s"
+            # A real client sleeps Retry-After (1 s); the test retries sooner to press on.
+            await asyncio.sleep(pause_s)

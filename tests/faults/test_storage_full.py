@@ -38,7 +38,7 @@ from tests.media import measure_duration_s, write_tone
 pytestmark = pytest.mark.slow
 
 VOLUME_MB = 12
-MAX_DELIVER = 4  # retries wait ≤1 s, ≤2 s, ≤4 s: a job kept full fails within ~7 s
+MAX_DELIVER = 3  # retries wait ≤1 s, ≤2 s: a job kept full fails within ~3 s
 
 
 async def test_full_media_storage_refuses_uploads_retries_jobs_and_heals(tmp_path: Path) -> None:

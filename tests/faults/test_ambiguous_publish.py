@@ -11,8 +11,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import Storage, open_storage
 from tests.faults.harness import (
     ApiProcess,
+    KeyedClient,
     Workers,
     audit,
     by_job,
@@ -48,7 +47,6 @@ pytestmark = pytest.mark.slow
 KEYS_PER_WAVE = 8
 LANDED = ["landed-0", "landed-1"]
 FROZEN_S = 5.5  # past the API's 5 s publish timeout
-RETRY_FOR_S = 45.0
 
 
 async def _land(events: EventStore, storage: Storage, key: str, tone: bytes) -> None:
@@ -84,44 +82,6 @@ def _publishes_in_doubt(log: Path) -> int:
     """Publishes the API answered 503 because they timed out (landed or not, it can't know)."""
     lines = log.read_text(errors="replace").splitlines()
     return sum(1 for line in lines if "backend unavailable" in line and "imeout" in line)
-
-
-class KeyedClient:
-    """POSTs one upload under one Idempotency-Key until a 202, honouring Retry-After."""
-
-    def __init__(self, client: httpx.AsyncClient, tone: bytes) -> None:
-        self.client = client
-        self.tone = tone
-        self.statuses: Counter[int] = Counter()
-        self.codes: Counter[str] = Counter()
-        self.retry_after_missing = 0
-        self.answers: dict[str, list[str]] = {}  # key → job ids of its 202s
-
-    async def post(self, key: str, *, pause_s: float = 0.25) -> None:
-        deadline = time.monotonic() + RETRY_FOR_S
-        while True:
-            try:
-                resp = await self.client.post(
-                    "/api/audio/ingest",
-                    files={"file": (f"{key}.wav", self.tone, "audio/wav")},
-                    headers={"Idempotency-Key": key},
-                )
-            except httpx.HTTPError as exc:  # the connection gave up: not acknowledged, retry
-                self.codes[type(exc).__name__] += 1
-                await asyncio.sleep(pause_s)
-                continue
-            self.statuses[resp.status_code] += 1
-            if resp.status_code == 202:
-                self.answers.setdefault(key, []).append(resp.json()["jobId"])
-                return
-            self.codes[resp.json().get("code", "?")] += 1
-            assert resp.status_code == 503, resp.text  # never a 500, never a 4xx
-            retry_after = resp.headers.get("retry-after")
-            if retry_after is None or int(retry_after) < 1:
-                self.retry_after_missing += 1
-            assert time.monotonic() < deadline, f"{key}: no 202 within {RETRY_FOR_S}s"
-            # A real client sleeps Retry-After (1 s); the test retries sooner to press on.
-            await asyncio.sleep(pause_s)
 
 
 async def test_leader_killed_during_posts_gives_one_job_per_key(tmp_path: Path) -> None:

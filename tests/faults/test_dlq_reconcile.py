@@ -175,7 +175,7 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
                 assert len(workers.alive()) == 1
                 await _until(lambda: _fired_for(fired, poison[second]), 30, "the advisory")
                 await _capture(js, settings, on=True)
-                # the survivor's periodic pass (every max(5 s, 2 × ack_wait))
+                # the survivor's periodic pass (every max(2 s, 2 × ack_wait))
                 assert not await wait_terminal(events, [second], timeout=30), workers.logs()
                 ids += await normal_jobs(2)
                 unfinished = await wait_terminal(events, ids, timeout=60)

@@ -229,7 +229,7 @@ async def test_partitions_lose_nothing_and_converge(hosts: Site, tmp_path: Path)
         async with httpx.AsyncClient(base_url=s.api.url, timeout=30) as client:
             kc = KeyedClient(client, tone, retry_for_s=60)
             with Load(kc, "part") as load:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 # 1. The JOBS stream leader cut off from its two peers, CYCLES times.
                 for cycle in range(CYCLES):
                     name = await retrying(lambda: _leader(js))
@@ -306,12 +306,12 @@ async def test_a_wiped_node_rejoins_and_carries_the_data(hosts: Site, tmp_path: 
         async with httpx.AsyncClient(base_url=s.api.url, timeout=30) as client:
             kc = KeyedClient(client, tone, retry_for_s=60)
             with Load(kc, "wipe") as load:
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
                 # 1. kill -9, store gone (a lost disk); the two others carry on.
                 wiped = s.cluster.node(await retrying(lambda: _leader(js)))
                 wiped.kill()
                 wiped.wipe()
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(1.0)
                 # 2. The procedure: same server name, empty store, the others up and current;
                 #    wait until it is a current replica of every stream again.
                 wiped.start()
@@ -323,7 +323,7 @@ async def test_a_wiped_node_rejoins_and_carries_the_data(hosts: Site, tmp_path: 
                 others = [n for n in s.cluster.nodes if n is not wiped]
                 other = next((n for n in others if n.name == name), others[0])
                 other.kill()
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(2.0)
                 other.start()
                 await _until_current(js, other.name)
                 await asyncio.sleep(0.5)

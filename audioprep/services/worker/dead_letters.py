@@ -51,7 +51,7 @@ WORKER_CONSUMER_PREFIX = "workers-"
 ADVISORY_TYPE = "io.nats.jetstream.advisory.v1.max_deliver"
 # The reconciler: how often (at least; 2 × ack_wait by default), how far back its first pass
 # looks, how many requests one direct get returns and how many jobs it checks at once.
-RECONCILE_MIN_INTERVAL_S = 5.0
+RECONCILE_MIN_INTERVAL_S = 2.0
 RECONCILE_LOOKBACK_S = 24 * 3600.0
 RECONCILE_BATCH = 256
 RECONCILE_CONCURRENCY = 16

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from audioprep.shared.names import Names
 from bench.common import (
     Env,
     bench_env,
@@ -24,6 +25,8 @@ from bench.common import (
     start_http_app,
     write_result,
 )
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 INGEST_BODY = json.dumps({"source": "url", "url": "https://example.com/a.mp3"})
 SAVE_PATH = "/api/audio/edit/save"
@@ -76,7 +79,6 @@ async def _job_ids(env: Env, count: int) -> list[str]:
     """The first `count` job ids in stream JOBS (their views are the first the projector writes)."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    from audioprep.shared import subjects
     from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench")
@@ -84,7 +86,7 @@ async def _job_ids(env: Env, count: int) -> list[str]:
         js = nc.jetstream()
         sub = await js.subscribe(
             "jobs.*.*.requested",
-            stream=subjects.STREAM,
+            stream=NAMES.stream,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
@@ -102,18 +104,18 @@ async def _wait_projected(env: Env, timeout: float) -> tuple[int, float]:
     """Wait until the projector's checkpoint reaches the stream's last sequence."""
     from nats.js.errors import KeyNotFoundError
 
-    from audioprep.shared import subjects
+    from audioprep.shared import names
     from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench")
     try:
         js = nc.jetstream()
-        last = (await js.stream_info(subjects.STREAM)).state.last_seq
-        state = await js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+        last = (await js.stream_info(NAMES.stream)).state.last_seq
+        state = await js.key_value(NAMES.projector_state_bucket)
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             try:
-                entry = await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)
+                entry = await state.get(names.PROJECTOR_CHECKPOINT_KEY)
                 if int(entry.value or b"0") >= last:
                     return last, time.monotonic() - start
             except KeyNotFoundError:

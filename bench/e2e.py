@@ -18,9 +18,12 @@ from typing import Any
 
 import httpx
 
+from audioprep.shared.names import Names
 from bench.common import Env, bench_env, log, provision_env, row, start_http_app, summary_ms
 from bench.common import write_result as write
 from tests import media
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 POLL_EVERY_S = 0.005
 WORKERS = 2
@@ -80,7 +83,7 @@ async def breakdown(env: Env, timings: list[Timing]) -> dict[str, dict[str, floa
     nc = await connect(env.settings, "bench-e2e")
     parts: dict[str, list[float]] = {"upload_post": [], "queued": [], "work": [], "visible": []}
     try:
-        store = EventStore(nc, nc.jetstream())
+        store = EventStore(nc, nc.jetstream(), NAMES)
         for t in timings:
             at = {s.event.name: s.event.at.timestamp() for s in await store.history(t.job_id)}
             parts["upload_post"].append(t.accepted - t.posted)

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.domain.recipe import Normalize, Recipe  # noqa: E402
 from audioprep.services.worker.pipeline.render import render  # noqa: E402
-from audioprep.shared.recipe import Normalize, Recipe  # noqa: E402
 from bench.loudness import cli_measure  # noqa: E402
 from tests import speech  # noqa: E402
 

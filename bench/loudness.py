@@ -24,8 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.domain.recipe import Normalize, Recipe  # noqa: E402
 from audioprep.services.worker.pipeline.render import render  # noqa: E402
-from audioprep.shared.recipe import Normalize, Recipe  # noqa: E402
 from bench.common import machine, write_tiled_wav  # noqa: E402
 from bench.render import peak_rss_mib  # noqa: E402
 from tests import media, speech  # noqa: E402

@@ -21,8 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from audioprep.shared import subjects
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     Event,
     JobCompleted,
     JobProgressed,
@@ -32,6 +31,7 @@ from audioprep.shared.events import (
     encode_event,
 )
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from bench.common import (
     Env,
@@ -43,6 +43,8 @@ from bench.common import (
     summary_ms,
     write_result,
 )
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 EVENTS_PER_JOB = 5
 INTERLEAVE = 200  # jobs in flight at once while preloading: their events interleave
@@ -69,7 +71,7 @@ def job_events(job_id: str) -> list[Event]:
 
 
 def subject_of(event: Event) -> str:
-    return subjects.event_subject(event.kind, event.job_id, event.name)
+    return NAMES.event_subject(event.kind, event.job_id, event.name)
 
 
 async def preload(nc: Client, total: int) -> int:
@@ -108,7 +110,7 @@ async def bare_read_rate(nc: Client, last_seq: int) -> float:
 
     start = time.perf_counter()
     sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS, stream=subjects.STREAM, ordered_consumer=True, cb=on_msg
+        NAMES.stream_subjects, stream=NAMES.stream, ordered_consumer=True, cb=on_msg
     )
     await asyncio.wait_for(done.wait(), timeout=120)
     elapsed = time.perf_counter() - start
@@ -118,8 +120,8 @@ async def bare_read_rate(nc: Client, last_seq: int) -> float:
 
 def fold_only_rate(sample: list[Event]) -> float:
     """Pure CPU: decode + fold of the same events (no NATS): the projector's compute ceiling."""
-    from audioprep.services.projector.fold import fold
-    from audioprep.shared.events import decode_event
+    from audioprep.domain.events import decode_event
+    from audioprep.domain.fold import fold
 
     raw = [encode_event(e) for e in sample]
     views: dict[str, Any] = {}
@@ -141,7 +143,7 @@ async def time_rebuild(env: Env) -> tuple[float, str] | None:
     try:
         js = nc.jetstream()
         start = time.perf_counter()
-        report = await rebuild_mod.rebuild(js, EventStore(nc, js))
+        report = await rebuild_mod.rebuild(js, EventStore(nc, js, NAMES))
         elapsed = time.perf_counter() - start
         log(f"rebuild report: {report}")
         return elapsed, "services/projector/rebuild.py (`audioprep projection rebuild`)"
@@ -157,7 +159,7 @@ async def time_live_catch_up(env: Env, last_seq: int) -> float:
     nc = await connect(env.settings, "bench-projector")
     try:
         js = nc.jetstream()
-        projector = Projector(js)
+        projector = Projector(js, NAMES)
         stop = asyncio.Event()
         start = time.perf_counter()
         task = asyncio.create_task(projector.run(stop))
@@ -169,7 +171,7 @@ async def time_live_catch_up(env: Env, last_seq: int) -> float:
         elapsed = time.perf_counter() - start
         stop.set()
         await asyncio.wait_for(task, timeout=30)
-        for bucket in (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET):
+        for bucket in (NAMES.jobs_bucket, NAMES.projector_state_bucket):
             await js.delete_key_value(bucket)
         return elapsed
     finally:
@@ -194,16 +196,16 @@ async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict
 
     if bare:
         sub = await js.subscribe(
-            subjects.STREAM_SUBJECTS,
-            stream=subjects.STREAM,
+            NAMES.stream_subjects,
+            stream=NAMES.stream,
             ordered_consumer=True,
             cb=on_msg,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         )
     else:
         sub = await js.subscribe(
-            f"$KV.{subjects.JOBS_BUCKET}.>",
-            stream=f"KV_{subjects.JOBS_BUCKET}",
+            f"$KV.{NAMES.jobs_bucket}.>",
+            stream=f"KV_{NAMES.jobs_bucket}",
             ordered_consumer=True,
             cb=on_msg,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
@@ -232,7 +234,7 @@ async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict
         published[(await fut).seq] = t
     first_seq, last_seq = min(published), max(published)
     elapsed_pub = max(t for t, _ in futures) - start
-    from audioprep.shared.views import decode_view
+    from audioprep.domain.views import decode_view
 
     def done() -> bool:
         if bare:
@@ -279,7 +281,7 @@ async def steady_lag(env: Env, rate: int, seconds: float, *, bare: bool) -> dict
 
 async def _wait_projector_live(js: Any) -> None:
     """Publish a probe job and wait for its view: the projector process is up and caught up."""
-    kv = await js.key_value(subjects.JOBS_BUCKET)
+    kv = await js.key_value(NAMES.jobs_bucket)
     probe = job_events(new_job_id())[0]
     await js.publish(subject_of(probe), encode_event(probe))
     deadline = time.perf_counter() + 60
@@ -306,8 +308,8 @@ async def _job_of_seq(env: Env, first: int, last: int) -> dict[int, str]:
 
     js = nc.jetstream()
     sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS,
-        stream=subjects.STREAM,
+        NAMES.stream_subjects,
+        stream=NAMES.stream,
         ordered_consumer=True,
         cb=on_msg,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),

@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from audioprep.domain.recipe import Recipe, Trim  # noqa: E402
 from audioprep.services.worker.pipeline import render as render_mod  # noqa: E402
 from audioprep.services.worker.pipeline.formats import EncoderSettings, encoder_settings  # noqa: E402
 from audioprep.services.worker.pipeline.progress import StagedProgress  # noqa: E402
-from audioprep.shared.recipe import Recipe, Trim  # noqa: E402
 from tests import media  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "render.json"

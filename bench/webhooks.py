@@ -23,14 +23,17 @@ from typing import Any
 
 import standardwebhooks
 
-from audioprep.shared import subjects
+from audioprep.domain.events import JobCompleted, JobRequested, JobResult, utcnow
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobRequested, JobResult, utcnow
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.webhook_crypto import new_secret, secret_box
 from audioprep.shared.webhook_store import Endpoint, EndpointStore, StoredSecret, new_endpoint_id
 from bench.common import bench_env, log, provision_env, row, summary_ms, write_result
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 TENANT = "bench"
 KEY = "bench-webhook-key-0123456789abcdef0123456789"
@@ -106,12 +109,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = server.sockets[0].getsockname()[1]
         nc = await connect(settings, "bench")
         js = nc.jetstream()
-        events = EventStore(nc, js)
+        events = EventStore(nc, js, NAMES)
         now = utcnow()
         endpoint_id = new_endpoint_id()
-        key = subjects.webhook_endpoint_key(TENANT, endpoint_id)
-        last = (await js.stream_info(subjects.STREAM)).state.last_seq or 0
-        await EndpointStore(nc, js).create(
+        key = names.webhook_endpoint_key(TENANT, endpoint_id)
+        last = (await js.stream_info(NAMES.stream)).state.last_seq or 0
+        await EndpointStore(nc, js, NAMES).create(
             Endpoint(
                 id=endpoint_id,
                 tenant=TENANT,

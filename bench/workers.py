@@ -22,12 +22,14 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import FetchTimeoutError
 
-from audioprep.shared import subjects
+from audioprep.domain.events import JobRequested
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from bench.common import Env, bench_env, log, provision_env, row, summary_ms, write_result
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 BARE_STREAM = "BENCH_DISPATCH"
 BARE_DURABLE = "bench-bare"
@@ -89,7 +91,7 @@ class Outcomes:
     async def subscribe(self, nc: Client) -> None:
         async def on_msg(msg: Msg) -> None:
             now = time.perf_counter()
-            _, job_id, name = subjects.parse_subject(msg.subject)
+            _, job_id, name = NAMES.parse_subject(msg.subject)
             if name == "started":
                 self.started.setdefault(job_id, now)
             else:
@@ -117,7 +119,7 @@ async def measure_dispatch(env: Env, upload_key: str, count: int) -> list[float]
     nc = await connect(env.settings, "bench-dispatch")
     try:
         js = nc.jetstream()
-        store = EventStore(nc, js)
+        store = EventStore(nc, js, NAMES)
         outcomes = Outcomes()
         await outcomes.subscribe(nc)
         latencies: list[float] = []
@@ -194,7 +196,7 @@ async def run_batch(env: Env, upload_key: str, size: int) -> float:
     nc = await connect(env.settings, "bench-scale")
     try:
         js = nc.jetstream()
-        store = EventStore(nc, js)
+        store = EventStore(nc, js, NAMES)
         outcomes = Outcomes()
         await outcomes.subscribe(nc)
         reqs = [ingest_request(upload_key) for _ in range(size)]

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
-from audioprep.shared import subjects
-from audioprep.shared.events import Event, JobRequested, decode_event, encode_event
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, JobCompleted, JobRequested, decode_event, encode_event
+from audioprep.shared import direct_get
+from audioprep.shared.names import Names
 
 WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
 HISTORY_BATCH = 256
 TERMINAL_CAS_RETRIES = 50
-TERMINAL_EVENTS: tuple[subjects.EventName, ...] = ("completed", "failed", "cancelled")
+
+
+class BatchRejected(Exception):
+    """The server refused an atomic batch for another reason than the job existing."""
+
+    def __init__(self, job_id: str, error: dict[str, object]) -> None:
+        super().__init__(f"batch for job {job_id} refused: {error}")
+        self.error = error
 
 
 class JobAlreadyExists(Exception):
@@ -54,9 +70,12 @@ def msg_id_for(event: Event) -> str | None:
 class EventStore:
     """The only writer and reader of stream JOBS for services."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, names: Names, *, timeout: float = 5.0
+    ) -> None:
         self.nc = nc
         self.js = js
+        self.names = names
         self.timeout = timeout
 
     async def append(self, event: Event, *, traceparent: str | None = None) -> int:
@@ -67,7 +86,7 @@ class EventStore:
             headers["Nats-Msg-Id"] = msg_id
         if traceparent:
             headers["traceparent"] = traceparent
-        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        subject = self.names.event_subject(event.kind, event.job_id, event.name)
         ack = await self.js.publish(
             subject, encode_event(event), timeout=self.timeout, headers=headers or None
         )
@@ -81,11 +100,11 @@ class EventStore:
         headers = {
             "Nats-Msg-Id": event.job_id,
             "Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.job_subjects(event.job_id),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
         }
         if traceparent:
             headers["traceparent"] = traceparent
-        subject = subjects.event_subject(event.kind, event.job_id, "requested")
+        subject = self.names.event_subject(event.kind, event.job_id, "requested")
         try:
             ack = await self.js.publish(
                 subject, encode_event(event), timeout=self.timeout, headers=headers
@@ -96,20 +115,92 @@ class EventStore:
             raise JobAlreadyExists(event.job_id) from exc
         return ack.seq
 
+    async def request_completed(
+        self, request: JobRequested, completed: JobCompleted, *, traceparent: str | None = None
+    ) -> int:
+        """Publish a job that is answered at once (a render-cache hit): its JobRequested and its
+        JobCompleted in one atomic batch, so no reader ever sees the one without the other.
+
+        The request carries the create-once check, which makes the completion the job's only
+        terminal event too. Returns the completion's sequence; raises JobAlreadyExists like
+        `request_job` (also for a replay inside the duplicate window).
+        """
+        batch_id = uuid.uuid4().hex
+        create_once = {
+            "Nats-Batch-Id": batch_id,
+            "Nats-Batch-Sequence": "1",
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(request.job_id),
+        }
+        commit = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"}
+        if traceparent:
+            create_once["traceparent"] = commit["traceparent"] = traceparent
+        await self.nc.publish(
+            self.names.event_subject(request.kind, request.job_id, request.name),
+            encode_event(request),
+            headers=create_once,
+        )
+        reply = await self.nc.request(
+            self.names.event_subject(completed.kind, completed.job_id, completed.name),
+            encode_event(completed),
+            headers=commit,
+            timeout=self.timeout,
+        )
+        answer = json.loads(reply.data or b"{}")
+        error = answer.get("error")
+        if error is None:
+            return int(answer["seq"])
+        if error.get("err_code") in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
+            raise JobAlreadyExists(request.job_id)
+        raise BatchRejected(request.job_id, error)
+
     async def first_event(self, job_id: str) -> StoredEvent | None:
         """The job's JobRequested (its first message), or None if the job is unknown."""
         history = await self.history(job_id, limit=1)
         return history[0] if history else None
 
+    @contextlib.asynccontextmanager
+    async def wake_ups(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """An asyncio.Event set whenever something is published on the job's subjects (a core
+        NATS subscription: a wake-up means "read again", never the data itself)."""
+        wake = asyncio.Event()
+
+        async def on_msg(_msg: Msg) -> None:
+            wake.set()
+
+        sub = await self.nc.subscribe(self.names.job_subjects(job_id), cb=on_msg)
+        try:
+            await self.nc.flush()  # registered before the caller reads: nothing slips by
+            yield wake
+        finally:
+            # A caller that goes away (an SSE client) cancels this scope; shield the clean-up
+            # or the await is cancelled again and the subscription lingers on the connection.
+            with anyio.CancelScope(shield=True), contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    async def request_at(self, seq: int) -> JobRequested | None:
+        """The JobRequested at stream sequence `seq` (None if aged out or not a request)."""
+        try:
+            raw = await self.js.get_msg(self.names.stream, seq, direct=True)
+        except NotFoundError:
+            return None
+        if raw.data is None:
+            return None
+        try:
+            event = decode_event(raw.data)
+        except msgspec.DecodeError:
+            return None
+        return event if isinstance(event, JobRequested) else None
+
     async def last_event(
-        self, job_id: str, name: subjects.EventName | None = None
+        self, job_id: str, name: kinds.EventName | None = None
     ) -> StoredEvent | None:
         """Last event of a job (or its last event of one name) by direct get."""
         subject = (
-            subjects.job_event_any_kind(job_id, name) if name else subjects.job_subjects(job_id)
+            self.names.job_event_any_kind(job_id, name) if name else self.names.job_subjects(job_id)
         )
         try:
-            raw = await self.js.get_last_msg(subjects.STREAM, subject, direct=True)
+            raw = await self.js.get_last_msg(self.names.stream, subject, direct=True)
         except NotFoundError:
             return None
         if raw.data is None or raw.seq is None or raw.subject is None:
@@ -118,7 +209,9 @@ class EventStore:
 
     async def terminal_event(self, job_id: str) -> StoredEvent | None:
         """The job's completed/failed/cancelled event, if it has one (three direct gets)."""
-        found = await asyncio.gather(*(self.last_event(job_id, n) for n in TERMINAL_EVENTS))
+        found = await asyncio.gather(
+            *(self.last_event(job_id, n) for n in kinds.TERMINAL_EVENT_NAMES)
+        )
         ended = [e for e in found if e is not None]
         return min(ended, key=lambda e: e.seq) if ended else None
 
@@ -129,8 +222,8 @@ class EventStore:
         event) makes "at most one terminal event per job" hold across workers, redeliveries and
         the dead-letter failer, also after the Msg-Id dedupe window.
         """
-        job_subject = subjects.job_subjects(event.job_id)
-        subject = subjects.event_subject(event.kind, event.job_id, event.name)
+        job_subject = self.names.job_subjects(event.job_id)
+        subject = self.names.event_subject(event.kind, event.job_id, event.name)
         for _ in range(TERMINAL_CAS_RETRIES):
             ended, last = await asyncio.gather(
                 self.terminal_event(event.job_id), self.last_event(event.job_id)
@@ -163,7 +256,7 @@ class EventStore:
         """All events of one job in stream order, via batched direct gets (one round trip)."""
         out: list[StoredEvent] = []
         next_seq = after_seq + 1
-        subject = subjects.job_subjects(job_id)
+        subject = self.names.job_subjects(job_id)
         while True:
             batch = HISTORY_BATCH if limit is None else min(HISTORY_BATCH, limit - len(out))
             got = await self._direct_batch(subject, next_seq, batch)
@@ -173,35 +266,14 @@ class EventStore:
             next_seq = got[-1].seq + 1
 
     async def _direct_batch(self, subject: str, start_seq: int, batch: int) -> list[StoredEvent]:
-        inbox = self.nc.new_inbox()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def collect(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await self.nc.subscribe(inbox, cb=collect)
-        try:
-            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.STREAM}",
-                json.dumps(request).encode(),
-                reply=inbox,
+        msgs = await direct_get.next_by_subject(
+            self.nc, self.names.stream, subject, start_seq, batch, self.timeout
+        )
+        return [
+            StoredEvent(
+                seq=direct_get.sequence(msg),
+                subject=direct_get.subject_of(msg),
+                event=decode_event(msg.data),
             )
-            out: list[StoredEvent] = []
-            while True:
-                msg = await asyncio.wait_for(queue.get(), timeout=self.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:  # 204 end of batch, 404 nothing (more) found
-                    return out
-                out.append(
-                    StoredEvent(
-                        seq=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        event=decode_event(msg.data),
-                    )
-                )
-                if len(out) >= batch:
-                    return out
-        finally:
-            await sub.unsubscribe()
+            for msg in msgs
+        ]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from audioprep.shared.keys import DEFAULT_TENANT
-from audioprep.shared.subjects import check_token
+from audioprep.shared.names import check_token
 
 MAX_CHAPTERS: Final = 500
 CHAPTERS_JSON_VERSION: Final = "1.2.0"

@@ -29,8 +29,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from audioprep.shared import subjects
-from audioprep.shared.events import Event, JobFailed, JobRequested
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, JobFailed, JobRequested
+from audioprep.shared import names
+from audioprep.shared.names import Names
 
 log = logging.getLogger("audioprep.metrics")
 # `*_created` timestamps double the output and no dashboard of ours uses them.
@@ -192,31 +194,31 @@ def projector_applied(seq: int, event_type: str, pending: int | None = None) -> 
 # ---- sampling from NATS at scrape time ---------------------------------------------------------
 
 
-async def sample_queues(js: JetStreamContext, kinds: tuple[str, ...] = subjects.KINDS) -> None:
-    for kind in kinds:
-        info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))  # type: ignore[arg-type]
+async def sample_queues(js: JetStreamContext, n: Names) -> None:
+    for kind in kinds.KINDS:
+        info = await js.consumer_info(n.stream, names.worker_consumer(kind))
         QUEUE_PENDING.labels(kind).set(info.num_pending or 0)
         QUEUE_ACK_PENDING.labels(kind).set(info.num_ack_pending or 0)
 
 
-async def sample_stream(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.STREAM)
+async def sample_stream(js: JetStreamContext, n: Names) -> int:
+    info = await js.stream_info(n.stream)
     last = int(info.state.last_seq or 0)
     STREAM_LAST_SEQ.set(last)
     return last
 
 
-def worker_sampler(js: JetStreamContext) -> Sampler:
+def worker_sampler(js: JetStreamContext, n: Names) -> Sampler:
     async def sample() -> None:
-        await sample_queues(js)
-        await sample_stream(js)
+        await sample_queues(js, n)
+        await sample_stream(js, n)
 
     return sample
 
 
-def projector_sampler(js: JetStreamContext, applied_seq: Callable[[], int]) -> Sampler:
+def projector_sampler(js: JetStreamContext, n: Names, applied_seq: Callable[[], int]) -> Sampler:
     async def sample() -> None:
-        last = await sample_stream(js)
+        last = await sample_stream(js, n)
         applied = applied_seq()
         projector_applied_seq().set(applied)
         projector_lag().set(max(0, last - applied))
@@ -224,13 +226,13 @@ def projector_sampler(js: JetStreamContext, applied_seq: Callable[[], int]) -> S
     return sample
 
 
-def api_sampler(js: JetStreamContext) -> Sampler:
+def api_sampler(js: JetStreamContext, n: Names) -> Sampler:
     async def sample() -> None:
-        await sample_queues(js)
-        last = await sample_stream(js)
-        state = await js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+        await sample_queues(js, n)
+        last = await sample_stream(js, n)
+        state = await js.key_value(n.projector_state_bucket)
         try:
-            entry = await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)
+            entry = await state.get(names.PROJECTOR_CHECKPOINT_KEY)
             checkpoint = int(entry.value or b"0")
         except KeyNotFoundError:
             checkpoint = 0

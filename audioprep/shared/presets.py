@@ -17,10 +17,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
+from audioprep.domain.events import utcnow
+from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
+from audioprep.shared import names
 from audioprep.shared.metadata import Metadata
-from audioprep.shared.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
+from audioprep.shared.names import Names
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME_RE: Final = re.compile(NAME_PATTERN)
@@ -82,14 +83,14 @@ class PresetStore:
         self.kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> PresetStore:
-        return cls(await js.key_value(subjects.PRESETS_BUCKET))
+    async def open(cls, js: JetStreamContext, n: Names) -> PresetStore:
+        return cls(await js.key_value(n.presets_bucket))
 
     async def get(self, tenant: str, name: str) -> StoredPreset:
         if not is_preset_name(name):
             raise PresetNotFound(name)
         try:
-            entry = await self.kv.get(subjects.preset_key(tenant, name))
+            entry = await self.kv.get(names.preset_key(tenant, name))
         except KeyNotFoundError:  # also KeyDeletedError
             raise PresetNotFound(name) from None
         if not entry.value or entry.revision is None:
@@ -97,7 +98,7 @@ class PresetStore:
         return StoredPreset(preset=_decoder.decode(entry.value), revision=entry.revision)
 
     async def names(self, tenant: str) -> list[str]:
-        prefix = f"{subjects.check_token(tenant)}."
+        prefix = f"{names.check_token(tenant)}."
         # A watch filtered by the server (KeyValue.keys' filters are substring matches).
         watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
         found: list[str] = []
@@ -124,7 +125,7 @@ class PresetStore:
             raise TooManyPresets(name)
         now = utcnow()
         preset = Preset(name=name, created_at=now, updated_at=now, **_fields(fields))
-        key = subjects.preset_key(tenant, name)
+        key = names.preset_key(tenant, name)
         try:
             revision = await self.kv.create(key, _encoder.encode(preset))
         except KeyWrongLastSequenceError:
@@ -143,13 +144,13 @@ class PresetStore:
             **_fields(fields),
         )
         revision = await self.kv.update(
-            subjects.preset_key(tenant, name), _encoder.encode(preset), last=current.revision
+            names.preset_key(tenant, name), _encoder.encode(preset), last=current.revision
         )
         return StoredPreset(preset=preset, revision=revision)
 
     async def delete(self, tenant: str, name: str) -> None:
         current = await self.get(tenant, name)
-        await self.kv.delete(subjects.preset_key(tenant, name), last=current.revision)
+        await self.kv.delete(names.preset_key(tenant, name), last=current.revision)
 
 
 def _fields(fields: PresetFields) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
-from audioprep.shared import subjects
+from audioprep.domain import kinds
+from audioprep.shared import names
 from audioprep.shared.settings import Settings
 
 log = logging.getLogger("audioprep.provision")
@@ -28,14 +29,15 @@ MAX_ACK_PENDING = 256
 def jobs_stream_config(settings: Settings) -> StreamConfig:
     """The log of record: Limits retention so it stays replayable; no deletes, no purges."""
     return StreamConfig(
-        name=subjects.STREAM,
-        subjects=[subjects.STREAM_SUBJECTS],
+        name=settings.names.stream,
+        subjects=[settings.names.stream_subjects],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=float(settings.stream_max_age_s),
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=settings.stream_replicas,
         allow_direct=True,
+        allow_atomic=True,  # a render-cache hit: request + completion in one batch
         deny_delete=True,
         deny_purge=True,
         max_msg_size=1024 * 1024,
@@ -45,8 +47,8 @@ def jobs_stream_config(settings: Settings) -> StreamConfig:
 def dlq_stream_config(settings: Settings) -> StreamConfig:
     """Captures MAX_DELIVERIES advisories so a job whose worker died on its last try fails."""
     return StreamConfig(
-        name=subjects.DLQ_STREAM,
-        subjects=[subjects.MAX_DELIVERIES_ADVISORY],
+        name=settings.names.dlq_stream,
+        subjects=[settings.names.max_deliveries_advisory],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=float(settings.stream_max_age_s),
@@ -55,11 +57,11 @@ def dlq_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-def worker_consumer_config(kind: subjects.Kind, settings: Settings) -> ConsumerConfig:
+def worker_consumer_config(kind: kinds.Kind, settings: Settings) -> ConsumerConfig:
     """Durable pull consumer for one kind's requests."""
     return ConsumerConfig(
-        durable_name=subjects.worker_consumer(kind),
-        filter_subject=subjects.requested_filter(kind),
+        durable_name=names.worker_consumer(kind),
+        filter_subject=settings.names.requested_filter(kind),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
@@ -72,7 +74,7 @@ def worker_consumer_config(kind: subjects.Kind, settings: Settings) -> ConsumerC
 def dlq_consumer_config(settings: Settings) -> ConsumerConfig:
     """Durable pull consumer the workers share to turn MAX_DELIVERIES advisories into JobFailed."""
     return ConsumerConfig(
-        durable_name=subjects.DLQ_CONSUMER,
+        durable_name=names.DLQ_CONSUMER,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=30.0,
@@ -104,14 +106,9 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
     try:
         await js.key_value(config.bucket)
-    except Exception:  # BucketNotFoundError, or NotFoundError on older servers
+    except BucketNotFoundError:
         await js.create_key_value(config)
         log.info("kv bucket created", extra={"bucket": config.bucket})
-
-
-def kv_stream_name(bucket: str) -> str:
-    """The stream behind a KV bucket (NATS KV convention, ADR-8)."""
-    return f"KV_{bucket}"
 
 
 async def _allow_atomic_batches(js: JetStreamContext, stream: str) -> None:
@@ -130,10 +127,11 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create or update everything audioprep needs; safe to run any number of times."""
     await _ensure_stream(js, jobs_stream_config(settings))
     await _ensure_stream(js, dlq_stream_config(settings))
-    for kind in subjects.KINDS:
-        await _ensure_consumer(js, subjects.STREAM, worker_consumer_config(kind, settings))
-    await _ensure_consumer(js, subjects.DLQ_STREAM, dlq_consumer_config(settings))
-    buckets = (subjects.JOBS_BUCKET, subjects.PROJECTOR_STATE_BUCKET, subjects.RENDER_CACHE_BUCKET)
+    for kind in kinds.KINDS:
+        await _ensure_consumer(js, settings.names.stream, worker_consumer_config(kind, settings))
+    await _ensure_consumer(js, settings.names.dlq_stream, dlq_consumer_config(settings))
+    n = settings.names
+    buckets = (n.jobs_bucket, n.projector_state_bucket, n.render_cache_bucket)
     for bucket in buckets:
         config = KeyValueConfig(
             bucket=bucket,
@@ -143,7 +141,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             direct=True,  # gets skip the JSON/base64 API path (poll, projector); CLI default
         )
         await _ensure_kv(js, config)
-    await _allow_atomic_batches(js, kv_stream_name(subjects.JOBS_BUCKET))
+    await _allow_atomic_batches(js, names.kv_stream(n.jobs_bucket))
     await provision_webhooks(js, settings)
     await provision_presets(js, settings)
 
@@ -159,8 +157,8 @@ def webhooks_stream_config(settings: Settings) -> StreamConfig:
     """Delivery events: append-only like JOBS; kept longer than a delivery can retry."""
     max_age = max(float(settings.webhook_retention_s), settings.webhook_retry_for_s + 3600.0)
     return StreamConfig(
-        name=subjects.WEBHOOKS_STREAM,
-        subjects=[subjects.WEBHOOKS_SUBJECTS],
+        name=settings.names.webhooks_stream,
+        subjects=[settings.names.webhooks_subjects],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age,
@@ -176,8 +174,8 @@ def webhooks_stream_config(settings: Settings) -> StreamConfig:
 def notifier_jobs_consumer_config(settings: Settings) -> ConsumerConfig:
     """The notifiers' durable consumer of terminal job events (fan-out to endpoints)."""
     return ConsumerConfig(
-        durable_name=subjects.NOTIFIER_JOBS_CONSUMER,
-        filter_subjects=subjects.terminal_filters(),
+        durable_name=names.NOTIFIER_JOBS_CONSUMER,
+        filter_subjects=settings.names.terminal_filters(),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.webhook_ack_wait_s,
@@ -191,8 +189,8 @@ def notifier_deliveries_consumer_config(settings: Settings) -> ConsumerConfig:
     """The notifiers' durable consumer of deliveries to make (one message per delivery, held
     unacknowledged with nak(delay) between attempts)."""
     return ConsumerConfig(
-        durable_name=subjects.NOTIFIER_DELIVERIES_CONSUMER,
-        filter_subject=subjects.deliveries_created_filter(),
+        durable_name=names.NOTIFIER_DELIVERIES_CONSUMER,
+        filter_subject=settings.names.deliveries_created_filter(),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         # past one attempt (the notifier marks the message in progress before it POSTs), so a
@@ -207,14 +205,14 @@ def notifier_deliveries_consumer_config(settings: Settings) -> ConsumerConfig:
 async def provision_webhooks(js: JetStreamContext, settings: Settings) -> None:
     """Stream WEBHOOKS, the two notifier consumers and KV bucket webhook_endpoints."""
     await _ensure_stream(js, webhooks_stream_config(settings))
-    await _ensure_consumer(js, subjects.STREAM, notifier_jobs_consumer_config(settings))
+    await _ensure_consumer(js, settings.names.stream, notifier_jobs_consumer_config(settings))
     await _ensure_consumer(
-        js, subjects.WEBHOOKS_STREAM, notifier_deliveries_consumer_config(settings)
+        js, settings.names.webhooks_stream, notifier_deliveries_consumer_config(settings)
     )
     await _ensure_kv(
         js,
         KeyValueConfig(
-            bucket=subjects.WEBHOOK_ENDPOINTS_BUCKET,
+            bucket=settings.names.webhook_endpoints_bucket,
             history=1,
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
@@ -231,8 +229,8 @@ async def provision_presets(js: JetStreamContext, settings: Settings) -> None:
     await _ensure_kv(
         js,
         KeyValueConfig(
-            bucket=subjects.PRESETS_BUCKET,
-            history=subjects.PRESETS_HISTORY,
+            bucket=settings.names.presets_bucket,
+            history=names.PRESETS_HISTORY,
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
             direct=True,

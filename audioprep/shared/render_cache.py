@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from audioprep.shared import subjects
-from audioprep.shared.events import JobResult
+from audioprep.domain.events import JobResult
+from audioprep.shared.names import Names
 
 
 class CacheEntry(msgspec.Struct, frozen=True):
@@ -24,9 +24,9 @@ class CacheEntry(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(CacheEntry)
 
 
-async def bucket(js: JetStreamContext) -> KeyValue:
+async def bucket(js: JetStreamContext, n: Names) -> KeyValue:
     """Open the bucket (one round trip): long-lived services open it once and keep it."""
-    return await js.key_value(subjects.RENDER_CACHE_BUCKET)
+    return await js.key_value(n.render_cache_bucket)
 
 
 async def lookup_entry(kv: KeyValue, cache_key: str) -> CacheEntry | None:

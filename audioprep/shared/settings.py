@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from audioprep.shared.names import Names
+
 GIB = 1024**3
 MIN_SECRET_CHARS = 32
 _TENANT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -19,6 +21,8 @@ class Settings:
     """Everything a service needs to know; nothing here connects to anything."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # Every stream, subject, bucket and key, from one prefix (AUDIOPREP_NAME_PREFIX; default none)
+    names: Names = field(default_factory=Names)
     data_dir: Path = Path("./data")
     storage_url: str = ""
     api_host: str = "127.0.0.1"
@@ -99,6 +103,7 @@ class Settings:
         dev_mode = get("DEV_MODE", "1").lower() not in ("0", "false", "no")
         return cls(
             nats_url=get("NATS_URL", cls.nats_url),
+            names=Names(e.get("AUDIOPREP_NAME_PREFIX", "")),
             data_dir=Path(get("DATA_DIR", "./data")),
             storage_url=e.get("AUDIOPREP_STORAGE_URL", ""),
             api_host=get("API_HOST", cls.api_host),

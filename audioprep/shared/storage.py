@@ -37,7 +37,7 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import LocalStore, S3Store
 
-from audioprep.shared.errors import STORAGE_FULL, STORAGE_UNAVAILABLE, Permanent, Retryable
+from audioprep.domain.errors import STORAGE_FULL, STORAGE_UNAVAILABLE, Permanent, Retryable
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config

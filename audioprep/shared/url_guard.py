@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     DOWNLOAD_FAILED,
     FORBIDDEN_URL,
     SOURCE_NOT_FOUND,

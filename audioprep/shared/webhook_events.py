@@ -21,10 +21,10 @@ from typing import ClassVar, Literal, get_args
 
 import msgspec
 
-from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
+from audioprep.domain.events import utcnow
+from audioprep.domain.kinds import EventName, Kind
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.subjects import EventName, Kind, WebhookEventName
+from audioprep.shared.names import Names, WebhookEventName
 
 WebhookType = Literal["job.completed", "job.failed", "job.cancelled"]
 WEBHOOK_TYPES: tuple[WebhookType, ...] = get_args(WebhookType)
@@ -118,8 +118,8 @@ def decode_webhook_event(data: bytes) -> WebhookEvent:
     return event
 
 
-def subject_of(event: WebhookEvent) -> str:
-    return subjects.webhook_subject(event.endpoint_id, event.delivery_id, event.name)
+def subject_of(names: Names, event: WebhookEvent) -> str:
+    return names.webhook_subject(event.endpoint_id, event.delivery_id, event.name)
 
 
 class AttemptInfo(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):

@@ -7,25 +7,27 @@ Deliveries are events; `DeliveryStore` is the only writer and reader of stream W
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
-from audioprep.shared import subjects
+from audioprep.domain.kinds import Kind
+from audioprep.shared import direct_get, names
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.provision import kv_stream_name
-from audioprep.shared.subjects import Kind
+from audioprep.shared.names import Names
 from audioprep.shared.webhook_events import (
     DeliveryCreated,
     DeliveryView,
@@ -89,7 +91,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
 
     @property
     def key(self) -> str:
-        return subjects.webhook_endpoint_key(self.tenant, self.id)
+        return names.webhook_endpoint_key(self.tenant, self.id)
 
     def wants(self, webhook_type: str, kind: str, jobs_seq: int) -> bool:
         return (
@@ -119,15 +121,18 @@ class TooManyEndpoints(Exception):
 class EndpointStore:
     """CRUD on KV bucket `webhook_endpoints`; listing a tenant is one batched direct get."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, names: Names, *, timeout: float = 5.0
+    ) -> None:
         self.nc = nc
         self.js = js
+        self.names = names
         self.timeout = timeout
         self._kv: KeyValue | None = None
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await self.js.key_value(subjects.WEBHOOK_ENDPOINTS_BUCKET)
+            self._kv = await self.js.key_value(self.names.webhook_endpoints_bucket)
         return self._kv
 
     async def get(self, tenant: str, endpoint_id: str) -> tuple[Endpoint, int] | None:
@@ -135,7 +140,7 @@ class EndpointStore:
             return None
         kv = await self.kv()
         try:
-            entry = await kv.get(subjects.webhook_endpoint_key(tenant, endpoint_id))
+            entry = await kv.get(names.webhook_endpoint_key(tenant, endpoint_id))
         except KeyNotFoundError:
             return None
         if not entry.value or entry.revision is None:
@@ -173,16 +178,18 @@ class EndpointStore:
         if await self.get(tenant, endpoint_id) is None:
             return False
         kv = await self.kv()
-        await kv.delete(subjects.webhook_endpoint_key(tenant, endpoint_id))
+        await kv.delete(names.webhook_endpoint_key(tenant, endpoint_id))
         return True
 
     async def for_tenant(self, tenant: str) -> list[Endpoint]:
         """Every endpoint of a tenant, oldest first (one multi-last direct get)."""
-        stream = kv_stream_name(subjects.WEBHOOK_ENDPOINTS_BUCKET)
-        prefix = f"$KV.{subjects.WEBHOOK_ENDPOINTS_BUCKET}."
-        request = {"multi_last": [f"{prefix}{subjects.check_token(tenant)}.*"]}
-        msgs = await _direct_get(self.nc, stream, request, self.timeout)
-        if msgs is None:  # 413: more keys (deleted ones included) than one request returns
+        bucket = self.names.webhook_endpoints_bucket
+        request = {"multi_last": [names.kv_subject(bucket, names.tenant_keys(tenant))]}
+        try:
+            msgs = await direct_get.direct_get(
+                self.nc, names.kv_stream(bucket), request, self.timeout
+            )
+        except direct_get.TooManyResults:  # more keys (deleted ones too) than one answer holds
             return await self._list_by_keys(tenant)
         out = []
         for msg in msgs:
@@ -195,8 +202,8 @@ class EndpointStore:
     async def _list_by_keys(self, tenant: str) -> list[Endpoint]:
         kv = await self.kv()
         try:
-            keys = await kv.keys(filters=[f"{tenant}.*"])
-        except Exception:  # NoKeysError: nothing stored yet
+            keys = await kv.keys(filters=[names.tenant_keys(tenant)])
+        except NoKeysError:  # nothing stored yet
             return []
         out = []
         for key in keys:
@@ -216,9 +223,12 @@ class StoredWebhookEvent:
 class DeliveryStore:
     """Appends delivery events to stream WEBHOOKS and folds them back."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, names: Names, *, timeout: float = 5.0
+    ) -> None:
         self.nc = nc
         self.js = js
+        self.names = names
         self.timeout = timeout
 
     async def create(self, event: DeliveryCreated) -> bool:
@@ -239,7 +249,7 @@ class DeliveryStore:
         """Publish if the delivery's subjects still end at `last_seq`; None when they moved on."""
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(last_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.delivery_subjects(
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.delivery_subjects(
                 event.endpoint_id, event.delivery_id
             ),
         }
@@ -247,7 +257,7 @@ class DeliveryStore:
             headers["Nats-Msg-Id"] = msg_id
         try:
             return await self.js.publish(
-                subject_of(event),
+                subject_of(self.names, event),
                 encode_webhook_event(event),
                 timeout=self.timeout,
                 headers=headers,
@@ -262,13 +272,12 @@ class DeliveryStore:
         out: list[StoredWebhookEvent] = []
         next_seq = after_seq + 1
         while True:
-            request = {"seq": next_seq, "next_by_subj": subject, "batch": DIRECT_BATCH}
-            msgs = await _direct_get(self.nc, subjects.WEBHOOKS_STREAM, request, self.timeout)
+            msgs = await direct_get.next_by_subject(
+                self.nc, self.names.webhooks_stream, subject, next_seq, DIRECT_BATCH, self.timeout
+            )
             got = [
-                StoredWebhookEvent(
-                    seq=int((m.headers or {})["Nats-Sequence"]), event=decode_webhook_event(m.data)
-                )
-                for m in msgs or []
+                StoredWebhookEvent(seq=direct_get.sequence(m), event=decode_webhook_event(m.data))
+                for m in msgs
             ]
             out.extend(got)
             if len(got) < DIRECT_BATCH:
@@ -278,43 +287,13 @@ class DeliveryStore:
     async def delivery(self, endpoint_id: str, delivery_id: str) -> DeliveryView | None:
         """One delivery with its attempts."""
         view: DeliveryView | None = None
-        for stored in await self.events(subjects.delivery_subjects(endpoint_id, delivery_id)):
+        for stored in await self.events(self.names.delivery_subjects(endpoint_id, delivery_id)):
             view = fold_delivery(view, stored.event, stored.seq)
         return view
 
     async def deliveries(self, endpoint_id: str, *, limit: int = 50) -> list[DeliveryView]:
         """The endpoint's deliveries, newest first: the fold of its events in the stream."""
-        stored = await self.events(subjects.endpoint_delivery_subjects(endpoint_id))
+        stored = await self.events(self.names.endpoint_delivery_subjects(endpoint_id))
         views = fold_deliveries((s.seq, s.event) for s in stored)
         ordered = sorted(views.values(), key=lambda v: (v.created_at, v.id), reverse=True)
         return ordered[:limit]
-
-
-async def _direct_get(
-    nc: Client, stream: str, request: Mapping[str, object], timeout: float
-) -> list[Msg] | None:
-    """A batched direct get ($JS.API.DIRECT.GET); None when the server answers 413 (too many
-    results for multi_last)."""
-    inbox = nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        await queue.put(msg)
-
-    sub = await nc.subscribe(inbox, cb=collect)
-    try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-        out: list[Msg] = []
-        while True:
-            msg = await asyncio.wait_for(queue.get(), timeout=timeout)
-            status = (msg.headers or {}).get("Status")
-            if status == "413":
-                return None
-            if status is not None:  # 204 end of batch, 404 nothing (more) found
-                return out
-            out.append(msg)
-            batch = request.get("batch")
-            if isinstance(batch, int) and len(out) >= batch and "multi_last" not in request:
-                return out
-    finally:
-        await sub.unsubscribe()

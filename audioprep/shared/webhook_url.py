@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import SplitResult
 
-from audioprep.shared.errors import Permanent
+from audioprep.domain.errors import Permanent
 from audioprep.shared.settings import Settings
 from audioprep.shared.url_guard import (
     ForbiddenUrl,

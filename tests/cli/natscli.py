@@ -23,7 +23,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg, StreamInfo
 from nats.js.kv import KeyValue
 
-from audioprep.shared import subjects
+from audioprep.shared.names import Names
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 SNAPSHOT_CHUNK = 128 * 1024
 
@@ -36,7 +38,7 @@ def _ts(when: datetime) -> str:
 
 
 async def stream_info(js: JetStreamContext) -> StreamInfo:
-    return await js.stream_info(subjects.STREAM)
+    return await js.stream_info(NAMES.stream)
 
 
 def _enum(value: object) -> str:
@@ -96,7 +98,7 @@ async def read_range(
         config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     config.ack_policy = AckPolicy.NONE
     config.inactive_threshold = 30.0
-    sub = await js.pull_subscribe(subject, stream=subjects.STREAM, config=config)
+    sub = await js.pull_subscribe(subject, stream=NAMES.stream, config=config)
     out: list[Msg] = []
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
@@ -120,8 +122,8 @@ async def follow_job(js: JetStreamContext, job_id: str, *, timeout: float = 30.0
         await queue.put(msg)
 
     sub = await js.subscribe(
-        subjects.job_subjects(job_id),
-        stream=subjects.STREAM,
+        NAMES.job_subjects(job_id),
+        stream=NAMES.stream,
         ordered_consumer=True,
         cb=on_msg,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
@@ -172,7 +174,7 @@ def render_view(msgs: list[Msg]) -> str:
 
 
 async def kv_get(js: JetStreamContext, job_id: str) -> KeyValue.Entry:
-    kv = await js.key_value(subjects.JOBS_BUCKET)
+    kv = await js.key_value(NAMES.jobs_bucket)
     return await kv.get(job_id)
 
 
@@ -187,11 +189,11 @@ def render_kv(entry: KeyValue.Entry) -> str:
 
 
 async def last_for(js: JetStreamContext, subject: str) -> RawStreamMsg:
-    return await js.get_last_msg(subjects.STREAM, subject)
+    return await js.get_last_msg(NAMES.stream, subject)
 
 
 def render_get(msg: RawStreamMsg) -> str:
-    out = [f"Item: {subjects.STREAM}#{msg.seq} on Subject {msg.subject}", ""]
+    out = [f"Item: {NAMES.stream}#{msg.seq} on Subject {msg.subject}", ""]
     if msg.headers:
         out += ["Headers:", *_headers(msg.headers, "  "), ""]
     out.append((msg.data or b"").decode())
@@ -209,7 +211,7 @@ class Backup:
     state: dict[str, Any]
 
 
-async def backup(nc: Client, directory: Path, *, stream: str = subjects.STREAM) -> Backup:
+async def backup(nc: Client, directory: Path, *, stream: str = NAMES.stream) -> Backup:
     """`nats stream backup JOBS DIR`: a server snapshot streamed in acknowledged chunks, written
     as natscli writes it (backup.json with config and state, stream.tar.s2 with the data)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -285,7 +287,7 @@ async def _print_examples(job_id: str, backup_dir: Path) -> None:
         kind = msgs[0].subject.split(".")[1]
         await show(f"nats sub --stream JOBS 'jobs.*.{job_id}.>'", render_sub(msgs))
         await show(f"nats kv get jobs {job_id}", render_kv(await kv_get(js, job_id)))
-        subject = subjects.event_subject(kind, job_id, "completed")  # type: ignore[arg-type]
+        subject = NAMES.event_subject(kind, job_id, "completed")  # type: ignore[arg-type]
         await show(
             f"nats stream get JOBS --last-for {subject}", render_get(await last_for(js, subject))
         )

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import httpx
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import idempotent_job_id, new_job_id
+from audioprep.shared.names import Names
 from tests.cli.conftest import CliStack, run_cli, wait_view
 from tests.faults.harness import connected, fault_settings, private_server
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 async def _upload(stack: CliStack, path: Path, headers: dict[str, str] | None = None) -> str:
@@ -72,7 +75,7 @@ async def test_jobs_ls_shows_jobs_the_projector_has_not_written(
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             ids = []
             for kind in ("ingest", "save", "ingest"):
                 request = JobRequested(

@@ -7,9 +7,13 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from audioprep.shared import metrics, subjects
+from audioprep.domain import kinds
+from audioprep.shared import metrics
+from audioprep.shared.names import Names
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import junk_bytes, write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -92,7 +96,7 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
     assert moved(worker0, worker1, "audioprep_render_seconds_count", kind="save", format="wav") >= 1
     assert value(worker1, "audioprep_render_seconds_sum", kind="save", format="wav") > 0
     assert value(worker1, "audioprep_jobs_active", kind="ingest") >= 0
-    for kind in subjects.KINDS:  # sampled from the consumers at scrape time
+    for kind in kinds.KINDS:  # sampled from the consumers at scrape time
         assert ("audioprep_queue_pending", frozenset({("kind", kind)})) in api1
         assert ("audioprep_queue_pending", frozenset({("kind", kind)})) in worker1
 
@@ -105,10 +109,10 @@ async def test_metrics_move_when_jobs_run(cli_stack: CliStack, media_dir: Path) 
 
 async def test_projector_lag_is_stream_last_minus_applied(cli_stack: CliStack) -> None:
     js = cli_stack.nc.jetstream()
-    last = (await js.stream_info(subjects.STREAM)).state.last_seq
-    await metrics.projector_sampler(js, lambda: 0)()
+    last = (await js.stream_info(NAMES.stream)).state.last_seq
+    await metrics.projector_sampler(js, Names(), lambda: 0)()
     assert metrics.projector_lag()._value.get() >= last  # type: ignore[attr-defined]
-    await metrics.projector_sampler(js, lambda: 10**12)()
+    await metrics.projector_sampler(js, Names(), lambda: 10**12)()
     assert metrics.projector_lag()._value.get() == 0  # type: ignore[attr-defined]
 
 

@@ -14,13 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from audioprep.shared import logs, subjects
+from audioprep.shared import logs
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer
 from tests.cli import natscli
 from tests.cli.conftest import CliStack, wait_view
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -81,7 +84,7 @@ async def test_follow_one_job_and_view_the_stream(cli_stack: CliStack, save_job:
     assert seqs == sorted(seqs)
 
     # `nats stream view JOBS` from the job's first message: every payload reads as compact JSON.
-    viewed = await natscli.read_range(js, subjects.STREAM_SUBJECTS, start_seq=seqs[0])
+    viewed = await natscli.read_range(js, NAMES.stream_subjects, start_seq=seqs[0])
     assert viewed[0].metadata.sequence.stream == seqs[0]
     assert {m.metadata.sequence.stream for m in viewed} >= set(seqs)
     for m in viewed:
@@ -97,7 +100,7 @@ async def test_kv_get_and_last_for(cli_stack: CliStack, save_job: str) -> None:
     view = _is_compact_json(entry.value or b"")
     assert (view["jobId"], view["status"], view["progress"]) == (save_job, "completed", 100)
     _iso_utc(view["updatedAt"])
-    last = await natscli.last_for(js, subjects.event_subject("save", save_job, "completed"))
+    last = await natscli.last_for(js, NAMES.event_subject("save", save_job, "completed"))
     event = _is_compact_json(last.data or b"")
     assert event["type"] == "JobCompleted"
     assert str(event["result"]["preparedKey"]).endswith(".opus")  # type: ignore[index]
@@ -132,11 +135,11 @@ async def test_backup_and_restore_to_a_new_server(
             info = await natscli.restore(nc, tmp_path / "backup")
             assert info["state"]["last_seq"] == b.state["last_seq"]
             js = nc.jetstream()
-            history = await EventStore(nc, js).history(save_job)
+            history = await EventStore(nc, js, NAMES).history(save_job)
             assert [s.event.name for s in history][-1] == "completed"
-            last = await natscli.last_for(js, subjects.event_subject("save", save_job, "completed"))
+            last = await natscli.last_for(js, NAMES.event_subject("save", save_job, "completed"))
             assert logs.trace_id_of((last.headers or {})["traceparent"]) == TRACE_ID
-            restored = await js.stream_info(subjects.STREAM)
+            restored = await js.stream_info(NAMES.stream)
             assert restored.config.deny_purge and restored.state.messages == b.state["messages"]
         finally:
             await nc.close()

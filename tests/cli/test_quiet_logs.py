@@ -15,6 +15,7 @@ from audioprep.services.worker.dead_letters import DeadLetterFailer
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.storage import open_storage
 from tests.cli.conftest import CliStack, run_cli
 from tests.faults.harness import (
@@ -27,6 +28,8 @@ from tests.faults.harness import (
     wait_terminal,
 )
 
+NAMES = Names()  # the default prefix: what `audioprep up` uses
+
 
 async def test_an_idle_dead_letter_fetch_is_not_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -38,7 +41,7 @@ async def test_an_idle_dead_letter_fetch_is_not_a_warning(
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            failer = DeadLetterFailer(events=EventStore(nc, js), js=js, settings=settings)
+            failer = DeadLetterFailer(events=EventStore(nc, js, NAMES), js=js, settings=settings)
             stop = asyncio.Event()
             with caplog.at_level(logging.INFO, logger="audioprep.dead_letters"):
                 asyncio.get_running_loop().call_later(1.0, stop.set)  # a second of idling
@@ -53,7 +56,7 @@ async def test_a_worker_process_logs_no_warnings_for_a_normal_job(tmp_path: Path
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=1)
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=1.0)

@@ -20,14 +20,17 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from audioprep.domain.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobFailed, JobProgressed, JobRetrying, JobStarted
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer, free_port
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.cli.conftest import AUDIOPREP, CliStack
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +157,9 @@ async def test_ctrl_c_drains_a_running_save_and_exits_zero(tmp_path: Path) -> No
         settings = Settings(nats_url=server.url, data_dir=up.data_dir)
         nc = await connect(settings, "test")
         try:
-            history = [s.event for s in await EventStore(nc, nc.jetstream()).history(save_id)]
+            history = [
+                s.event for s in await EventStore(nc, nc.jetstream(), NAMES).history(save_id)
+            ]
         finally:
             await nc.close()
     finally:

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import httpx
 
+from audioprep.domain.events import JobRequested
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import open_storage
 from tests.cli.conftest import AUDIOPREP, CliStack, wait_view
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 async def test_a_completed_upload_ingest_keeps_one_copy(
@@ -44,7 +47,7 @@ async def test_a_rerun_after_the_move_uses_the_stored_source(
     `retry_of` the old) both find their source."""
     wav = write_tone(media_dir / "song.wav", seconds=1.0, freq=440.0)
     storage = open_storage(cli_stack.settings.storage)
-    events = EventStore(cli_stack.nc, cli_stack.nc.jetstream())
+    events = EventStore(cli_stack.nc, cli_stack.nc.jetstream(), NAMES)
 
     rerun = new_job_id()  # as the first attempt left it: no upload, the source in place
     await storage.put_file(keys.source_key("default", rerun, "song.wav"), wav)

@@ -12,13 +12,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
+from audioprep.domain.events import JobCompleted, JobProgressed, JobResult, JobStarted
 from audioprep.services.api.openapi import OPERATIONS
-from audioprep.services.api.routes.job_events import follow_job, wake_ups
+from audioprep.services.api.routes.job_events import follow_job
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
 from audioprep.shared import signing
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.events import JobCompleted, JobProgressed, JobResult, JobStarted
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from tests.conftest import Stack
 from tests.e2e.test_api_support import (
     history,
@@ -30,6 +31,8 @@ from tests.e2e.test_api_support import (
 )
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,7 @@ async def test_sse_follows_a_live_job_to_its_end(stack: Stack, tmp_path: Path) -
 
 async def _stray_job(stack: Stack) -> tuple[EventStore, str]:
     """A job with a JobStarted but no JobRequested: no worker takes it, the projector skips it."""
-    store = EventStore(stack.nc, stack.nc.jetstream())
+    store = EventStore(stack.nc, stack.nc.jetstream(), NAMES)
     job_id = new_job_id()
     await store.append(JobStarted(job_id=job_id, kind="ingest", worker="test"))
     return store, job_id
@@ -133,7 +136,10 @@ async def test_follow_is_woken_by_new_events(stack: Stack) -> None:
     store, job_id = await _stray_job(stack)
     seqs: list[int] = []
     finishing: asyncio.Task[None] | None = None
-    async with asyncio.timeout(20), wake_ups(stack.nc, job_id) as wake:
+    async with (
+        asyncio.timeout(20),
+        store.wake_ups(job_id) as wake,
+    ):
         async for item in follow_job(store, job_id, 0, wake, recheck_s=3600, keepalive_s=3600):
             assert item is not None
             seqs.append(item.seq)

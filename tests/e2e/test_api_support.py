@@ -11,10 +11,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from audioprep.shared import subjects
+from audioprep.domain import kinds
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.names import Names
 from tests.conftest import Stack
 from tests.jobs_helpers import wait_for_job
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 T = TypeVar("T")
 
@@ -38,21 +42,19 @@ async def ingest_source(stack: Stack, path: Path) -> str:
 
 async def history(stack: Stack, job_id: str) -> list[StoredEvent]:
     js = stack.nc.jetstream()
-    return await EventStore(stack.nc, js).history(job_id)
+    return await EventStore(stack.nc, js, NAMES).history(job_id)
 
 
 async def event_types(stack: Stack, job_id: str) -> list[str]:
     return [type(s.event).__name__ for s in await history(stack, job_id)]
 
 
-async def wait_consumer_past(
-    stack: Stack, kind: subjects.Kind, seq: int, timeout: float = 20
-) -> None:
+async def wait_consumer_past(stack: Stack, kind: kinds.Kind, seq: int, timeout: float = 20) -> None:
     """Wait until the kind's worker consumer has delivered and acked everything up to `seq`."""
     js = stack.nc.jetstream()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+        info = await js.consumer_info(NAMES.stream, names.worker_consumer(kind))
         if info.ack_floor.stream_seq >= seq and info.delivered.stream_seq >= seq:
             return
         await asyncio.sleep(0.02)

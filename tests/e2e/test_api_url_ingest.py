@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from audioprep.domain.errors import Permanent
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.ytdlp_fetch import download
-from audioprep.shared.errors import Permanent
 from tests.conftest import Stack
 from tests.e2e.test_api_support import event_types, history, local_path
 from tests.jobs_helpers import wait_for_job

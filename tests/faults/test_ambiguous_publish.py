@@ -17,18 +17,18 @@ from typing import Any
 import httpx
 import pytest
 
+from audioprep.domain.events import JobRequested
 from audioprep.services.api.jobs import request_fingerprint
 from audioprep.services.api.routes.ingest import ROUTE as INGEST_ROUTE
 from audioprep.shared import keys as keys_
-from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import idempotent_job_id
 from audioprep.shared.nats_cluster import NatsCluster, wait_for_jetstream
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import Storage, open_storage
 from tests.faults.harness import (
+    NAMES,
     ApiProcess,
     KeyedClient,
     Workers,
@@ -73,7 +73,7 @@ def _pid(node: NatsServer) -> int:
 
 
 async def _leader(js: Any) -> str:
-    cluster = (await js.stream_info(subjects.STREAM)).cluster
+    cluster = (await js.stream_info(NAMES.stream)).cluster
     assert cluster is not None and cluster.leader
     return str(cluster.leader)
 
@@ -119,7 +119,7 @@ async def test_leader_killed_during_posts_gives_one_job_per_key(tmp_path: Path) 
                 # A publish that landed although its answer was lost (the frozen leader above
                 # never commits one, so this is made by hand): the API stored the upload and
                 # published the request, the client got a 503 and retries.
-                events = EventStore(nc, js)
+                events = EventStore(nc, js, NAMES)
                 storage = open_storage(settings.storage)
                 for key in LANDED:
                     await _land(events, storage, key, tone)
@@ -128,7 +128,7 @@ async def test_leader_killed_during_posts_gives_one_job_per_key(tmp_path: Path) 
                 # Every key again (a client that never saw its 202), inside the duplicate
                 # window and, after shrinking it to 1 s, outside it: the same job each time.
                 await asyncio.gather(*(kc.post(k) for k in keys))
-                config = (await retrying(lambda: js.stream_info(subjects.STREAM))).config
+                config = (await retrying(lambda: js.stream_info(NAMES.stream))).config
                 config.duplicate_window = 1.0
                 await retrying(lambda: js.update_stream(config))
                 await asyncio.sleep(1.5)

@@ -12,8 +12,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from audioprep.services.api.app import create_app
-from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_cluster import NatsCluster, wait_for_jetstream
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.provision import provision
@@ -28,6 +28,8 @@ from tests.faults.harness import (
     wait_terminal,
 )
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +64,12 @@ async def test_kill_stream_leader_under_load(tmp_path: Path) -> None:
         nc = await connect(settings, "fault-test")
         try:
             js = nc.jetstream()
-            info = await js.stream_info(subjects.STREAM)
+            info = await js.stream_info(NAMES.stream)
             assert info.config.num_replicas == 3
             async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
                 sub = Submitter(client, tone)
                 await sub.burst(10)
-                leader = (await js.stream_info(subjects.STREAM)).cluster
+                leader = (await js.stream_info(NAMES.stream)).cluster
                 assert leader is not None and leader.leader
                 # Kill the leader while requests are in flight.
                 in_flight = asyncio.create_task(sub.burst(8))
@@ -81,10 +83,10 @@ async def test_kill_stream_leader_under_load(tmp_path: Path) -> None:
                     if len(sub.accepted) == accepted:
                         await asyncio.sleep(0.2)  # a client backing off during the election
                 assert len(sub.accepted) >= before + 10  # accepting again after the election
-                new_leader = (await js.stream_info(subjects.STREAM)).cluster
+                new_leader = (await js.stream_info(NAMES.stream)).cluster
                 assert new_leader is not None and new_leader.leader != leader.leader
 
-                events = EventStore(nc, js)
+                events = EventStore(nc, js, NAMES)
                 unfinished = await wait_terminal(events, sub.accepted, timeout=90)
                 counts = tally(sub.accepted, by_job(await read_stream(js)))
                 print(

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from audioprep.domain.events import JobRequested, JobResult, JobStarted
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.service import WorkerService
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRequested, JobResult, JobStarted
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.storage import open_storage
 from tests.faults.harness import connected, fault_settings, private_server, wait_terminal
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 async def test_worker_recreates_a_deleted_consumer(tmp_path: Path) -> None:
@@ -21,7 +24,7 @@ async def test_worker_recreates_a_deleted_consumer(tmp_path: Path) -> None:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             runs: list[str] = []
 
             async def handler(ctx: JobContext) -> JobResult:
@@ -43,14 +46,14 @@ async def test_worker_recreates_a_deleted_consumer(tmp_path: Path) -> None:
                 await events.request_job(first)
                 assert await wait_terminal(events, [first.job_id], timeout=20) == set()
 
-                await js.delete_consumer(subjects.STREAM, subjects.worker_consumer("ingest"))
+                await js.delete_consumer(NAMES.stream, names.worker_consumer("ingest"))
                 second = JobRequested(job_id=new_job_id(), kind="ingest", source="upload")
                 await events.request_job(second)
                 assert await wait_terminal(events, [second.job_id], timeout=30) == set()
             finally:
                 stop.set()
                 await asyncio.wait_for(task, timeout=15)
-            info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer("ingest"))
+            info = await js.consumer_info(NAMES.stream, names.worker_consumer("ingest"))
             assert info.config.max_deliver == settings.max_deliver
             # The recreated consumer offered the first request again: acked, not re-run.
             assert runs == [first.job_id, second.job_id]

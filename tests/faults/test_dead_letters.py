@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from audioprep.services.worker.dead_letters import decode_advisory, fail_dead_letter
+from audioprep.domain.events import JobCompleted, JobFailed, JobRequested, JobResult
+from audioprep.services.worker.dead_letters import fail_dead_letter
+from audioprep.shared.advisories import decode_advisory
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCompleted, JobFailed, JobRequested, JobResult
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from tests.faults.harness import connected, fault_settings, private_server
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 def advisory(seq: int, consumer: str = "workers-ingest", deliveries: int = 5) -> bytes:
@@ -32,7 +36,7 @@ async def test_advisory_fails_the_job_once(tmp_path: Path) -> None:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             dead = JobRequested(job_id=new_job_id(), kind="ingest", source="upload", attempt_base=2)
             dead_seq = await events.request_job(dead)
             done = JobRequested(job_id=new_job_id(), kind="save", source_key="k", format="wav")
@@ -41,15 +45,15 @@ async def test_advisory_fails_the_job_once(tmp_path: Path) -> None:
                 JobCompleted(job_id=done.job_id, kind="save", result=JobResult(), attempt=5)
             )
 
-            first = await fail_dead_letter(events, js, decode_advisory(advisory(dead_seq)))
-            again = await fail_dead_letter(events, js, decode_advisory(advisory(dead_seq)))
+            first = await fail_dead_letter(events, decode_advisory(advisory(dead_seq)))
+            again = await fail_dead_letter(events, decode_advisory(advisory(dead_seq)))
             finished = await fail_dead_letter(
-                events, js, decode_advisory(advisory(done_seq, "workers-save"))
+                events, decode_advisory(advisory(done_seq, "workers-save"))
             )
             other = await fail_dead_letter(
-                events, js, decode_advisory(advisory(dead_seq, "someone-else"))
+                events, decode_advisory(advisory(dead_seq, "someone-else"))
             )
-            gone = await fail_dead_letter(events, js, decode_advisory(advisory(10_000)))
+            gone = await fail_dead_letter(events, decode_advisory(advisory(10_000)))
             assert [first[0], again[0], finished[0], other[0], gone[0]] == [
                 "failed",
                 "already_ended",

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from audioprep.shared import subjects
-from audioprep.shared.events import JobRequested
+from audioprep.domain.events import JobRequested
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer
 from tests.conftest import running_stack
 from tests.faults.harness import by_job, connected, fault_settings, read_stream
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +101,7 @@ async def test_full_event_store_refuses_cleanly_and_heals(tmp_path: Path) -> Non
                     for j in accepted
                     if not any(isinstance(e.event, JobRequested) for e in events.get(j, []))
                 ]
-                info = await js.stream_info(subjects.STREAM)
+                info = await js.stream_info(NAMES.stream)
                 assert info.state.first_seq == 1
                 assert lost == []
                 assert 500 not in statuses

@@ -26,10 +26,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from audioprep.services.worker.dead_letters import DeadLetterReconciler, decode_advisory
-from audioprep.shared import subjects
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     JobCompleted,
     JobFailed,
     JobRequested,
@@ -37,10 +34,14 @@ from audioprep.shared.events import (
     JobStarted,
     decode_event,
 )
+from audioprep.services.worker.dead_letters import DeadLetterReconciler, decode_advisory
+from audioprep.shared import names
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.provision import dlq_stream_config
 from audioprep.shared.settings import Settings
 from tests.faults.harness import (
+    NAMES,
     Workers,
     audit,
     by_job,
@@ -78,11 +79,11 @@ async def _capture(js: JetStreamContext, settings: Settings, *, on: bool) -> Non
 
 async def _dlq_entries(js: JetStreamContext) -> dict[int, list[dict[str, object]]]:
     """JOBS_DLQ's entries by the JOBS stream sequence they name."""
-    info = await js.stream_info(subjects.DLQ_STREAM)
+    info = await js.stream_info(NAMES.dlq_stream)
     out: dict[int, list[dict[str, object]]] = {}
     for seq in range(info.state.first_seq or 1, (info.state.last_seq or 0) + 1):
         try:
-            raw = await js.get_msg(subjects.DLQ_STREAM, seq, direct=True)
+            raw = await js.get_msg(NAMES.dlq_stream, seq, direct=True)
         except Exception:
             continue  # removed (a repeat)
         if raw.data:
@@ -102,7 +103,7 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
         )
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=1.0)
@@ -127,7 +128,7 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
                         workers.kill(victim)
 
             await nc.subscribe("jobs.*.*.started", cb=on_event)
-            await nc.subscribe(subjects.MAX_DELIVERIES_ADVISORY, cb=on_advisory)
+            await nc.subscribe(NAMES.max_deliveries_advisory, cb=on_advisory)
             kill_task = asyncio.create_task(killer())
 
             async def poison_job() -> str:
@@ -218,14 +219,14 @@ def _fired_for(fired: list[bytes], seq: int) -> bool:
 
 
 def _advisory_subject(data: bytes) -> str:
-    return subjects.max_deliveries_advisory(decode_advisory(data).consumer)
+    return NAMES.max_deliveries_advisory_of(decode_advisory(data).consumer)
 
 
 async def _until_failer_idle(js: JetStreamContext, timeout: float = 20.0) -> None:
     """The dead-letter failer has handled every JOBS_DLQ entry."""
     deadline = time.monotonic() + timeout
     while True:
-        info = await js.consumer_info(subjects.DLQ_STREAM, subjects.DLQ_CONSUMER)
+        info = await js.consumer_info(NAMES.dlq_stream, names.DLQ_CONSUMER)
         if not info.num_pending and not info.num_ack_pending:
             return
         assert time.monotonic() < deadline, info
@@ -239,7 +240,7 @@ async def test_reconciler_leaves_jobs_in_flight_or_waiting_for_a_retry(tmp_path:
         settings = fault_settings(server.url, tmp_path / "data", ack_wait_s=1.0, max_deliver=2)
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             await _capture(js, settings, on=False)
             reconciler = DeadLetterReconciler(events=events, js=js, settings=settings)
             jobs = [
@@ -248,7 +249,7 @@ async def test_reconciler_leaves_jobs_in_flight_or_waiting_for_a_retry(tmp_path:
             for job in jobs:
                 await events.request_job(job)
             sub = await js.pull_subscribe_bind(
-                durable=subjects.worker_consumer("ingest"), stream=subjects.STREAM
+                durable=names.worker_consumer("ingest"), stream=NAMES.stream
             )
             held, naked, dropped = await sub.fetch(3, timeout=5)
             await naked.nak(delay=60)
@@ -269,7 +270,7 @@ async def test_reconciler_leaves_jobs_in_flight_or_waiting_for_a_retry(tmp_path:
                     assert await sub.fetch(1, timeout=3 * settings.ack_wait_s) == []
             finally:
                 beating.cancel()
-            info = await js.consumer_info(subjects.STREAM, subjects.worker_consumer("ingest"))
+            info = await js.consumer_info(NAMES.stream, names.worker_consumer("ingest"))
             assert info.num_ack_pending == 2  # `dropped` is given up, the others are pending
             # Older deliveries are still pending, so the consumer has not settled past it: it
             # waits for them (docs/reliability.md, "Dead letters").

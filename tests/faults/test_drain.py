@@ -11,11 +11,7 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from audioprep.services.worker.context import JobContext
-from audioprep.services.worker.service import WorkerService
-from audioprep.shared import keys
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     JobCompleted,
     JobProgressed,
     JobRequested,
@@ -24,7 +20,12 @@ from audioprep.shared.events import (
     JobStarted,
     decode_event,
 )
+from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.service import WorkerService
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.storage import open_storage
 from tests.faults.harness import (
     Workers,
@@ -40,6 +41,8 @@ from tests.faults.harness import (
 )
 from tests.media import write_tone
 
+NAMES = Names()  # the default prefix: what `audioprep up` uses
+
 pytestmark = pytest.mark.slow
 
 
@@ -47,7 +50,7 @@ async def test_sigterm_finishes_in_flight_and_exits_zero(tmp_path: Path) -> None
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=2)
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=10.0)
@@ -91,7 +94,7 @@ async def test_drain_hands_back_what_does_not_finish_in_grace(tmp_path: Path) ->
         settings = fault_settings(server.url, tmp_path / "data", ack_wait_s=60.0)
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             storage = open_storage(settings.storage)
             began = asyncio.Event()
 
@@ -147,7 +150,7 @@ async def test_ctrl_c_on_a_worker_finishes_its_media_call_instead_of_crashing_it
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data", worker_concurrency=1)
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             media = tmp_path / "media"
             media.mkdir()
             # 20 minutes of mono audio to mp3: a render of seconds, so the signal meets it.

@@ -19,8 +19,8 @@ from nats.js.errors import KeyNotFoundError
 from audioprep.services.api.app import create_app
 from audioprep.services.projector.main import run_projector
 from audioprep.services.projector.rebuild import rebuild
-from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer, free_port
 from tests.faults.harness import (
     Submitter,
@@ -35,11 +35,13 @@ from tests.faults.harness import (
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
 
+NAMES = Names()  # the default prefix: what `audioprep up` uses
+
 pytestmark = pytest.mark.slow
 
 
 async def view_in_kv(nc: Client, job_id: str, timeout: float = 30.0) -> None:
-    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    kv = await nc.jetstream().key_value(NAMES.jobs_bucket)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -60,7 +62,7 @@ async def test_nats_restart_loses_no_acknowledged_job(tmp_path: Path) -> None:
     stop = asyncio.Event()
     try:
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             workers.start()
             projector = asyncio.create_task(run_projector(settings, stop))
             async with AsyncTestClient(app=create_app(settings), timeout=30) as client:

@@ -29,13 +29,13 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from audioprep.shared import subjects
+from audioprep.domain.events import JobStarted
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobStarted
 from audioprep.shared.nats_cluster import wait_for_jetstream
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.settings import Settings
 from tests.faults.harness import (
+    NAMES,
     ApiProcess,
     KeyedClient,
     Workers,
@@ -110,7 +110,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             cluster.stop()
 
 
-async def _leader(js: Any, stream: str = subjects.STREAM) -> str:
+async def _leader(js: Any, stream: str = NAMES.stream) -> str:
     cluster = (await js.stream_info(stream)).cluster
     assert cluster is not None and cluster.leader
     return str(cluster.leader)
@@ -213,12 +213,12 @@ async def test_partitions_lose_nothing_and_converge(hosts: Site, tmp_path: Path)
     await retrying(
         lambda: js.add_stream(StreamConfig(name=PROBE, subjects=["probe.>"], num_replicas=3))
     )
-    events = EventStore(nc, js)
+    events = EventStore(nc, js, NAMES)
     probes: list[MinorityProbe] = []
     starts: dict[str, set[str]] = {}  # job → worker names that started it
 
     async def on_started(msg: Any) -> None:
-        from audioprep.shared.events import decode_event
+        from audioprep.domain.events import decode_event
 
         event = decode_event(msg.data)
         if isinstance(event, JobStarted):
@@ -253,7 +253,7 @@ async def test_partitions_lose_nothing_and_converge(hosts: Site, tmp_path: Path)
                 await load.finish()
         accepted = [ids[0] for ids in kc.answers.values()]
         unfinished = await wait_terminal(events, accepted, timeout=90)
-        jobs_seqs = await _converged(s.cluster, subjects.STREAM)
+        jobs_seqs = await _converged(s.cluster, NAMES.stream)
         probe_seqs = await _converged(s.cluster, PROBE)
         probe_seqs_max = max(probe_seqs.values())
         # every ack a minority client got is in the healed stream, at its sequence
@@ -301,7 +301,7 @@ async def test_a_wiped_node_rejoins_and_carries_the_data(hosts: Site, tmp_path: 
     s = hosts
     nc = await connect(s.settings, "fault-test")
     js = nc.jetstream()
-    events = EventStore(nc, js)
+    events = EventStore(nc, js, NAMES)
     try:
         async with httpx.AsyncClient(base_url=s.api.url, timeout=30) as client:
             kc = KeyedClient(client, tone, retry_for_s=60)
@@ -316,7 +316,7 @@ async def test_a_wiped_node_rejoins_and_carries_the_data(hosts: Site, tmp_path: 
                 #    wait until it is a current replica of every stream again.
                 wiped.start()
                 rejoin_s = await _until_current(js, wiped.name)
-                seqs_after_rejoin = await _converged(s.cluster, subjects.STREAM)
+                seqs_after_rejoin = await _converged(s.cluster, NAMES.stream)
                 # 3. The rejoined copy is used: another original node (the leader now, unless
                 #    that is the rejoined one) is killed, so every quorum needs the new copy.
                 name = await retrying(lambda: _leader(js))
@@ -330,7 +330,7 @@ async def test_a_wiped_node_rejoins_and_carries_the_data(hosts: Site, tmp_path: 
                 await load.finish()
         accepted = [ids[0] for ids in kc.answers.values()]
         unfinished = await wait_terminal(events, accepted, timeout=90)
-        jobs_seqs = await _converged(s.cluster, subjects.STREAM)
+        jobs_seqs = await _converged(s.cluster, NAMES.stream)
         history = by_job(await read_stream(js))
         server_errors = sum(n for st, n in kc.statuses.items() if st >= 500 and st != 503)
         counts = audit(accepted, history, server_errors=server_errors)

@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
-from audioprep.shared import keys
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     JobProgressed,
     JobRequested,
     JobStarted,
     decode_event,
     is_terminal,
 )
+from audioprep.shared import keys
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from tests.faults.harness import (
     Workers,
     by_job,
@@ -35,6 +36,8 @@ from tests.faults.harness import (
     wait_terminal,
 )
 from tests.media import measure_duration_s, write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +59,7 @@ async def test_a_paused_worker_past_ack_wait_ends_the_job_once(tmp_path: Path) -
             server.url, tmp_path / "data", ack_wait_s=ACK_WAIT_S, worker_concurrency=1
         )
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             from audioprep.shared.storage import open_storage
 
             storage = open_storage(settings.storage)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobFailed, JobRequested, JobStarted, decode_event
 from audioprep.services.cli.dlq import retry_job
-from audioprep.shared import subjects
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobFailed, JobRequested, JobStarted, decode_event
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import REPO_ROOT
 from tests.faults.harness import (
     Workers,
@@ -30,6 +30,8 @@ from tests.faults.harness import (
 )
 from tests.media import write_noise
 
+NAMES = Names()  # the default prefix: what `audioprep up` uses
+
 pytestmark = pytest.mark.slow
 
 OTHERS = 12
@@ -38,12 +40,19 @@ MAX_DELIVER = 5
 
 async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
     with private_server(tmp_path / "nats") as server:
+        # One job per worker: a kill then takes only the poison job (and at most the one
+        # message a pull loop holds), so an ordinary job is not killed five times alongside
+        # it on a slow machine (with two slots it was, now and then, and failed too).
         settings = fault_settings(
-            server.url, tmp_path / "data", ack_wait_s=2.0, max_deliver=MAX_DELIVER
+            server.url,
+            tmp_path / "data",
+            ack_wait_s=2.0,
+            max_deliver=MAX_DELIVER,
+            worker_concurrency=1,
         )
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=1.0)
@@ -62,7 +71,7 @@ async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
 
             # The "crash": whichever worker process starts the poison job dies at once.
             await nc.subscribe(
-                subjects.event_subject("ingest", poison.job_id, "started"), cb=on_started
+                NAMES.event_subject("ingest", poison.job_id, "started"), cb=on_started
             )
             await events.request_job(poison)
             for request in others[: OTHERS // 2]:

@@ -18,16 +18,17 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobProgressed, JobRequested
+from audioprep.domain.views import encode_view
 from audioprep.services.api.app import create_app
 from audioprep.services.projector.main import run_projector
 from audioprep.services.projector.rebuild import fold_stream, read_bucket
 from audioprep.services.worker.main import run_worker
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobProgressed, JobRequested
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import REPO_ROOT
-from audioprep.shared.views import encode_view
 from tests.faults.harness import (
     Submitter,
     by_job,
@@ -42,6 +43,8 @@ from tests.faults.harness import (
     wait_terminal,
 )
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +90,19 @@ def flaky_http(tone: Path) -> Iterator[str]:
 
 
 async def bucket_values(nc: Client) -> dict[str, bytes]:
-    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    kv = await nc.jetstream().key_value(NAMES.jobs_bucket)
     return {k: c.value for k, c in (await read_bucket(kv)).items() if c.value is not None}
 
 
 async def wait_caught_up(nc: Client, timeout: float = 30.0) -> int:
     """Until the projector's checkpoint reaches the stream's last sequence."""
     js = nc.jetstream()
-    state = await js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+    state = await js.key_value(NAMES.projector_state_bucket)
     deadline = time.monotonic() + timeout
     while True:
-        last = (await js.stream_info(subjects.STREAM)).state.last_seq or 0
+        last = (await js.stream_info(NAMES.stream)).state.last_seq or 0
         with contextlib.suppress(Exception):
-            entry = await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)
+            entry = await state.get(names.PROJECTOR_CHECKPOINT_KEY)
             if int(entry.value or b"0") >= last:
                 return last
         if time.monotonic() > deadline:
@@ -115,7 +118,7 @@ async def test_rebuild_equals_live_view_after_mixed_run(tmp_path: Path) -> None:
         junk.write_bytes(b"\x00not audio at all" * 4000)
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=1.0)
@@ -156,7 +159,7 @@ async def test_rebuild_equals_live_view_after_mixed_run(tmp_path: Path) -> None:
                             long_started.set()
 
                         await nc.subscribe(
-                            subjects.event_subject("save", long_save.job_id, "started"),
+                            NAMES.event_subject("save", long_save.job_id, "started"),
                             cb=on_started,
                         )
                         for request in [*saves, long_save]:
@@ -190,12 +193,12 @@ async def test_rebuild_equals_live_view_after_mixed_run(tmp_path: Path) -> None:
 
             # 1. The live view equals the fold of the whole stream, key for key.
             live = await bucket_values(nc)
-            folded, _ = await fold_stream(js, start_seq=1, end_seq=last)
+            folded, _ = await fold_stream(js, Names(), start_seq=1, end_seq=last)
             assert set(live) == set(folded) == set(ids)  # the stray event made no key
             assert all(live[k] == encode_view(v) for k, v in folded.items())
 
             # 2. Damage the bucket, rebuild with the CLI, get the live view back.
-            kv = await js.key_value(subjects.JOBS_BUCKET)
+            kv = await js.key_value(NAMES.jobs_bucket)
             keys = sorted(live)
             for key in keys[:3]:
                 await kv.delete(key)

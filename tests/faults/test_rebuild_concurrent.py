@@ -11,19 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from audioprep.services.projector.fold import fold
-from audioprep.services.projector.main import run_projector
-from audioprep.services.projector.rebuild import (
-    Current,
-    RebuildReport,
-    RebuildWriter,
-    read_bucket,
-    rebuild,
-)
-from audioprep.services.projector.runner import Projector
-from audioprep.shared import subjects
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     Event,
     JobCompleted,
@@ -33,9 +21,24 @@ from audioprep.shared.events import (
     JobResult,
     JobStarted,
 )
+from audioprep.domain.fold import fold
+from audioprep.domain.views import encode_view
+from audioprep.services.projector.main import run_projector
+from audioprep.services.projector.rebuild import (
+    Current,
+    RebuildReport,
+    RebuildWriter,
+    read_bucket,
+    rebuild,
+)
+from audioprep.services.projector.runner import Projector
+from audioprep.shared import names
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.views import encode_view
+from audioprep.shared.names import Names
 from tests.faults.harness import connected, fault_settings, private_server
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 def job_events(job_id: str, i: int) -> list[Event]:
@@ -64,12 +67,12 @@ async def publish_jobs(events: EventStore, n: int) -> None:
 
 async def caught_up(nc: Client, timeout: float = 30.0) -> None:
     js = nc.jetstream()
-    state = await js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+    state = await js.key_value(NAMES.projector_state_bucket)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        last = (await js.stream_info(subjects.STREAM)).state.last_seq or 0
+        last = (await js.stream_info(NAMES.stream)).state.last_seq or 0
         try:
-            if int((await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)).value or b"0") >= last:
+            if int((await state.get(names.PROJECTOR_CHECKPOINT_KEY)).value or b"0") >= last:
                 return
         except Exception:
             pass
@@ -82,7 +85,7 @@ async def test_rebuild_while_projector_runs(tmp_path: Path) -> None:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             await publish_jobs(events, 200)
             stop = asyncio.Event()
             projector = asyncio.create_task(run_projector(settings, stop))
@@ -108,8 +111,8 @@ async def test_batch_racing_a_live_write_is_rejected_whole(tmp_path: Path) -> No
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
-            kv = await js.key_value(subjects.JOBS_BUCKET)
+            events = EventStore(nc, js, NAMES)
+            kv = await js.key_value(NAMES.jobs_bucket)
             views = {}
             for i in range(3):
                 job_id = new_job_id()
@@ -142,7 +145,7 @@ async def test_two_projectors_and_a_restart_agree_with_the_fold(tmp_path: Path) 
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             stop = asyncio.Event()
             both = [asyncio.create_task(run_projector(settings, stop)) for _ in range(2)]
             try:
@@ -151,12 +154,12 @@ async def test_two_projectors_and_a_restart_agree_with_the_fold(tmp_path: Path) 
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*both), timeout=30)
-            checkpoint = await Projector(js).load_checkpoint()
-            assert checkpoint == (await js.stream_info(subjects.STREAM)).state.last_seq
+            checkpoint = await Projector(js, Names()).load_checkpoint()
+            assert checkpoint == (await js.stream_info(NAMES.stream)).state.last_seq
 
             await publish_jobs(events, 50)  # while no projector runs
             stop = asyncio.Event()
-            again = Projector(js)
+            again = Projector(js, Names())
             task = asyncio.create_task(again.run(stop))
             try:
                 await caught_up(nc)

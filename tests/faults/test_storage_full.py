@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from audioprep.domain.events import JobRetrying
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRetrying
 from audioprep.shared.storage import open_storage
 from tests.conftest import running_stack
 from tests.faults.harness import (
+    NAMES,
     Workers,
     audit,
     by_job,
@@ -60,7 +61,7 @@ async def test_full_media_storage_refuses_uploads_retries_jobs_and_heals(tmp_pat
         accepted: list[str] = []
         async with connected(settings) as nc, running_stack(settings, nc, workers=0) as st:
             js = nc.jetstream()
-            events = EventStore(nc, js)
+            events = EventStore(nc, js, NAMES)
             workers = Workers(settings, tmp_path)
             workers.start()
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     JobCancelled,
     JobCompleted,
@@ -15,15 +14,19 @@ from audioprep.shared.events import (
     JobRequested,
     JobResult,
 )
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from tests.faults.harness import connected, fault_settings, private_server
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 async def test_only_the_first_terminal_event_lands(tmp_path: Path) -> None:
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             job_id = new_job_id()
             await events.request_job(JobRequested(job_id=job_id, kind="save", source_key="k"))
             await events.append(JobProgressed(job_id=job_id, kind="save", progress=50))

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import JobStarted, decode_event, is_terminal
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobStarted, decode_event, is_terminal
+from audioprep.shared.names import Names
 from tests.faults.harness import (
     Workers,
     by_job,
@@ -27,6 +28,8 @@ from tests.faults.harness import (
     wait_terminal,
 )
 from tests.media import measure_duration_s
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +57,7 @@ async def test_sigkill_workers_mid_job(tmp_path: Path) -> None:
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data", ack_wait_s=3.0)
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media, seconds=1.5)

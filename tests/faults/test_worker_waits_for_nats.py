@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer, free_port
 from tests.faults.harness import (
     Workers,
@@ -19,6 +20,8 @@ from tests.faults.harness import (
     save_request,
     wait_terminal,
 )
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +40,7 @@ async def test_a_worker_started_before_nats_waits_for_it(tmp_path: Path) -> None
             await asyncio.sleep(0.05)
         server.start()
         async with connected(settings) as nc:
-            events = EventStore(nc, nc.jetstream())
+            events = EventStore(nc, nc.jetstream(), NAMES)
             media = tmp_path / "media"
             media.mkdir()
             sources = await make_sources(settings, media)

@@ -14,9 +14,9 @@ import numpy as np
 import pyloudnorm
 import pytest
 
+from audioprep.domain.recipe import Normalize, Recipe, Trim
 from audioprep.services.worker.pipeline.render import render
 from audioprep.services.worker.pipeline.true_peak import max_true_peak_db
-from audioprep.shared.recipe import Normalize, Recipe, Trim
 from tests import media, speech
 
 FORMATS = ("wav", "flac", "mp3", "opus", "aac")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from audioprep.services.worker.pipeline.probe import probe
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     CORRUPT_MEDIA,
     EMPTY_FILE,
     NO_AUDIO_STREAM,
     UNSUPPORTED_MEDIA,
     Permanent,
 )
+from audioprep.services.worker.pipeline.probe import probe
 from tests import media
 
 INPUTS = [

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audioprep.domain.errors import CORRUPT_MEDIA, NO_AUDIO_STREAM, Cancelled, Permanent
+from audioprep.domain.recipe import Normalize, OutputOptions, Recipe, RecipeError, Trim
 from audioprep.services.worker.pipeline.render import render
-from audioprep.shared.errors import CORRUPT_MEDIA, NO_AUDIO_STREAM, Cancelled, Permanent
-from audioprep.shared.recipe import Normalize, OutputOptions, Recipe, RecipeError, Trim
 from tests import media
 
 FORMATS = [

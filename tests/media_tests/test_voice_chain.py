@@ -11,9 +11,9 @@ from pesq import pesq
 from pystoi import stoi
 from scipy.signal import resample_poly
 
+from audioprep.domain.recipe import Denoise, Leveler, Recipe, ShortenPauses
 from audioprep.services.worker.pipeline.render import render
 from audioprep.services.worker.pipeline.voice_analysis import VoiceAnalyzer, measure_voice
-from audioprep.shared.recipe import Denoise, Leveler, Recipe, ShortenPauses
 from tests import media, speech
 
 RATE = 48000

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from audioprep.domain.events import VoiceReport, VoiceSteps
+from audioprep.domain.recipe import Recipe, Trim
 from audioprep.services.worker.publish.chapters import place_chapters
-from audioprep.shared.events import VoiceReport, VoiceSteps
 from audioprep.shared.metadata import Chapter, Metadata, chapters_json, output_chapters
-from audioprep.shared.recipe import Recipe, Trim
 
 
 def _ch(*starts: int) -> list[Chapter]:

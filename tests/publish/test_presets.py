@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mutagen.id3 import ID3
 
-from audioprep.shared.events import JobRequested
+from audioprep.domain.events import JobRequested
 from tests.conftest import Stack
 from tests.e2e.test_api_support import history
 from tests.jobs_helpers import wait_for_job

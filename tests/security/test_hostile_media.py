@@ -22,15 +22,18 @@ from pathlib import Path
 
 import pytest
 
+from audioprep.domain.events import JobRetrying, JobStarted
 from audioprep.services.worker.media_process import CPU_LIMIT_ENV
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobRetrying, JobStarted
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import REPO_ROOT
 from audioprep.shared.settings import Settings
 from tests.conftest import running_stack
 from tests.faults.harness import connected, fault_settings, private_server, service_env
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +161,10 @@ def listener() -> Iterator[tuple[int, list[int]]]:
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = service_env(settings)
     env["AUDIOPREP_MAX_DURATION_S"] = str(MAX_DURATION_S)
-    env[CPU_LIMIT_ENV] = "1"  # media children: 1 s of CPU each
+    # media children: 3 s of CPU each. The 8 kHz bomb must reach the duration cap inside it
+    # on a loaded machine too (with 1 s it was cut by the CPU limit under load, load average
+    # 4-6); the 96 kHz one still runs far past it.
+    env[CPU_LIMIT_ENV] = "3"
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "audioprep.services.cli.main", "worker"],
@@ -262,7 +268,7 @@ async def test_hostile_media_fails_cleanly_and_the_worker_lives(tmp_path: Path) 
         worker = start_worker(settings, tmp_path / "worker.log")
         try:
             async with connected(settings) as nc, running_stack(settings, nc, workers=0) as st:
-                events = EventStore(nc, nc.jetstream())
+                events = EventStore(nc, nc.jetstream(), NAMES)
 
                 async def submit(name: str, data: bytes) -> str:
                     resp = await st.client.post(

@@ -121,10 +121,10 @@ def test_duration_limit_holds_when_the_header_lies(tmp_path: Path) -> None:
     noise, then long cheap silence: 4 s estimated for 33 s). Decoding stops at the limit."""
     import numpy as np
 
+    from audioprep.domain.errors import TOO_LONG, Permanent
     from audioprep.services.worker.pipeline.analyse import analyse
     from audioprep.services.worker.pipeline.decode import open_audio
     from audioprep.services.worker.pipeline.probe import header_duration_ms
-    from audioprep.shared.errors import TOO_LONG, Permanent
     from tests.media import noise, silence, write_samples
 
     pcm = np.concatenate([noise(seconds=3.0, dbfs=-1), silence(seconds=30.0)], axis=1)

@@ -20,14 +20,18 @@ from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from audioprep.shared import subjects
+from audioprep.domain import kinds
+from audioprep.shared import names
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect, inbox_prefix_for
 from audioprep.shared.nats_server import REPO_ROOT, NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
+
+NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 T = TypeVar("T")
 PROD_CONFIG = REPO_ROOT / "deploy" / "nats-prod.conf"
@@ -271,15 +275,15 @@ async def test_services_are_refused_outside_their_rights(provisioned: ProdNats) 
 
         # Nothing of it reached the server: the stream, consumers and buckets are intact.
         ajs = admin.nc.jetstream()
-        await ajs.stream_info(subjects.STREAM)
-        for kind in subjects.KINDS:
-            await ajs.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+        await ajs.stream_info(NAMES.stream)
+        for kind in kinds.KINDS:
+            await ajs.consumer_info(NAMES.stream, names.worker_consumer(kind))
         with pytest.raises(NotFoundError):
-            await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job))
-        kv = await ajs.key_value(subjects.JOBS_BUCKET)
+            await ajs.get_last_msg(NAMES.stream, NAMES.job_subjects(job))
+        kv = await ajs.key_value(NAMES.jobs_bucket)
         with pytest.raises(KeyNotFoundError):
             await kv.get(job)
-        await ajs.key_value(subjects.RENDER_CACHE_BUCKET)
+        await ajs.key_value(NAMES.render_cache_bucket)
 
 
 async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
@@ -289,16 +293,16 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
         api, worker, projector = u["api"].nc, u["worker"].nc, u["projector"].nc
         ajs, wjs, pjs = api.jetstream(), worker.jetstream(), projector.jetstream()
         # api: create a job, read it back, read the views
-        await ajs.publish(subjects.event_subject("ingest", job, "requested"), b"{}")
-        await ajs.publish(subjects.event_subject("ingest", job, "cancel_requested"), b"{}")
-        got = await ajs.get_last_msg(subjects.STREAM, subjects.job_subjects(job), direct=True)
-        assert got.subject == subjects.event_subject("ingest", job, "cancel_requested")
-        await ajs.key_value(subjects.JOBS_BUCKET)
+        await ajs.publish(NAMES.event_subject("ingest", job, "requested"), b"{}")
+        await ajs.publish(NAMES.event_subject("ingest", job, "cancel_requested"), b"{}")
+        got = await ajs.get_last_msg(NAMES.stream, NAMES.job_subjects(job), direct=True)
+        assert got.subject == NAMES.event_subject("ingest", job, "cancel_requested")
+        await ajs.key_value(NAMES.jobs_bucket)
         # what the SSE route does: a batched direct get of the history, and a core
         # subscription on the job's subjects as a wake-up (no consumer)
-        batch = {"seq": 1, "next_by_subj": subjects.job_subjects(job), "batch": 10}
+        batch = {"seq": 1, "next_by_subj": NAMES.job_subjects(job), "batch": 10}
         first = await api.request(
-            f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(batch).encode(), timeout=5
+            f"$JS.API.DIRECT.GET.{NAMES.stream}", json.dumps(batch).encode(), timeout=5
         )
         assert first.headers and first.headers["Nats-Subject"].endswith(f"{job}.requested")
         woken = asyncio.Event()
@@ -306,18 +310,18 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
         async def on_wake(_msg: Any) -> None:
             woken.set()
 
-        wake_sub = await api.subscribe(subjects.job_subjects(job), cb=on_wake)
+        wake_sub = await api.subscribe(NAMES.job_subjects(job), cb=on_wake)
         await api.flush()
         # worker: take it, report on it, fill the render cache
-        sub = await wjs.pull_subscribe_bind(durable="workers-ingest", stream=subjects.STREAM)
+        sub = await wjs.pull_subscribe_bind(durable="workers-ingest", stream=NAMES.stream)
         msgs = await sub.fetch(1, timeout=5)
-        assert msgs[0].subject == subjects.event_subject("ingest", job, "requested")
-        await wjs.publish(subjects.event_subject("ingest", job, "started"), b"{}")
+        assert msgs[0].subject == NAMES.event_subject("ingest", job, "requested")
+        await wjs.publish(NAMES.event_subject("ingest", job, "started"), b"{}")
         await asyncio.wait_for(woken.wait(), timeout=5)  # the api's wake-up saw it
         await wake_sub.unsubscribe()
-        await wjs.publish(subjects.event_subject("ingest", job, "completed"), b"{}")
+        await wjs.publish(NAMES.event_subject("ingest", job, "completed"), b"{}")
         await msgs[0].ack_sync()
-        cache = await wjs.key_value(subjects.RENDER_CACHE_BUCKET)
+        cache = await wjs.key_value(NAMES.render_cache_bucket)
         await cache.put(f"k{job}", b"previews/x.opus")
         assert (await cache.get(f"k{job}")).value == b"previews/x.opus"
         # projector: read the whole stream in order, write views and the checkpoint
@@ -330,13 +334,13 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
                 done.set()
 
         psub = await pjs.subscribe(
-            subjects.STREAM_SUBJECTS, stream=subjects.STREAM, ordered_consumer=True, cb=on_msg
+            NAMES.stream_subjects, stream=NAMES.stream, ordered_consumer=True, cb=on_msg
         )
         await asyncio.wait_for(done.wait(), timeout=10)
         await psub.unsubscribe()
-        views = await pjs.key_value(subjects.JOBS_BUCKET)
+        views = await pjs.key_value(NAMES.jobs_bucket)
         await views.put(job, b"{}")
-        state = await pjs.key_value(subjects.PROJECTOR_STATE_BUCKET)
+        state = await pjs.key_value(NAMES.projector_state_bucket)
         await state.put("checkpoint-test", b"1")
     assert provisioned.violations()[before:] == []
 
@@ -440,7 +444,7 @@ async def test_service_connect_uses_the_users_inbox(provisioned: ProdNats) -> No
     nc = await connect(Settings(nats_url=provisioned.url("api")), "api")
     try:
         assert nc.new_inbox().startswith("_INBOX.api.")
-        await nc.jetstream().stream_info(subjects.STREAM)
+        await nc.jetstream().stream_info(NAMES.stream)
     finally:
         await nc.close()
 
@@ -451,10 +455,10 @@ async def test_api_cannot_alter_worker_consumers(provisioned: ProdNats) -> None:
         ajs = u["admin"].nc.jetstream()
         try:
             request = {
-                "stream_name": subjects.STREAM,
+                "stream_name": NAMES.stream,
                 "config": {
                     "name": "workers-ingest",
-                    "filter_subject": subjects.requested_filter("ingest"),
+                    "filter_subject": NAMES.requested_filter("ingest"),
                     "ack_policy": "explicit",
                     "deliver_policy": "all",
                     "max_deliver": 99,
@@ -463,17 +467,17 @@ async def test_api_cannot_alter_worker_consumers(provisioned: ProdNats) -> None:
             creates = [  # unnamed, named, and named with a filter in the subject
                 "$JS.API.CONSUMER.CREATE.JOBS",
                 "$JS.API.CONSUMER.CREATE.JOBS.workers-ingest",
-                f"$JS.API.CONSUMER.CREATE.JOBS.workers-ingest.{subjects.requested_filter('ingest')}",
+                f"$JS.API.CONSUMER.CREATE.JOBS.workers-ingest.{NAMES.requested_filter('ingest')}",
             ]
             api = u["api"]
             problems = await asyncio.gather(
                 *(refused(api, subject, _js_request(api, subject, request)) for subject in creates)
             )
             assert [p for p in problems if p] == []
-            info = await ajs.consumer_info(subjects.STREAM, "workers-ingest")
+            info = await ajs.consumer_info(NAMES.stream, "workers-ingest")
             assert info.config.max_deliver != 99
         finally:  # put the consumer back as provisioning defines it
-            await ajs.delete_consumer(subjects.STREAM, "workers-ingest")
+            await ajs.delete_consumer(NAMES.stream, "workers-ingest")
             await provision(ajs, Settings(nats_url=provisioned.url("admin")))
 
 

@@ -35,15 +35,18 @@ from hypothesis import HealthCheck, Phase
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 
+from audioprep.domain.events import JobCancelled
 from audioprep.services.api.app import create_app
 from audioprep.services.api.openapi import complete_schema
 from audioprep.shared import keys
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import JobCancelled
+from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer, free_port
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.security.conftest import KEY_A, KEY_B, TENANT_A, TENANT_B
+
+NAMES = Names("fuzz")  # its own names on the session's nats-server: no workers there
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 MAX_EXAMPLES = 60  # fuzzing examples per operation (coverage and examples phases come on top)
@@ -103,7 +106,7 @@ def _finished_jobs(base_url: str, nats_url: str) -> list[str]:
 
     async def confirm() -> None:
         nc = await nats.connect(nats_url)
-        events = EventStore(nc, nc.jetstream())
+        events = EventStore(nc, nc.jetstream(), NAMES)
         for job_id, kind in ids:
             await events.append_terminal(JobCancelled(job_id=job_id, kind=kind, tenant=TENANT_A))
         await nc.close()
@@ -115,6 +118,7 @@ def _finished_jobs(base_url: str, nats_url: str) -> list[str]:
 def fuzz_settings(base: Path, nats_url: str) -> Settings:
     return Settings(
         nats_url=nats_url,
+        names=NAMES,
         data_dir=base,
         storage_url=(base / "storage").resolve().as_uri(),
         signing_secret="fuzz-secret-0123456789abcdef0123456789",
@@ -145,9 +149,11 @@ schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 @pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def live_api(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
     base = tmp_path_factory.mktemp("fuzz")
-    server = NatsServer(base / "nats").start()
+    server = nats_server
     settings = fuzz_settings(base, server.url)
 
     async def prepare() -> None:
@@ -177,7 +183,6 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     finally:
         uv.should_exit = True
         thread.join(15)
-        server.stop()
 
 
 def test_the_served_schema_is_this_one(live_api: LiveApi) -> None:

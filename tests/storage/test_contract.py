@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from audioprep.shared.errors import Retryable
+from audioprep.domain.errors import Retryable
 from audioprep.shared.storage import (
     PART_SIZE,
     Storage,

@@ -12,6 +12,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.aio.client import Client
 
+from audioprep.domain import kinds
+from audioprep.domain.events import (
+    ErrorInfo,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobResult,
+    JobStarted,
+)
+from audioprep.domain.fold import fold
+from audioprep.domain.views import encode_view
 from audioprep.services.cli.storage import (
     CANCELLED,
     COPIED_UPLOAD,
@@ -25,22 +37,14 @@ from audioprep.services.cli.storage import (
     run_eviction,
     run_gc,
 )
-from audioprep.services.projector.fold import fold
-from audioprep.shared import render_cache, subjects
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
-    ErrorInfo,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobRequested,
-    JobResult,
-    JobStarted,
-)
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import ObjectInfo, Storage
-from audioprep.shared.views import encode_view
+from tests.storage.conftest import STORAGE_NAMES
+
+NAMES = STORAGE_NAMES
 
 LATER = timedelta(days=2)  # "now" for runs that should see today's objects as past the grace
 
@@ -49,7 +53,7 @@ def _cache_key(label: str) -> str:
     return hashlib.sha256(f"{label}-{new_job_id()}".encode()).hexdigest()
 
 
-async def _job(events: EventStore, kind: subjects.Kind, *more: str, tenant: str = "default") -> str:
+async def _job(events: EventStore, kind: kinds.Kind, *more: str, tenant: str = "default") -> str:
     """A job with real events in the stream: requested, then the named outcome."""
     job_id = new_job_id()
     await events.request_job(JobRequested(job_id=job_id, kind=kind, tenant=tenant))
@@ -75,7 +79,7 @@ async def _completed_ingest(events: EventStore, nc: Client) -> str:
     view = fold(None, req, await events.request_job(req))
     view = fold(view, done, await events.append(done))
     assert view is not None
-    kv = await nc.jetstream().key_value(subjects.JOBS_BUCKET)
+    kv = await nc.jetstream().key_value(NAMES.jobs_bucket)
     await kv.put(job_id, encode_view(view))
     return job_id
 
@@ -93,7 +97,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     storage: Storage, own_nc: Client
 ) -> None:
     js = own_nc.jetstream()
-    events = EventStore(own_nc, js)
+    events = EventStore(own_nc, js, NAMES)
     failed = await _job(events, "ingest", "started", "failed")
     cancelled = await _job(events, "save", "cancelled")
     running = await _job(events, "ingest", "started")
@@ -121,7 +125,9 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
         "misc/readme.txt",  # not our layout
     ]
     await _put(storage, *doomed, *kept)
-    await render_cache.remember(await render_cache.bucket(js), cached, f"previews/{cached}.opus")
+    await render_cache.remember(
+        await render_cache.bucket(js, NAMES), cached, f"previews/{cached}.opus"
+    )
 
     # Today nothing is past the grace period: only job-owned leftovers are planned.
     out = io.StringIO()
@@ -142,7 +148,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     assert [k for k in doomed if await _exists(storage, k)] == []
     assert [k for k in kept if not await _exists(storage, k)] == []
     assert (
-        await render_cache.lookup(await render_cache.bucket(js), cached)
+        await render_cache.lookup(await render_cache.bucket(js, NAMES), cached)
         == f"previews/{cached}.opus"
     )
 
@@ -164,11 +170,11 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     ]
     others = [f"prepared/{new_job_id()}/out.flac", f"sources/{new_job_id()}/a.wav"]
     await _put(storage, *previews, *others)
-    await render_cache.remember(await render_cache.bucket(js), a, previews[0])
-    await render_cache.remember(await render_cache.bucket(js), b, previews[1])
+    await render_cache.remember(await render_cache.bucket(js, NAMES), a, previews[0])
+    await render_cache.remember(await render_cache.bucket(js, NAMES), b, previews[1])
 
     plan = await run_eviction(
-        storage, js, older_than=parse_duration("7d"), apply=True, out=io.StringIO()
+        storage, js, NAMES, older_than=parse_duration("7d"), apply=True, out=io.StringIO()
     )
     assert plan.doomed == []  # all of them are younger than a week
 
@@ -176,6 +182,7 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     plan = await run_eviction(
         storage,
         js,
+        NAMES,
         older_than=parse_duration("7d"),
         apply=True,
         now=datetime.now(UTC) + timedelta(days=8),
@@ -185,20 +192,23 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     assert {d.reason for d in plan.doomed} == {EVICTED}
     assert [k for k in previews if await _exists(storage, k)] == []
     assert [k for k in others if not await _exists(storage, k)] == []
-    assert await render_cache.lookup(await render_cache.bucket(js), a) is None
-    assert await render_cache.lookup(await render_cache.bucket(js), b) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, NAMES), a) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, NAMES), b) is None
     assert "3/3 processed" in out.getvalue()
 
 
-async def test_cli_dry_run_then_yes(storage: Storage, own_nc: Client, own_nats: NatsServer) -> None:
+async def test_cli_dry_run_then_yes(
+    storage: Storage, own_nc: Client, nats_server: NatsServer
+) -> None:
     """The real command line, as a user runs it (env: AUDIOPREP_* and AWS_*)."""
-    events = EventStore(own_nc, own_nc.jetstream())
+    events = EventStore(own_nc, own_nc.jetstream(), NAMES)
     failed = await _job(events, "ingest", "failed")
     key = f"sources/{failed}/a.wav"
     await _put(storage, key)
     env = {
         **os.environ,
-        "AUDIOPREP_NATS_URL": own_nats.url,
+        "AUDIOPREP_NATS_URL": nats_server.url,
+        "AUDIOPREP_NAME_PREFIX": NAMES.prefix,
         "AUDIOPREP_STORAGE_URL": storage.url,
         "AUDIOPREP_LOG_LEVEL": "WARNING",
     }

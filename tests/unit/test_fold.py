@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from audioprep.services.projector.fold import fold, fold_history
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     ErrorInfo,
     Event,
     JobCancelled,
@@ -18,7 +17,8 @@ from audioprep.shared.events import (
     JobRetrying,
     JobStarted,
 )
-from audioprep.shared.views import JobView
+from audioprep.domain.fold import fold, fold_history
+from audioprep.domain.views import JobView
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 JOB = "01JOBAAAAAAAAAAAAAAAAAAAAA"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from audioprep.domain.recipe import Normalize, Recipe, Trim
 from audioprep.services.worker.pipeline.formats import FORMATS
 from audioprep.services.worker.pipeline.graph import build_filter_chain, gain_db, output_layout
 from audioprep.services.worker.pipeline.loudness import Loudness
 from audioprep.services.worker.pipeline.mp3 import mp3_bitrate
-from audioprep.shared.recipe import Normalize, Recipe, Trim
 
 
 def chain(recipe: Recipe, **kw: object) -> list[tuple[str, str]]:

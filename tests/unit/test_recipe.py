@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from audioprep.shared.errors import INVALID_RECIPE, Permanent
-from audioprep.shared.recipe import (
+from audioprep.domain.errors import INVALID_RECIPE, Permanent
+from audioprep.domain.recipe import (
     Normalize,
     OutputOptions,
     Recipe,

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from audioprep.shared.errors import Permanent
+from audioprep.domain.errors import Permanent
 from audioprep.shared.url_guard import (
     ForbiddenUrl,
     check_literal,

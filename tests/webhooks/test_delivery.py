@@ -22,6 +22,7 @@ from tests.conftest import running_stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
 from tests.webhooks.conftest import (
+    NAMES,
     NotifierProcess,
     Receiver,
     api_client,
@@ -314,7 +315,7 @@ async def test_deleting_an_endpoint_drops_its_pending_deliveries(
         assert (
             await client.delete(f"/api/webhooks/{created['id']}", headers=auth(wh))
         ).status_code == 204
-    store = DeliveryStore(nc, nc.jetstream())
+    store = DeliveryStore(nc, nc.jetstream(), NAMES)
     deadline = time.monotonic() + 15
     view = None
     while time.monotonic() < deadline:

@@ -7,10 +7,10 @@ import base64
 import pytest
 from nats.aio.client import Client
 
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_store import EndpointStore
-from tests.webhooks.conftest import Receiver, api_client, auth, register, tenant_of
+from tests.webhooks.conftest import NAMES, Receiver, api_client, auth, register, tenant_of
 
 
 async def test_create_shows_the_secret_once_and_stores_it_encrypted(
@@ -42,8 +42,8 @@ async def test_create_shows_the_secret_once_and_stores_it_encrypted(
         assert "secret" not in listed.json()["webhooks"][0]
 
     # At rest: AES-GCM ciphertext, not the secret (nor its base64 body).
-    kv = await nc.jetstream().key_value(subjects.WEBHOOK_ENDPOINTS_BUCKET)
-    raw = (await kv.get(subjects.webhook_endpoint_key(tenant_of(wh), created["id"]))).value or b""
+    kv = await nc.jetstream().key_value(NAMES.webhook_endpoints_bucket)
+    raw = (await kv.get(names.webhook_endpoint_key(tenant_of(wh), created["id"]))).value or b""
     assert secret.encode() not in raw and secret[6:].encode() not in raw
     assert b'"sealed":"v1.' in raw
 
@@ -102,7 +102,7 @@ async def test_rotate_secret_keeps_the_old_one_for_the_grace_period(
         rotated = resp.json()
         assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
         assert rotated["previousSecretExpiresAt"]
-    found = await EndpointStore(nc, nc.jetstream()).get(tenant_of(wh), created["id"])
+    found = await EndpointStore(nc, nc.jetstream(), NAMES).get(tenant_of(wh), created["id"])
     assert found is not None
     stored = found[0].secrets
     assert len(stored) == 2 and stored[0].expires_at is None and stored[1].expires_at is not None

@@ -31,8 +31,9 @@ from audioprep.services.api.routes.presets import preset_handlers
 from audioprep.services.api.routes.web import web_handlers
 from audioprep.services.api.routes.webhooks import webhook_handlers
 from audioprep.services.api.tracing import trace_middleware
-from audioprep.shared import render_cache, subjects
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.job_views import JobViews
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import open_storage
@@ -63,14 +64,15 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         nc = await connect(settings, "api")
         js = nc.jetstream()
+        events = EventStore(nc, js, settings.names)
         holder["ctx"] = ApiContext(
             settings=settings,
             nc=nc,
             js=js,
-            events=EventStore(nc, js),
+            events=events,
             storage=open_storage(settings.storage),
-            jobs_kv=await js.key_value(subjects.JOBS_BUCKET),
-            cache_kv=await render_cache.bucket(js),
+            views=JobViews(await js.key_value(settings.names.jobs_bucket), events),
+            cache_kv=await render_cache.bucket(js, settings.names),
         )
         if not settings.api_keys:
             # Loud in production; in dev mode (the default, `make run`) it is the expected

@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.job_views import JobViews
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
 
@@ -20,5 +21,5 @@ class ApiContext:
     js: JetStreamContext
     events: EventStore
     storage: Storage
-    jobs_kv: KeyValue
+    views: JobViews
     cache_kv: KeyValue

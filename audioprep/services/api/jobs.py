@@ -8,17 +8,15 @@ from typing import Any
 
 import msgspec
 from litestar import Request
-from nats.js.errors import KeyNotFoundError
 
+from audioprep.domain.events import JobCompleted, JobRequested
+from audioprep.domain.kinds import Kind
+from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.problems import ProblemError
-from audioprep.services.projector.fold import fold_history
 from audioprep.shared import metrics
 from audioprep.shared.event_store import JobAlreadyExists
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
-from audioprep.shared.subjects import Kind
-from audioprep.shared.views import JobView, decode_view
 
 log = logging.getLogger("audioprep.api")
 
@@ -94,10 +92,20 @@ async def existing_job(
     return first.event
 
 
-async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) -> str:
-    """Publish JobRequested once; a replay of the same request answers with the same job."""
+async def submit(
+    ctx: ApiContext,
+    event: JobRequested,
+    traceparent: str | None,
+    *,
+    completed: JobCompleted | None = None,
+) -> str:
+    """Publish JobRequested once (with its JobCompleted when the API answers the job itself);
+    a replay of the same request answers with the same job."""
     try:
-        await ctx.events.request_job(event, traceparent=traceparent)
+        if completed is None:
+            await ctx.events.request_job(event, traceparent=traceparent)
+        else:
+            await ctx.events.request_completed(event, completed, traceparent=traceparent)
         metrics.job_requested(event.kind)
     except JobAlreadyExists:
         # A concurrent request with the same key won: it must have been the same request.
@@ -124,19 +132,12 @@ async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) 
     return event.job_id
 
 
-async def load_view(ctx: ApiContext, job_id: str, tenant: str) -> JobView:
-    """The KV view, or a view folded from the stream when the projector hasn't caught up."""
+async def load_view(ctx: ApiContext, job_id: str, tenant: str, *, fresh: bool = False) -> JobView:
+    """The tenant's job (`JobViews.get`, or `.fresh` for a decision right after an event);
+    404 for unknown ids and other tenants' jobs."""
     if not is_job_id(job_id):
         raise ProblemError(404, "job_not_found", f"no job {job_id!r}")
-    view: JobView | None = None
-    try:
-        entry = await ctx.jobs_kv.get(job_id)
-        if entry.value:
-            view = decode_view(entry.value)
-    except KeyNotFoundError:
-        view = None
-    if view is None:
-        view = fold_history(await ctx.events.history(job_id))
+    view = await (ctx.views.fresh(job_id) if fresh else ctx.views.get(job_id))
     if view is None or view.tenant != tenant:
         raise ProblemError(404, "job_not_found", f"no job {job_id!r}")
     return view

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import msgspec
 
+from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.shared import signing
-from audioprep.shared.views import JobView
 
 log = logging.getLogger("audioprep.api")
 

@@ -34,13 +34,13 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.routes import HTTPRoute
 
+from audioprep.domain.events import Event
+from audioprep.domain.views import JobView
 from audioprep.services.api.auth import ApiKeyGuard
 from audioprep.services.api.problems import PROBLEM_JSON
 from audioprep.services.api.schemas import DownloadLink, JobAccepted, Problem
 from audioprep.services.api.serving import CONTENT_TYPES
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
-from audioprep.shared.events import Event
-from audioprep.shared.views import JobView
 
 # Route option (`opt={JSON_BODY: SomeStruct}`): the handler decodes that msgspec type from a
 # JSON body itself (services/api/bodies.py); the schema documents it as the request body.

@@ -11,12 +11,13 @@ import nats.js.errors
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from audioprep.shared.errors import STORAGE_FULL, Retryable
+from audioprep.domain.errors import STORAGE_FULL, Retryable
 from audioprep.shared.nats_conn import NatsUnavailable
 
 log = logging.getLogger("audioprep.api")
 
 PROBLEM_JSON = "application/problem+json"
+MSG_ID_IN_PROCESS = 10158
 # A full media-storage volume: the client may retry, but not in a second.
 STORAGE_FULL_RETRY_AFTER_S = 30
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
@@ -154,7 +155,9 @@ def _is_backend_outage(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
         return True
     if isinstance(exc, nats.js.errors.APIError):  # JetStream said no: only "unavailable" is
-        return exc.code in (503, 504) or exc.err_code in (10008, 10023)  # transient
+        # 10158 "duplicate message id is in process": an earlier publish of this very job
+        # (a retry of an in-doubt request) is still being stored; we can't know yet.
+        return exc.code in (503, 504) or exc.err_code in (10008, 10023, MSG_ID_IN_PROCESS)
     # Timeouts, no responders, connection closed or draining...
     return isinstance(exc, nats.errors.Error)
 

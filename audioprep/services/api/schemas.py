@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat
 from audioprep.shared.metadata import ChapterList, Metadata
 from audioprep.shared.presets import PresetName
-from audioprep.shared.recipe import OutputOptions, Recipe, SaveFormat
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 # What keys.is_safe_key accepts, for the schema only (a key outside it is a 422

@@ -8,8 +8,8 @@ after resolution and on every redirect.
 
 from __future__ import annotations
 
+from audioprep.domain.errors import AudioprepError
 from audioprep.services.api.problems import ProblemError
-from audioprep.shared.errors import AudioprepError
 from audioprep.shared.settings import Settings
 from audioprep.shared.url_guard import check_literal, normalize_host
 

@@ -17,9 +17,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from audioprep.services.cli.report import report_lines
-from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     Event,
     JobCancelled,
     JobCancelRequested,
@@ -31,11 +29,13 @@ from audioprep.shared.events import (
     JobRetrying,
     JobStarted,
 )
+from audioprep.domain.recipe import Recipe
+from audioprep.domain.views import JobView
+from audioprep.services.cli.report import report_lines
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.logs import setup_logging
 from audioprep.shared.nats_conn import connect
-from audioprep.shared.recipe import Recipe
 from audioprep.shared.settings import Settings
-from audioprep.shared.views import JobView
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -74,7 +74,7 @@ async def nats_session(settings: Settings) -> AsyncIterator[Session]:
     nc = await connect(settings, "cli")
     js = nc.jetstream()
     try:
-        yield Session(settings=settings, nc=nc, js=js, events=EventStore(nc, js))
+        yield Session(settings=settings, nc=nc, js=js, events=EventStore(nc, js, settings.names))
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), timeout=2)

@@ -10,14 +10,13 @@ from typing import Any
 import msgspec
 from nats.js.errors import NotFoundError
 
+from audioprep.domain.events import JobRequested, utcnow
+from audioprep.domain.views import JobView
 from audioprep.services.cli.common import CliError, Session, add_nats_url, iso, run_with_nats
-from audioprep.services.projector.fold import fold_history
-from audioprep.services.worker.dead_letters import decode_advisory, original_request
-from audioprep.shared import subjects
+from audioprep.shared.advisories import decode_advisory
 from audioprep.shared.event_store import EventStore, JobAlreadyExists
-from audioprep.shared.events import JobRequested, utcnow
 from audioprep.shared.ids import idempotent_job_id, is_job_id
-from audioprep.shared.views import JobView
+from audioprep.shared.job_views import JobViews
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,13 @@ async def job_view(events: EventStore, job_id: str) -> tuple[JobView | None, int
     """The job folded from its history, and the highest attempt any of its events names."""
     history = await events.history(job_id)
     attempts = max((int(getattr(s.event, "attempt", 0) or 0) for s in history), default=0)
-    return fold_history(history), attempts
+    return JobViews.folded(history), attempts
 
 
 async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:
     """Advisories in stream JOBS_DLQ, newest first (all when `limit` is 0)."""
     try:
-        info = await session.js.stream_info(subjects.DLQ_STREAM)
+        info = await session.js.stream_info(session.settings.names.dlq_stream)
     except NotFoundError:
         raise CliError("stream JOBS_DLQ does not exist: run `audioprep provision`") from None
     first, last = info.state.first_seq or 1, info.state.last_seq or 0
@@ -53,7 +52,7 @@ async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:
         if limit and len(out) >= limit:
             break
         try:
-            raw = await session.js.get_msg(subjects.DLQ_STREAM, seq, direct=True)
+            raw = await session.js.get_msg(session.settings.names.dlq_stream, seq, direct=True)
         except NotFoundError:
             continue
         if raw.data is None:
@@ -62,7 +61,7 @@ async def dead_letters(session: Session, *, limit: int = 0) -> list[DeadLetter]:
             advisory = decode_advisory(raw.data)
         except msgspec.DecodeError:
             continue
-        request = await original_request(session.js, advisory.stream_seq)
+        request = await session.events.request_at(advisory.stream_seq)
         view = (await job_view(session.events, request.job_id))[0] if request else None
         out.append(
             DeadLetter(

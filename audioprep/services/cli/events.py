@@ -9,9 +9,12 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from audioprep.domain import kinds
+from audioprep.domain.events import Event, decode_event, is_terminal
 from audioprep.services.cli.common import (
     CliError,
     Session,
@@ -21,19 +24,17 @@ from audioprep.services.cli.common import (
     parse_since,
     run_with_nats,
 )
-from audioprep.shared import subjects
-from audioprep.shared.events import Event, decode_event, is_terminal
 from audioprep.shared.ids import is_job_id
 
 REPLAY_BATCH = 256
 
 
-def _filter(args: argparse.Namespace) -> str:
+def _filter(session: Session, args: argparse.Namespace) -> str:
     if args.job:
         if not is_job_id(args.job):
             raise CliError(f"{args.job!r} is not a job id")
-        return subjects.job_subjects(args.job)
-    return subjects.kind_filter(args.kind)
+        return session.settings.names.job_subjects(args.job)
+    return session.settings.names.kind_filter(args.kind)
 
 
 def _start(since: str | None, default: DeliverPolicy) -> ConsumerConfig:
@@ -48,7 +49,7 @@ def _start(since: str | None, default: DeliverPolicy) -> ConsumerConfig:
 def _decode(msg: Msg) -> Event | None:
     try:
         return decode_event(msg.data)
-    except Exception:
+    except msgspec.DecodeError:
         return None
 
 
@@ -73,13 +74,19 @@ def _print(msg: Msg, event: Event | None, as_json: bool) -> None:
         print(event_line(seq, msg.subject, event), flush=True)
 
 
-def _wanted(args: argparse.Namespace, subject: str) -> bool:
+def _wanted(session: Session, args: argparse.Namespace, subject: str) -> bool:
     # --job and --kind together: the subject filter names the job; check the kind here.
-    return not (args.job and args.kind) or subject.startswith(f"jobs.{args.kind}.")
+    if not (args.job and args.kind):
+        return True
+    try:
+        kind: str = session.settings.names.parse_subject(subject)[0]
+        return bool(kind == args.kind)
+    except ValueError:
+        return False
 
 
 async def _tail(session: Session, args: argparse.Namespace) -> int:
-    subject = _filter(args)
+    subject = _filter(session, args)
     # Following one job starts at its first event; a general tail shows only new events.
     config = _start(args.since, DeliverPolicy.ALL if args.job else DeliverPolicy.NEW)
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -89,20 +96,20 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
 
     sub = await session.js.subscribe(
         subject,
-        stream=subjects.STREAM,
+        stream=session.settings.names.stream,
         ordered_consumer=True,
         idle_heartbeat=2.0,
         cb=on_msg,
         config=config,
     )
-    where = f"stream {subjects.STREAM}, subject {subject}"
+    where = f"stream {session.settings.names.stream}, subject {subject}"
     print(f"# following {where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     seen = 0
     try:
         while True:
             msg = await queue.get()
             event = _decode(msg)
-            if not _wanted(args, msg.subject):
+            if not _wanted(session, args, msg.subject):
                 continue
             _print(msg, event, args.json)
             seen += 1
@@ -117,9 +124,9 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
 async def _replay_job(session: Session, args: argparse.Namespace) -> int:
     history = await session.events.history(args.job)
     if not history:
-        raise CliError(f"no events for job {args.job} in stream {subjects.STREAM}")
+        raise CliError(f"no events for job {args.job} in stream {session.settings.names.stream}")
     for stored in history:
-        if _wanted(args, stored.subject):
+        if _wanted(session, args, stored.subject):
             print(event_line(stored.seq, stored.subject, stored.event), flush=True)
     return 0
 
@@ -129,13 +136,15 @@ async def _replay_range(session: Session, args: argparse.Namespace) -> int:
     config = _start(args.since, DeliverPolicy.ALL)
     config.ack_policy = AckPolicy.NONE
     config.inactive_threshold = 30.0
-    sub = await session.js.pull_subscribe(_filter(args), stream=subjects.STREAM, config=config)
+    sub = await session.js.pull_subscribe(
+        _filter(session, args), stream=session.settings.names.stream, config=config
+    )
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
         while remaining > 0:
             for msg in await sub.fetch(min(REPLAY_BATCH, remaining), timeout=5):
                 remaining -= 1
-                if _wanted(args, msg.subject):
+                if _wanted(session, args, msg.subject):
                     _print(msg, _decode(msg), args.json)
     finally:
         await sub.unsubscribe()
@@ -152,7 +161,7 @@ async def _replay(session: Session, args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", metavar="ID", help="only this job's events (subject jobs.*.<ID>.>)")
-    p.add_argument("--kind", choices=list(subjects.KINDS), help="only jobs of this kind")
+    p.add_argument("--kind", choices=list(kinds.KINDS), help="only jobs of this kind")
     p.add_argument(
         "--since",
         metavar="TIME|SEQ",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
@@ -11,11 +10,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from audioprep.domain import kinds
+from audioprep.domain.events import decode_event
+from audioprep.domain.kinds import STATUSES, Kind
+from audioprep.domain.views import JobView
 from audioprep.services.cli.common import (
     CliError,
     Session,
@@ -26,28 +28,21 @@ from audioprep.services.cli.common import (
     run_with_nats,
     view_lines,
 )
-from audioprep.services.projector.fold import fold_history
-from audioprep.shared import subjects
+from audioprep.shared import direct_get
 from audioprep.shared.event_store import StoredEvent
-from audioprep.shared.events import decode_event
 from audioprep.shared.ids import is_job_id
-from audioprep.shared.views import JobView, decode_view
+from audioprep.shared.job_views import JobViews
 
 
 async def _bucket(session: Session) -> KeyValue:
     try:
-        return await session.js.key_value(subjects.JOBS_BUCKET)
+        return await session.js.key_value(session.settings.names.jobs_bucket)
     except BucketNotFoundError:
         raise CliError("KV bucket `jobs` does not exist: run `audioprep provision`") from None
 
 
-async def _kv_view(session: Session, job_id: str) -> JobView | None:
-    kv = await _bucket(session)
-    try:
-        entry = await kv.get(job_id)
-    except KeyNotFoundError:
-        return None
-    return decode_view(entry.value) if entry.value else None
+async def _job_views(session: Session) -> JobViews:
+    return JobViews(await _bucket(session), session.events)
 
 
 async def _show(session: Session, args: argparse.Namespace) -> int:
@@ -56,11 +51,11 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
         raise CliError(
             f"{job_id!r} is not a job id (26 characters, like 01KAXZ3V7RJ6W3TQ2M8D1C5B9E)"
         )
-    view = await _kv_view(session, job_id)
+    view = await (await _job_views(session)).stored(job_id)
     history = await session.events.history(job_id)
     if view is None and not history:
         raise CliError(f"no job {job_id} (not in KV bucket `jobs`, no events in stream JOBS)")
-    folded = fold_history(history)
+    folded = JobViews.folded(history)
     if args.json:
         doc: dict[str, Any] = {
             "view": msgspec.to_builtins(view) if view else None,
@@ -89,65 +84,35 @@ async def _show(session: Session, args: argparse.Namespace) -> int:
 WINDOW_SEQS = 1024  # first window; doubles up to MAX_WINDOW_SEQS while too few jobs are found
 MAX_WINDOW_SEQS = 65536
 DIRECT_BATCH = 64
-LOOKUP_CONCURRENCY = 32
-
-
-def _requested_subject(kind: str | None) -> str:
-    return f"jobs.{kind or '*'}.*.requested"
 
 
 async def _direct_range(session: Session, subject: str, lo: int, hi: int) -> list[StoredEvent]:
-    """The events on `subject` with sequences lo..hi, oldest first (batched direct gets)."""
+    """The events on `subject` with sequences lo..hi, oldest first (batched direct gets);
+    messages that are not events are skipped."""
     out: list[StoredEvent] = []
     start = lo
     while start <= hi:
-        got = await _direct_batch(session, subject, start, DIRECT_BATCH)
-        out.extend(e for e in got if e.seq <= hi)
-        if len(got) < DIRECT_BATCH or got[-1].seq >= hi:
-            return out
-        start = got[-1].seq + 1
-    return out
-
-
-async def _direct_batch(
-    session: Session, subject: str, start_seq: int, batch: int
-) -> list[StoredEvent]:
-    inbox = session.nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        await queue.put(msg)
-
-    sub = await session.nc.subscribe(inbox, cb=collect)
-    try:
-        request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-        await session.nc.publish(
-            f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(request).encode(), reply=inbox
+        msgs = await direct_get.next_by_subject(
+            session.nc, session.settings.names.stream, subject, start, DIRECT_BATCH, 5.0
         )
-        out: list[StoredEvent] = []
-        while len(out) < batch:
-            msg = await asyncio.wait_for(queue.get(), timeout=5.0)
-            headers = msg.headers or {}
-            if headers.get("Status") is not None:  # 204 end of batch, 404 nothing (more) found
-                break
+        for msg in msgs:
+            seq = direct_get.sequence(msg)
+            if seq > hi:
+                return out
             with contextlib.suppress(msgspec.DecodeError):
-                out.append(
-                    StoredEvent(
-                        seq=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        event=decode_event(msg.data),
-                    )
-                )
-        return out
-    finally:
-        await sub.unsubscribe()
+                event = decode_event(msg.data)
+                out.append(StoredEvent(seq=seq, subject=direct_get.subject_of(msg), event=event))
+        if len(msgs) < DIRECT_BATCH:
+            return out
+        start = direct_get.sequence(msgs[-1]) + 1
+    return out
 
 
 async def requests_newest_first(
     session: Session, subject: str, before_seq: int
 ) -> AsyncGenerator[StoredEvent, None]:
     """JobRequested events on `subject` with a sequence below `before_seq`, newest first."""
-    info = await session.js.stream_info(subjects.STREAM)
+    info = await session.js.stream_info(session.settings.names.stream)
     first = max(1, info.state.first_seq or 1)
     hi = min(before_seq - 1, info.state.last_seq or 0)
     window = WINDOW_SEQS
@@ -178,7 +143,9 @@ async def _before_seq(session: Session, before: str | None, subject: str) -> int
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
     )
-    sub = await session.js.pull_subscribe(subject, stream=subjects.STREAM, config=config)
+    sub = await session.js.pull_subscribe(
+        subject, stream=session.settings.names.stream, config=config
+    )
     try:
         if not (await sub.consumer_info()).num_pending:
             return sys.maxsize  # every job was requested before that time
@@ -188,25 +155,11 @@ async def _before_seq(session: Session, before: str | None, subject: str) -> int
         await sub.unsubscribe()
 
 
-async def _views(
-    session: Session, kv: KeyValue, requests: list[StoredEvent]
-) -> list[tuple[StoredEvent, JobView]]:
-    """Each request's view from KV `jobs`; folded from the stream when the projector has not
-    written it yet (a listed job is never missing because the view is behind)."""
-    gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-    async def one(stored: StoredEvent) -> tuple[StoredEvent, JobView | None]:
-        async with gate:
-            try:
-                entry = await kv.get(stored.event.job_id)
-                if entry.value:
-                    return stored, decode_view(entry.value)
-            except KeyNotFoundError:
-                pass
-            return stored, fold_history(await session.events.history(stored.event.job_id))
-
-    found = await asyncio.gather(*(one(r) for r in requests))
-    return [(stored, view) for stored, view in found if view is not None]
+async def _views(views: JobViews, requests: list[StoredEvent]) -> list[tuple[StoredEvent, JobView]]:
+    """Each request's view (`JobViews.get`: a listed job is never missing because the
+    projector is behind)."""
+    found = await views.many(r.event.job_id for r in requests)
+    return [(r, view) for r in requests if (view := found.get(r.event.job_id)) is not None]
 
 
 async def list_jobs(
@@ -215,18 +168,18 @@ async def list_jobs(
     limit: int,
     before: str | None = None,
     status: str | None = None,
-    kind: str | None = None,
+    kind: Kind | None = None,
 ) -> tuple[list[tuple[StoredEvent, JobView]], bool]:
     """Up to `limit` (0 = all) jobs requested before `before`, newest first, and whether older
     ones match too."""
-    kv = await _bucket(session)
-    subject = _requested_subject(kind)
+    views = await _job_views(session)
+    subject = session.settings.names.requested_filter(kind)
     before_seq = await _before_seq(session, before, subject)
     found: list[tuple[StoredEvent, JobView]] = []
     chunk: list[StoredEvent] = []
 
     async def flush() -> None:
-        for stored, view in await _views(session, kv, chunk):
+        for stored, view in await _views(views, chunk):
             if status is None or view.status == status:
                 found.append((stored, view))
         chunk.clear()
@@ -308,8 +261,8 @@ def register(commands: Any) -> None:
         "projector has not written one yet). Only the jobs shown are read; the last line says "
         "how to get the next page.",
     )
-    ls.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
-    ls.add_argument("--kind", choices=list(subjects.KINDS))
+    ls.add_argument("--status", choices=STATUSES)
+    ls.add_argument("--kind", choices=list(kinds.KINDS))
     ls.add_argument("--limit", type=int, default=20, help="how many (default 20, 0 = all)")
     ls.add_argument(
         "--before",

@@ -11,7 +11,7 @@ from nats.js.errors import KeyNotFoundError
 
 from audioprep.services.cli.common import Session, add_nats_url, run_with_nats
 from audioprep.services.projector.rebuild import rebuild
-from audioprep.shared import subjects
+from audioprep.shared import names
 
 STAGES = {"read": "reading stream JOBS", "write": "writing KV bucket jobs", "delete": "deleting"}
 
@@ -71,10 +71,10 @@ async def _rebuild(session: Session, args: argparse.Namespace) -> int:
 
 
 async def _status(session: Session, args: argparse.Namespace) -> int:
-    info = await session.js.stream_info(subjects.STREAM)
-    state = await session.js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+    info = await session.js.stream_info(session.settings.names.stream)
+    state = await session.js.key_value(session.settings.names.projector_state_bucket)
     try:
-        entry = await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)
+        entry = await state.get(names.PROJECTOR_CHECKPOINT_KEY)
         checkpoint = int(entry.value or b"0")
     except KeyNotFoundError:
         checkpoint = 0

@@ -24,14 +24,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
-from audioprep.shared import render_cache, subjects
+from audioprep.domain.views import JobView
+from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import is_job_id
+from audioprep.shared.job_views import JobViews
 from audioprep.shared.keys import DEFAULT_TENANT
+from audioprep.shared.names import Names
 from audioprep.shared.storage import ObjectInfo, Storage
-from audioprep.shared.views import JobView, decode_view
 
 log = logging.getLogger("audioprep.storage")
 
@@ -161,39 +163,8 @@ def plan_gc(
     return doomed, kept
 
 
-class JobLookup:
-    """A job's view from KV bucket `jobs`, or folded from the stream if the KV lacks it."""
-
-    def __init__(self, js: JetStreamContext, events: EventStore) -> None:
-        self.js = js
-        self.events = events
-
-    async def views(self, job_ids: Iterable[str]) -> dict[str, JobView | None]:
-        kv = await self.js.key_value(subjects.JOBS_BUCKET)
-        gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-
-        async def one(job_id: str) -> tuple[str, JobView | None]:
-            async with gate:
-                try:
-                    entry = await kv.get(job_id)
-                    if entry.value:
-                        return job_id, decode_view(entry.value)
-                except KeyNotFoundError:
-                    pass
-                return job_id, await self._fold(job_id)
-
-        pairs = await asyncio.gather(*(one(j) for j in job_ids))
-        return dict(pairs)
-
-    async def _fold(self, job_id: str) -> JobView | None:
-        from audioprep.services.projector.fold import fold_history
-
-        return fold_history(await self.events.history(job_id))
-
-
-async def cache_entries(js: JetStreamContext, cache_keys: Iterable[str]) -> dict[str, str | None]:
+async def cache_entries(kv: KeyValue, cache_keys: Iterable[str]) -> dict[str, str | None]:
     gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-    kv = await render_cache.bucket(js)
 
     async def one(key: str) -> tuple[str, str | None]:
         async with gate:
@@ -224,8 +195,9 @@ async def plan_storage_gc(
     objects, scanned, scanned_bytes = await _scan(storage, out)
     job_ids = {o.owner for o in objects if _job_owned(o) and is_job_id(o.owner)}
     cache_keys = {o.owner for o in objects if not _job_owned(o)}
-    jobs = await JobLookup(js, events).views(sorted(job_ids))
-    cached = await cache_entries(js, sorted(cache_keys))
+    jobs_kv = await js.key_value(events.names.jobs_bucket)
+    jobs = await JobViews(jobs_kv, events).many(sorted(job_ids))
+    cached = await cache_entries(await render_cache.bucket(js, events.names), sorted(cache_keys))
     print(
         f"  {len(job_ids)} jobs and {len(cache_keys)} render-cache keys checked",
         file=out,
@@ -274,7 +246,7 @@ async def apply_plan(
     storage: Storage,
     plan: Plan,
     *,
-    js: JetStreamContext | None = None,
+    cache: KeyValue | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Delete what the plan names in batches, printing progress; returns bytes freed."""
@@ -283,7 +255,7 @@ async def apply_plan(
     total = len(plan.doomed)
     for i in range(0, total, DELETE_BATCH):
         batch = [
-            d for d in plan.doomed[i : i + DELETE_BATCH] if await _still_doomed(storage, d, js)
+            d for d in plan.doomed[i : i + DELETE_BATCH] if await _still_doomed(storage, d, cache)
         ]
         await storage.delete_many([d.info.key for d in batch])
         done += len(plan.doomed[i : i + DELETE_BATCH])
@@ -292,7 +264,7 @@ async def apply_plan(
     return freed
 
 
-async def _still_doomed(storage: Storage, d: Doomed, js: JetStreamContext | None) -> bool:
+async def _still_doomed(storage: Storage, d: Doomed, kv: KeyValue | None) -> bool:
     """Re-check one object just before deleting it.
 
     An evicted preview first loses its render-cache entry, so the cache never answers with a
@@ -301,8 +273,7 @@ async def _still_doomed(storage: Storage, d: Doomed, js: JetStreamContext | None
     """
     stored = parse_key(d.info)
     cache_owned = stored is not None and stored.area == PREVIEWS and not is_job_id(stored.owner)
-    if js is not None and stored is not None and cache_owned:
-        kv = await render_cache.bucket(js)
+    if kv is not None and stored is not None and cache_owned:
         points_here = await render_cache.lookup(kv, stored.owner) == d.info.key
         if d.reason == UNCACHED_PREVIEW and points_here:
             return False
@@ -324,12 +295,14 @@ async def run_gc(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_storage_gc(storage, js, events, grace=grace, now=now, out=out)
-    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
+    cache = await render_cache.bucket(js, events.names)
+    return await _show_and_apply(plan, storage, cache, apply=apply, verbose=verbose, out=out)
 
 
 async def run_eviction(
     storage: Storage,
     js: JetStreamContext,
+    names: Names,
     *,
     older_than: timedelta,
     apply: bool,
@@ -338,13 +311,14 @@ async def run_eviction(
     out: TextIO = sys.stdout,
 ) -> Plan:
     plan = await plan_eviction(storage, older_than=older_than, now=now, out=out)
-    return await _show_and_apply(plan, storage, js, apply=apply, verbose=verbose, out=out)
+    cache = await render_cache.bucket(js, names)
+    return await _show_and_apply(plan, storage, cache, apply=apply, verbose=verbose, out=out)
 
 
 async def _show_and_apply(
     plan: Plan,
     storage: Storage,
-    js: JetStreamContext,
+    cache: KeyValue,
     *,
     apply: bool,
     verbose: bool,
@@ -353,7 +327,7 @@ async def _show_and_apply(
     """Print the plan, then delete (--yes) or say it was a dry run."""
     print_plan(plan, out, verbose=verbose, apply=apply)
     if apply and plan.doomed:
-        plan.freed = await apply_plan(storage, plan, js=js, out=out)
+        plan.freed = await apply_plan(storage, plan, cache=cache, out=out)
     elif not apply and plan.doomed:
         print("dry run: nothing deleted; run again with --yes to delete", file=out)
     return plan
@@ -468,7 +442,7 @@ async def _with_deps(args: argparse.Namespace) -> int:
             await gc_every(
                 storage,
                 js,
-                EventStore(nc, js),
+                EventStore(nc, js, settings.names),
                 interval_s=every.total_seconds(),
                 stop=stop,
                 grace=args.grace,
@@ -477,14 +451,19 @@ async def _with_deps(args: argparse.Namespace) -> int:
             await run_gc(
                 storage,
                 js,
-                EventStore(nc, js),
+                EventStore(nc, js, settings.names),
                 apply=args.yes,
                 grace=args.grace,
                 verbose=args.verbose,
             )
         else:
             await run_eviction(
-                storage, js, older_than=args.older_than, apply=args.yes, verbose=args.verbose
+                storage,
+                js,
+                settings.names,
+                older_than=args.older_than,
+                apply=args.yes,
+                verbose=args.verbose,
             )
     finally:
         await nc.close()

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 import msgspec
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import utcnow
 from audioprep.services.notifier import metrics
 from audioprep.services.notifier.payload import Payloads, webhook_headers
 from audioprep.services.notifier.retry import patiently
 from audioprep.services.notifier.sender import Sender, SendResult
-from audioprep.shared.events import utcnow
 from audioprep.shared.logs import bound
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_crypto import SecretBox, SecretBoxError
@@ -76,7 +76,7 @@ class Deliverer:
     async def handle(self, msg: Msg) -> None:
         try:
             created = decode_webhook_event(msg.data)
-        except Exception:
+        except msgspec.DecodeError:
             log.error("undecodable delivery skipped", extra={"subject": msg.subject})
             await msg.term()
             return

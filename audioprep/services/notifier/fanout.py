@@ -14,8 +14,8 @@ import logging
 import msgspec
 from nats.aio.msg import Msg
 
+from audioprep.domain.events import decode_event
 from audioprep.services.notifier import metrics
-from audioprep.shared.events import decode_event
 from audioprep.shared.logs import bound
 from audioprep.shared.webhook_events import TYPE_OF_EVENT, DeliveryCreated, delivery_id_for
 from audioprep.shared.webhook_store import DeliveryStore, EndpointStore

@@ -19,7 +19,7 @@ from audioprep.services.notifier.deliver import Deliverer
 from audioprep.services.notifier.fanout import FanOut
 from audioprep.services.notifier.payload import Payloads
 from audioprep.services.notifier.sender import Sender
-from audioprep.shared import metrics, subjects
+from audioprep.shared import metrics, names
 from audioprep.shared.bootstrap import service_deps, stop_on_signals
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.provision import (
@@ -40,10 +40,10 @@ async def _ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
     """A notifier started before `audioprep provision` ran (the first start after an upgrade)
     makes its stream, consumers and bucket itself; an existing setup is left as it is."""
     try:
-        await js.stream_info(subjects.WEBHOOKS_STREAM)
-        await js.consumer_info(subjects.STREAM, subjects.NOTIFIER_JOBS_CONSUMER)
-        await js.consumer_info(subjects.WEBHOOKS_STREAM, subjects.NOTIFIER_DELIVERIES_CONSUMER)
-        await js.key_value(subjects.WEBHOOK_ENDPOINTS_BUCKET)
+        await js.stream_info(settings.names.webhooks_stream)
+        await js.consumer_info(settings.names.stream, names.NOTIFIER_JOBS_CONSUMER)
+        await js.consumer_info(settings.names.webhooks_stream, names.NOTIFIER_DELIVERIES_CONSUMER)
+        await js.key_value(settings.names.webhook_endpoints_bucket)
     except (NotFoundError, BucketNotFoundError):
         log.info("webhook stream, consumers or bucket missing: provisioning them")
         await provision_webhooks(js, settings)
@@ -54,12 +54,12 @@ async def run_notifier(settings: Settings, stop: asyncio.Event | None = None) ->
     box = secret_box(settings)  # refuses to start without a key outside dev mode
     async with service_deps(settings, "notifier") as deps:
         await _ensure_provisioned(deps.js, settings)
-        endpoints = EndpointStore(deps.nc, deps.js)
-        deliveries = DeliveryStore(deps.nc, deps.js)
+        endpoints = EndpointStore(deps.nc, deps.js, settings.names)
+        deliveries = DeliveryStore(deps.nc, deps.js, settings.names)
         payloads = Payloads(
             settings,
-            EventStore(deps.nc, deps.js),
-            await deps.js.key_value(subjects.JOBS_BUCKET),
+            EventStore(deps.nc, deps.js, settings.names),
+            await deps.js.key_value(settings.names.jobs_bucket),
             deps.storage,
         )
         sender = Sender(settings)
@@ -75,7 +75,7 @@ async def run_notifier(settings: Settings, stop: asyncio.Event | None = None) ->
         loops = [
             PullLoop(
                 deps.js,
-                stream=subjects.STREAM,
+                stream=settings.names.stream,
                 config=notifier_jobs_consumer_config(settings),
                 handler=FanOut(endpoints, deliveries).handle,
                 concurrency=FANOUT_CONCURRENCY,
@@ -83,14 +83,14 @@ async def run_notifier(settings: Settings, stop: asyncio.Event | None = None) ->
             ),
             PullLoop(
                 deps.js,
-                stream=subjects.WEBHOOKS_STREAM,
+                stream=settings.names.webhooks_stream,
                 config=notifier_deliveries_consumer_config(settings),
                 handler=deliverer.handle,
                 concurrency=settings.webhook_concurrency,
                 grace_s=grace,
             ),
         ]
-        sampler = notifier_metrics.notifier_sampler(deps.js)
+        sampler = notifier_metrics.notifier_sampler(deps.js, settings.names)
         try:
             async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
                 log.info(

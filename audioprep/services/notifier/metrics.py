@@ -5,8 +5,9 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
-from audioprep.shared import subjects
+from audioprep.shared import names
 from audioprep.shared.metrics import Sampler, sample_stream
+from audioprep.shared.names import Names
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
 
@@ -56,19 +57,19 @@ def attempt(outcome: str, code: str | None) -> None:
         ENDED.labels(outcome).inc()
 
 
-async def sample_queues(js: JetStreamContext) -> None:
+async def sample_queues(js: JetStreamContext, n: Names) -> None:
     for stream, consumer, label in (
-        (subjects.STREAM, subjects.NOTIFIER_JOBS_CONSUMER, "jobs"),
-        (subjects.WEBHOOKS_STREAM, subjects.NOTIFIER_DELIVERIES_CONSUMER, "deliveries"),
+        (n.stream, names.NOTIFIER_JOBS_CONSUMER, "jobs"),
+        (n.webhooks_stream, names.NOTIFIER_DELIVERIES_CONSUMER, "deliveries"),
     ):
         info = await js.consumer_info(stream, consumer)
         QUEUE_PENDING.labels(label).set(info.num_pending or 0)
         QUEUE_ACK_PENDING.labels(label).set(info.num_ack_pending or 0)
 
 
-def notifier_sampler(js: JetStreamContext) -> Sampler:
+def notifier_sampler(js: JetStreamContext, n: Names) -> Sampler:
     async def sample() -> None:
-        await sample_queues(js)
-        await sample_stream(js)
+        await sample_queues(js, n)
+        await sample_stream(js, n)
 
     return sample

@@ -13,15 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from audioprep.services.projector.fold import fold_history
+from audioprep.domain.views import JobView
 from audioprep.shared import signing
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.job_views import JobViews
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
-from audioprep.shared.views import JobView, decode_view
 from audioprep.shared.webhook_crypto import signature_header
 from audioprep.shared.webhook_events import DeliveryCreated
 
@@ -47,20 +46,13 @@ class Payloads:
     ) -> None:
         self.settings = settings
         self.events = events
-        self.jobs_kv = jobs_kv
+        self.views = JobViews(jobs_kv, events)
         self.storage = storage
 
     async def view(self, created: DeliveryCreated) -> JobView | None:
         """The job's view folded from its events (one batched direct get): never behind the
         event that ended it, as the KV view can be for a few milliseconds after it."""
-        view = fold_history(await self.events.history(created.job_id))
-        if view is not None:
-            return view
-        try:  # aged out of stream JOBS: the view kept in KV, if any
-            entry = await self.jobs_kv.get(created.job_id)
-        except KeyNotFoundError:
-            return None
-        return decode_view(entry.value) if entry.value else None
+        return await self.views.fresh(created.job_id)
 
     async def _link(self, key: str) -> str | None:
         if self.storage.is_local:

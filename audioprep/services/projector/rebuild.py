@@ -36,12 +36,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from audioprep.services.projector.fold import fold, fold_history
-from audioprep.shared import subjects
+from audioprep.domain.events import decode_event
+from audioprep.domain.fold import fold, fold_history
+from audioprep.domain.views import JobView, decode_view, encode_view
+from audioprep.shared import names
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import decode_event
-from audioprep.shared.provision import kv_stream_name
-from audioprep.shared.views import JobView, decode_view, encode_view
+from audioprep.shared.names import Names
 
 log = logging.getLogger("audioprep.rebuild")
 
@@ -85,6 +85,7 @@ class Current:
 
 async def fold_stream(
     js: JetStreamContext,
+    n: Names,
     *,
     start_seq: int,
     end_seq: int,
@@ -118,8 +119,8 @@ async def fold_stream(
             done.set()
 
     sub = await js.subscribe(
-        subjects.STREAM_SUBJECTS,
-        stream=subjects.STREAM,
+        n.stream_subjects,
+        stream=n.stream,
         ordered_consumer=True,
         idle_heartbeat=1.0,
         cb=on_msg,
@@ -228,7 +229,7 @@ class RebuildWriter:
                 "Nats-Batch-Sequence": str(n),
                 "Nats-Expected-Last-Subject-Sequence": str(cur.revision if cur else 0),
             }
-            subject = kv_subject(key)
+            subject = names.kv_subject(self.events.names.jobs_bucket, key)
             data = encode_view(views[key])
             if n < len(keys):
                 await nc.publish(subject, data, headers=headers)
@@ -255,11 +256,6 @@ class RebuildWriter:
         return view, Current(entry.value, entry.revision)
 
 
-def kv_subject(key: str) -> str:
-    """The subject a KV put on `key` of bucket `jobs` is published to (NATS KV, ADR-8)."""
-    return f"$KV.{subjects.JOBS_BUCKET}.{key}"
-
-
 def _seq_of(data: bytes | None) -> int:
     if data is None:
         return 0
@@ -281,13 +277,15 @@ async def rebuild(
     """Recreate the whole `jobs` bucket from the stream (see the module docstring)."""
     started = time.monotonic()
     report = RebuildReport()
-    info = await js.stream_info(subjects.STREAM)
+    info = await js.stream_info(events.names.stream)
     first, last = info.state.first_seq or 1, info.state.last_seq or 0
     report.last_seq = last
-    views, report.events = await fold_stream(js, start_seq=first, end_seq=last, progress=progress)
+    views, report.events = await fold_stream(
+        js, events.names, start_seq=first, end_seq=last, progress=progress
+    )
     report.jobs = len(views)
     report.read_seconds = time.monotonic() - started
-    kv = await js.key_value(subjects.JOBS_BUCKET)
+    kv = await js.key_value(events.names.jobs_bucket)
     current = await read_bucket(kv)
     if progress is not None:
         progress("compare", len(current), len(current))
@@ -307,7 +305,9 @@ async def rebuild(
         return report
 
     writer = RebuildWriter(kv, events, report)
-    atomic = bool((await js.stream_info(kv_stream_name(subjects.JOBS_BUCKET))).config.allow_atomic)
+    atomic = bool(
+        (await js.stream_info(names.kv_stream(events.names.jobs_bucket))).config.allow_atomic
+    )
 
     async def write_one(key: str) -> None:
         await writer.write(key, views.get(key), current.get(key))
@@ -331,8 +331,8 @@ async def rebuild(
     if progress is not None:
         progress("delete", report.deleted, len(stale))
 
-    state = await js.key_value(subjects.PROJECTOR_STATE_BUCKET)
-    await state.put(subjects.PROJECTOR_CHECKPOINT_KEY, str(last).encode())
+    state = await js.key_value(events.names.projector_state_bucket)
+    await state.put(names.PROJECTOR_CHECKPOINT_KEY, str(last).encode())
     report.seconds = time.monotonic() - started
     log.info(
         "projection rebuilt",

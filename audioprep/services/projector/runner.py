@@ -14,11 +14,12 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from audioprep.services.projector.fold import fold
-from audioprep.shared import metrics, subjects
-from audioprep.shared.events import Event, JobRequested, decode_event
+from audioprep.domain.events import Event, JobRequested, decode_event
+from audioprep.domain.fold import fold
+from audioprep.domain.views import JobView, decode_view, encode_view
+from audioprep.shared import metrics, names
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import is_transient
-from audioprep.shared.views import JobView, decode_view, encode_view
 
 log = logging.getLogger("audioprep.projector")
 
@@ -50,10 +51,6 @@ class ViewWriter:
         if entry.value is None or entry.revision is None:
             return None, 0
         return decode_view(entry.value), entry.revision
-
-    async def apply(self, seq: int, event: Event) -> JobView | None:
-        """Fold one event into its job's view; safe against other projectors (CAS + seq)."""
-        return await self.apply_job(event.job_id, [(seq, event)])
 
     async def apply_batch(self, items: list[tuple[int, Event]]) -> None:
         """Apply events given in stream order: one write per job, the jobs concurrently."""
@@ -103,8 +100,9 @@ class ViewWriter:
 class Projector:
     """Runs the fold over the live stream, resuming from its checkpoint."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, n: Names) -> None:
         self.js = js
+        self.names = n
         self.applied_seq = 0
         self._writer: ViewWriter | None = None
         self._state: KeyValue | None = None
@@ -112,17 +110,17 @@ class Projector:
         self._stall_checked = 0.0
 
     async def load_checkpoint(self) -> int:
-        state = await self.js.key_value(subjects.PROJECTOR_STATE_BUCKET)
+        state = await self.js.key_value(self.names.projector_state_bucket)
         self._state = state
         try:
-            entry = await state.get(subjects.PROJECTOR_CHECKPOINT_KEY)
+            entry = await state.get(names.PROJECTOR_CHECKPOINT_KEY)
         except KeyNotFoundError:
             return 0
         return int(entry.value or b"0")
 
     async def save_checkpoint(self) -> None:
         if self._state is not None and self.applied_seq:
-            await self._state.put(subjects.PROJECTOR_CHECKPOINT_KEY, str(self.applied_seq).encode())
+            await self._state.put(names.PROJECTOR_CHECKPOINT_KEY, str(self.applied_seq).encode())
 
     async def _subscribe(self) -> JetStreamContext.PushSubscription:
         """An ordered consumer on the whole stream, starting after the last applied event."""
@@ -131,8 +129,8 @@ class Projector:
             await self._queue.put(msg)
 
         return await self.js.subscribe(
-            subjects.STREAM_SUBJECTS,
-            stream=subjects.STREAM,
+            self.names.stream_subjects,
+            stream=self.names.stream,
             ordered_consumer=True,
             idle_heartbeat=1.0,
             cb=on_msg,
@@ -149,14 +147,14 @@ class Projector:
             return False
         self._stall_checked = now
         try:
-            info = await self.js.stream_info(subjects.STREAM)
+            info = await self.js.stream_info(self.names.stream)
         except Exception:
             return False  # NATS is down: nothing to resubscribe to yet
         return (info.state.last_seq or 0) > self.applied_seq
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set; the checkpoint is saved about once a second."""
-        self._writer = ViewWriter(await self.js.key_value(subjects.JOBS_BUCKET))
+        self._writer = ViewWriter(await self.js.key_value(self.names.jobs_bucket))
         self.applied_seq = await self.load_checkpoint()
         log.info("projector starting", extra={"from_seq": self.applied_seq + 1})
         sub: JetStreamContext.PushSubscription | None = await self._subscribe()

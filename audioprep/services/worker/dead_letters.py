@@ -32,10 +32,12 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from audioprep.shared import subjects
-from audioprep.shared.errors import MAX_DELIVERIES
+from audioprep.domain.errors import MAX_DELIVERIES
+from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested, is_terminal
+from audioprep.domain.kinds import KINDS, Kind
+from audioprep.shared import direct_get, names
+from audioprep.shared.advisories import MaxDeliveriesAdvisory, decode_advisory
 from audioprep.shared.event_store import EventStore
-from audioprep.shared.events import ErrorInfo, JobFailed, JobRequested, decode_event, is_terminal
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
 from audioprep.shared.settings import Settings
@@ -47,7 +49,6 @@ FETCH_BATCH = 16
 # FetchTimeoutError or nats.errors.TimeoutError, and a batch fetch whose deadline runs out
 # between its two pull requests with a plain asyncio TimeoutError: all are TimeoutError.
 FETCH_TIMEOUT_S = 2.0
-WORKER_CONSUMER_PREFIX = "workers-"
 ADVISORY_TYPE = "io.nats.jetstream.advisory.v1.max_deliver"
 # The reconciler: how often (at least; 2 × ack_wait by default), how far back its first pass
 # looks, how many requests one direct get returns and how many jobs it checks at once.
@@ -59,47 +60,16 @@ RECONCILE_CONCURRENCY = 16
 Outcome = Literal["failed", "already_ended", "ignored", "missing"]
 
 
-class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True):
-    """`io.nats.jetstream.advisory.v1.max_deliver` (only the fields we use)."""
-
-    stream: str
-    consumer: str
-    stream_seq: int
-    deliveries: int = 0
-    timestamp: datetime | None = None
-
-
-_advisory_decoder = msgspec.json.Decoder(MaxDeliveriesAdvisory)
-
-
-def decode_advisory(data: bytes) -> MaxDeliveriesAdvisory:
-    return _advisory_decoder.decode(data)
-
-
-async def original_request(js: JetStreamContext, seq: int) -> JobRequested | None:
-    """The JobRequested at `seq` in stream JOBS (None if aged out or not a request)."""
-    try:
-        raw = await js.get_msg(subjects.STREAM, seq, direct=True)
-    except NotFoundError:
-        return None
-    if raw.data is None:
-        return None
-    try:
-        event = decode_event(raw.data)
-    except msgspec.DecodeError:
-        return None
-    return event if isinstance(event, JobRequested) else None
-
-
 async def fail_dead_letter(
-    events: EventStore, js: JetStreamContext, advisory: MaxDeliveriesAdvisory
+    events: EventStore, advisory: MaxDeliveriesAdvisory
 ) -> tuple[Outcome, JobRequested | None]:
     """Turn one advisory into JobFailed{max_deliveries} unless the job already ended."""
-    if advisory.stream != subjects.STREAM or not advisory.consumer.startswith(
-        WORKER_CONSUMER_PREFIX
+    if (
+        advisory.stream != events.names.stream
+        or names.worker_consumer_kind(advisory.consumer) is None
     ):
         return "ignored", None
-    request = await original_request(js, advisory.stream_seq)
+    request = await events.request_at(advisory.stream_seq)
     if request is None:
         return "missing", None
     deliveries = advisory.deliveries or 1
@@ -149,11 +119,13 @@ class DeadLetterFailer:
     async def _subscribe(self, *, recreate: bool) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
-                await self.js.consumer_info(subjects.DLQ_STREAM, subjects.DLQ_CONSUMER)
+                await self.js.consumer_info(self.settings.names.dlq_stream, names.DLQ_CONSUMER)
             except NotFoundError:
-                await self.js.add_consumer(subjects.DLQ_STREAM, dlq_consumer_config(self.settings))
+                await self.js.add_consumer(
+                    self.settings.names.dlq_stream, dlq_consumer_config(self.settings)
+                )
         return await self.js.pull_subscribe_bind(
-            durable=subjects.DLQ_CONSUMER, stream=subjects.DLQ_STREAM
+            durable=names.DLQ_CONSUMER, stream=self.settings.names.dlq_stream
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -189,7 +161,7 @@ class DeadLetterFailer:
             await msg.term()
             return
         try:
-            outcome, request = await fail_dead_letter(self.events, self.js, advisory)
+            outcome, request = await fail_dead_letter(self.events, advisory)
         except Exception as exc:
             level = logging.WARNING if is_transient(exc) else logging.ERROR
             log.log(level, "dead letter not handled yet", extra={"error": repr(exc)})
@@ -219,7 +191,7 @@ class DeadLetterFailer:
         own = msg.metadata.sequence.stream
         try:
             if await self._earlier_entry(msg.subject, advisory, own):
-                await self.js.delete_msg(subjects.DLQ_STREAM, own)
+                await self.js.delete_msg(self.settings.names.dlq_stream, own)
                 log.info("repeated dead-letter advisory removed", extra=extra)
         except Exception as exc:  # the repeat stays listed; nothing else depends on it
             log.warning("repeated advisory not removed", extra={**extra, "error": repr(exc)})
@@ -229,7 +201,7 @@ class DeadLetterFailer:
         while seq < own:
             try:
                 raw = await self.js.get_msg(
-                    subjects.DLQ_STREAM, seq, subject=subject, next=True, direct=True
+                    self.settings.names.dlq_stream, seq, subject=subject, next=True, direct=True
                 )
             except NotFoundError:
                 return False
@@ -294,14 +266,14 @@ class DeadLetterReconciler:
     async def reconcile(self) -> list[str]:
         """One pass over every worker consumer; returns the jobs it failed."""
         ended: list[str] = []
-        for kind in subjects.KINDS:
+        for kind in KINDS:
             ended += await self._reconcile_consumer(kind)
         return ended
 
-    async def _reconcile_consumer(self, kind: subjects.Kind) -> list[str]:
-        consumer = subjects.worker_consumer(kind)
+    async def _reconcile_consumer(self, kind: Kind) -> list[str]:
+        consumer = names.worker_consumer(kind)
         try:
-            info = await self.js.consumer_info(subjects.STREAM, consumer)
+            info = await self.js.consumer_info(self.events.names.stream, consumer)
         except NotFoundError:  # not provisioned yet, or being re-created by a worker
             return []
         max_deliver = info.config.max_deliver or -1
@@ -315,7 +287,7 @@ class DeadLetterReconciler:
         ended: list[str] = []
         limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
         while after < settled:
-            found = await self._requests(subjects.requested_filter(kind), after)
+            found = await self._requests(self.events.names.requested_filter(kind), after)
             found = [(seq, subject) for seq, subject in found if seq <= settled]
             if not found:
                 break
@@ -337,7 +309,7 @@ class DeadLetterReconciler:
     ) -> str | None:
         """Fail the job requested at `seq` if it never ended; its id when this call did."""
         try:
-            _, job_id, _ = subjects.parse_subject(subject)
+            _, job_id, _ = self.events.names.parse_subject(subject)
         except ValueError:
             return None
         async with limit:
@@ -345,13 +317,13 @@ class DeadLetterReconciler:
             if last is not None and is_terminal(last.event):
                 return None
             advisory = MaxDeliveriesAdvisory(
-                stream=subjects.STREAM,
+                stream=self.events.names.stream,
                 consumer=consumer,
                 stream_seq=seq,
                 deliveries=max_deliver,
                 timestamp=datetime.now(UTC),
             )
-            outcome, request = await fail_dead_letter(self.events, self.js, advisory)
+            outcome, request = await fail_dead_letter(self.events, advisory)
             if outcome != "failed" or request is None:
                 return None
             log.warning(
@@ -360,7 +332,7 @@ class DeadLetterReconciler:
             )
             try:  # an entry in JOBS_DLQ, so `audioprep dlq list` shows it
                 await self.js.publish(
-                    subjects.max_deliveries_advisory(consumer),
+                    self.events.names.max_deliveries_advisory_of(consumer),
                     advisory_record(advisory),
                     headers={"Nats-Msg-Id": f"reconciled:{consumer}:{seq}"},
                     timeout=self.events.timeout,
@@ -372,41 +344,28 @@ class DeadLetterReconciler:
     async def _requests(self, subject: str, after: int) -> list[tuple[int, str]]:
         """(seq, subject) of up to RECONCILE_BATCH requests after `after`: one batched direct
         get; payloads are not decoded here (one bad message must not stop the scan)."""
-        inbox = self.events.nc.new_inbox()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def collect(msg: Msg) -> None:
-            await queue.put(msg)
-
-        sub = await self.events.nc.subscribe(inbox, cb=collect)
-        try:
-            request = {"seq": after + 1, "next_by_subj": subject, "batch": RECONCILE_BATCH}
-            await self.events.nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps(request).encode(), reply=inbox
-            )
-            out: list[tuple[int, str]] = []
-            while len(out) < RECONCILE_BATCH:
-                msg = await asyncio.wait_for(queue.get(), timeout=self.events.timeout)
-                headers = msg.headers or {}
-                if headers.get("Status") is not None:  # 204 end of batch, 404 nothing found
-                    break
-                out.append((int(headers["Nats-Sequence"]), headers["Nats-Subject"]))
-            return out
-        finally:
-            await sub.unsubscribe()
+        found = await direct_get.next_by_subject(
+            self.events.nc,
+            self.events.names.stream,
+            subject,
+            after + 1,
+            RECONCILE_BATCH,
+            self.events.timeout,
+        )
+        return [(direct_get.sequence(m), direct_get.subject_of(m)) for m in found]
 
     async def _lookback_seq(self) -> int:
         """The stream sequence just before the first event of the last `lookback_s`."""
         since = datetime.now(UTC) - timedelta(seconds=self.lookback_s)
         reply = await self.events.nc.request(
-            f"$JS.API.DIRECT.GET.{subjects.STREAM}",
+            names.direct_get_subject(self.events.names.stream),
             json.dumps({"start_time": since.isoformat().replace("+00:00", "Z")}).encode(),
             timeout=self.events.timeout,
         )
         headers = reply.headers or {}
         if "Nats-Sequence" in headers:
             return int(headers["Nats-Sequence"]) - 1
-        info = await self.js.stream_info(subjects.STREAM)  # nothing that recent
+        info = await self.js.stream_info(self.events.names.stream)  # nothing that recent
         return int(info.state.last_seq or 0)
 
 

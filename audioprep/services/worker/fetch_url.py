@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from audioprep.domain.errors import UNSUPPORTED_URL, Permanent
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.ytdlp_fetch import Downloaded, download
 from audioprep.shared import keys
-from audioprep.shared.errors import UNSUPPORTED_URL, Permanent
 
 DOWNLOAD_LOW, DOWNLOAD_HIGH = 2, 38  # progress band of the download inside an ingest
 

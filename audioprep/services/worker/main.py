@@ -44,11 +44,11 @@ async def run_worker(
 ) -> None:
     stop = stop or asyncio.Event()
     async with service_deps(settings, "worker") as deps:
-        sampler = metrics.worker_sampler(deps.js)
+        sampler = metrics.worker_sampler(deps.js, settings.names)
         async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
             # Every worker process also turns MAX_DELIVERIES advisories into JobFailed, and
             # finds the dead letters whose advisory was missed.
-            events = EventStore(deps.nc, deps.js)
+            events = EventStore(deps.nc, deps.js, settings.names)
             failer = DeadLetterFailer(events=events, js=deps.js, settings=settings)
             reconciler = DeadLetterReconciler(events=events, js=deps.js, settings=settings)
             await asyncio.gather(

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     MEDIA_CRASH,
     WORKER_CRASH,
     AudioprepError,

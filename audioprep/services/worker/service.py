@@ -12,16 +12,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
+from audioprep.domain import kinds
+from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.services.worker.job_runner import Cleanup, Handler, JobRunner
 from audioprep.services.worker.slots import PrioritySlots
-from audioprep.shared import metrics, subjects
+from audioprep.shared import metrics, names
 from audioprep.shared.provision import worker_consumer_config
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
 
 log = logging.getLogger("audioprep.worker")
 
-PRIORITY: dict[subjects.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
+PRIORITY: dict[kinds.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
 FETCH_TIMEOUT_S = 2.0  # also how long a stopping worker may wait for its fetch loops
 
 
@@ -37,7 +39,7 @@ class WorkerService:
         storage: Storage,
         handlers: dict[str, Handler],
         cleanups: dict[str, Cleanup] | None = None,
-        kinds: tuple[subjects.Kind, ...] = subjects.KINDS,
+        kinds: tuple[kinds.Kind, ...] = kinds.KINDS,
         drain_grace_s: float = 30.0,
     ) -> None:
         self.js = js
@@ -96,21 +98,21 @@ class WorkerService:
             log.info("handed back unfinished jobs", extra={"count": len(pending)})
 
     async def _subscribe(
-        self, kind: subjects.Kind, *, recreate: bool = False
+        self, kind: kinds.Kind, *, recreate: bool = False
     ) -> JetStreamContext.PullSubscription:
         if recreate:
             try:
-                await self.js.consumer_info(subjects.STREAM, subjects.worker_consumer(kind))
+                await self.js.consumer_info(self.settings.names.stream, names.worker_consumer(kind))
             except NotFoundError:
                 # The consumer is gone (a server that lost its state): put it back as
                 # provisioned. An existing one is left alone (an operator may have tuned it).
                 config = worker_consumer_config(kind, self.settings)
-                await self.js.add_consumer(subjects.STREAM, config)
+                await self.js.add_consumer(self.settings.names.stream, config)
         return await self.js.pull_subscribe_bind(
-            durable=subjects.worker_consumer(kind), stream=subjects.STREAM
+            durable=names.worker_consumer(kind), stream=self.settings.names.stream
         )
 
-    async def _fetch_loop(self, kind: subjects.Kind, stop: asyncio.Event) -> None:
+    async def _fetch_loop(self, kind: kinds.Kind, stop: asyncio.Event) -> None:
         sub: JetStreamContext.PullSubscription | None = None
         while not stop.is_set():
             if sub is None:
@@ -142,8 +144,9 @@ class WorkerService:
                 metrics.job_delivered(kind, msg.metadata.num_delivered)
                 await self._start(kind, msg, stop)
 
-    async def _start(self, kind: subjects.Kind, msg: Msg, stop: asyncio.Event) -> None:
-        waiting = asyncio.create_task(self._hold(msg))
+    async def _start(self, kind: kinds.Kind, msg: Msg, stop: asyncio.Event) -> None:
+        # held (in progress) while it waits for a slot
+        waiting = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
         acquire = asyncio.create_task(self.slots.acquire(PRIORITY[kind]))
         stopping = asyncio.create_task(stop.wait())
         try:
@@ -165,13 +168,6 @@ class WorkerService:
         self._jobs.add(task)
         self._in_flight[task] = msg
         task.add_done_callback(self._done)
-
-    async def _hold(self, msg: Msg) -> None:
-        """Keep a fetched message from being redelivered while it waits for a slot."""
-        while True:
-            await asyncio.sleep(max(0.5, self.settings.ack_wait_s / 2))
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _run_one(self, msg: Msg) -> None:
         try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from audioprep.domain.errors import Permanent
 from audioprep.services.worker.context import JobContext
-from audioprep.shared.errors import Permanent
 from audioprep.shared.storage import StorageNotFound
 
 

@@ -18,7 +18,7 @@ import yt_dlp
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadCancelled, DownloadError, ExtractorError, UnsupportedError
 
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     DOWNLOAD_FAILED,
     SOURCE_NOT_FOUND,
     TOO_LARGE,

@@ -10,21 +10,16 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
+from audioprep.domain.events import JobCancelRequested
+from audioprep.domain.views import JobView
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view, traceparent_of
 from audioprep.services.api.links import with_download_url
 from audioprep.services.api.openapi import problems
-from audioprep.services.projector.fold import fold, fold_history
-from audioprep.shared.events import JobCancelRequested
-from audioprep.shared.views import JobView
+from audioprep.shared.job_views import JobViews
 
 log = logging.getLogger("audioprep.api")
-
-
-async def _stream_view(api: NamedDependency[ApiContext], job_id: str) -> JobView | None:
-    """The job folded from its events: the KV view may lag behind a just-finished job."""
-    return fold_history(await api.events.history(job_id))
 
 
 @post(
@@ -43,8 +38,8 @@ async def cancel_job(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], job_id: FromPath[str]
 ) -> Response[JobView]:
     tenant = tenant_for(request, api.settings)
-    view = await load_view(api, job_id, tenant)  # 404 for unknown ids and other tenants
-    view = await _stream_view(api, job_id) or view
+    # as of its last event: the KV view may lag behind a job that just finished
+    view = await load_view(api, job_id, tenant, fresh=True)
     if view.is_terminal:
         return Response(await with_download_url(api, view), status_code=HTTP_200_OK)
     event = JobCancelRequested(
@@ -52,4 +47,4 @@ async def cancel_job(
     )
     seq = await api.events.append(event, traceparent=traceparent_of(request))
     log.info("cancel requested", extra={"job_id": job_id, "kind": view.kind})
-    return Response(fold(view, event, seq) or view, status_code=HTTP_202_ACCEPTED)
+    return Response(JobViews.with_event(view, event, seq), status_code=HTTP_202_ACCEPTED)

@@ -11,6 +11,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from audioprep.domain.events import JobRequested
+from audioprep.domain.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import (
@@ -30,9 +32,7 @@ from audioprep.services.api.routes.presets import body_with_preset
 from audioprep.services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
 from audioprep.services.api.serving import serve_object
 from audioprep.shared import keys
-from audioprep.shared.events import JobRequested
 from audioprep.shared.ids import is_job_id
-from audioprep.shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 # What an Idempotency-Key is fingerprinted with, besides the body.
 PREVIEW = "POST /api/audio/edit/preview"

@@ -8,6 +8,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from audioprep.domain.events import JobRequested
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import (
     declares_empty_body,
@@ -31,7 +32,6 @@ from audioprep.services.api.schemas import JobAccepted, UrlIngestRequest
 from audioprep.services.api.uploads import hash_upload, store_upload
 from audioprep.services.api.url_check import check_url
 from audioprep.shared import keys
-from audioprep.shared.events import JobRequested
 
 ROUTE = "POST /api/audio/ingest"  # what an Idempotency-Key is fingerprinted with, and the body
 

@@ -8,12 +8,12 @@ from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from audioprep.domain.views import JobView
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import load_view
 from audioprep.services.api.links import with_download_url
 from audioprep.services.api.openapi import problems
-from audioprep.shared.views import JobView
 
 
 @get(

@@ -12,5 +12,5 @@ from audioprep.shared import metrics
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics_endpoint(api: NamedDependency[ApiContext]) -> Response[bytes]:
-    body = await metrics.render(metrics.api_sampler(api.js))
+    body = await metrics.render(metrics.api_sampler(api.js, api.settings.names))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

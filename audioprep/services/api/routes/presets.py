@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from audioprep.domain.recipe import OutputOptions, Recipe, RecipeError, SaveFormat, check_recipe
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import decode_json, json_body, json_bytes, malformed_json
 from audioprep.services.api.context import ApiContext
@@ -34,7 +35,6 @@ from audioprep.shared.presets import (
     is_preset_name,
     merge_into_request,
 )
-from audioprep.shared.recipe import OutputOptions, Recipe, RecipeError, SaveFormat, check_recipe
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def _not_found(name: str) -> ProblemError:
 
 
 async def _store(api: ApiContext) -> PresetStore:
-    return await PresetStore.open(api.js)
+    return await PresetStore.open(api.js, api.settings.names)
 
 
 async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> PresetFields:

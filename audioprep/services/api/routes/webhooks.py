@@ -28,15 +28,15 @@ from litestar.status_codes import (
     HTTP_204_NO_CONTENT,
 )
 
+from audioprep.domain.events import utcnow
+from audioprep.domain.kinds import Kind
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import json_body
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.openapi import JSON_BODY, problems
 from audioprep.services.api.problems import ProblemError
-from audioprep.shared import subjects
-from audioprep.shared.events import utcnow
+from audioprep.shared import names
 from audioprep.shared.settings import Settings
-from audioprep.shared.subjects import Kind
 from audioprep.shared.webhook_crypto import SecretBox, new_secret, secret_box
 from audioprep.shared.webhook_events import (
     WEBHOOK_TYPES,
@@ -148,7 +148,7 @@ def _not_found(webhook_id: str) -> ProblemError:
 
 
 async def _endpoint(api: ApiContext, tenant: str, webhook_id: str) -> Endpoint:
-    found = await EndpointStore(api.nc, api.js).get(tenant, webhook_id)
+    found = await EndpointStore(api.nc, api.js, api.settings.names).get(tenant, webhook_id)
     if found is None:
         raise _not_found(webhook_id)
     return found[0]
@@ -184,7 +184,7 @@ async def create_webhook(
     now = utcnow()
     endpoint_id = new_endpoint_id()
     secret = new_secret()
-    jobs_info = await api.js.stream_info(subjects.STREAM)
+    jobs_info = await api.js.stream_info(api.settings.names.stream)
     endpoint = Endpoint(
         id=endpoint_id,
         tenant=tenant,
@@ -197,13 +197,13 @@ async def create_webhook(
         jobs_from_seq=int(jobs_info.state.last_seq or 0),
         secrets=[
             StoredSecret(
-                sealed=box.encrypt(secret, subjects.webhook_endpoint_key(tenant, endpoint_id)),
+                sealed=box.encrypt(secret, names.webhook_endpoint_key(tenant, endpoint_id)),
                 created_at=now,
             )
         ],
     )
     try:
-        await EndpointStore(api.nc, api.js).create(endpoint)
+        await EndpointStore(api.nc, api.js, api.settings.names).create(endpoint)
     except TooManyEndpoints:
         raise ProblemError(
             409,
@@ -223,7 +223,7 @@ async def list_webhooks(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> WebhookList:
     tenant = tenant_for(request, api.settings)
-    endpoints = await EndpointStore(api.nc, api.js).for_tenant(tenant)
+    endpoints = await EndpointStore(api.nc, api.js, api.settings.names).for_tenant(tenant)
     return WebhookList(webhooks=[_out(e) for e in endpoints])
 
 
@@ -244,7 +244,7 @@ async def delete_webhook(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], webhook_id: FromPath[str]
 ) -> None:
     tenant = tenant_for(request, api.settings)
-    if not await EndpointStore(api.nc, api.js).delete(tenant, webhook_id):
+    if not await EndpointStore(api.nc, api.js, api.settings.names).delete(tenant, webhook_id):
         raise _not_found(webhook_id)
     log.info("webhook endpoint deleted", extra={"endpoint_id": webhook_id, "tenant": tenant})
 
@@ -279,7 +279,10 @@ async def rotate_webhook_secret(
             updated_at=now,
         )
 
-    if await EndpointStore(api.nc, api.js).update(tenant, webhook_id, rotate) is None:
+    if (
+        await EndpointStore(api.nc, api.js, api.settings.names).update(tenant, webhook_id, rotate)
+        is None
+    ):
         raise _not_found(webhook_id)
     log.info("webhook secret rotated", extra={"endpoint_id": webhook_id, "tenant": tenant})
     return SecretRotated(id=webhook_id, secret=secret, previous_secret_expires_at=expires)
@@ -310,7 +313,9 @@ async def enable_webhook(
             updated_at=now,
         )
 
-    updated = await EndpointStore(api.nc, api.js).update(tenant, webhook_id, enable)
+    updated = await EndpointStore(api.nc, api.js, api.settings.names).update(
+        tenant, webhook_id, enable
+    )
     if updated is None:
         raise _not_found(webhook_id)
     return _out(updated)
@@ -330,7 +335,9 @@ async def list_deliveries(
     """Newest first: event, job id, status, attempts, last status code, next attempt."""
     tenant = tenant_for(request, api.settings)
     await _endpoint(api, tenant, webhook_id)
-    views = await DeliveryStore(api.nc, api.js).deliveries(webhook_id, limit=limit)
+    views = await DeliveryStore(api.nc, api.js, api.settings.names).deliveries(
+        webhook_id, limit=limit
+    )
     return DeliveryList(deliveries=views)
 
 
@@ -340,7 +347,9 @@ async def _delivery(
     endpoint = await _endpoint(api, tenant, webhook_id)
     view = None
     if is_delivery_id(delivery_id):
-        view = await DeliveryStore(api.nc, api.js).delivery(webhook_id, delivery_id)
+        view = await DeliveryStore(api.nc, api.js, api.settings.names).delivery(
+            webhook_id, delivery_id
+        )
     if view is None:
         raise ProblemError(404, "delivery_not_found", f"no delivery {delivery_id!r}")
     return endpoint, view
@@ -384,8 +393,8 @@ async def replay_delivery(
             "webhook_disabled",
             f"the endpoint is disabled ({endpoint.disabled_reason}); enable it first",
         )
-    store = DeliveryStore(api.nc, api.js)
-    first = await store.events(subjects.delivery_subjects(webhook_id, delivery_id))
+    store = DeliveryStore(api.nc, api.js, api.settings.names)
+    first = await store.events(api.settings.names.delivery_subjects(webhook_id, delivery_id))
     created_first = first[0].event if first else None
     if not isinstance(created_first, DeliveryCreated):
         raise ProblemError(404, "delivery_not_found", f"no delivery {delivery_id!r}")

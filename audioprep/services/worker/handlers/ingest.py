@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from audioprep.domain.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
+from audioprep.domain.events import JobResult, LoudnessInfo
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.fetch_url import fetch_source
 from audioprep.services.worker.media_process import run_media_call
@@ -11,8 +13,6 @@ from audioprep.services.worker.pipeline.analyse import Analysis, analyse
 from audioprep.services.worker.pipeline.voice_analysis import summary as voice_summary
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys
-from audioprep.shared.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
-from audioprep.shared.events import JobResult, LoudnessInfo
 from audioprep.shared.storage import StorageNotFound
 
 PEAK_POINTS = 2000

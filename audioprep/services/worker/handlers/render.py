@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
+from nats.errors import Error as NatsError
 
+from audioprep.domain.errors import Permanent
+from audioprep.domain.events import JobCompleted, JobResult, VoiceAnalysisInfo
+from audioprep.domain.recipe import OutputOptions, Recipe, check_recipe
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
@@ -16,14 +18,9 @@ from audioprep.services.worker.pipeline.probe import MediaInfo
 from audioprep.services.worker.pipeline.render import RenderResult, render
 from audioprep.services.worker.publish.output import publish_output
 from audioprep.services.worker.source_files import local_source
-from audioprep.shared import keys, render_cache, subjects
-from audioprep.shared.errors import Permanent
-from audioprep.shared.events import JobResult, VoiceAnalysisInfo
-from audioprep.shared.recipe import OutputOptions, Recipe, check_recipe
-from audioprep.shared.views import decode_view
+from audioprep.shared import keys, render_cache
 
 log = logging.getLogger("audioprep.worker")
-_SOURCE_OF_JOB = re.compile(r"(?:^|/)sources/([0-9A-HJKMNP-TV-Z]{26})/")
 
 PREVIEW_DEFAULT_FORMAT = "opus"
 
@@ -51,28 +48,26 @@ def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
 async def ingest_facts(
     ctx: JobContext, source_key: str
 ) -> tuple[MediaInfo | None, Loudness | None, VoiceAnalysisInfo | None]:
-    """What the ingest that stored this source measured (its job view), if it is at hand.
+    """What the ingest that stored this source measured (its JobCompleted in the stream, one
+    direct get), if it is at hand.
 
     It spares the render a probe (a full decode for mp3/ogg/mkv durations) and, for an
     untrimmed normalize, the loudness pass; it also carries the title into the output.
     Anything missing or odd and the render simply measures for itself.
     """
-    match = _SOURCE_OF_JOB.search(source_key)
-    if match is None:
+    ingest_id = keys.ingest_job_of(source_key)
+    if ingest_id is None:
         return None, None, None
     try:
-        kv = await ctx.js.key_value(subjects.JOBS_BUCKET)
-        entry = await kv.get(match.group(1))
-        view = decode_view(entry.value or b"")
-    except (KeyNotFoundError, msgspec.DecodeError):
+        stored = await ctx.events.last_event(ingest_id, "completed")
+    except (NatsError, TimeoutError, msgspec.DecodeError) as exc:  # not worth failing over
+        log.warning("ingest facts unavailable", extra=ctx.log_extra(error=repr(exc)))
         return None, None, None
-    except Exception as exc:  # NATS trouble: not worth failing a render over
-        log.warning("ingest facts unavailable", extra=ctx.log_extra(error=str(exc)))
-        return None, None, None
-    r = view.result
+    done = stored.event if stored is not None else None
+    r = done.result if isinstance(done, JobCompleted) else None
     if (
-        view.kind != "ingest"
-        or view.status != "completed"
+        done is None
+        or done.kind != "ingest"
         or r is None
         or r.source_key != source_key
         or r.duration_ms is None
@@ -145,7 +140,9 @@ async def run_render(ctx: JobContext) -> JobResult:
         chapters_key=chapters_key,
     )
     if req.kind == "preview" and req.cache_key:
-        await render_cache.remember(await render_cache.bucket(ctx.js), req.cache_key, key, result)
+        await render_cache.remember(
+            await render_cache.bucket(ctx.js, ctx.settings.names), req.cache_key, key, result
+        )
     return result
 
 
@@ -154,6 +151,6 @@ async def cleanup_render(ctx: JobContext) -> None:
     fmt = ctx.request.format or PREVIEW_DEFAULT_FORMAT
     try:
         ext = output_format(fmt).extension
-    except Exception:
+    except Permanent:  # an unknown format: nothing was written
         return
     await ctx.storage.delete(output_key(ctx, ext))

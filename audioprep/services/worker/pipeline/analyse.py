@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from audioprep.domain.errors import TOO_LONG, Permanent
 from audioprep.services.worker.pipeline.decode import decode_frames, open_audio
 from audioprep.services.worker.pipeline.filters import make_graph, run_graph
 from audioprep.services.worker.pipeline.loudness import METER, Loudness, LoudnessMeter
@@ -13,7 +14,6 @@ from audioprep.services.worker.pipeline.peaks import PeakAccumulator, planar_flo
 from audioprep.services.worker.pipeline.probe import MediaInfo, header_duration_ms, media_info
 from audioprep.services.worker.pipeline.progress import Progress
 from audioprep.services.worker.pipeline.voice_analysis import VoiceAnalysis, VoiceAnalyzer
-from audioprep.shared.errors import TOO_LONG, Permanent
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import av.container
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
-from audioprep.shared.errors import (
+from audioprep.domain.errors import (
     CORRUPT_MEDIA,
     EMPTY_FILE,
     NO_AUDIO_STREAM,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audioprep.shared.errors import INVALID_RECIPE, Permanent
-from audioprep.shared.recipe import OutputOptions
+from audioprep.domain.errors import INVALID_RECIPE, Permanent
+from audioprep.domain.recipe import OutputOptions
 
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)

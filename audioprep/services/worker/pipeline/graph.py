@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audioprep.domain.recipe import Recipe
 from audioprep.services.worker.pipeline.loudness import Loudness
-from audioprep.shared.recipe import Recipe
 
 Filter = tuple[str, str]
 

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from audioprep.services.worker.pipeline.level_meter import Levels
-from audioprep.services.worker.pipeline.loudness import Loudness
-from audioprep.services.worker.pipeline.normalize import Outcome
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     AcxCheck,
     LevelsInfo,
     LoudnessReport,
     LoudnessTargetInfo,
     ReportWarning,
 )
-from audioprep.shared.loudness_targets import (
+from audioprep.domain.loudness_targets import (
     ACX_NOISE_FLOOR_MAX,
     ACX_PEAK_MAX,
     ACX_RMS_MAX,
     ACX_RMS_MIN,
     LoudnessTarget,
 )
+from audioprep.services.worker.pipeline.level_meter import Levels
+from audioprep.services.worker.pipeline.loudness import Loudness
+from audioprep.services.worker.pipeline.normalize import Outcome
 
 
 def _before(loud: Loudness | None) -> LevelsInfo | None:

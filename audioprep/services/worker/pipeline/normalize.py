@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audioprep.domain.loudness_targets import LoudnessTarget
 from audioprep.services.worker.pipeline.excerpt import Excerpt
 from audioprep.services.worker.pipeline.level_meter import LOUDNESS_ONLY_CHAIN, Levels
 from audioprep.services.worker.pipeline.loudness import Loudness, LoudnessMeter
 from audioprep.services.worker.pipeline.progress import Progress
 from audioprep.services.worker.pipeline.signal_path import PathRun, PcmCache, SignalPath, run_path
-from audioprep.shared.loudness_targets import LoudnessTarget
 
 CALIBRATION_TOLERANCE_LU = 0.1
 # Off by more than this after an encode and it encodes again. 0.15 LU keeps us closer than

@@ -17,6 +17,10 @@ import av.container
 from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 
+from audioprep.domain.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
+from audioprep.domain.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
+from audioprep.domain.loudness_targets import LoudnessTarget, resolve_target
+from audioprep.domain.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 from audioprep.services.worker.pipeline.excerpt import build_excerpt
 from audioprep.services.worker.pipeline.formats import EncoderSettings, encoder_settings
 from audioprep.services.worker.pipeline.graph import (
@@ -49,10 +53,6 @@ from audioprep.services.worker.pipeline.voice_chain import (
     trim_bounds_ms,
 )
 from audioprep.services.worker.pipeline.wav import WavWriter
-from audioprep.shared.errors import INVALID_RECIPE, RENDER_FAILED, Permanent
-from audioprep.shared.events import LoudnessReport, VoiceAnalysisInfo, VoiceReport, VoiceSteps
-from audioprep.shared.loudness_targets import LoudnessTarget, resolve_target
-from audioprep.shared.recipe import OutputOptions, Recipe, RecipeError, check_recipe
 
 _CODEC_NAMES = {"libmp3lame": "mp3", "libopus": "opus"}  # reported like probe reports them
 _LAME_FRAME = 1152 * 4  # samples per graph frame fed to lameenc (any size works)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.frame import AudioFrame
 
+from audioprep.domain.errors import RENDER_FAILED, Cancelled, Retryable
 from audioprep.services.worker.pipeline.cutter import Cutter
 from audioprep.services.worker.pipeline.decode import decode_frames, open_audio
 from audioprep.services.worker.pipeline.denoise import Denoiser
@@ -34,7 +35,6 @@ from audioprep.services.worker.pipeline.leveler import Leveler
 from audioprep.services.worker.pipeline.limiter import TruePeakLimiter
 from audioprep.services.worker.pipeline.true_peak import PeakDetector
 from audioprep.services.worker.pipeline.voice_chain import VoicePlan
-from audioprep.shared.errors import RENDER_FAILED, Cancelled, Retryable
 
 Samples = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from audioprep.domain.events import HumInfo, VoiceAnalysisInfo
 from audioprep.services.worker.pipeline.decode import decode_frames, open_audio
 from audioprep.services.worker.pipeline.filters import make_graph, run_graph
 from audioprep.services.worker.pipeline.peaks import planar_float_for
 from audioprep.services.worker.pipeline.progress import Progress
-from audioprep.shared.events import HumInfo, VoiceAnalysisInfo
 
 Samples = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]

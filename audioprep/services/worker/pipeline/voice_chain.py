@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from audioprep.domain.recipe import Recipe
 from audioprep.services.worker.pipeline.cutter import plan_pause_cuts
 from audioprep.services.worker.pipeline.denoise import RATE as DENOISE_RATE
 from audioprep.services.worker.pipeline.denoise import auto_amount_db
 from audioprep.services.worker.pipeline.filters import Filter
 from audioprep.services.worker.pipeline.leveler import leveler_gains_db
 from audioprep.services.worker.pipeline.voice_analysis import HUM_FREQUENCIES, Hum, VoiceAnalysis
-from audioprep.shared.recipe import Recipe
 
 Floats = npt.NDArray[np.float64]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from audioprep.shared.events import VoiceReport
+from audioprep.domain.events import VoiceReport
+from audioprep.domain.recipe import Recipe
 from audioprep.shared.metadata import Chapter, OutputChapter, output_chapters
-from audioprep.shared.recipe import Recipe
 
 
 def place_chapters(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from audioprep.shared.errors import Permanent
+from audioprep.domain.errors import Permanent
 from audioprep.shared.metadata import image_kind, is_image_key_of
 from audioprep.shared.storage import Storage, StorageNotFound
 

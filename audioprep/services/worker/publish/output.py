@@ -9,14 +9,14 @@ from pathlib import Path
 
 import msgspec
 
+from audioprep.domain.errors import Permanent
+from audioprep.domain.recipe import Recipe
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.pipeline.render import RenderResult
 from audioprep.services.worker.publish.chapters import place_chapters
 from audioprep.services.worker.publish.cover import Cover, load_cover
 from audioprep.services.worker.publish.tags import write_publishing
-from audioprep.shared.errors import Permanent
 from audioprep.shared.metadata import MetadataError, chapters_json, parse_chapters, parse_metadata
-from audioprep.shared.recipe import Recipe
 
 
 def chapters_key_for(output_key: str) -> str:

@@ -50,8 +50,8 @@ from mutagen.mp4 import MP4, MP4Cover, MP4FreeForm
 from mutagen.oggopus import OggOpus
 from mutagen.wave import WAVE
 
+from audioprep.domain.errors import Permanent
 from audioprep.services.worker.publish.cover import Cover
-from audioprep.shared.errors import Permanent
 from audioprep.shared.metadata import Metadata, OutputChapter
 
 UTF8 = Encoding.UTF8

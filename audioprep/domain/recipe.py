@@ -7,8 +7,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from audioprep.shared.errors import INVALID_RECIPE, Permanent
-from audioprep.shared.loudness_targets import PresetName
+from audioprep.domain.errors import INVALID_RECIPE, Permanent
+from audioprep.domain.loudness_targets import PresetName
 
 RENDERER_VERSION: Final = "2"  # 2: true-peak limiter + verified loudness
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import msgspec
 
-from audioprep.shared.events import (
+from audioprep.domain.events import (
     Event,
     JobCancelled,
     JobCancelRequested,
@@ -18,7 +18,7 @@ from audioprep.shared.events import (
     JobRetrying,
     JobStarted,
 )
-from audioprep.shared.views import JobView
+from audioprep.domain.views import JobView
 
 
 class Sequenced(Protocol):

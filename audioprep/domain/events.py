@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from audioprep.shared.subjects import EventName, Kind
+from audioprep.domain.kinds import EventName, Kind
 
 SCHEMA_VERSION = 1
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
-from audioprep.shared.events import ErrorInfo, JobResult
-from audioprep.shared.subjects import Kind
-
-Status = Literal["pending", "running", "completed", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+from audioprep.domain.events import ErrorInfo, JobResult
+from audioprep.domain.kinds import TERMINAL_STATUSES, Kind, Status
 
 
 class JobView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):

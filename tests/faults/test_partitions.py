@@ -143,7 +143,7 @@ async def _converged(cluster: NetCluster, stream: str, timeout: float = 30.0) ->
 class Load:
     """Uploads, each under its own Idempotency-Key, `concurrency` at a time until stopped."""
 
-    def __init__(self, client: KeyedClient, prefix: str, concurrency: int = 3) -> None:
+    def __init__(self, client: KeyedClient, prefix: str, concurrency: int = 2) -> None:
         self.client = client
         self.prefix = prefix
         self.concurrency = concurrency
@@ -155,7 +155,7 @@ class Load:
         while not self.stop.is_set():
             self.sent += 1
             await self.client.post(f"{self.prefix}-{self.sent}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.15)  # a steady trickle the two workers keep up with
 
     def __enter__(self) -> Load:
         self.tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]

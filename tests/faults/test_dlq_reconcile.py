@@ -69,6 +69,13 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.05)
 
 
+async def _until_recorded(js: JetStreamContext, stream_seq: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while stream_seq not in await _dlq_entries(js):
+        assert time.monotonic() < deadline, f"no JOBS_DLQ record for stream seq {stream_seq}"
+        await asyncio.sleep(0.05)
+
+
 async def _capture(js: JetStreamContext, settings: Settings, *, on: bool) -> None:
     """JOBS_DLQ captures advisories (on) or nothing at all (off: the advisory is lost)."""
     config = dlq_stream_config(settings)
@@ -159,6 +166,9 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
                 assert await _dlq_entries(js) == {}  # lost
                 workers.start()  # its reconciler, at start
                 assert not await wait_terminal(events, [first], timeout=30), workers.logs()
+                # the reconciler ends the job, then records it in JOBS_DLQ: wait for the record
+                # (a re-fired advisory that came first would be the entry kept instead)
+                await _until_recorded(js, poison[first])
 
                 # JetStream fires the lost advisory again, twice: nothing more happens.
                 for _ in range(2):

@@ -30,7 +30,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 
 from audioprep.domain.errors import MAX_DELIVERIES
 from audioprep.domain.events import ErrorInfo, JobFailed, JobRequested, is_terminal
@@ -40,15 +40,12 @@ from audioprep.shared.advisories import MaxDeliveriesAdvisory, decode_advisory
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.provision import dlq_consumer_config
+from audioprep.shared.pull_loop import PullLoop
 from audioprep.shared.settings import Settings
 
 log = logging.getLogger("audioprep.dead_letters")
 
-FETCH_BATCH = 16
-# A fetch that finds nothing within this time is idle, not a failure. nats-py says so with
-# FetchTimeoutError or nats.errors.TimeoutError, and a batch fetch whose deadline runs out
-# between its two pull requests with a plain asyncio TimeoutError: all are TimeoutError.
-FETCH_TIMEOUT_S = 2.0
+HANDLE_GRACE_S = 5.0  # on stop, an advisory being handled gets this long to finish
 ADVISORY_TYPE = "io.nats.jetstream.advisory.v1.max_deliver"
 # The reconciler: how often (at least; 2 × ack_wait by default), how far back its first pass
 # looks, how many requests one direct get returns and how many jobs it checks at once.
@@ -116,41 +113,18 @@ class DeadLetterFailer:
         self.js = js
         self.settings = settings
 
-    async def _subscribe(self, *, recreate: bool) -> JetStreamContext.PullSubscription:
-        if recreate:
-            try:
-                await self.js.consumer_info(self.settings.names.dlq_stream, names.DLQ_CONSUMER)
-            except NotFoundError:
-                await self.js.add_consumer(
-                    self.settings.names.dlq_stream, dlq_consumer_config(self.settings)
-                )
-        return await self.js.pull_subscribe_bind(
-            durable=names.DLQ_CONSUMER, stream=self.settings.names.dlq_stream
-        )
-
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; survives server restarts and a vanished consumer."""
-        sub: JetStreamContext.PullSubscription | None = None
-        recreate = False
-        while not stop.is_set():
-            try:
-                if sub is None:
-                    sub = await self._subscribe(recreate=recreate)
-                msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:  # idle: nothing was dead-lettered (see FETCH_TIMEOUT_S)
-                continue
-            except (ServiceUnavailableError, NotFoundError) as exc:
-                log.warning("dlq consumer unavailable", extra={"error": repr(exc)})
-                sub, recreate = None, True
-                await _sleep_unless(stop, 1.0)
-                continue
-            except Exception as exc:
-                log.warning("dlq fetch failed", extra={"error": repr(exc)})
-                await _sleep_unless(stop, 1.0)
-                continue
-            recreate = False
-            for msg in msgs:
-                await self.handle(msg)
+        loop = PullLoop(
+            self.js,
+            stream=self.settings.names.dlq_stream,
+            config=dlq_consumer_config(self.settings),
+            handler=self.handle,
+            concurrency=1,
+            grace_s=HANDLE_GRACE_S,
+            fetchers=1,
+        )
+        await loop.run(stop)
 
     async def handle(self, msg: Msg) -> None:
         """One advisory: fail the job, then ack; a NATS hiccup hands it back for later."""

@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from audioprep.domain.events import (
     JobCompleted,
     JobFailed,
+    JobReleased,
     JobRequested,
     JobResult,
     JobStarted,
@@ -123,6 +124,11 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
             async def on_event(msg: Msg) -> None:
                 event = decode_event(msg.data)
                 if isinstance(event, JobStarted) and event.job_id in poison:
+                    # Fair dispatch: workers are delivered the job's JobReleased, whose
+                    # sequence the advisory (and JOBS_DLQ's record) names.
+                    released = await events.last_event(event.job_id, "released")
+                    if released is not None:
+                        poison[event.job_id] = released.seq
                     await kills.put(int(event.worker.rsplit(":", 1)[1]))
 
             async def on_advisory(msg: Msg) -> None:
@@ -161,6 +167,10 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
                 workers.start()
                 await _until(lambda: workers.killed == MAX_DELIVER, 30, "two kills")
                 assert not workers.alive()
+                # JetStream gives up on a pull consumer's message when a pull request comes
+                # after its last ack_wait; workers ask only with a free slot (dead ones never
+                # again), so pull as the next worker's fetch would.
+                await _pull_once(js)
                 await _until(lambda: _fired_for(fired, poison[first]), 30, "the first advisory")
                 await _capture(js, settings, on=True)
                 assert await _dlq_entries(js) == {}  # lost
@@ -224,6 +234,15 @@ async def test_missed_and_repeated_advisories_end_a_poison_job_once(tmp_path: Pa
             assert reconciled == 2
 
 
+async def _pull_once(js: JetStreamContext) -> None:
+    sub = await js.pull_subscribe_bind(durable=names.worker_consumer("ingest"), stream=NAMES.stream)
+    try:
+        with contextlib.suppress(TimeoutError):
+            assert await sub.fetch(1, timeout=3 * ACK_WAIT_S) == []
+    finally:
+        await sub.unsubscribe()
+
+
 def _fired_for(fired: list[bytes], seq: int) -> bool:
     return any(decode_advisory(data).stream_seq == seq for data in fired)
 
@@ -257,7 +276,10 @@ async def test_reconciler_leaves_jobs_in_flight_or_waiting_for_a_retry(tmp_path:
                 JobRequested(job_id=new_job_id(), kind="ingest", source="upload") for _ in "abc"
             ]
             for job in jobs:
-                await events.request_job(job)
+                seq = await events.request_job(job)
+                # what the dispatcher does under fair dispatch (none runs here)
+                release = JobReleased(job_id=job.job_id, kind=job.kind, request_seq=seq)
+                assert await events.append_expecting(release, seq)
             sub = await js.pull_subscribe_bind(
                 durable=names.worker_consumer("ingest"), stream=NAMES.stream
             )
@@ -295,4 +317,4 @@ async def test_reconciler_leaves_jobs_in_flight_or_waiting_for_a_retry(tmp_path:
             assert await reconciler.reconcile() == []
             for job, ended in zip(jobs, ("JobCompleted", "JobCompleted", "JobFailed"), strict=True):
                 history = [type(s.event).__name__ for s in await events.history(job.job_id)]
-                assert history[1:] == [ended], history
+                assert history[1:] == ["JobReleased", ended], history

@@ -348,6 +348,24 @@ def http_load(
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (and its waited-for children) has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks
+
+
+def http_load_cpu(pid: int, tmp: Path, url: str, **kw: Any) -> dict[str, Any]:
+    """`http_load`, plus the server process's CPU per answered request (µs): a figure that the
+    other work on a shared box moves much less than throughput."""
+    before = cpu_seconds(pid)
+    result = http_load(tmp, url, **kw)
+    used = cpu_seconds(pid) - before
+    result["cpu_us_per_req"] = round(used / max(1, result["requests"]) * 1e6, 1)
+    return result
+
+
 def write_tiled_wav(path: Path, mono: Any, rate: int, seconds: float) -> Path:
     """`mono` (1, n) float repeated to `seconds`, written as 16-bit wav chunk by chunk (a long
     benchmark source without holding it in memory)."""

@@ -159,7 +159,7 @@ async def time_live_catch_up(env: Env, last_seq: int) -> float:
     nc = await connect(env.settings, "bench-projector")
     try:
         js = nc.jetstream()
-        projector = Projector(js, NAMES)
+        projector = Projector(js, NAMES, nc=nc)
         stop = asyncio.Event()
         start = time.perf_counter()
         task = asyncio.create_task(projector.run(stop))

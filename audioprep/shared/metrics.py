@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
@@ -186,6 +186,15 @@ def job_retrying(request: JobRequested, code: str) -> None:
 def projector_applied(seq: int, event_type: str, pending: int | None = None) -> None:
     """One event folded; `pending` (the consumer's num_pending) is the lag right now."""
     PROJECTOR_EVENTS.labels(event_type).inc()
+    projector_applied_seq().set(seq)
+    if pending is not None:
+        projector_lag().set(pending)
+
+
+def projector_applied_many(counts: Mapping[str, int], seq: int, pending: int | None) -> None:
+    """A batch of events folded: per type how many, the last sequence, the lag right now."""
+    for event_type, n in counts.items():
+        PROJECTOR_EVENTS.labels(event_type).inc(n)
     projector_applied_seq().set(seq)
     if pending is not None:
         projector_lag().set(pending)

@@ -27,8 +27,9 @@ typecheck: $(STAMP)
 
 # Debian packages the tests use: Chromium for tests/browser (Playwright from PyPI drives it),
 # espeak-ng for speech-like test material (tests/speech.py), ffprobe (package ffmpeg) as the
-# independent reader of tags and chapters (tests/publish).
-SYSTEM_DEPS := chromium espeak-ng ffmpeg
+# independent reader of tags and chapters (tests/publish), gcc to build RNNoise with SIMD at
+# first use (third_party/rnnoise; without a compiler the pyrnnoise wheel's slower library runs).
+SYSTEM_DEPS := chromium espeak-ng ffmpeg gcc
 system-deps:
 	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	test -z "$$missing" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \

@@ -1,8 +1,8 @@
 """Run every benchmark (each in its own process with its own nats-server), then print one table
 of results with ratios against the baselines measured in the same run.
 
-python -m bench.all [--only api,projector,workers,e2e,growth,render,loudness,voice,webhooks]
-                    [--quick]
+python -m bench.all [--only api,projector,workers,e2e,growth,render,loudness,voice,webhooks,
+                     publish] [--quick]
 Each benchmark writes bench/results/<name>.json; this writes bench/results/all.json too.
 """
 
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], float]] = {
     "loudness": (["bench/loudness.py"], ["--skip-long"], 1800),
     "voice": (["bench/voice.py"], ["--minutes", "5"], 1800),
     "webhooks": (["-m", "bench.webhooks"], ["--jobs", "300", "--idle-jobs", "50"], 600),
+    "publish": (["bench/publish.py"], ["--minutes", "5"], 1200),
 }
 
 

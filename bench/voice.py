@@ -5,9 +5,14 @@
    band, 16 kHz, PyPI `pesq`) and STOI (PyPI `pystoi`) against the clean take, and the noise
    floor left in the leading room tone. Candidates: FFmpeg `afftdn` with the measured noise
    floor, `anlmdn`, RNNoise (ours: pyrnnoise, delay removed), and our whole chain.
-2. Speed: the chain (highpass 80, dehum auto, denoise auto, leveler, deess) on a long episode,
-   × real time on one core, beside Debian's ffmpeg CLI running the FFmpeg-filter part
-   (highpass, bandreject notches, deesser) on the same file.
+2. RNNoise libraries on the same 60 s of the episode: the pyrnnoise wheel's, our build with
+   the wheel's float weights, our plain-C build with them (bit-exact with the wheel?), and
+   our build as the chain runs it (int8 weights, SSE4.1/AVX2 picked at run time): ms per
+   10 ms frame and the largest difference from the wheel's output.
+3. Speed: the chain (highpass 80, dehum auto, denoise auto, leveler, deess, flac) on a long
+   episode, × real time on one core (this process is pinned to one CPU), with our RNNoise and
+   with the wheel's (AUDIOPREP_RNNOISE=wheel) in the same run; beside it Debian's ffmpeg CLI
+   running the FFmpeg-filter part (highpass, bandreject notches, deesser) on the same file.
 Writes bench/results/voice.json and prints markdown tables. Not a test.
 
 Run: python bench/voice.py [--minutes 60]
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,11 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audioprep.domain.recipe import Deess, Denoise, Leveler, Recipe  # noqa: E402
+from audioprep.services.worker.pipeline import rnnoise_lib  # noqa: E402
 from audioprep.services.worker.pipeline.render import render  # noqa: E402
 from audioprep.services.worker.pipeline.signal_path import SignalPath, run_path  # noqa: E402
 from audioprep.services.worker.pipeline.voice_analysis import measure_voice  # noqa: E402
 from audioprep.services.worker.pipeline.voice_chain import plan_voice  # noqa: E402
-from bench.common import write_tiled_wav  # noqa: E402
+from bench.common import machine, write_tiled_wav  # noqa: E402
 from tests import media, speech  # noqa: E402
 
 RATE = 48000
@@ -94,8 +102,32 @@ def _row(
     seconds = mix.noisy.shape[1] / RATE
     lag = aligned(mix.clean, out)[1]
     rows.append({"snr": snr, "method": name, "pesq": pesq_v, "stoi": stoi_v,
-                 "floor_db": floor_db(out), "delay_ms": round(lag * 1000 / RATE, 1),
+                 "floor_db": floor_db(out), "delay_ms": round(lag * 1000 / RATE, 1) + 0.0,
                  "x_realtime": round(seconds / took, 1) if took else None})  # fmt: skip
+
+
+class Clock:
+    """Wall and CPU seconds of a block: this process's CPU time plus its finished children's
+    (the ffmpeg CLI). On a shared machine the wall clock also counts other people's work; CPU
+    seconds on the one pinned core are what "× real time on one core" means."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), self._cpu_now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = self._cpu_now() - self._cpu
+
+    @staticmethod
+    def _cpu_now() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def with_library(library: str) -> None:
+    """Which RNNoise the chain's Denoiser loads from now on (rnnoise_lib.load)."""
+    os.environ[rnnoise_lib.LIBRARY_ENV] = library
 
 
 def score_rows(work: Path, ffmpeg: str) -> list[dict[str, Any]]:
@@ -114,18 +146,20 @@ def score_rows(work: Path, ffmpeg: str) -> list[dict[str, Any]]:
             took = ffmpeg_af(ffmpeg, mix.path, dst, af)
             out, _ = media.decode_pcm(dst)
             _row(rows, mix, snr, name, out, took)
-        for name, recipe in (
-            ("RNNoise (ours)", Recipe(denoise=Denoise(amount_db=30))),
-            ("our chain", Recipe(highpass_hz=80, dehum="auto", denoise="auto")),
+        for name, recipe, library in (
+            ("RNNoise (ours)", Recipe(denoise=Denoise(amount_db=30)), "built"),
+            ("RNNoise (wheel's library)", Recipe(denoise=Denoise(amount_db=30)), "wheel"),
+            ("our chain", Recipe(highpass_hz=80, dehum="auto", denoise="auto"), "built"),
         ):
-            dst = work / f"ours-{name.split()[0]}-{snr:g}.wav"
+            with_library(library)
+            dst = work / f"ours-{name.split()[0]}-{library}-{snr:g}.wav"
             start = time.perf_counter()
             render(str(mix.path), str(dst), recipe, "wav")
             took = time.perf_counter() - start
             out, _ = media.decode_pcm(dst)
             _row(rows, mix, snr, name, out, took)
-        for r in rows[-5:]:
-            print(f"  SNR {snr:g}: {r['method']:24s} PESQ {r['pesq']:.2f} STOI {r['stoi']:.3f} "
+        for r in rows[-6:]:
+            print(f"  SNR {snr:g}: {r['method']:26s} PESQ {r['pesq']:.2f} STOI {r['stoi']:.3f} "
                   f"floor {r['floor_db']:.1f} dB", flush=True)  # fmt: skip
     return rows
 
@@ -139,15 +173,67 @@ def long_episode(work: Path, minutes: int) -> Path:
     return write_tiled_wav(path, pcm, RATE, minutes * 60)
 
 
+def library_rows(work: Path, seconds: float = 60.0) -> list[dict[str, Any]]:
+    """Denoise alone: each library on the same frames (a minute of the episode's material)."""
+    mix = speech.voice_mix(work / "episode-src", snr_db=15, hum_hz=50, level_step_db=6, name="ep")
+    n = int(seconds * RATE) // rnnoise_lib.FRAME * rnnoise_lib.FRAME
+    reps = -(-n // mix.noisy.shape[1])
+    x = np.ascontiguousarray(np.tile(mix.noisy[0], reps)[:n], dtype=np.float32)
+    frames = n // rnnoise_lib.FRAME
+
+    def run(rnn: rnnoise_lib.Rnnoise) -> tuple[np.ndarray, float]:
+        state, out = rnn.create(), np.empty_like(x)
+        vad = np.empty(frames, dtype=np.float32)
+        step = 16384 // rnnoise_lib.FRAME * rnnoise_lib.FRAME  # about the chain's block size
+        with Clock() as clock:
+            for i in range(0, n, step):
+                j = i // rnnoise_lib.FRAME
+                rnn.frames(state, x[i : i + step], out[i : i + step], vad[j : j + step // 480])
+        rnn.destroy(state)
+        return out, clock.cpu
+
+    candidates = (
+        ("pyrnnoise wheel (float weights, plain C)", rnnoise_lib.wheel()),
+        ("ours, plain C, float weights", rnnoise_lib.built(simd=False, float_weights=True)),
+        ("ours, SIMD (RTCD), float weights", rnnoise_lib.built(float_weights=True)),
+        ("ours, SIMD (RTCD), int8 weights: the chain's", rnnoise_lib.built()),
+    )
+    reference: np.ndarray | None = None
+    rows = []
+    for name, rnn in candidates:
+        run(rnn)  # warm: page in the weights
+        out, took = min((run(rnn) for _ in range(3)), key=lambda r: r[1])
+        if reference is None:
+            reference = out
+        diff = out - reference
+        err = float(np.mean(diff**2)) / float(np.mean(reference**2))
+        rows.append({
+            "library": name,
+            "ms_per_frame": round(took / frames * 1000, 3),
+            "x_realtime_per_channel": round(n / RATE / took, 1),
+            "max_abs_diff_vs_wheel": float(np.abs(diff).max()),
+            "diff_vs_wheel_db": round(10 * np.log10(err), 1) if err > 0 else None,
+        })  # fmt: skip
+        print(f"  {name:46s} {rows[-1]['ms_per_frame']:.3f} ms/frame "
+              f"max |diff| {rows[-1]['max_abs_diff_vs_wheel']:.2g}", flush=True)  # fmt: skip
+    return rows
+
+
 def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:
     src = long_episode(work, minutes)
     seconds = minutes * 60
     analysis = measure_voice(str(src))
     recipe = Recipe(highpass_hz=80, dehum="auto", denoise="auto",
                     leveler=Leveler(strength=0.7), deess=Deess(amount=0.5))  # fmt: skip
-    start = time.perf_counter()
-    render(str(src), str(work / "episode-out.flac"), recipe, "flac")
-    chain_s = time.perf_counter() - start
+    chain: dict[str, Clock] = {}
+    for library in ("built", "wheel"):
+        with_library(library)
+        rnnoise_lib.load()  # built and cached before the clock starts (first use: ~3 s)
+        with Clock() as chain[library]:
+            render(str(src), str(work / "episode-out.flac"), recipe, "flac")
+        print(f"  chain, {library}: {chain[library].cpu:.1f} CPU s, "
+              f"{chain[library].wall:.1f} s wall", flush=True)  # fmt: skip
+    with_library("built")
     plan = plan_voice(
         Recipe(highpass_hz=80, dehum=50, deess=Deess(amount=0.5)),
         analysis=None,
@@ -158,33 +244,45 @@ def speed_rows(work: Path, ffmpeg: str, minutes: int) -> dict[str, Any]:
     )
     af = ",".join(f"{name}={args}" for name, args in plan.pre + plan.post)
     # the FFmpeg-filter part alone, same filters, no encoder on either side
-    cli_start = time.perf_counter()
-    subprocess.run(
-        [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i",
-         str(src), "-af", af + ",aformat=sample_fmts=s16", "-f", "null", "-"],
-        check=True,
-    )  # fmt: skip
-    ffmpeg_s = time.perf_counter() - cli_start
+    with Clock() as cli:
+        subprocess.run(
+            [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-i",
+             str(src), "-af", af + ",aformat=sample_fmts=s16", "-f", "null", "-"],
+            check=True,
+        )  # fmt: skip
     path = SignalPath(
         timing=[("asetpts", "PTS-STARTPTS")], fades=[], source_rate=RATE, rate=RATE,
         layout="mono", voice=plan,
     )  # fmt: skip
-    start = time.perf_counter()
-    for _ in run_path(str(src), path, gain_db=0.0, ceiling_db=None,
-                      tail=[("aformat", "sample_fmts=s16")]):  # fmt: skip
-        pass
-    ours_filters_s = time.perf_counter() - start
+    with Clock() as filters:
+        for _ in run_path(str(src), path, gain_db=0.0, ceiling_db=None,
+                          tail=[("aformat", "sample_fmts=s16")]):  # fmt: skip
+            pass
     out = {
         "minutes": minutes,
         "analysis_hum_hz": analysis.hum.frequency_hz if analysis.hum else None,
-        "chain_seconds": round(chain_s, 1),
-        "chain_x_realtime": round(seconds / chain_s, 1),
-        "ffmpeg_filters_seconds": round(ffmpeg_s, 1),
-        "our_filters_seconds": round(ours_filters_s, 1),
-        "filters_ratio": round(ours_filters_s / ffmpeg_s, 2),
+        "chain_cpu_seconds": round(chain["built"].cpu, 1),
+        "chain_wall_seconds": round(chain["built"].wall, 1),
+        "chain_x_realtime": round(seconds / chain["built"].cpu, 1),
+        "chain_x_realtime_wall": round(seconds / chain["built"].wall, 1),
+        "chain_wheel_cpu_seconds": round(chain["wheel"].cpu, 1),
+        "chain_wheel_wall_seconds": round(chain["wheel"].wall, 1),
+        "chain_wheel_x_realtime": round(seconds / chain["wheel"].cpu, 1),
+        "chain_wheel_x_realtime_wall": round(seconds / chain["wheel"].wall, 1),
+        "ffmpeg_filters_cpu_seconds": round(cli.cpu, 2),
+        "our_filters_cpu_seconds": round(filters.cpu, 2),
+        "filters_ratio": round(filters.cpu / cli.cpu, 2),
+        "filters_ratio_wall": round(filters.wall / cli.wall, 2),
     }
     print(json.dumps(out), flush=True)
     return out
+
+
+def pin_one_cpu() -> int:
+    """Run (and let the ffmpeg CLI run) on one CPU: "× real time on one core"."""
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 def main() -> None:
@@ -192,7 +290,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-scores", action="store_true")
+    parser.add_argument("--skip-libraries", action="store_true")
     args = parser.parse_args()
+    cpu = pin_one_cpu()
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None or not speech.have_espeak():
         print("needs Debian's ffmpeg and espeak-ng (make bench installs them)")
@@ -201,16 +301,27 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = [] if args.skip_scores else score_rows(work, ffmpeg)
+    libraries = [] if args.skip_libraries else library_rows(work)
     speed = None if args.skip_speed else speed_rows(work, ffmpeg, args.minutes)
     out = ROOT / "bench" / "results" / "voice.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"measured": measured, "rows": rows, "speed": speed}, indent=2))
-    print(f"\nmeasured {measured}\n")
+    result = {"measured": measured, "machine": machine(), "cpu_pinned": cpu, "rows": rows,
+              "libraries": libraries, "speed": speed}  # fmt: skip
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nmeasured {measured}, pinned to CPU {cpu}\n")
     print("| SNR | method | PESQ | STOI | floor in room tone (dBFS) | delay (ms) |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['snr']:g} dB | {r['method']} | {r['pesq']:.2f} | {r['stoi']:.3f} "
               f"| {r['floor_db']:.1f} | {r['delay_ms']:g} |")  # fmt: skip
+    if libraries:
+        print("\n| RNNoise library | ms per 10 ms frame | × real time (one channel) "
+              "| max abs difference from the wheel | difference (dB re signal) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|")
+        for r in libraries:
+            db = "bit-exact" if r["diff_vs_wheel_db"] is None else f"{r['diff_vs_wheel_db']:g}"
+            print(f"| {r['library']} | {r['ms_per_frame']:.3f} | {r['x_realtime_per_channel']:g} "
+                  f"| {r['max_abs_diff_vs_wheel']:.2g} | {db} |")  # fmt: skip
     if speed:
         print("\n" + json.dumps(speed))
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: a real nats-server per session, real storage, the services in-process."""
+"""Shared fixtures: the one real nats-server of the test run, real storage, the services
+in-process. Suites that must not share consumers with this stack get their own names on the
+same server (tests/services.py); only the fault suites, which kill, fill or reconfigure a
+server, start their own."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
+from tests.waiting import close_clients
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +50,7 @@ async def nc(base_settings: Settings) -> AsyncIterator[Client]:
     client = await connect(base_settings, "tests")
     await provision(client.jetstream(), base_settings)
     yield client
+    await close_clients()  # tests.waiting's wake-up connections
     await client.close()
 
 
@@ -69,7 +74,9 @@ async def running_stack(
     tasks = [asyncio.create_task(run_projector(settings, stop))]
     tasks += [asyncio.create_task(run_worker(settings, stop)) for _ in range(workers)]
     try:
-        async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
+        app = create_app(settings)
+        app.state.settings = settings  # tests.jobs_helpers.wait_for_job wakes on its names
+        async with AsyncTestClient(app=app, timeout=30) as client:
             yield Stack(settings=settings, client=client, nc=nc)
     finally:
         stop.set()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-TERMINAL = {"completed", "failed", "cancelled"}
+from audioprep.domain.kinds import TERMINAL_STATUSES
+from audioprep.shared import names
+from audioprep.shared.settings import Settings
+from tests.waiting import client_for, wait_until
+
+TERMINAL: set[str] = set(TERMINAL_STATUSES)
 
 
 async def wait_for_job(
@@ -19,14 +22,25 @@ async def wait_for_job(
     statuses: set[str] = TERMINAL,
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Poll the job until it reaches one of `statuses` (deadline, no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
+    """GET the job until it reaches one of `statuses`: again after each of its events and each
+    update of its view in KV (wake-ups on NATS; `running_stack` puts the settings on the app).
+    Apps without them are re-checked every 50 ms."""
+    settings: Settings | None = getattr(client.app.state, "settings", None)
     last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    async def check() -> dict[str, Any] | None:
+        nonlocal last
         resp = await client.get(f"/api/audio/jobs/{job_id}", headers=headers)
         assert resp.status_code == 200, resp.text
         last = resp.json()
-        if last["status"] in statuses:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} stuck: {last}")
+        return last if last["status"] in statuses else None
+
+    try:
+        if settings is None:
+            return await wait_until(None, [], check, timeout=timeout, what=job_id, recheck_s=0.05)
+        n = settings.names
+        subjects = [n.job_subjects(job_id), names.kv_subject(n.jobs_bucket, job_id)]
+        nc = await client_for(settings)
+        return await wait_until(nc, subjects, check, timeout=timeout, what=job_id)
+    except AssertionError:
+        raise AssertionError(f"job {job_id} stuck: {last}") from None

@@ -124,6 +124,32 @@ class VoiceReport(_Data, frozen=True, kw_only=True):
     steps: VoiceSteps
 
 
+class OutputResult(_Data, frozen=True, kw_only=True):
+    """One file of a save with several `outputs` (docs/publishing.md)."""
+
+    format: str
+    prepared_key: str
+    size_bytes: int
+    duration_ms: int
+    sample_rate: int
+    channels: int
+    codec: str
+    loudness_report: LoudnessReport | None = None
+    download_url: str | None = None  # added by the API (and notifier) when answering
+
+
+class PartResult(_Data, frozen=True, kw_only=True):
+    """An intro, the episode or an outro as it went into the output."""
+
+    part: Literal["intro", "episode", "outro"]
+    source_key: str
+    start_ms: int  # in the output
+    duration_ms: int
+    crossfade_ms: int = 0  # overlap with the part before
+    gain_db: float | None = None  # the loudness-matching gain (intro/outro)
+    integrated_lufs: float | None = None  # after matching, before final normalisation
+
+
 class JobResult(_Data, frozen=True, kw_only=True):
     """What a finished job produced; fields depend on the kind (ingest vs render)."""
 
@@ -146,6 +172,8 @@ class JobResult(_Data, frozen=True, kw_only=True):
     analysis: VoiceAnalysisInfo | None = None  # ingest
     voice_report: VoiceReport | None = None  # renders with a voice chain
     chapters_key: str | None = None  # save with chapters: Podcasting 2.0 JSON chapters file
+    outputs: list[OutputResult] | None = None  # a save with `outputs`: every file
+    parts: list[PartResult] | None = None  # a render with intro/outro: where each part landed
 
 
 class _Event(
@@ -195,6 +223,9 @@ class JobRequested(_Event, tag="JobRequested", frozen=True, kw_only=True):
     chapters: list[dict[str, Any]] | None = None
     preset: str | None = None
     preset_revision: int | None = None
+    # A save with several outputs: [{"format", "options"?, "filename"?}]; `format` is then
+    # the first one's (docs/publishing.md).
+    outputs: list[dict[str, Any]] | None = None
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):

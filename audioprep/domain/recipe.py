@@ -88,6 +88,25 @@ class ShortenPauses(_Base, frozen=True):
     max_pause_ms: Annotated[int, msgspec.Meta(ge=300, le=5000)] = 1000
 
 
+# What keys.is_safe_key accepts, for schemas (a key outside it is a 422 `invalid_source_key`,
+# not a validation error): segments without control characters, none empty, `.` or `..`, no
+# leading `/`.
+_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
+SAFE_KEY_PATTERN: Final = f"^{_SEGMENT}(/{_SEGMENT})*$"
+_SourceKey = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=1024, extra_json_schema={"pattern": SAFE_KEY_PATTERN}),
+]
+
+
+class IntroOutro(_Base, frozen=True):
+    """A jingle of this tenant (an ingested source) before or after the episode: matched to
+    the episode's loudness and joined with an equal-power crossfade (docs/publishing.md)."""
+
+    source_key: _SourceKey
+    crossfade_ms: Annotated[int, msgspec.Meta(ge=10, le=30_000)] = 1000
+
+
 class Recipe(_Base, frozen=True):
     """What to do to a source; the defaults are the identity edit.
 
@@ -110,6 +129,8 @@ class Recipe(_Base, frozen=True):
     leveler: Leveler | None = None
     deess: Deess | None = None
     shorten_pauses: ShortenPauses | None = None
+    intro: IntroOutro | None = None  # before the episode (the whole output is then normalised)
+    outro: IntroOutro | None = None
 
 
 class OutputOptions(_Base, frozen=True):
@@ -159,13 +180,13 @@ def _canonical(value: Any) -> Any:
     """Drop default-valued fields recursively so equal edits encode to equal bytes."""
     if isinstance(value, msgspec.Struct):
         out: dict[str, Any] = {}
-        defaults = type(value)()  # every Struct here has defaults for all fields
-        for name, encoded in zip(
-            value.__struct_fields__, value.__struct_encode_fields__, strict=True
-        ):
-            field = getattr(value, name)
-            if field != getattr(defaults, name):
-                out[encoded] = _canonical(field)
+        for info in msgspec.structs.fields(value):
+            field = getattr(value, info.name)
+            default = info.default
+            if info.default_factory is not msgspec.NODEFAULT:
+                default = info.default_factory()
+            if default is msgspec.NODEFAULT or field != default:  # required fields stay
+                out[info.encode_name] = _canonical(field)
         return out
     if isinstance(value, float) and value.is_integer():
         return int(value)

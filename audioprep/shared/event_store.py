@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 
 from audioprep.domain import kinds
-from audioprep.domain.events import Event, JobRequested, decode_event, encode_event
+from audioprep.domain.events import Event, JobCompleted, JobRequested, decode_event, encode_event
 from audioprep.shared import direct_get
 from audioprep.shared.names import Names
 
 WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
 HISTORY_BATCH = 256
 TERMINAL_CAS_RETRIES = 50
+
+
+class BatchRejected(Exception):
+    """The server refused an atomic batch for another reason than the job existing."""
+
+    def __init__(self, job_id: str, error: dict[str, object]) -> None:
+        super().__init__(f"batch for job {job_id} refused: {error}")
+        self.error = error
 
 
 class JobAlreadyExists(Exception):
@@ -99,10 +115,68 @@ class EventStore:
             raise JobAlreadyExists(event.job_id) from exc
         return ack.seq
 
+    async def request_completed(
+        self, request: JobRequested, completed: JobCompleted, *, traceparent: str | None = None
+    ) -> int:
+        """Publish a job that is answered at once (a render-cache hit): its JobRequested and its
+        JobCompleted in one atomic batch, so no reader ever sees the one without the other.
+
+        The request carries the create-once check, which makes the completion the job's only
+        terminal event too. Returns the completion's sequence; raises JobAlreadyExists like
+        `request_job` (also for a replay inside the duplicate window).
+        """
+        batch_id = uuid.uuid4().hex
+        create_once = {
+            "Nats-Batch-Id": batch_id,
+            "Nats-Batch-Sequence": "1",
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(request.job_id),
+        }
+        commit = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"}
+        if traceparent:
+            create_once["traceparent"] = commit["traceparent"] = traceparent
+        await self.nc.publish(
+            self.names.event_subject(request.kind, request.job_id, request.name),
+            encode_event(request),
+            headers=create_once,
+        )
+        reply = await self.nc.request(
+            self.names.event_subject(completed.kind, completed.job_id, completed.name),
+            encode_event(completed),
+            headers=commit,
+            timeout=self.timeout,
+        )
+        answer = json.loads(reply.data or b"{}")
+        error = answer.get("error")
+        if error is None:
+            return int(answer["seq"])
+        if error.get("err_code") in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
+            raise JobAlreadyExists(request.job_id)
+        raise BatchRejected(request.job_id, error)
+
     async def first_event(self, job_id: str) -> StoredEvent | None:
         """The job's JobRequested (its first message), or None if the job is unknown."""
         history = await self.history(job_id, limit=1)
         return history[0] if history else None
+
+    @contextlib.asynccontextmanager
+    async def wake_ups(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """An asyncio.Event set whenever something is published on the job's subjects (a core
+        NATS subscription: a wake-up means "read again", never the data itself)."""
+        wake = asyncio.Event()
+
+        async def on_msg(_msg: Msg) -> None:
+            wake.set()
+
+        sub = await self.nc.subscribe(self.names.job_subjects(job_id), cb=on_msg)
+        try:
+            await self.nc.flush()  # registered before the caller reads: nothing slips by
+            yield wake
+        finally:
+            # A caller that goes away (an SSE client) cancels this scope; shield the clean-up
+            # or the await is cancelled again and the subscription lingers on the connection.
+            with anyio.CancelScope(shield=True), contextlib.suppress(NatsError):
+                await sub.unsubscribe()
 
     async def request_at(self, seq: int) -> JobRequested | None:
         """The JobRequested at stream sequence `seq` (None if aged out or not a request)."""

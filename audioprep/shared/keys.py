@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from audioprep.shared.ids import is_job_id
 from audioprep.shared.names import check_token
 
 DEFAULT_TENANT = "default"
@@ -62,6 +63,16 @@ def sources_prefix(tenant: str, job_id: str) -> str:
 
 def source_key(tenant: str, job_id: str, name: str) -> str:
     return f"{sources_prefix(tenant, job_id)}/{safe_filename(name)}"
+
+
+def ingest_job_of(key: str) -> str | None:
+    """The ingest job that stored a source key (`[tenants/<t>/]sources/<jobId>/<name>`)."""
+    parts = key.split("/")
+    if parts[0] == "tenants":
+        parts = parts[2:]
+    if len(parts) == 3 and parts[0] == "sources" and is_job_id(parts[1]):
+        return parts[1]
+    return None
 
 
 def peaks_key(tenant: str, job_id: str) -> str:

@@ -1,4 +1,5 @@
-"""Publishing fields of a save: tags (`metadata`) and chapter marks (`chapters`).
+"""Publishing fields of a save: tags (`metadata`), chapter marks (`chapters`) and several
+`outputs` of one render.
 
 Validated at the API (a 422 naming the field) and again in the worker (the event could come
 from anywhere). Chapter times are **source** milliseconds; `output_chapters` moves them onto the
@@ -12,10 +13,12 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from audioprep.shared.keys import DEFAULT_TENANT
+from audioprep.domain.recipe import OutputOptions, SaveFormat
+from audioprep.shared.keys import DEFAULT_TENANT, safe_filename, stem
 from audioprep.shared.names import check_token
 
 MAX_CHAPTERS: Final = 500
+MAX_OUTPUTS: Final = 5
 CHAPTERS_JSON_VERSION: Final = "1.2.0"
 CHAPTERS_MEDIA_TYPE: Final = "application/json+chapters"
 
@@ -79,6 +82,33 @@ class Chapter(_Strict, frozen=True, kw_only=True):
     start_ms: Annotated[int, msgspec.Meta(ge=0, le=100 * 3600 * 1000)]
     title: _Line
     url: _Url | None = None
+
+
+class Output(_Strict, frozen=True, kw_only=True):
+    """One file of a save with several outputs: its format, encoder options and name."""
+
+    format: SaveFormat
+    options: OutputOptions | None = None
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+
+
+OutputList = Annotated[list[Output], msgspec.Meta(min_length=1, max_length=MAX_OUTPUTS)]
+
+
+def output_stems(outputs: list[Output], default: str) -> list[str]:
+    """Each output's storage-safe file stem (its `filename`, else `default`); two outputs of
+    one format with the same stem get `-2`, `-3` so no file overwrites another."""
+    taken: set[tuple[str, str]] = set()
+    stems: list[str] = []
+    for output in outputs:
+        base = safe_filename(stem(output.filename)) if output.filename else default
+        name, n = base, 1
+        while (output.format, name) in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add((output.format, name))
+        stems.append(name)
+    return stems
 
 
 class MetadataError(ValueError):
@@ -157,15 +187,20 @@ def output_chapters(
     kept_end_ms: int | None = None,
     cuts_ms: list[tuple[int, int]] | None = None,
     speed: float = 1.0,
+    offset_ms: int = 0,
+    episode_ms: int | None = None,
 ) -> list[OutputChapter]:
     """Move source-time chapters onto the output.
 
-    Output time of source time t = (t − kept start − cut time before t) / speed. A chapter at
-    or past the kept end (or the output's end) is dropped. Chapters that land on the same
-    output time (all those before the kept start land on 0; a chapter inside a cut lands where
-    the cut was) keep only the last of them: its content is what plays from there.
+    Output time of source time t = offset + (t − kept start − cut time before t) / speed,
+    where `offset` is where the episode starts (after an intro, less its crossfade). A chapter
+    at or past the kept end (or the episode's end in the output) is dropped. Chapters that
+    land on the same output time (all those before the kept start land on the episode's
+    start; a chapter inside a cut lands where the cut was) keep only the last of them: its
+    content is what plays from there. The last chapter ends with the output (an outro).
     """
     cuts = sorted(cuts_ms or [])
+    end_of_episode = duration_ms if episode_ms is None else min(offset_ms + episode_ms, duration_ms)
     placed: dict[int, Chapter] = {}
     for chapter in chapters:
         t = chapter.start_ms
@@ -173,10 +208,10 @@ def output_chapters(
             continue
         t = max(t, kept_start_ms)
         removed = sum(max(0, min(end, t) - max(start, kept_start_ms)) for start, end in cuts)
-        out = round((t - kept_start_ms - removed) / speed)
-        if out >= duration_ms:
+        out = offset_ms + round((t - kept_start_ms - removed) / speed)
+        if out >= end_of_episode:
             continue
-        placed[max(out, 0)] = chapter  # later chapters replace earlier ones at the same time
+        placed[max(out, offset_ms, 0)] = chapter  # a later chapter replaces one at its time
     starts = sorted(placed)
     return [
         OutputChapter(

@@ -27,6 +27,7 @@ PROJECTOR_CHECKPOINT_KEY: Final = "checkpoint"
 PRESETS_HISTORY: Final = 16
 # Render-cache coalescing markers live beside the cache entries (audioprep.services.api.previews)
 _RENDER_MARKER_PREFIX: Final = "inflight."
+_RENDER_ALIAS_PREFIX: Final = "alias."
 
 # Durable consumers (per stream)
 DLQ_CONSUMER: Final = "dlq-failer"
@@ -76,6 +77,12 @@ def preset_key(tenant: str, name: str) -> str:
 def render_marker_key(cache_key: str) -> str:
     """KV `render_cache` key of the marker that coalesces concurrent misses of one cache key."""
     return f"{_RENDER_MARKER_PREFIX}{cache_key}"
+
+
+def render_alias_key(job_id: str) -> str:
+    """KV `render_cache` key recording that an idempotent preview request joined another job
+    (value: `<joined job id> <request fingerprint>`)."""
+    return f"{_RENDER_ALIAS_PREFIX}{check_token(job_id)}"
 
 
 def kv_stream(bucket: str) -> str:

@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from audioprep.domain.events import utcnow
 from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
 from audioprep.shared import names
-from audioprep.shared.metadata import Metadata
+from audioprep.shared.metadata import Metadata, OutputList
 from audioprep.shared.names import Names
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
@@ -48,6 +48,7 @@ class PresetFields(
     metadata: Metadata | None = None
     format: SaveFormat | None = None
     options: OutputOptions | None = None
+    outputs: OutputList | None = None  # several files per save (instead of `format`)
 
 
 class Preset(PresetFields, frozen=True, kw_only=True):
@@ -159,14 +160,15 @@ def _fields(fields: PresetFields) -> dict[str, Any]:
         "metadata": fields.metadata,
         "format": fields.format,
         "options": fields.options,
+        "outputs": fields.outputs,
     }
 
 
 def merge_into_request(preset: Preset, body: dict[str, Any], *, save: bool) -> dict[str, Any]:
     """The request body with the preset's values where the request has none: `recipe` and
-    `metadata` merged field by field (the request's fields win), `format`/`options` taken
-    from the preset only when the request leaves them out (saves; a preview's format is its
-    own)."""
+    `metadata` merged field by field (the request's fields win), `format`/`outputs` taken
+    from the preset only when the request has neither, `options` when it has none (saves; a
+    preview's format is its own)."""
     merged = dict(body)
     if preset.recipe is not None:
         base = msgspec.json.decode(normalized_recipe_bytes(preset.recipe))  # non-defaults only
@@ -184,8 +186,11 @@ def merge_into_request(preset: Preset, body: dict[str, Any], *, save: bool) -> d
             merged["metadata"] = {**base, **request_meta}
         elif request_meta is None:
             merged["metadata"] = base
-    if preset.format is not None and "format" not in body:
+    chose_files = body.get("format") is not None or body.get("outputs") is not None
+    if preset.format is not None and not chose_files:
         merged["format"] = preset.format
+    if preset.outputs is not None and not chose_files:
+        merged["outputs"] = msgspec.to_builtins(preset.outputs)
     if preset.options is not None and "options" not in body:
         merged["options"] = msgspec.to_builtins(preset.options)
     return merged

@@ -37,6 +37,7 @@ def jobs_stream_config(settings: Settings) -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=settings.stream_replicas,
         allow_direct=True,
+        allow_atomic=True,  # a render-cache hit: request + completion in one batch
         deny_delete=True,
         deny_purge=True,
         max_msg_size=1024 * 1024,

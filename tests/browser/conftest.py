@@ -42,6 +42,7 @@ BROWSER_TEST_FILES = frozenset(
         "test_docs_ui.py",
         "test_web_webhooks.py",
         "test_web_quick_preview.py",
+        "test_web_presets.py",
     }
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})

@@ -27,7 +27,8 @@ async def hook_stack(stack: Stack) -> AsyncIterator[WebStack]:
     """An API with API keys (a fresh tenant) and a webhook key, plus a notifier; same NATS,
     storage, projector and worker as the session's stack. 127.0.0.1 is in
     AUDIOPREP_URL_ALLOW_HOSTS (base settings), so the loopback receiver may be registered."""
-    settings = webhook_settings(stack.settings)
+    # the session's names, not the webhooks suite's: this stack's jobs go to the session worker
+    settings = webhook_settings(stack.settings).with_(names=stack.settings.names)
     assert "127.0.0.1" in settings.url_allow_hosts
     await provision_webhooks(stack.nc.jetstream(), settings)
     async with serve_api(settings) as web, notifier_task(web.settings):

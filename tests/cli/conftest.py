@@ -16,8 +16,10 @@ import pytest
 import uvicorn
 from nats.aio.client import Client
 
+from audioprep.shared import names
 from audioprep.shared.nats_server import free_port
 from audioprep.shared.settings import Settings
+from tests.waiting import wait_until
 
 AUDIOPREP = str(Path(sys.executable).parent / "audioprep")
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -70,16 +72,18 @@ async def run_cli(stack: CliStack, *args: str, timeout: float = 60.0, **env: str
 
 
 async def wait_view(stack: CliStack, job_id: str, timeout: float = 60.0) -> dict[str, object]:
-    """Poll the job view over HTTP until it is terminal (deadline, no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
+    """GET the job view over HTTP until it is terminal, again after each of its events and
+    view updates (tests.waiting)."""
+    n = stack.settings.names
+    subjects = [n.job_subjects(job_id), names.kv_subject(n.jobs_bucket, job_id)]
     async with httpx.AsyncClient(base_url=stack.api_url) as client:
-        while True:
+
+        async def check() -> dict[str, object] | None:
             resp = await client.get(f"/api/audio/jobs/{job_id}")
-            if resp.status_code == 200 and resp.json()["status"] in TERMINAL:
-                return dict(resp.json())
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} stuck: {resp.text}")
-            await asyncio.sleep(0.05)
+            ok = resp.status_code == 200 and resp.json()["status"] in TERMINAL
+            return dict(resp.json()) if ok else None
+
+        return await wait_until(stack.nc, subjects, check, timeout=timeout, what=f"job {job_id}")
 
 
 @contextlib.asynccontextmanager

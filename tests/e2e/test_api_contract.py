@@ -23,7 +23,7 @@ from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 
-NAMES = Names()  # the default prefix: what `audioprep up` uses
+NAMES = Names("idle")  # its own names on the session's nats-server: no workers there
 
 T = TypeVar("T")
 DEDUPE_WINDOW_S = 1.0
@@ -43,13 +43,15 @@ class IdleApi:
 
 
 @pytest.fixture(scope="module")
-async def idle_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[IdleApi]:
+async def idle_api(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[IdleApi]:
     from audioprep.services.api.app import create_app
 
     base = tmp_path_factory.mktemp("idle-api")
-    server = NatsServer(base / "nats").start()
     settings = Settings(
-        nats_url=server.url,
+        nats_url=nats_server.url,
+        names=NAMES,
         data_dir=base,
         storage_url=(base / "storage").resolve().as_uri(),
         signing_secret="idle-api-secret-0123456789abcdef0123",
@@ -57,19 +59,16 @@ async def idle_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Id
         log_format="console",
         log_level="ERROR",
     )
-    try:
-        nc = await connect(settings, "tests")
-        js = nc.jetstream()
-        await provision(js, settings)
-        # A short dedupe window, so "after the stream's dedupe window" is testable in seconds.
-        config = (await js.stream_info(NAMES.stream)).config
-        config.duplicate_window = DEDUPE_WINDOW_S
-        await js.update_stream(config)
-        await nc.close()
-        async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
-            yield IdleApi(client=client, settings=settings)
-    finally:
-        server.stop()
+    nc = await connect(settings, "tests")
+    js = nc.jetstream()
+    await provision(js, settings)
+    # A short dedupe window, so "after the stream's dedupe window" is testable in seconds.
+    config = (await js.stream_info(NAMES.stream)).config
+    config.duplicate_window = DEDUPE_WINDOW_S
+    await js.update_stream(config)
+    await nc.close()
+    async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
+        yield IdleApi(client=client, settings=settings)
 
 
 async def concurrently(

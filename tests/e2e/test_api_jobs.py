@@ -14,7 +14,7 @@ import pytest
 
 from audioprep.domain.events import JobCompleted, JobProgressed, JobResult, JobStarted
 from audioprep.services.api.openapi import OPERATIONS
-from audioprep.services.api.routes.job_events import follow_job, wake_ups
+from audioprep.services.api.routes.job_events import follow_job
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
 from audioprep.shared import signing
 from audioprep.shared.event_store import EventStore, StoredEvent
@@ -136,7 +136,10 @@ async def test_follow_is_woken_by_new_events(stack: Stack) -> None:
     store, job_id = await _stray_job(stack)
     seqs: list[int] = []
     finishing: asyncio.Task[None] | None = None
-    async with asyncio.timeout(20), wake_ups(stack.nc, stack.settings.names, job_id) as wake:
+    async with (
+        asyncio.timeout(20),
+        store.wake_ups(job_id) as wake,
+    ):
         async for item in follow_job(store, job_id, 0, wake, recheck_s=3600, keepalive_s=3600):
             assert item is not None
             seqs.append(item.seq)

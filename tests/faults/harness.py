@@ -37,6 +37,8 @@ from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
+from tests.services import service_env
+from tests.waiting import wait_until
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
@@ -58,24 +60,6 @@ def fault_settings(nats_url: str, data_dir: Path, **changes: object) -> Settings
         url_allow_hosts=frozenset({"127.0.0.1", "localhost"}),
     )
     return settings.with_(**changes)
-
-
-def service_env(settings: Settings) -> dict[str, str]:
-    """The environment a service process reads its settings from."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOPREP_")}
-    env.update(
-        AUDIOPREP_NATS_URL=settings.nats_url,
-        AUDIOPREP_DATA_DIR=str(settings.data_dir),
-        AUDIOPREP_STORAGE_URL=settings.storage,
-        AUDIOPREP_SIGNING_SECRET=settings.signing_secret,
-        AUDIOPREP_WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        AUDIOPREP_ACK_WAIT_S=str(settings.ack_wait_s),
-        AUDIOPREP_MAX_DELIVER=str(settings.max_deliver),
-        AUDIOPREP_STREAM_REPLICAS=str(settings.stream_replicas),
-        AUDIOPREP_LOG_FORMAT="console",
-        AUDIOPREP_LOG_LEVEL="INFO",
-    )
-    return env
 
 
 class Workers:
@@ -319,14 +303,19 @@ def tally(job_ids: Iterable[str], events: dict[str, list[StoredEvent]]) -> Tally
 
 
 async def wait_terminal(events: EventStore, job_ids: Iterable[str], *, timeout: float) -> set[str]:
-    """Poll until every job has a terminal event (or the deadline); returns the unfinished."""
+    """Wait until every job has a terminal event (or the deadline), looking again after each
+    terminal event on the stream (tests.waiting); returns the unfinished."""
     waiting = list(job_ids)
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
+
+    async def check() -> bool | None:
+        nonlocal waiting
         found = await asyncio.gather(
             *(events.terminal_event(j) for j in waiting), return_exceptions=True
         )
         waiting = [j for j, f in zip(waiting, found, strict=True) if not isinstance(f, StoredEvent)]
-        if waiting:
-            await asyncio.sleep(0.25)
+        return True if not waiting else None
+
+    with contextlib.suppress(AssertionError):  # the deadline: report who is left
+        subjects = events.names.terminal_filters()
+        await wait_until(events.nc, subjects, check, timeout=timeout, what="terminal events")
     return set(waiting)

@@ -40,8 +40,15 @@ MAX_DELIVER = 5
 
 async def test_poison_job_fails_with_max_deliveries(tmp_path: Path) -> None:
     with private_server(tmp_path / "nats") as server:
+        # One job per worker: a kill then takes only the poison job (and at most the one
+        # message a pull loop holds), so an ordinary job is not killed five times alongside
+        # it on a slow machine (with two slots it was, now and then, and failed too).
         settings = fault_settings(
-            server.url, tmp_path / "data", ack_wait_s=2.0, max_deliver=MAX_DELIVER
+            server.url,
+            tmp_path / "data",
+            ack_wait_s=2.0,
+            max_deliver=MAX_DELIVER,
+            worker_concurrency=1,
         )
         async with connected(settings) as nc:
             js = nc.jetstream()

@@ -4,12 +4,13 @@ stack does (its workers allow 127.0.0.1) can pick up these jobs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.provision import provision
@@ -32,18 +33,12 @@ B = bearer(KEY_B)
 
 
 @pytest.fixture(scope="session")
-def secure_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("secure-nats"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def secure_settings(secure_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def secure_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """API keys on, dev mode off: its own names on the session's nats-server."""
     data = tmp_path_factory.mktemp("secure-data")
     return Settings(
-        nats_url=secure_nats.url,
+        nats_url=nats_server.url,
+        names=Names("sec"),
         data_dir=data,
         storage_url=(data / "storage").resolve().as_uri(),
         signing_secret="secure-test-secret-0123456789abcdef",

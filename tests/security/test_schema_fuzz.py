@@ -46,7 +46,7 @@ from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from tests.security.conftest import KEY_A, KEY_B, TENANT_A, TENANT_B
 
-NAMES = Names()  # the default prefix: what `audioprep up` uses
+NAMES = Names("fuzz")  # its own names on the session's nats-server: no workers there
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 MAX_EXAMPLES = 60  # fuzzing examples per operation (coverage and examples phases come on top)
@@ -118,6 +118,7 @@ def _finished_jobs(base_url: str, nats_url: str) -> list[str]:
 def fuzz_settings(base: Path, nats_url: str) -> Settings:
     return Settings(
         nats_url=nats_url,
+        names=NAMES,
         data_dir=base,
         storage_url=(base / "storage").resolve().as_uri(),
         signing_secret="fuzz-secret-0123456789abcdef0123456789",
@@ -148,9 +149,11 @@ schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 @pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+def live_api(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveApi]:
     base = tmp_path_factory.mktemp("fuzz")
-    server = NatsServer(base / "nats").start()
+    server = nats_server
     settings = fuzz_settings(base, server.url)
 
     async def prepare() -> None:
@@ -180,7 +183,6 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     finally:
         uv.should_exit = True
         thread.join(15)
-        server.stop()
 
 
 def test_the_served_schema_is_this_one(live_api: LiveApi) -> None:

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from nats.aio.client import Client
 
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.nats_server import NatsServer, free_port, wait_for_port
 from audioprep.shared.provision import provision
@@ -97,19 +98,15 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     return open_storage(f"s3://{bucket_name}/t-{uuid.uuid4().hex[:10]}")
 
 
-@pytest.fixture(scope="module")
-def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A nats-server for this module only: workers of other modules (local storage) must
-    not take these jobs from the shared durable consumers."""
-    server = NatsServer(tmp_path_factory.mktemp("nats-storage"))
-    server.start()
-    yield server
-    server.stop()
+# The storage suite's own names on the session's nats-server (tests/services.py): workers
+# of other suites (local storage) never take these jobs.
+STORAGE_NAMES = Names("st")
 
 
 def own_settings(nats: NatsServer, storage_url: str, data: Path) -> Settings:
     return Settings(
         nats_url=nats.url,
+        names=STORAGE_NAMES,
         data_dir=data,
         storage_url=storage_url,
         signing_secret="test-secret",
@@ -121,9 +118,9 @@ def own_settings(nats: NatsServer, storage_url: str, data: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 async def own_nc(
-    own_nats: NatsServer, tmp_path_factory: pytest.TempPathFactory
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Client]:
-    settings = own_settings(own_nats, "", tmp_path_factory.mktemp("unused"))
+    settings = own_settings(nats_server, "", tmp_path_factory.mktemp("unused"))
     client = await connect(settings, "tests-storage")
     await provision(client.jetstream(), settings)
     yield client

@@ -40,11 +40,11 @@ from audioprep.services.cli.storage import (
 from audioprep.shared import render_cache
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.names import Names
 from audioprep.shared.nats_server import NatsServer
 from audioprep.shared.storage import ObjectInfo, Storage
+from tests.storage.conftest import STORAGE_NAMES
 
-NAMES = Names()  # the default prefix: what `audioprep up` uses
+NAMES = STORAGE_NAMES
 
 LATER = timedelta(days=2)  # "now" for runs that should see today's objects as past the grace
 
@@ -126,7 +126,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     ]
     await _put(storage, *doomed, *kept)
     await render_cache.remember(
-        await render_cache.bucket(js, Names()), cached, f"previews/{cached}.opus"
+        await render_cache.bucket(js, NAMES), cached, f"previews/{cached}.opus"
     )
 
     # Today nothing is past the grace period: only job-owned leftovers are planned.
@@ -148,7 +148,7 @@ async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
     assert [k for k in doomed if await _exists(storage, k)] == []
     assert [k for k in kept if not await _exists(storage, k)] == []
     assert (
-        await render_cache.lookup(await render_cache.bucket(js, Names()), cached)
+        await render_cache.lookup(await render_cache.bucket(js, NAMES), cached)
         == f"previews/{cached}.opus"
     )
 
@@ -170,11 +170,11 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     ]
     others = [f"prepared/{new_job_id()}/out.flac", f"sources/{new_job_id()}/a.wav"]
     await _put(storage, *previews, *others)
-    await render_cache.remember(await render_cache.bucket(js, Names()), a, previews[0])
-    await render_cache.remember(await render_cache.bucket(js, Names()), b, previews[1])
+    await render_cache.remember(await render_cache.bucket(js, NAMES), a, previews[0])
+    await render_cache.remember(await render_cache.bucket(js, NAMES), b, previews[1])
 
     plan = await run_eviction(
-        storage, js, Names(), older_than=parse_duration("7d"), apply=True, out=io.StringIO()
+        storage, js, NAMES, older_than=parse_duration("7d"), apply=True, out=io.StringIO()
     )
     assert plan.doomed == []  # all of them are younger than a week
 
@@ -182,7 +182,7 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     plan = await run_eviction(
         storage,
         js,
-        Names(),
+        NAMES,
         older_than=parse_duration("7d"),
         apply=True,
         now=datetime.now(UTC) + timedelta(days=8),
@@ -192,12 +192,14 @@ async def test_evict_previews_drops_objects_and_cache_entries(
     assert {d.reason for d in plan.doomed} == {EVICTED}
     assert [k for k in previews if await _exists(storage, k)] == []
     assert [k for k in others if not await _exists(storage, k)] == []
-    assert await render_cache.lookup(await render_cache.bucket(js, Names()), a) is None
-    assert await render_cache.lookup(await render_cache.bucket(js, Names()), b) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, NAMES), a) is None
+    assert await render_cache.lookup(await render_cache.bucket(js, NAMES), b) is None
     assert "3/3 processed" in out.getvalue()
 
 
-async def test_cli_dry_run_then_yes(storage: Storage, own_nc: Client, own_nats: NatsServer) -> None:
+async def test_cli_dry_run_then_yes(
+    storage: Storage, own_nc: Client, nats_server: NatsServer
+) -> None:
     """The real command line, as a user runs it (env: AUDIOPREP_* and AWS_*)."""
     events = EventStore(own_nc, own_nc.jetstream(), NAMES)
     failed = await _job(events, "ingest", "failed")
@@ -205,7 +207,8 @@ async def test_cli_dry_run_then_yes(storage: Storage, own_nc: Client, own_nats: 
     await _put(storage, key)
     env = {
         **os.environ,
-        "AUDIOPREP_NATS_URL": own_nats.url,
+        "AUDIOPREP_NATS_URL": nats_server.url,
+        "AUDIOPREP_NAME_PREFIX": NAMES.prefix,
         "AUDIOPREP_STORAGE_URL": storage.url,
         "AUDIOPREP_LOG_LEVEL": "WARNING",
     }

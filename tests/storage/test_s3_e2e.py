@@ -1,7 +1,7 @@
 """End to end on the S3 backend (moto): upload → ingest → save/preview → download, decode.
 
-Runs on its own nats-server so workers of other test modules (local storage) cannot take
-these jobs from the shared durable consumers.
+Runs under the storage suite's own names (tests/storage/conftest.py) so workers of other
+suites (local storage) cannot take these jobs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from tests.storage.conftest import Moto, own_settings
 
 @pytest.fixture(scope="module")
 def s3_settings(
-    own_nats: NatsServer, bucket: str, tmp_path_factory: pytest.TempPathFactory
+    nats_server: NatsServer, bucket: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     return own_settings(
-        own_nats,
+        nats_server,
         f"s3://{bucket}/e2e-{uuid.uuid4().hex[:8]}",
         tmp_path_factory.mktemp("data-s3"),
     )

@@ -29,6 +29,8 @@ BODIES: list[Any] = [
     {"sourceKey": KEY, "format": "wav", "metadata": {"title": "x", "track": 3.0}},
     {"sourceKey": KEY, "format": "wav", "chapters": [{"startMs": 0.0, "title": "a"}]},
     {"sourceKey": KEY, "format": "wav", "preset": None},
+    {"sourceKey": KEY, "outputs": [{"format": "mp3", "options": {"bitrate": 128.0}}]},
+    {"sourceKey": KEY, "outputs": [{"format": "wav"}], "format": "wav"},
     {"sourceKey": "", "format": "wav"},
     {"source": "url", "url": "https://example.com/a.mp3"},
     {"source": "ftp", "url": "x"},

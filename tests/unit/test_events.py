@@ -75,3 +75,50 @@ def test_job_ids_sort_by_time_and_idempotent_ids_are_stable() -> None:
     assert idempotent_job_id("t", "k") == idempotent_job_id("t", "k")
     assert idempotent_job_id("t", "k") != idempotent_job_id("u", "k")
     assert is_job_id(idempotent_job_id("t", "k"))
+
+
+def test_events_written_by_earlier_versions_still_decode_and_fold() -> None:
+    """tests/unit/data/old_events.jsonl: events encoded by the events module of three earlier
+    commits (the first, the media pipeline, idempotency fingerprints)."""
+    from pathlib import Path
+
+    from audioprep.domain.fold import fold_history
+    from audioprep.shared.event_store import StoredEvent
+
+    lines = (Path(__file__).parent / "data" / "old_events.jsonl").read_text().splitlines()
+    batches: list[list[bytes]] = []
+    for line in lines:
+        if line.startswith("#"):
+            batches.append([])
+        elif line:
+            batches[-1].append(line.encode())
+    assert len(batches) == 3
+    for batch in batches:
+        decoded = [decode_event(raw) for raw in batch]
+        assert all(e.v == 1 and e.tenant == "default" for e in decoded)
+        history = [StoredEvent(seq=i + 1, subject="", event=e) for i, e in enumerate(decoded)]
+        ingest = fold_history(s for s in history if s.event.kind == "ingest")
+        assert ingest is not None and ingest.status == "completed"
+        assert ingest.result is not None and ingest.result.duration_ms == 3000
+        save = fold_history(s for s in history if s.event.kind == "save")
+        assert save is not None and save.status == "failed"  # the failure ended it first
+        requested = decoded[4]
+        assert isinstance(requested, JobRequested) and requested.recipe == {
+            "trim": {"startMs": 500},
+            "normalize": {"targetLufs": -16},
+        }
+
+
+def test_a_prefix_moves_every_name_and_parsing_follows() -> None:
+    job_id = new_job_id()
+    plain, mine = Names(), Names("t1")
+    assert (plain.stream, mine.stream) == ("JOBS", "t1_JOBS")
+    assert mine.jobs_bucket == "t1_jobs" and mine.webhooks_stream == "t1_WEBHOOKS"
+    subject = mine.event_subject("preview", job_id, "requested")
+    assert subject == f"t1.jobs.preview.{job_id}.requested"
+    assert mine.parse_subject(subject) == ("preview", job_id, "requested")
+    assert mine.max_deliveries_advisory.endswith(".t1_JOBS.>")
+    with pytest.raises(ValueError):
+        plain.parse_subject(subject)  # another deployment's subject is not ours
+    with pytest.raises(ValueError):
+        Names("a.b")

@@ -37,10 +37,13 @@ from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names
 from audioprep.shared.nats_server import free_port
-from audioprep.shared.provision import provision_webhooks
+from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
+from tests.services import service_env
+from tests.waiting import client_for, wait_until
 
-NAMES = Names()  # the default prefix: what `audioprep up` uses
+# The webhooks suite has its own names on the shared nats-server (tests/services.py).
+NAMES = Names("wh")
 
 WEBHOOK_KEY = "webhook-test-key-0123456789abcdef0123"
 _tenants = itertools.count(1)
@@ -167,6 +170,7 @@ def webhook_settings(base: Settings, **changes: Any) -> Settings:
     """One fresh tenant (its own API key) and short retry timings."""
     tenant = f"wh{next(_tenants)}x{os.getpid()}"
     settings = base.with_(
+        names=NAMES,
         api_keys={f"key-{tenant}": tenant, f"other-{tenant}": f"{tenant}o"},
         webhook_secret_key=WEBHOOK_KEY,
         webhook_retry_schedule_s=(0.3, 0.3, 0.5),
@@ -192,7 +196,7 @@ def auth(settings: Settings, *, other: bool = False) -> dict[str, str]:
 @pytest.fixture
 async def wh(base_settings: Settings, nc: Client) -> Settings:
     settings = webhook_settings(base_settings)
-    await provision_webhooks(nc.jetstream(), settings)  # short ack_wait on the consumers
+    await provision(nc.jetstream(), settings)  # the suite's names; short ack_wait on consumers
     return settings
 
 
@@ -218,38 +222,14 @@ async def notifier_task(settings: Settings) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=20)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "AUDIOPREP_NATS_URL": settings.nats_url,
-            "AUDIOPREP_DATA_DIR": str(settings.data_dir),
-            "AUDIOPREP_STORAGE_URL": settings.storage,
-            "AUDIOPREP_SIGNING_SECRET": settings.signing_secret,
-            "AUDIOPREP_WEBHOOK_SECRET_KEY": settings.webhook_secret_key,
-            "AUDIOPREP_URL_ALLOW_HOSTS": ",".join(sorted(settings.url_allow_hosts)),
-            "AUDIOPREP_WEBHOOK_RETRY_SCHEDULE_S": ",".join(
-                str(s) for s in settings.webhook_retry_schedule_s
-            ),
-            "AUDIOPREP_WEBHOOK_RETRY_FOR_S": str(settings.webhook_retry_for_s),
-            "AUDIOPREP_WEBHOOK_ACK_WAIT_S": str(settings.webhook_ack_wait_s),
-            "AUDIOPREP_WEBHOOK_TIMEOUT_S": str(settings.webhook_timeout_s),
-            "AUDIOPREP_WEBHOOK_DISABLE_AFTER_S": str(settings.webhook_disable_after_s),
-            "AUDIOPREP_LOG_FORMAT": "json",
-            "AUDIOPREP_LOG_LEVEL": "INFO",
-            "AUDIOPREP_METRICS_PORT": "0",
-        }
-    )
-    return env
-
-
 class NotifierProcess:
     """A real `audioprep notifier` in its own process group; its log goes to a file."""
 
     def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None):
         self.settings = settings
         self.log_path = log_path
-        self.env = {**settings_env(settings), **(extra_env or {})}
+        extra = {"AUDIOPREP_LOG_FORMAT": "json", "AUDIOPREP_METRICS_PORT": "0", **(extra_env or {})}
+        self.env = service_env(settings, **extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> NotifierProcess:
@@ -321,7 +301,7 @@ async def end_job(
     events = EventStore(nc, nc.jetstream(), NAMES)
     job_id = new_job_id()
     await events.request_job(
-        # from_cache: a session worker (other suites' stack) must not start it and fail it first
+        # from_cache: a worker of this suite (test_delivery's stack) leaves it to this helper
         JobRequested(  # type: ignore[arg-type]
             job_id=job_id, kind=kind, tenant=tenant, source_key="x", format="wav", from_cache=True
         )
@@ -359,15 +339,21 @@ async def wait_delivery(
     count: int = 1,
     timeout: float = 15.0,
 ) -> list[dict[str, Any]]:
-    """Poll the deliveries list until `count` deliveries have `status`."""
-    deadline = time.monotonic() + timeout
+    """List the deliveries until `count` of them have `status`, again after each delivery event
+    of the endpoint (tests.waiting)."""
     last: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    async def check() -> list[dict[str, Any]] | None:
+        nonlocal last
         resp = await client.get(f"/api/webhooks/{webhook_id}/deliveries", headers=auth(settings))
         assert resp.status_code == 200, resp.text
         last = resp.json()["deliveries"]
         matching = [d for d in last if d["status"] == status]
-        if len(matching) >= count:
-            return matching
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"deliveries never reached {count}x {status}: {last}")
+        return matching if len(matching) >= count else None
+
+    subjects = [settings.names.endpoint_delivery_subjects(webhook_id)]
+    try:
+        nc = await client_for(settings)
+        return await wait_until(nc, subjects, check, timeout=timeout, what="deliveries")
+    except AssertionError:
+        raise AssertionError(f"deliveries never reached {count}x {status}: {last}") from None

@@ -15,7 +15,6 @@ import pytest
 import standardwebhooks
 from nats.aio.client import Client
 
-from audioprep.shared.names import Names
 from audioprep.shared.nats_server import free_port
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_store import DeliveryStore
@@ -23,6 +22,7 @@ from tests.conftest import running_stack
 from tests.jobs_helpers import wait_for_job
 from tests.media import write_tone
 from tests.webhooks.conftest import (
+    NAMES,
     NotifierProcess,
     Receiver,
     api_client,
@@ -33,8 +33,6 @@ from tests.webhooks.conftest import (
     wait_delivery,
     webhook_settings,
 )
-
-NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,9 @@ import pytest
 from nats.aio.client import Client
 
 from audioprep.shared import names
-from audioprep.shared.names import Names
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_store import EndpointStore
-from tests.webhooks.conftest import Receiver, api_client, auth, register, tenant_of
-
-NAMES = Names()  # the default prefix: what `audioprep up` uses
+from tests.webhooks.conftest import NAMES, Receiver, api_client, auth, register, tenant_of
 
 
 async def test_create_shows_the_secret_once_and_stores_it_encrypted(

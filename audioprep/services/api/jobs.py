@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from litestar import Request
 
-from audioprep.domain.events import JobRequested
+from audioprep.domain.events import JobCompleted, JobRequested
 from audioprep.domain.kinds import Kind
 from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
@@ -92,10 +92,20 @@ async def existing_job(
     return first.event
 
 
-async def submit(ctx: ApiContext, event: JobRequested, traceparent: str | None) -> str:
-    """Publish JobRequested once; a replay of the same request answers with the same job."""
+async def submit(
+    ctx: ApiContext,
+    event: JobRequested,
+    traceparent: str | None,
+    *,
+    completed: JobCompleted | None = None,
+) -> str:
+    """Publish JobRequested once (with its JobCompleted when the API answers the job itself);
+    a replay of the same request answers with the same job."""
     try:
-        await ctx.events.request_job(event, traceparent=traceparent)
+        if completed is None:
+            await ctx.events.request_job(event, traceparent=traceparent)
+        else:
+            await ctx.events.request_completed(event, completed, traceparent=traceparent)
         metrics.job_requested(event.kind)
     except JobAlreadyExists:
         # A concurrent request with the same key won: it must have been the same request.

@@ -37,12 +37,22 @@ def result_key(view: JobView) -> str | None:
 
 
 async def with_download_url(api: ApiContext, view: JobView) -> JobView:
-    """The view plus `downloadUrl` when it has an output; signing failures only log."""
+    """The view plus `downloadUrl` when it has an output (and one per `result.outputs[]`
+    entry of a save with several); signing failures only log."""
     key = result_key(view)
     if key is None:
         return view
     try:
         url = await download_link(api, key)
+        result = view.result
+        if result is not None and result.outputs:
+            outputs = [
+                msgspec.structs.replace(o, download_url=await download_link(api, o.prepared_key))
+                for o in result.outputs
+            ]
+            view = msgspec.structs.replace(
+                view, result=msgspec.structs.replace(result, outputs=outputs)
+            )
     except Exception as exc:
         log.warning("download link not signed", extra={"job_id": view.job_id, "error": repr(exc)})
         return view

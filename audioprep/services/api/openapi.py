@@ -38,7 +38,13 @@ from audioprep.domain.events import Event
 from audioprep.domain.views import JobView
 from audioprep.services.api.auth import ApiKeyGuard
 from audioprep.services.api.problems import PROBLEM_JSON
-from audioprep.services.api.schemas import DownloadLink, JobAccepted, Problem
+from audioprep.services.api.schemas import (
+    SAVE_REQUEST_RULES,
+    DownloadLink,
+    JobAccepted,
+    Problem,
+    SaveRequest,
+)
 from audioprep.services.api.serving import CONTENT_TYPES
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
 
@@ -455,6 +461,9 @@ def _add_msgspec_components(app: Litestar, paths: dict[str, Any]) -> None:
             content={"application/json": OpenAPIMediaType(schema=to_openapi(ref))},
         )
     components[EVENT_COMPONENT] = refs[-1]
+    save = components.get(SaveRequest.__name__)
+    if save is not None:  # a rule across fields msgspec's schema can't state
+        save.update(SAVE_REQUEST_RULES)
     schemas = app.openapi_schema.components.schemas
     for name, component in components.items():
         schemas[name] = to_openapi(component)  # type: ignore[assignment]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,12 +30,10 @@ from audioprep.domain.recipe import Recipe, render_cache_key
 from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.jobs import existing_job, idempotency_key_reused, submit
-from audioprep.shared import render_cache
+from audioprep.shared import names, render_cache
 
 log = logging.getLogger("audioprep.api")
 
-INFLIGHT = "inflight."
-ALIAS = "alias."
 JOIN_WAIT_S = 2.0  # how long a marker may point at a job whose request isn't visible yet
 ATTEMPTS = 4
 
@@ -60,7 +57,7 @@ async def aliased_job(api: ApiContext, job_id: str) -> Alias | None:
     """The job an idempotent preview request joined earlier, if it did."""
     kv = api.cache_kv
     try:
-        entry = await kv.get(ALIAS + job_id)
+        entry = await kv.get(names.render_alias_key(job_id))
     except KeyNotFoundError:
         return None
     if not entry.value:
@@ -114,11 +111,12 @@ async def _cached_output(
 
 async def _joinable(api: ApiContext, job_id: str, tenant: str) -> JobView | None:
     """The marker's job when it is this tenant's and still pending or running."""
-    deadline = time.monotonic() + JOIN_WAIT_S
-    view = await api.views.fresh(job_id)
-    while view is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)  # the winner is between its marker and its publish
+    async with api.events.wake_ups(job_id) as published:
         view = await api.views.fresh(job_id)
+        if view is None:  # the winner is between its marker and its publish: wait for that
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(published.wait(), JOIN_WAIT_S)
+            view = await api.views.fresh(job_id)
     if view is None or view.is_terminal or view.tenant != tenant:
         return None
     return view
@@ -152,7 +150,7 @@ async def request_preview(
         request_fingerprint=fingerprint,
     )
     kv = api.cache_kv
-    marker = INFLIGHT + cache_key
+    marker = names.render_marker_key(cache_key)
     for _ in range(ATTEMPTS):
         cached = await _cached_output(api, cache_key)
         if cached is not None:
@@ -180,7 +178,7 @@ async def request_preview(
         view = await _joinable(api, other, tenant) if other else None
         if view is not None:
             if fingerprint is not None:
-                await kv.put(ALIAS + job_id, f"{other} {fingerprint}".encode())
+                await kv.put(names.render_alias_key(job_id), f"{other} {fingerprint}".encode())
             log.info("preview joined", extra={"job_id": other, "cache_key": cache_key})
             return PreviewAnswer(other, view.status, cache_key, joined=True)
         with contextlib.suppress(KeyWrongLastSequenceError):  # replaced meanwhile: look again
@@ -207,9 +205,9 @@ async def _answer_from_cache(
     rendered: JobResult | None,
     traceparent: str | None,
 ) -> None:
-    """JobRequested (marked from_cache, so no worker starts it) and JobCompleted at once."""
+    """JobRequested (marked from_cache, so no worker starts it) and JobCompleted in one atomic
+    batch (`EventStore.request_completed`: create-once, so also end-once)."""
     cached = msgspec.structs.replace(request, from_cache=True)
-    await submit(api, cached, traceparent)
     done = JobCompleted(
         job_id=request.job_id,
         kind="preview",
@@ -224,5 +222,5 @@ async def _answer_from_cache(
             from_cache=True,
         ),
     )
-    await api.events.append(done, traceparent=traceparent)
+    await submit(api, cached, traceparent, completed=done)
     log.info("preview from cache", extra={"job_id": request.job_id, "cache_key": request.cache_key})

@@ -6,16 +6,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat
-from audioprep.shared.metadata import ChapterList, Metadata
+from audioprep.domain.recipe import SAFE_KEY_PATTERN, OutputOptions, Recipe, SaveFormat
+from audioprep.shared.metadata import ChapterList, Metadata, OutputList
 from audioprep.shared.presets import PresetName
 
 _Url = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-# What keys.is_safe_key accepts, for the schema only (a key outside it is a 422
-# `invalid_source_key`, not a validation error): segments without control characters, none
-# empty, `.` or `..`, no leading `/`.
-_SEGMENT = r"([^/\x00-\x1f.][^/\x00-\x1f]*|[.][^/\x00-\x1f.][^/\x00-\x1f]*|[.][.][^/\x00-\x1f]+)"
-SAFE_KEY_PATTERN = f"^{_SEGMENT}(/{_SEGMENT})*$"
 _Key = Annotated[
     str,
     msgspec.Meta(min_length=1, max_length=1024, extra_json_schema={"pattern": SAFE_KEY_PATTERN}),
@@ -40,14 +35,29 @@ class PreviewRequest(_Body, frozen=True, kw_only=True):
 
 
 class SaveRequest(_Body, frozen=True, kw_only=True):
+    """One `format`, or 1-5 `outputs` rendered in one job (never both; the OpenAPI document
+    says so with a `oneOf`). With `outputs`, `filename` and `options` are the defaults of
+    the outputs that have none."""
+
     source_key: _Key
     recipe: Recipe = msgspec.field(default_factory=Recipe)
-    format: SaveFormat
+    format: SaveFormat | None = None
+    outputs: OutputList | None = None  # docs/publishing.md
     filename: _Filename | None = None
     options: OutputOptions | None = None
     metadata: Metadata | None = None  # docs/publishing.md
     chapters: ChapterList | None = None
     preset: PresetName | None = None
+
+
+# `format` xor `outputs` (a null one counts as left out): added to SaveRequest's schema
+# component (openapi.py).
+SAVE_REQUEST_RULES = {
+    "oneOf": [
+        {"required": ["format"], "properties": {"format": {"type": "string"}}},
+        {"required": ["outputs"], "properties": {"outputs": {"type": "array"}}},
+    ]
+}
 
 
 class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

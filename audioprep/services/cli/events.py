@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -48,7 +49,7 @@ def _start(since: str | None, default: DeliverPolicy) -> ConsumerConfig:
 def _decode(msg: Msg) -> Event | None:
     try:
         return decode_event(msg.data)
-    except Exception:
+    except msgspec.DecodeError:
         return None
 
 
@@ -73,9 +74,15 @@ def _print(msg: Msg, event: Event | None, as_json: bool) -> None:
         print(event_line(seq, msg.subject, event), flush=True)
 
 
-def _wanted(args: argparse.Namespace, subject: str) -> bool:
+def _wanted(session: Session, args: argparse.Namespace, subject: str) -> bool:
     # --job and --kind together: the subject filter names the job; check the kind here.
-    return not (args.job and args.kind) or subject.startswith(f"jobs.{args.kind}.")
+    if not (args.job and args.kind):
+        return True
+    try:
+        kind: str = session.settings.names.parse_subject(subject)[0]
+        return bool(kind == args.kind)
+    except ValueError:
+        return False
 
 
 async def _tail(session: Session, args: argparse.Namespace) -> int:
@@ -102,7 +109,7 @@ async def _tail(session: Session, args: argparse.Namespace) -> int:
         while True:
             msg = await queue.get()
             event = _decode(msg)
-            if not _wanted(args, msg.subject):
+            if not _wanted(session, args, msg.subject):
                 continue
             _print(msg, event, args.json)
             seen += 1
@@ -119,7 +126,7 @@ async def _replay_job(session: Session, args: argparse.Namespace) -> int:
     if not history:
         raise CliError(f"no events for job {args.job} in stream {session.settings.names.stream}")
     for stored in history:
-        if _wanted(args, stored.subject):
+        if _wanted(session, args, stored.subject):
             print(event_line(stored.seq, stored.subject, stored.event), flush=True)
     return 0
 
@@ -137,7 +144,7 @@ async def _replay_range(session: Session, args: argparse.Namespace) -> int:
         while remaining > 0:
             for msg in await sub.fetch(min(REPLAY_BATCH, remaining), timeout=5):
                 remaining -= 1
-                if _wanted(args, msg.subject):
+                if _wanted(session, args, msg.subject):
                     _print(msg, _decode(msg), args.json)
     finally:
         await sub.unsubscribe()

@@ -20,7 +20,8 @@ def _print_json(doc: Any) -> None:
 
 def _line(p: dict[str, Any]) -> str:
     recipe = ",".join(sorted((p.get("recipe") or {}).keys())) or "-"
-    return f"{p['name']:<24}  v{p['version']:<4}  {p.get('format') or '-':<5}  {recipe}"
+    formats = "+".join(o["format"] for o in p.get("outputs") or []) or p.get("format") or "-"
+    return f"{p['name']:<24}  v{p['version']:<4}  {formats:<5}  {recipe}"
 
 
 def _ls(args: argparse.Namespace, api: Api) -> int:
@@ -87,7 +88,9 @@ def register(commands: Any) -> None:
     q.set_defaults(func=_client(_show))
     q = sub.add_parser("add", help="create or replace a preset from a JSON file")
     q.add_argument("name")
-    q.add_argument("file", help='JSON: {"recipe"?, "metadata"?, "format"?, "options"?}')
+    q.add_argument(
+        "file", help='JSON: {"recipe"?, "metadata"?, "format"? | "outputs"?, "options"?}'
+    )
     common(q)
     q.set_defaults(func=_client(_add))
     q = sub.add_parser("rm", help="delete a preset")

@@ -17,9 +17,9 @@ import httpx
 import msgspec
 
 from audioprep.domain.errors import INVALID_RECIPE
-from audioprep.domain.events import JobCancelled, JobCompleted, JobFailed
-from audioprep.domain.kinds import TERMINAL_STATUSES
+from audioprep.domain.events import JobCancelled, JobCompleted, JobFailed, JobResult
 from audioprep.domain.recipe import SAVE_FORMATS, RecipeError, decode_recipe
+from audioprep.domain.views import JobView
 from audioprep.services.cli.common import CliError
 from audioprep.services.cli.report import report_lines
 from audioprep.shared import keys, logs
@@ -27,6 +27,7 @@ from audioprep.shared.settings import Settings
 
 # SSE events are named by their event type (`JobCompleted`, …)
 TERMINAL_TYPES = frozenset(cls.__name__ for cls in (JobCompleted, JobFailed, JobCancelled))
+_view_decoder = msgspec.json.Decoder(JobView)
 POLL_INTERVAL_S = 0.25
 VIEW_SETTLE_S = 30.0
 _YOUTUBE_HOSTS = ("youtube.com", "youtu.be")
@@ -66,8 +67,13 @@ class Api:
             raise problem_error(resp)
         return resp
 
-    def view(self, job_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/api/audio/jobs/{job_id}").json())
+    def view(self, job_id: str) -> JobView:
+        """The job's view, decoded into the same JobView the API encodes."""
+        resp = self.request("GET", f"/api/audio/jobs/{job_id}")
+        try:
+            return _view_decoder.decode(resp.content)
+        except msgspec.DecodeError as exc:
+            raise CliError(f"the API answered an unreadable job view: {exc}") from None
 
 
 def problem_error(resp: httpx.Response) -> CliError:
@@ -197,21 +203,21 @@ def follow_sse(api: Api, job_id: str, bar: Progress) -> bool:
     return False  # stream ended early: poll for the rest
 
 
-def wait_view(api: Api, job_id: str, bar: Progress | None, timeout: float) -> dict[str, Any]:
+def wait_view(api: Api, job_id: str, bar: Progress | None, timeout: float) -> JobView:
     """Poll the view until it is terminal (also covers a projector that is a moment behind)."""
     deadline = time.monotonic() + timeout
     while True:
         view = api.view(job_id)
         if bar is not None:
-            bar.update(int(view.get("progress", 0)), str(view.get("stage", "")))
-        if view.get("status") in TERMINAL_STATUSES:
+            bar.update(view.progress, view.stage)
+        if view.is_terminal:
             return view
         if time.monotonic() > deadline:
-            raise CliError(f"job {job_id} not finished after {timeout:.0f}s: {view.get('status')}")
+            raise CliError(f"job {job_id} not finished after {timeout:.0f}s: {view.status}")
         time.sleep(POLL_INTERVAL_S)
 
 
-def follow(api: Api, job_id: str, label: str, timeout: float) -> dict[str, Any]:
+def follow(api: Api, job_id: str, label: str, timeout: float) -> JobView:
     bar = Progress(f"{label} {job_id}")
     try:
         if follow_sse(api, job_id, bar):
@@ -225,45 +231,37 @@ def follow(api: Api, job_id: str, label: str, timeout: float) -> dict[str, Any]:
 # ---- printing results --------------------------------------------------------------------------
 
 
-def describe(view: dict[str, Any]) -> list[str]:
-    lines = [f"{view['status']}: {view['kind']} job {view['jobId']} (attempt {view['attempt']})"]
-    error = view.get("error")
-    if error:
-        lines.append(f"  error       {error['code']}: {error['message']}")
-    result = view.get("result") or {}
-    loud = result.get("loudness") or {}
+def describe(view: JobView) -> list[str]:
+    lines = [f"{view.status}: {view.kind} job {view.job_id} (attempt {view.attempt})"]
+    if view.error:
+        lines.append(f"  error       {view.error.code}: {view.error.message}")
+    r = view.result or JobResult()
+    loud = r.loudness
+    media = (
+        r.container,
+        r.codec,
+        f"{r.sample_rate} Hz" if r.sample_rate is not None else None,
+        f"{r.channels} ch" if r.channels is not None else None,
+    )
     facts = [
-        ("sourceKey", result.get("sourceKey")),
-        ("title", result.get("title")),
-        ("duration", f"{result['durationMs'] / 1000:.3f} s" if "durationMs" in result else None),
-        (
-            "format",
-            " ".join(
-                str(x)
-                for x in (
-                    result.get("container"),
-                    result.get("codec"),
-                    f"{result['sampleRate']} Hz" if "sampleRate" in result else None,
-                    f"{result['channels']} ch" if "channels" in result else None,
-                )
-                if x
-            )
-            or None,
-        ),
+        ("sourceKey", r.source_key),
+        ("title", r.title),
+        ("duration", f"{r.duration_ms / 1000:.3f} s" if r.duration_ms is not None else None),
+        ("format", " ".join(x for x in media if x) or None),
         (
             "loudness",
-            f"{loud['integratedLufs']:.1f} LUFS, true peak {loud.get('truePeakDb', 0):.1f} dBTP"
-            if loud.get("integratedLufs") is not None
+            f"{loud.integrated_lufs:.1f} LUFS, true peak {loud.true_peak_db or 0:.1f} dBTP"
+            if loud is not None and loud.integrated_lufs is not None
             else None,
         ),
-        ("previewKey", result.get("previewKey")),
-        ("preparedKey", result.get("preparedKey")),
-        ("size", f"{result['sizeBytes']} bytes" if "sizeBytes" in result else None),
-        ("fromCache", "yes" if result.get("fromCache") else None),
-        ("downloadUrl", view.get("downloadUrl")),
+        ("previewKey", r.preview_key),
+        ("preparedKey", r.prepared_key),
+        ("size", f"{r.size_bytes} bytes" if r.size_bytes is not None else None),
+        ("fromCache", "yes" if r.from_cache else None),
+        ("downloadUrl", view.download_url),
     ]
     lines.extend(f"  {k:<11} {v}" for k, v in facts if v)
-    lines.extend(f"  {k:<11} {v}" for k, v in report_lines(result))
+    lines.extend(f"  {k:<11} {v}" for k, v in report_lines(msgspec.to_builtins(r)))
     return lines
 
 
@@ -272,22 +270,21 @@ def is_directory_target(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
-def output_name(view: dict[str, Any]) -> str:
+def output_name(view: JobView) -> str:
     """The file name of a job's output, from the server's names: a save's prepared file
     (`interview.mp3`: its filename and format); a preview is named after its source with the
     preview's format (`interview.preview.opus`)."""
-    result = view.get("result") or {}
-    prepared = result.get("preparedKey")
-    if prepared:
-        return str(prepared).rsplit("/", 1)[-1]
-    preview = str(result.get("previewKey") or "")
+    r = view.result or JobResult()
+    if r.prepared_key:
+        return r.prepared_key.rsplit("/", 1)[-1]
+    preview = r.preview_key or ""
     ext = preview.rsplit("/", 1)[-1].rpartition(".")[2] if "." in preview else ""
-    source = str(result.get("sourceKey") or "").rsplit("/", 1)[-1]
-    base = keys.stem(source) if source else str(view["jobId"])
+    source = (r.source_key or "").rsplit("/", 1)[-1]
+    base = keys.stem(source) if source else view.job_id
     return f"{base}.preview.{ext}" if ext else f"{base}.preview"
 
 
-def output_path(view: dict[str, Any], out: str) -> Path:
+def output_path(view: JobView, out: str) -> Path:
     """Where `-o OUT` puts the job's output (directories are created)."""
     if is_directory_target(out):
         directory = Path(out)
@@ -298,10 +295,10 @@ def output_path(view: dict[str, Any], out: str) -> Path:
     return path
 
 
-def download(api: Api, view: dict[str, Any], out: str) -> Path:
-    url = view.get("downloadUrl")
+def download(api: Api, view: JobView, out: str) -> Path:
+    url = view.download_url
     if not url:
-        raise CliError(f"job {view['jobId']} has no downloadUrl (only previews and saves do)")
+        raise CliError(f"job {view.job_id} has no downloadUrl (only previews and saves do)")
     url = urljoin(api.base_url + "/", url)
     try:
         target = output_path(view, out)
@@ -364,14 +361,14 @@ def _load_recipe(path: str | None) -> dict[str, Any]:
     return recipe
 
 
-def _finish(args: argparse.Namespace, api: Api, view: dict[str, Any]) -> int:
+def _finish(args: argparse.Namespace, api: Api, view: JobView) -> int:
     if args.json:
-        print(json.dumps(view, indent=2))
+        print(json.dumps(msgspec.to_builtins(view), indent=2))
     else:
         print("\n".join(describe(view)))
-    if view["status"] != "completed":
-        error = view.get("error") or {"code": "cancelled", "message": "job was cancelled"}
-        note(f"audioprep: job {view['jobId']} {view['status']}: {error['code']}")
+    if view.status != "completed":
+        code = view.error.code if view.error else "cancelled"
+        note(f"audioprep: job {view.job_id} {view.status}: {code}")
         return 1
     if args.output:
         written = download(api, view, args.output)
@@ -403,11 +400,12 @@ def _submit(args: argparse.Namespace) -> int:
             print(job_id)
             return 0
         view = follow(api, job_id, "ingest", args.timeout)
-        if not render or view["status"] != "completed":
+        if not render or view.status != "completed":
             return _finish(args, api, view)
         # With --json, stdout carries only the final view; the ingest summary goes to stderr.
         print("\n".join(describe(view)), file=sys.stderr if args.json else sys.stdout)
-        body: dict[str, Any] = {"sourceKey": view["result"]["sourceKey"], "recipe": recipe}
+        source_key = view.result.source_key if view.result else None
+        body: dict[str, Any] = {"sourceKey": source_key, "recipe": recipe}
         if args.save:
             body["format"] = args.save
             if args.filename:

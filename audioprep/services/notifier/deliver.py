@@ -76,7 +76,7 @@ class Deliverer:
     async def handle(self, msg: Msg) -> None:
         try:
             created = decode_webhook_event(msg.data)
-        except Exception:
+        except msgspec.DecodeError:
             log.error("undecodable delivery skipped", extra={"subject": msg.subject})
             await msg.term()
             return

@@ -68,6 +68,14 @@ class Payloads:
             return view
         try:
             url = await self._link(key)
+            if result is not None and result.outputs:  # a save with several outputs
+                outputs = [
+                    msgspec.structs.replace(o, download_url=await self._link(o.prepared_key))
+                    for o in result.outputs
+                ]
+                view = msgspec.structs.replace(
+                    view, result=msgspec.structs.replace(result, outputs=outputs)
+                )
         except Exception as exc:  # as the API: a link that can't be signed is left out
             log.warning(
                 "download link not signed", extra={"job_id": view.job_id, "error": repr(exc)}

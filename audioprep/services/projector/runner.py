@@ -68,10 +68,6 @@ class ViewWriter:
             return None, 0
         return decode_view(entry.value), entry.revision
 
-    async def apply(self, seq: int, event: Event) -> JobView | None:
-        """Fold one event into its job's view; safe against other projectors (CAS + seq)."""
-        return await self.apply_job(event.job_id, [(seq, event)])
-
     async def apply_batch(self, items: list[tuple[int, Event]]) -> None:
         """Apply events given in stream order: one write per job (atomic batches when the
         bucket allows them, else the jobs concurrently, each with CAS)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from audioprep.domain.events import JobProgressed, JobRequested
@@ -90,7 +91,7 @@ class JobContext:
         )
         try:
             await self.events.append(event, traceparent=self.traceparent)
-        except Exception as exc:  # progress is best effort; the job itself goes on
+        except (NatsError, TimeoutError) as exc:  # best effort; the job itself goes on
             log.warning("progress not published", extra=self.log_extra(error=str(exc)))
 
     def progress_callback(self, low: float, high: float, stage: str) -> Callable[[float], None]:

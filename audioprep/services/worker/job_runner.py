@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -39,6 +40,7 @@ from audioprep.domain.events import (
     decode_event,
 )
 from audioprep.services.worker.context import JobContext
+from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.nats_conn import is_transient
@@ -114,7 +116,6 @@ class JobRunner:
         self.handlers = handlers
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
-        self.active: dict[str, asyncio.Task[JobResult]] = {}
         if swept := sweep_dead_scratch():
             log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
@@ -122,7 +123,7 @@ class JobRunner:
         """Process one delivery; never raises (every outcome becomes an event + ack/nak/term)."""
         try:
             event = decode_event(msg.data)
-        except Exception:
+        except msgspec.DecodeError:
             log.error("undecodable request terminated", extra={"subject": msg.subject})
             await msg.term()
             return
@@ -130,7 +131,7 @@ class JobRunner:
             await msg.term()
             return
         metrics.run_begins(event)
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        heartbeat = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
         try:
             await self._run(msg, event)
         except Exception as exc:
@@ -147,13 +148,6 @@ class JobRunner:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(0.5, self.settings.ack_wait_s / 2)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _finished(self, job_id: str) -> bool:
         return await self.events.terminal_event(job_id) is not None
@@ -200,19 +194,6 @@ class JobRunner:
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
 
-    async def _answered_from_cache(self, request: JobRequested, wait_s: float = 5.0) -> bool:
-        """A render-cache hit: the API appends JobCompleted right after the request; never
-        start it, wait for that event. False (render normally) if the API died in between."""
-        if not request.from_cache:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while loop.time() < deadline:
-            if await self._finished(request.job_id):
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
     async def _run(self, msg: Msg, request: JobRequested) -> None:
         delivery = msg.metadata.num_delivered or 1
         attempt = request.attempt_base + delivery
@@ -223,9 +204,10 @@ class JobRunner:
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
         fresh = await self._only_requested(request)
-        if not fresh and (
-            await self._finished(request.job_id) or await self._answered_from_cache(request)
-        ):
+        # A render-cache hit (from_cache) was requested and completed in one atomic batch, so
+        # its JobCompleted is already there; one written before batches whose API died before
+        # the completion renders normally.
+        if not fresh and await self._finished(request.job_id):
             log.info("already finished, acking redelivery", extra=base)
             await self._ack(msg)
             return
@@ -297,7 +279,6 @@ class JobRunner:
         """Run the handler while listening for JobCancelRequested on the job's subject."""
         handler = self.handlers[ctx.request.kind]
         task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
-        self.active[ctx.job_id] = task
         cancelled = asyncio.Event()
 
         async def on_cancel(_: Msg) -> None:
@@ -320,7 +301,6 @@ class JobRunner:
                 raise
         finally:
             await ctx.flush_progress()
-            self.active.pop(ctx.job_id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

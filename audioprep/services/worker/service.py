@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableError
 
 from audioprep.domain import kinds
+from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.services.worker.job_runner import Cleanup, Handler, JobRunner
 from audioprep.services.worker.slots import PrioritySlots
 from audioprep.shared import metrics, names
@@ -144,7 +145,8 @@ class WorkerService:
                 await self._start(kind, msg, stop)
 
     async def _start(self, kind: kinds.Kind, msg: Msg, stop: asyncio.Event) -> None:
-        waiting = asyncio.create_task(self._hold(msg))
+        # held (in progress) while it waits for a slot
+        waiting = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
         acquire = asyncio.create_task(self.slots.acquire(PRIORITY[kind]))
         stopping = asyncio.create_task(stop.wait())
         try:
@@ -166,13 +168,6 @@ class WorkerService:
         self._jobs.add(task)
         self._in_flight[task] = msg
         task.add_done_callback(self._done)
-
-    async def _hold(self, msg: Msg) -> None:
-        """Keep a fetched message from being redelivered while it waits for a slot."""
-        while True:
-            await asyncio.sleep(max(0.5, self.settings.ack_wait_s / 2))
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
     async def _run_one(self, msg: Msg) -> None:
         try:

@@ -9,14 +9,15 @@ from audioprep.services.worker.context import JobContext
 from audioprep.shared.storage import StorageNotFound
 
 
-async def local_source(ctx: JobContext, key: str) -> Path:
-    """The source as a local file: its own path on local storage, else a streamed temp copy."""
+async def local_source(ctx: JobContext, key: str, *, prefix: str = "source-") -> Path:
+    """The source as a local file: its own path on local storage, else a streamed temp copy
+    (named `prefix` + its name: an intro and the episode may share a name)."""
     direct = ctx.storage.local_path(key)
     if direct is not None:
         if not direct.exists():
             raise Permanent(f"source {key} does not exist", code="source_not_found")
         return direct
-    target = ctx.scratch / ("source-" + key.rsplit("/", 1)[-1])
+    target = ctx.scratch / (prefix + key.rsplit("/", 1)[-1])
     try:
         await ctx.storage.download_to(key, target)
     except StorageNotFound as exc:

@@ -56,6 +56,39 @@ async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str)
         raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
 
 
+async def _check_joins(api: NamedDependency[ApiContext], recipe: Recipe, tenant: str) -> None:
+    """An intro/outro is a source this tenant ingested: else 404 `intro_not_found` /
+    `outro_not_found` (another tenant's key looks exactly like a missing one)."""
+    for which, spec in (("intro", recipe.intro), ("outro", recipe.outro)):
+        if spec is None:
+            continue
+        field, key = f"recipe.{which}.sourceKey", spec.source_key
+        if not keys.is_safe_key(key):
+            raise ProblemError(422, "invalid_source_key", "not a valid storage key", field=field)
+        if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
+            raise ProblemError(
+                404,
+                f"{which}_not_found",
+                f"no source {key!r} for the {which}; ingest it first",
+                field=field,
+            )
+
+
+def _check_outputs(data: SaveRequest) -> None:
+    """`format` for one file, or `outputs` for several: exactly one of them."""
+    if data.format is not None and data.outputs is not None:
+        raise ProblemError(
+            422,
+            "validation_error",
+            "give either `format` (one file) or `outputs` (several), not both",
+            field="outputs",
+        )
+    if data.format is None and data.outputs is None:
+        raise ProblemError(
+            422, "validation_error", "`format` or `outputs` is required", field="format"
+        )
+
+
 def _ingest_job_of(source_key: str) -> str | None:
     """`[tenants/<t>/]sources/<ingestJobId>/<name>` → the ingest job id."""
     parts = source_key.split("/")
@@ -139,6 +172,7 @@ async def preview(
     _check_recipe(data.recipe)
     await _check_source(api, data.source_key, tenant)
     await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
+    await _check_joins(api, data.recipe, tenant)
     answer = await request_preview(
         api,
         job_id=job_id,
@@ -158,7 +192,10 @@ async def preview(
     description=(
         "Renders the recipe into `format` (wav, flac, mp3, opus, aac) with optional encoder "
         "`options`; the result's `preparedKey` names the file and the job view carries a "
-        "signed `downloadUrl`."
+        "signed `downloadUrl`. With `outputs` (1-5 formats, instead of `format`) the recipe "
+        "runs once and feeds every encoder: `result.outputs[]` has each file's key, size, "
+        "loudness report and `downloadUrl`. `metadata` and `chapters` go into every file "
+        "(docs/publishing.md)."
     ),
     status_code=HTTP_202_ACCEPTED,
     responses=problems(400, 401, 404, 409, 413, 415, 422),
@@ -180,18 +217,22 @@ async def save(
     if replayed is not None:
         view = await load_view(api, replayed, tenant)
         return _accepted(replayed, view.status)
+    _check_outputs(data)
     _check_recipe(data.recipe)
     await _check_source(api, data.source_key, tenant)
     await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
+    await _check_joins(api, data.recipe, tenant)
     options: OutputOptions | None = data.options
     metadata, chapters = await publishing_fields(api, tenant, data.metadata, data.chapters)
+    outputs = [msgspec.to_builtins(o) for o in data.outputs] if data.outputs else None
     event = JobRequested(
         job_id=job_id,
         kind="save",
         tenant=tenant,
         source_key=data.source_key,
         recipe=msgspec.to_builtins(data.recipe),
-        format=data.format,
+        format=data.outputs[0].format if data.outputs else data.format,
+        outputs=outputs,
         filename=keys.safe_filename(data.filename) if data.filename else None,
         options=msgspec.to_builtins(options) if options is not None else None,
         request_fingerprint=fingerprint,

@@ -14,13 +14,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from audioprep.domain.events import Event, encode_event, is_terminal
 from audioprep.services.api.auth import tenant_for
@@ -29,7 +26,6 @@ from audioprep.services.api.jobs import load_view
 from audioprep.services.api.openapi import problems
 from audioprep.services.api.problems import ProblemError
 from audioprep.shared.event_store import EventStore, StoredEvent
-from audioprep.shared.names import Names
 
 log = logging.getLogger("audioprep.api")
 
@@ -56,25 +52,6 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int:
             400, "invalid_last_event_id", "Last-Event-ID must be a stream sequence number"
         )
     return int(raw)
-
-
-@contextlib.asynccontextmanager
-async def wake_ups(nc: Client, names: Names, job_id: str) -> AsyncIterator[asyncio.Event]:
-    """An event set whenever something is published on the job's subjects (core NATS only)."""
-    wake = asyncio.Event()
-
-    async def on_msg(_msg: Msg) -> None:
-        wake.set()
-
-    sub = await nc.subscribe(names.job_subjects(job_id), cb=on_msg)
-    try:
-        await nc.flush()  # registered before the caller reads the history: nothing slips by
-        yield wake
-    finally:
-        # A client that goes away cancels this generator's scope; shield the clean-up or the
-        # await is cancelled again and the subscription lingers on the connection.
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 async def _woken(wake: asyncio.Event, timeout: float) -> bool:
@@ -137,7 +114,7 @@ async def job_event_stream(
     api: NamedDependency[ApiContext], job_id: str, after: int
 ) -> AsyncIterator[ServerSentEventMessage]:
     """SSE messages for `follow_job`, with a keep-alive comment while idle."""
-    async with wake_ups(api.nc, api.settings.names, job_id) as wake:
+    async with api.events.wake_ups(job_id) as wake:
         async for stored in follow_job(api.events, job_id, after, wake):
             if stored is None:
                 yield ServerSentEventMessage(comment="keep-alive", data=None)

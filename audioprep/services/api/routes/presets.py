@@ -24,7 +24,7 @@ from audioprep.services.api.bodies import decode_json, json_body, json_bytes, ma
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.problems import ProblemError
 from audioprep.services.api.routes.images import publishing_fields
-from audioprep.shared.metadata import Metadata
+from audioprep.shared.metadata import Metadata, Output
 from audioprep.shared.presets import (
     NAME_PATTERN,
     PresetExists,
@@ -55,6 +55,7 @@ class PresetOut(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_
     metadata: Metadata | None = None
     format: SaveFormat | None = None
     options: OutputOptions | None = None
+    outputs: list[Output] | None = None
 
 
 class PresetList(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +74,7 @@ def _out(stored: StoredPreset) -> PresetOut:
         metadata=p.metadata,
         format=p.format,
         options=p.options,
+        outputs=p.outputs,
     )
 
 
@@ -93,12 +95,23 @@ async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> Preset
             reason = exc.message.split(" - at ", 1)[0]
             raise ProblemError(422, "invalid_recipe", f"{field} {reason}", field=field) from None
     await publishing_fields(api, tenant, fields.metadata, None)
+    if fields.format is not None and fields.outputs is not None:
+        raise ProblemError(
+            422,
+            "validation_error",
+            "a preset has either `format` (one file) or `outputs` (several), not both",
+            field="outputs",
+        )
     return fields
 
 
 def _fields_of(body: PresetFields) -> PresetFields:
     return PresetFields(
-        recipe=body.recipe, metadata=body.metadata, format=body.format, options=body.options
+        recipe=body.recipe,
+        metadata=body.metadata,
+        format=body.format,
+        options=body.options,
+        outputs=body.outputs,
     )
 
 

@@ -473,6 +473,7 @@ async function loadSource(view, label) {
   show($("#source"));
   show($("#edit"));
   show($("#save"));
+  loadPresets();
   resetRecipe();
   resetPlayer();
   restoreEdit(); // what this tab last had for this source (survives a reload)
@@ -1543,6 +1544,163 @@ async function cancelSave() {
   }
 }
 
+// ---- saved presets (docs/publishing.md) ---------------------------------------------------
+
+const presets = { list: [] };
+
+/** The tenant's presets into the picker; `pick` stays (or becomes) the chosen one. */
+async function loadPresets(pick) {
+  let doc;
+  try {
+    doc = await api("GET", "/api/presets");
+  } catch (err) {
+    $("#preset-note").textContent = `Presets unavailable: ${err.message}`;
+    return;
+  }
+  presets.list = (doc && doc.presets) || [];
+  const sel = $("#preset-pick");
+  const keep = pick !== undefined ? pick : sel.value;
+  while (sel.options.length > 1) sel.remove(1);
+  for (const p of presets.list) {
+    const o = document.createElement("option");
+    o.value = p.name;
+    const formats = (p.outputs || []).map((x) => x.format).join(" + ") || p.format || "";
+    o.textContent = `${p.name} (v${p.version}${formats ? `, ${formats}` : ""})`;
+    sel.append(o);
+  }
+  sel.value = presets.list.some((p) => p.name === keep) ? keep : "";
+}
+
+/** What the page saves as a preset: the edit without its trim, the format and its quality. */
+function presetBody(name) {
+  const recipe = buildRecipe();
+  delete recipe.trim; // positions in this source, not a setting for the next episode
+  const format = $("#save-format").value;
+  const body = { recipe, format };
+  const options = saveOptions(format);
+  if (options) body.options = options;
+  const old = presets.list.find((p) => p.name === name);
+  if (old && old.metadata) body.metadata = old.metadata; // the page does not edit tags: keep them
+  return body;
+}
+
+async function savePreset() {
+  clearFieldErrors();
+  const box = $("#preset-name").closest(".field");
+  box.classList.remove("invalid");
+  box.querySelector(".field-error").textContent = "";
+  const name = $("#preset-name").value.trim();
+  const note = $("#preset-note");
+  if (!name) {
+    box.classList.add("invalid");
+    box.querySelector(".field-error").textContent = "give the preset a name";
+    $("#preset-name").focus();
+    return;
+  }
+  let saved;
+  try {
+    saved = await api("PUT", `/api/presets/${encodeURIComponent(name)}`, presetBody(name));
+  } catch (err) {
+    if (err.field === "name" || err.status === 404) {
+      box.classList.add("invalid");
+      box.querySelector(".field-error").textContent =
+        "letters, digits, - and _ only (at most 64)";
+      note.textContent = "Not saved.";
+    } else {
+      showProblem(err, "#recipe-error");
+      note.textContent = "Not saved: the edit settings need fixing.";
+    }
+    return;
+  }
+  note.textContent = `Saved preset “${saved.name}” (version ${saved.version}).`;
+  await loadPresets(saved.name);
+}
+
+function setValue(id, value) {
+  const e = document.getElementById(id);
+  if (e.tagName === "SELECT" && value !== "" && ![...e.options].some((o) => o.value === value)) {
+    const o = document.createElement("option");
+    o.value = o.textContent = value; // a rate the list does not offer
+    e.append(o);
+  }
+  e.value = value;
+}
+
+/** The recipe's fields into the form (the inverse of buildRecipe); the trim stays. */
+function fillRecipe(r) {
+  const ms = (v, d) => String(v != null ? v / 1000 : d);
+  setValue("fade-in", ms(r.fadeInMs, 0));
+  setValue("fade-out", ms(r.fadeOutMs, 0));
+  setValue("gain", String(r.gainDb ?? 0));
+  setValue("speed", String(r.speed ?? 1));
+  setValue("channels", r.channels || "");
+  setValue("sample-rate", r.sampleRate ? String(r.sampleRate) : "");
+  $("#trim-silence").checked = !!r.trimSilence;
+  const n = r.normalize;
+  if (!n) setValue("normalize", "");
+  else if (n.preset) setValue("normalize", n.preset);
+  else {
+    setValue("normalize", "custom");
+    setValue("target-lufs", String(n.targetLufs ?? -16));
+    setValue("true-peak", String(n.truePeakDb ?? -1.5));
+  }
+  const on = (id, value) => {
+    document.getElementById(id).checked = value != null;
+  };
+  on("highpass-on", r.highpassHz);
+  setValue("highpass-hz", String(r.highpassHz ?? 80));
+  on("dehum-on", r.dehum);
+  setValue("dehum-hz", r.dehum != null ? String(r.dehum) : "auto");
+  on("denoise-on", r.denoise);
+  const amount = r.denoise && r.denoise !== "auto" ? (r.denoise.amountDb ?? 20) : 20;
+  setValue("denoise-mode", r.denoise && r.denoise !== "auto" ? "amount" : "auto");
+  setValue("denoise-amount", String(amount));
+  on("leveler-on", r.leveler);
+  setValue("leveler-strength", String((r.leveler && r.leveler.strength) ?? 0.7));
+  on("deess-on", r.deess);
+  setValue("deess-amount", String((r.deess && r.deess.amount) ?? 0.5));
+  on("pauses-on", r.shortenPauses);
+  setValue("max-pause", ms(r.shortenPauses && r.shortenPauses.maxPauseMs, 1));
+}
+
+function applyPreset() {
+  const name = $("#preset-pick").value;
+  const p = presets.list.find((x) => x.name === name);
+  if (!p) return;
+  clearFieldErrors();
+  fillRecipe(p.recipe || {});
+  const outputs = p.outputs || [];
+  const format = p.format || (outputs[0] && outputs[0].format);
+  const options = p.options || (outputs[0] && outputs[0].options) || {};
+  if (format) {
+    setValue("save-format", format);
+    syncSaveOptions();
+    const q = options.bitDepth === 24 ? "24" : options.bitrate ? String(options.bitrate) : "";
+    if ([...$("#save-quality").options].some((o) => o.value === q)) $("#save-quality").value = q;
+    setValue("mp3-quality", options.quality != null ? String(options.quality) : "");
+  }
+  $("#preset-name").value = p.name;
+  syncNormalize();
+  syncVoice();
+  editChanged();
+  const notes = [`Filled in from “${p.name}” (version ${p.version}).`];
+  if (outputs.length > 1) notes.push(`Its ${outputs.length} outputs are saved only through the API; the page saves one file.`);
+  const r = p.recipe || {};
+  if (r.intro || r.outro) notes.push("Its intro/outro are not shown here.");
+  $("#preset-note").textContent = notes.join(" ");
+}
+
+function setupPresets() {
+  $("#preset-save").addEventListener("click", savePreset);
+  $("#preset-pick").addEventListener("change", applyPreset);
+  $("#preset-pick").addEventListener("focus", () => loadPresets());
+  $("#preset-name").addEventListener("input", () => {
+    const box = $("#preset-name").closest(".field");
+    box.classList.remove("invalid");
+    box.querySelector(".field-error").textContent = "";
+  });
+}
+
 // ---- webhooks settings panel (docs/webhooks.md) ------------------------------------------
 
 const wh = {
@@ -1987,6 +2145,7 @@ function main() {
   $("#save-btn").addEventListener("click", save);
   $("#cancel-btn").addEventListener("click", cancelSave);
   setupWebhooks();
+  setupPresets();
   document.body.dataset.ready = "1";
   restore();
 }

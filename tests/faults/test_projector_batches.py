@@ -67,12 +67,16 @@ async def test_atomic_batches_and_the_fallback_agree_with_the_fold(tmp_path: Pat
             await writer.apply_batch(more)
             assert (writer.atomic_batches, writer.fallbacks) == (1, 1)
 
-            # 3. and a third batch on the refreshed cache is atomic again
-            again = [(await events.append(e), e) for e in _job(new_job_id(), 99)]
+            # 3. a third batch (new jobs) is atomic again; a batch of one job is written alone
+            fresh = [new_job_id() for _ in range(10)]
+            again = [(await events.append(e), e) for j in fresh for e in _job(j, 99)]
             await writer.apply_batch(again)
             assert writer.atomic_batches == 2
+            single = new_job_id()
+            await writer.apply_batch([(await events.append(e), e) for e in _job(single, 7)])
+            assert writer.atomic_batches == 2
 
-            for job_id in [*jobs, again[0][1].job_id]:
+            for job_id in [*jobs, *fresh, single]:
                 expected = fold_history(await events.history(job_id))
                 entry = await kv.get(job_id)
                 assert expected is not None and entry.value is not None

@@ -368,11 +368,17 @@ def http_load(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (and its waited-for children) has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """User + system CPU seconds a process and its live children (granian's worker) have used
+    so far (children that exited and were waited for are in cutime/cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / ticks
+    return sum(int(x) for x in fields[11:15]) / ticks + sum(cpu_seconds(c) for c in children)
 
 
 def http_load_cpu(pid: int, tmp: Path, url: str, **kw: Any) -> dict[str, Any]:

@@ -28,10 +28,13 @@ typecheck: $(STAMP)
 # Debian packages the tests use: Chromium for tests/browser (Playwright from PyPI drives it),
 # espeak-ng for speech-like test material (tests/speech.py), ffprobe (package ffmpeg) as the
 # independent reader of tags and chapters (tests/publish), gcc to build RNNoise with SIMD at
-# first use (third_party/rnnoise; without a compiler the pyrnnoise wheel's slower library runs).
-SYSTEM_DEPS := chromium espeak-ng ffmpeg gcc
+# first use (third_party/rnnoise; without a compiler the pyrnnoise wheel's slower library runs),
+# `ip` (iproute2) and `nft` (nftables) for the simulated hosts of tests/faults/netns.py.
+# `command:package` when the command is not named like its package.
+SYSTEM_DEPS := chromium espeak-ng ffmpeg gcc ip:iproute2 nft:nftables
 system-deps:
-	@missing=""; for p in $(SYSTEM_DEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for d in $(SYSTEM_DEPS); do c=$${d%%:*}; p=$${d#*:}; \
+		command -v $$c >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$c >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	test -z "$$missing" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \
 		|| echo "warning: could not install$$missing (need root + Debian); tests needing them are skipped"
 

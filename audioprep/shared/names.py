@@ -155,6 +155,11 @@ class Names:
 
     # ---- JOBS subjects -------------------------------------------------------------------------
 
+    def max_deliveries_advisory_of(self, consumer: str) -> str:
+        """Where JetStream announces that `consumer` of the jobs stream gave up on a message
+        (and where the dead-letter reconciler records one whose advisory was missed)."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{check_token(consumer)}"
+
     def event_subject(self, kind: Kind, job_id: str, event: EventName) -> str:
         """`jobs.<kind>.<job_id>.<event>`."""
         return f"{self._jobs}.{kind}.{check_token(job_id)}.{event}"

@@ -130,7 +130,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.js.errors.ServerError):
         return True  # 503/5xx: JetStream not ready yet (restart, leader election)
     if isinstance(exc, nats.js.errors.APIError):
-        return False  # any other API answer is a real answer
+        # 10158: a publish with this Msg-Id is still being stored (our own earlier try);
+        # any other API answer is a real answer
+        return exc.err_code == 10158
     return isinstance(
         exc,
         TimeoutError

@@ -9,12 +9,22 @@ parameters: `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=auto&allow
 
 Listing is by path segments (obstore semantics): `list("sources/abc")` finds
 `sources/abc/x.wav`, not `sources/abcdef/…`.
+
+Writes never leave a partial object at a key. On local disk obstore writes each object to a
+staging file next to it (`<key>#<n>`, invisible to listing) and renames it over the key when
+complete; a failed write (a full disk included) removes the staging file. S3/R2 make an object
+visible only when its upload (or multipart upload) completes, and a failed one is aborted.
+
+A full volume (ENOSPC, or EDQUOT over a quota) is `StorageFull`: retryable with the stable
+code `storage_full` (the API answers 507, a job retries with backoff and, on its last
+delivery, fails with that code), so "make room" is told apart from "storage is unreachable".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +37,7 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import LocalStore, S3Store
 
-from audioprep.domain.errors import STORAGE_UNAVAILABLE, Permanent, Retryable
+from audioprep.domain.errors import STORAGE_FULL, STORAGE_UNAVAILABLE, Permanent, Retryable
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
@@ -64,6 +74,18 @@ class StorageRangeError(Permanent):
     default_code = "range_not_satisfiable"
 
 
+class StorageFull(Retryable):
+    """The storage volume has no space left (ENOSPC/EDQUOT): retry once there is room."""
+
+    default_code = STORAGE_FULL
+
+
+# How obstore reports a full local disk: a GenericError whose text carries the OS error
+# (`... No space left on device (os error 28)`, io::ErrorKind::StorageFull).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_MARKERS = (*(f"(os error {n})" for n in _FULL_ERRNOS), "kind: StorageFull")
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -72,8 +94,17 @@ class ObjectInfo:
     etag: str | None = None
 
 
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _FULL_MARKERS)
+
+
 def _unavailable(action: str, key: str, exc: BaseException) -> Retryable:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if _is_full(exc):
+        return StorageFull(f"storage {action} {key} failed: the storage volume is full")
     return Retryable(f"storage {action} {key} failed: {first_line}", code=STORAGE_UNAVAILABLE)
 
 
@@ -93,9 +124,9 @@ def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
 class Storage:
     """put/get/head/delete/list/sign on one bucket or directory; streaming both ways.
 
-    Errors: a missing key is `StorageNotFound` (permanent); anything else the backend
-    reports (network, credentials, missing bucket) is `Retryable` with code
-    `storage_unavailable`.
+    Errors: a missing key is `StorageNotFound` (permanent); a full volume is `StorageFull`
+    (retryable, code `storage_full`); anything else the backend reports (network,
+    credentials, missing bucket) is `Retryable` with code `storage_unavailable`.
     """
 
     def __init__(self, store: Any, *, local_root: Path | None, url: str) -> None:

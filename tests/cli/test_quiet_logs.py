@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from audioprep.services.worker import dead_letters
 from audioprep.services.worker.dead_letters import DeadLetterFailer
-from audioprep.shared import keys
+from audioprep.shared import keys, pull_loop
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names
@@ -36,17 +35,18 @@ async def test_an_idle_dead_letter_fetch_is_not_a_warning(
 ) -> None:
     # A fetch timeout this short makes nats-py's batch fetch run out of time between its two
     # pull requests on most tries, the idle case it reports with a plain TimeoutError.
-    monkeypatch.setattr(dead_letters, "FETCH_TIMEOUT_S", 0.0002)
+    monkeypatch.setattr(pull_loop, "FETCH_TIMEOUT_S", 0.0002)
     with private_server(tmp_path / "nats") as server:
         settings = fault_settings(server.url, tmp_path / "data")
         async with connected(settings) as nc:
             js = nc.jetstream()
             failer = DeadLetterFailer(events=EventStore(nc, js, NAMES), js=js, settings=settings)
             stop = asyncio.Event()
-            with caplog.at_level(logging.INFO, logger="audioprep.dead_letters"):
+            with caplog.at_level(logging.INFO):
                 asyncio.get_running_loop().call_later(1.0, stop.set)  # a second of idling
                 await asyncio.wait_for(failer.run(stop), timeout=10)
-    noise = [r for r in caplog.records if r.name == "audioprep.dead_letters"]
+    loggers = ("audioprep.dead_letters", "audioprep.pull")
+    noise = [r for r in caplog.records if r.name in loggers]
     assert not noise, [r.getMessage() + " " + str(r.__dict__.get("error")) for r in noise]
 
 

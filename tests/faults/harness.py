@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -71,11 +74,12 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.killed = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """A new worker process; `prefix` runs it through a wrapper (`ip netns exec NS`)."""
         n = len(self.procs) + 1
         log = (self.log_dir / f"worker-{n}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "audioprep.services.cli.main", "worker"],
+            [*(prefix or []), sys.executable, "-m", "audioprep.services.cli.main", "worker"],
             cwd=REPO_ROOT,
             env=service_env(self.settings),
             stdout=log,
@@ -319,3 +323,245 @@ async def wait_terminal(events: EventStore, job_ids: Iterable[str], *, timeout: 
         subjects = events.names.terminal_filters()
         await wait_until(events.nc, subjects, check, timeout=timeout, what="terminal events")
     return set(waiting)
+
+
+# ---- issue 20: volumes, audits with lost/stuck/server errors ------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
+    """A small tmpfs at `path` (root only: skipped loudly otherwise); unmounted afterwards."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip(f"SKIPPED LOUDLY: mounting a {size_mb} MB tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_volume(path: Path) -> int:
+    """Write one file at `path` until the volume answers ENOSPC; returns the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as out:
+        for size in (1024 * 1024, 4096, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    written += out.write(block) or 0
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    return written
+
+
+@dataclass
+class Audit:
+    """What a fault test prints: every figure that must be zero, and the outcomes.
+
+    lost — acknowledged (202) jobs whose JobRequested is not in the stream;
+    stuck — requested jobs without a terminal event after the wait;
+    duplicates — JobRequested, terminal events and JobCompleted beyond the first, per job;
+    server_errors — HTTP answers that were 500 (or any 5xx not in the expected set).
+    """
+
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    stuck: int = 0
+    duplicates: int = 0
+    server_errors: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    lost_ids: list[str] = field(default_factory=list)
+    stuck_ids: list[str] = field(default_factory=list)
+
+    def line(self, name: str, **extra: object) -> str:
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(self.codes.items()))
+        more = " ".join(f"{k}={v}" for k, v in extra.items())
+        return (
+            f"[{name}] accepted={self.accepted} completed={self.completed} failed={self.failed}"
+            + (f" codes={codes}" if codes else "")
+            + f" lost={self.lost} duplicates={self.duplicates} stuck={self.stuck}"
+            f" server_errors={self.server_errors}" + (f" {more}" if more else "")
+        )
+
+    def assert_clean(self) -> None:
+        assert self.lost == 0, f"lost: {self.lost_ids}"
+        assert self.stuck == 0, f"stuck: {self.stuck_ids}"
+        assert self.duplicates == 0, self
+        assert self.server_errors == 0, self
+
+
+def audit(
+    accepted: Iterable[str], events: dict[str, list[StoredEvent]], *, server_errors: int = 0
+) -> Audit:
+    a = Audit(server_errors=server_errors)
+    for job_id in dict.fromkeys(accepted):
+        a.accepted += 1
+        history = [s.event for s in events.get(job_id, [])]
+        requested = [e for e in history if isinstance(e, JobRequested)]
+        ends = [e for e in history if type(e).__name__ in TERMINAL_TYPES]
+        completions = [e for e in ends if isinstance(e, JobCompleted)]
+        a.duplicates += max(0, len(requested) - 1) + max(0, len(ends) - 1)
+        a.duplicates += max(0, len(completions) - 1)
+        if not requested:
+            a.lost += 1
+            a.lost_ids.append(job_id)
+        elif not ends:
+            a.stuck += 1
+            a.stuck_ids.append(job_id)
+        elif isinstance(ends[0], JobCompleted):
+            a.completed += 1
+        elif type(ends[0]).__name__ == "JobFailed":
+            a.failed += 1
+            code = getattr(ends[0], "error").code  # noqa: B009
+            a.codes[code] = a.codes.get(code, 0) + 1
+        else:
+            a.cancelled += 1
+    return a
+
+
+async def provision_when_ready(settings: Settings, timeout: float = 30.0) -> None:
+    """A fresh cluster can refuse R3 assets for a moment (peers still joining): retry."""
+    nc = await connect(settings, "fault-test")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                await provision(nc.jetstream(), settings)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+async def retrying(call: Any, *, timeout: float = 30.0, pause: float = 0.25) -> Any:
+    """`await call()` until it succeeds (a test's own admin request during an election)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(pause)
+
+
+class ApiProcess:
+    """`audioprep api` as its own process (uvicorn), for tests that need concurrent requests
+    or an API on another "host". `prefix` runs it through a wrapper (`ip netns exec NS`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: list[str] | None = None,
+        name: str = "api",
+    ) -> None:
+        from audioprep.shared.nats_server import free_port
+
+        self.settings = settings
+        self.host = host
+        self.port = port or free_port()
+        self.log = log_dir / f"{name}.log"
+        self.prefix = prefix or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ApiProcess:
+        env = service_env(self.settings)
+        env.update(AUDIOPREP_API_HOST=self.host, AUDIOPREP_API_PORT=str(self.port))
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "audioprep.services.cli.main", "api"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                assert self.proc is not None and self.proc.poll() is None, self.logs()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                assert time.monotonic() < deadline, f"API not up\n{self.logs()}"
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+class KeyedClient:
+    """POSTs one upload under one Idempotency-Key until a 202, honouring Retry-After: the
+    client issue 20 asks for (a 503 is retried with the same key; anything else fails)."""
+
+    def __init__(self, client: Any, tone: bytes, *, retry_for_s: float = 45.0) -> None:
+        self.client = client
+        self.tone = tone
+        self.retry_for_s = retry_for_s
+        self.statuses: Counter[int] = Counter()
+        self.codes: Counter[str] = Counter()
+        self.retry_after_missing = 0
+        self.answers: dict[str, list[str]] = {}  # key → job ids of its 202s
+
+    async def post(self, key: str, *, pause_s: float = 0.25) -> None:
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                resp = await self.client.post(
+                    "/api/audio/ingest",
+                    files={"file": (f"{key}.wav", self.tone, "audio/wav")},
+                    headers={"Idempotency-Key": key},
+                )
+            except httpx.HTTPError as exc:  # the connection gave up: not acknowledged, retry
+                self.codes[type(exc).__name__] += 1
+                assert time.monotonic() < deadline, f"{key}: no 202 within {self.retry_for_s}s"
+                await asyncio.sleep(pause_s)
+                continue
+            self.statuses[resp.status_code] += 1
+            if resp.status_code == 202:
+                self.answers.setdefault(key, []).append(resp.json()["jobId"])
+                return
+            self.codes[resp.json().get("code", "?")] += 1
+            assert resp.status_code == 503, resp.text  # never a 500, never a 4xx
+            retry_after = resp.headers.get("retry-after")
+            if retry_after is None or int(retry_after) < 1:
+                self.retry_after_missing += 1
+            assert time.monotonic() < deadline, f"{key}: no 202 within {self.retry_for_s}s"
+            # A real client sleeps Retry-After (1 s); the test retries sooner to press on.
+            await asyncio.sleep(pause_s)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audioprep.domain.errors import CORRUPT_MEDIA, NO_AUDIO_STREAM, Cancelled, Permanent
+from audioprep.domain.errors import CORRUPT_MEDIA, NO_AUDIO_STREAM, Permanent
 from audioprep.domain.recipe import Normalize, OutputOptions, Recipe, RecipeError, Trim
 from audioprep.services.worker.pipeline.render import render
 from tests import media
@@ -189,21 +189,6 @@ def test_progress_is_monotonic_and_ends_at_one(tmp_path: Path, tone_wav: Path) -
     render(str(tone_wav), str(tmp_path / "o.opus"), Recipe(), "opus", on_progress=seen.append)
     assert seen and seen[-1] == 1.0
     assert seen == sorted(seen) and all(0.0 <= v <= 1.0 for v in seen)
-
-
-def test_cancel_removes_partial_output(tmp_path: Path) -> None:
-    src = media.write_tone(tmp_path / "long.flac", seconds=20.0)
-    dst = tmp_path / "o.mp3"
-    calls = 0
-
-    def should_stop() -> bool:
-        nonlocal calls
-        calls += 1
-        return calls >= 3
-
-    with pytest.raises(Cancelled):
-        render(str(src), str(dst), Recipe(), "mp3", should_stop=should_stop)
-    assert not dst.exists()
 
 
 def test_trim_past_end_is_a_recipe_error(tmp_path: Path, tone_wav: Path) -> None:

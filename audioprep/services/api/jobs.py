@@ -117,7 +117,16 @@ async def submit(
             fingerprint=event.request_fingerprint,
         )
         if existing is None:
-            raise
+            # The stream has this id (our own earlier publish whose answer was lost, or a
+            # racing request) but the read did not see it yet (a replica behind the leader):
+            # we can't tell which request it was. Ask for a retry; it will know.
+            raise ProblemError(
+                503,
+                "service_unavailable",
+                "could not confirm whether this job was created; retry with the same "
+                "Idempotency-Key",
+                headers={"Retry-After": "1"},
+            ) from None
         log.info("idempotent replay", extra={"job_id": event.job_id})
     log.info("job requested", extra={"job_id": event.job_id, "kind": event.kind})
     return event.job_id

@@ -71,7 +71,10 @@ _DESCRIPTIONS = {
     422: "Validation failed; `field` names the offending field",
     429: "Rate limited (per tenant); retry after `Retry-After` seconds",
     503: "NATS or storage briefly unavailable; retry after `Retry-After` seconds",
+    507: "Media storage is full (`storage_full`); nothing was stored; retry after `Retry-After`",
 }
+# Routes that write an upload to media storage: a full volume answers 507.
+_STORES_UPLOADS = ("/api/audio/ingest", "/api/images")
 
 # Every operation's explicit id and tag.
 OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -362,6 +365,8 @@ def _complete_errors(path: str, operation: Any, responses: dict[str, Any], *, ke
     if on_api:
         responses.setdefault("429", _problem_response(_DESCRIPTIONS[429], _RETRY_AFTER))
         responses.setdefault("503", _problem_response(_DESCRIPTIONS[503], _RETRY_AFTER))
+    if path in _STORES_UPLOADS:
+        responses.setdefault("507", _problem_response(_DESCRIPTIONS[507], _RETRY_AFTER))
     for status, response in list(responses.items()):
         if on_api and str(status)[0] in "45" and PROBLEM_JSON not in (response.content or {}):
             description = getattr(response, "description", "") or "Problem"

@@ -11,12 +11,15 @@ import nats.js.errors
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from audioprep.domain.errors import Retryable
+from audioprep.domain.errors import STORAGE_FULL, Retryable
 from audioprep.shared.nats_conn import NatsUnavailable
 
 log = logging.getLogger("audioprep.api")
 
 PROBLEM_JSON = "application/problem+json"
+MSG_ID_IN_PROCESS = 10158
+# A full media-storage volume: the client may retry, but not in a second.
+STORAGE_FULL_RETRY_AFTER_S = 30
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 
@@ -116,6 +119,18 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         }.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
         problem = ProblemError(exc.status_code, code, str(exc.detail), headers=exc.headers)
         return problem_response(request, problem)
+    if isinstance(exc, Retryable) and exc.code == STORAGE_FULL:
+        # Media storage is out of space (ENOSPC): nothing was stored or published. The event
+        # store lives on its own volume and is unaffected (docs/reliability.md, "Disk full").
+        log.warning("storage full", extra={"path": request.url.path, "error": exc.message})
+        problem = ProblemError(
+            507,
+            STORAGE_FULL,
+            "media storage is full; nothing was stored. Retry later (an operator frees space)",
+            title="Storage full",
+            headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER_S)},
+        )
+        return problem_response(request, problem)
     if _is_backend_outage(exc):
         # NATS or storage briefly away (restart, leader election): the client should retry.
         log.warning(
@@ -140,7 +155,9 @@ def _is_backend_outage(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
         return True
     if isinstance(exc, nats.js.errors.APIError):  # JetStream said no: only "unavailable" is
-        return exc.code in (503, 504) or exc.err_code in (10008, 10023)  # transient
+        # 10158 "duplicate message id is in process": an earlier publish of this very job
+        # (a retry of an in-doubt request) is still being stored; we can't know yet.
+        return exc.code in (503, 504) or exc.err_code in (10008, 10023, MSG_ID_IN_PROCESS)
     # Timeouts, no responders, connection closed or draining...
     return isinstance(exc, nats.errors.Error)
 

@@ -14,7 +14,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from audioprep.services.notifier import metrics as notifier_metrics
-from audioprep.services.notifier.consumer import PullLoop
 from audioprep.services.notifier.deliver import Deliverer
 from audioprep.services.notifier.fanout import FanOut
 from audioprep.services.notifier.payload import Payloads
@@ -27,6 +26,7 @@ from audioprep.shared.provision import (
     notifier_jobs_consumer_config,
     provision_webhooks,
 )
+from audioprep.shared.pull_loop import PullLoop
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_crypto import secret_box
 from audioprep.shared.webhook_store import DeliveryStore, EndpointStore

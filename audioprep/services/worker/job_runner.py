@@ -216,15 +216,17 @@ class JobRunner:
             await self._ack(msg)
             return
 
-        await self.events.append(
-            JobStarted(
-                job_id=request.job_id,
-                kind=request.kind,
-                tenant=request.tenant,
-                attempt=attempt,
-                worker=self.worker_name,
-            ),
-            traceparent=traceparent,
+        started = JobStarted(
+            job_id=request.job_id,
+            kind=request.kind,
+            tenant=request.tenant,
+            attempt=attempt,
+            worker=self.worker_name,
+        )
+        # Through a leader election, not by handing the delivery back: each hand-back uses
+        # up one of the job's max_deliver deliveries (an outage must not dead-letter it).
+        await self._patiently(
+            "started", lambda: self.events.append(started, traceparent=traceparent)
         )
         metrics.job_started(request.kind)
         log.info("job started", extra=base)

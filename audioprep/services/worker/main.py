@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 
-from audioprep.services.worker.dead_letters import DeadLetterFailer
+from audioprep.services.worker.dead_letters import DeadLetterFailer, DeadLetterReconciler
 from audioprep.services.worker.handlers.ingest import cleanup_ingest, run_ingest
 from audioprep.services.worker.handlers.render import cleanup_render, run_render
 from audioprep.services.worker.job_runner import Cleanup, Handler
@@ -46,11 +46,14 @@ async def run_worker(
     async with service_deps(settings, "worker") as deps:
         sampler = metrics.worker_sampler(deps.js, settings.names)
         async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
-            # Every worker process also turns MAX_DELIVERIES advisories into JobFailed.
-            failer = DeadLetterFailer(
-                events=EventStore(deps.nc, deps.js, settings.names), js=deps.js, settings=settings
+            # Every worker process also turns MAX_DELIVERIES advisories into JobFailed, and
+            # finds the dead letters whose advisory was missed.
+            events = EventStore(deps.nc, deps.js, settings.names)
+            failer = DeadLetterFailer(events=events, js=deps.js, settings=settings)
+            reconciler = DeadLetterReconciler(events=events, js=deps.js, settings=settings)
+            await asyncio.gather(
+                build_worker(deps).run(stop, hurry), failer.run(stop), reconciler.run(stop)
             )
-            await asyncio.gather(build_worker(deps).run(stop, hurry), failer.run(stop))
 
 
 def stop_then_hurry(stop: asyncio.Event, hurry: asyncio.Event) -> None:

@@ -118,10 +118,11 @@ async def ingest(
     except ProblemError:
         # A concurrent request with this key but another file won the race: drop our copy.
         # (With the same file name both wrote the same key; the winner's job reads that one.)
+        # A job we can't see yet (503: the publish may have landed) keeps its upload.
         if event.upload_key:
             won = await api.events.first_event(job_id)
             winner = won.event if won is not None else None
-            if not isinstance(winner, JobRequested) or winner.upload_key != event.upload_key:
+            if isinstance(winner, JobRequested) and winner.upload_key != event.upload_key:
                 await api.storage.delete(event.upload_key)
         raise
     return Response(JobAccepted(job_id=job_id), status_code=HTTP_202_ACCEPTED)

@@ -31,7 +31,6 @@ def analyse(
     *,
     points: int = 2000,
     on_progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
     max_duration_s: float | None = None,
 ) -> Analysis:
     """Probe, measure loudness and compute peaks; the duration is the decoded sample count.
@@ -53,7 +52,7 @@ def analyse(
         progress = Progress(on_progress, header_ms)
         samples = 0
         graph = make_graph(stream, [METER, planar_float_for(stream.codec_context.channels)])
-        for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
+        for frame in run_graph(graph, decode_frames(container, stream)):
             meter.feed(frame)
             pcm = frame.to_ndarray()
             acc.feed(pcm)  # type: ignore[arg-type]

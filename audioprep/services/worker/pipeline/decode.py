@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from typing import BinaryIO
@@ -20,7 +20,6 @@ from audioprep.domain.errors import (
     NO_AUDIO_STREAM,
     TOO_LONG,
     UNSUPPORTED_MEDIA,
-    Cancelled,
     Permanent,
 )
 
@@ -67,7 +66,6 @@ OPEN_OPTIONS = {
 }
 # Undecodable packets tolerated (skipped, as the ffmpeg CLI does) before giving up.
 MAX_DECODE_ERRORS = 50
-CHECK_EVERY_FRAMES = 64
 
 
 def _looks_like_media(path: str) -> bool:
@@ -247,7 +245,6 @@ def decode_frames(
     container: av.container.InputContainer,
     stream: AudioStream,
     *,
-    should_stop: Callable[[], bool] | None = None,
     max_duration_s: float | None = None,
 ) -> Iterator[AudioFrame]:
     """Yield decoded frames; skip isolated bad packets, fail if nothing decodes.
@@ -285,8 +282,6 @@ def decode_frames(
                     code=TOO_LONG,
                 )
             decoded += 1
-            if should_stop is not None and decoded % CHECK_EVERY_FRAMES == 0 and should_stop():
-                raise Cancelled("stopped on request")
             yield frame
     if decoded == 0:
         raise Permanent("no audio could be decoded", code=CORRUPT_MEDIA)

@@ -8,7 +8,6 @@ always; if the prediction missed, verification corrects it with one more encode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,7 +46,6 @@ def build_excerpt(
     *,
     end_ms: float,
     scratch: Path,
-    should_stop: Callable[[], bool] | None = None,
 ) -> Excerpt | None:
     """Copy 8 evenly spaced 20 s windows of [start, end) into one wav (float, source rate)."""
     span = end_ms - path.start_ms
@@ -67,7 +65,7 @@ def build_excerpt(
         with av.open(str(out_path), "w", format="wav") as out:
             st = out.add_stream("pcm_f32le", rate=rate, layout=layout)
             position = 0
-            frames = decode_frames(container, stream, should_stop=should_stop)
+            frames = decode_frames(container, stream)
             for frame in run_graph(graph, frames):
                 n = frame.samples
                 pcm = np.asarray(frame.to_ndarray()[:, :n], dtype=np.float32)
@@ -88,7 +86,7 @@ def build_excerpt(
     tempo = [f for f in path.timing if f[0] == "atempo"]
     timing = [("asetpts", "PTS-STARTPTS"), *tempo]
     signal = replace(path, timing=timing, fades=[], source_rate=rate, start_ms=0.0)
-    raw = measure_loudness(str(out_path), filters=timing, should_stop=should_stop)
+    raw = measure_loudness(str(out_path), filters=timing)
     return Excerpt(
         path=str(out_path),
         signal=signal,

@@ -9,7 +9,7 @@ the crossfades) the first time a pass runs through it: what `result.parts` repor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -76,7 +76,6 @@ def joined(
     *,
     rate: int,
     layout: str,
-    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Samples]:
     """intro ⨯ episode ⨯ outro as planar float blocks at `rate` (episode blocks come in so)."""
     levels = joins.levels
@@ -84,13 +83,13 @@ def joined(
     parts: list[tuple[str, Iterator[Samples]]] = []
     overlaps: list[int] = []
     if joins.intro is not None:
-        intro = _part_blocks(joins.intro, rate, layout, should_stop)
+        intro = _part_blocks(joins.intro, rate, layout)
         parts.append(("intro", intro))
         overlaps.append(round(joins.intro.crossfade_ms * rate / 1000))
     parts.append(("episode", episode))
     if joins.outro is not None:
         overlaps.append(round(joins.outro.crossfade_ms * rate / 1000))
-        parts.append(("outro", _part_blocks(joins.outro, rate, layout, should_stop)))
+        parts.append(("outro", _part_blocks(joins.outro, rate, layout)))
     meters = {name: _PartMeter(rate, layout) for name, _ in parts} if measure else {}
     counts = dict.fromkeys((name for name, _ in parts), 0)
 
@@ -111,9 +110,7 @@ def joined(
         levels.measured = True
 
 
-def _part_blocks(
-    part: JoinPart, rate: int, layout: str, should_stop: Callable[[], bool] | None
-) -> Iterator[Samples]:
+def _part_blocks(part: JoinPart, rate: int, layout: str) -> Iterator[Samples]:
     """The part decoded, timed from zero, in planar float at the output's rate and layout."""
     gain = np.float32(10 ** (part.gain_db / 20))
     with open_audio(part.path) as (container, stream):
@@ -128,7 +125,7 @@ def _part_blocks(
             ),
         ]
         graph = make_graph(stream, chain)
-        for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
+        for frame in run_graph(graph, decode_frames(container, stream)):
             block = np.ascontiguousarray(frame.to_ndarray()[:, : frame.samples], dtype=np.float32)
             yield block * gain
 

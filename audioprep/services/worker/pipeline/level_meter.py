@@ -8,7 +8,7 @@ PeakDetector); with both, the higher one counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,7 +142,6 @@ LOUDNESS_ONLY_CHAIN: tuple[Filter, ...] = (("ebur128", "metadata=1"), PLANAR_FLO
 def measure_file(
     path: str,
     *,
-    should_stop: Callable[[], bool] | None = None,
     true_peak: bool = True,
     own_true_peak: bool = False,
 ) -> Levels:
@@ -156,6 +155,6 @@ def measure_file(
     with open_audio(path) as (container, stream):
         chain = METER_CHAIN if true_peak else LOUDNESS_ONLY_CHAIN
         graph = make_graph(stream, chain, frame_size=16384)  # numpy pays per call
-        frames = run_graph(graph, decode_frames(container, stream, should_stop=should_stop))
+        frames = run_graph(graph, decode_frames(container, stream))
         rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
         return meter_frames(frames, rate, channels, true_peak=own_true_peak)

@@ -80,7 +80,6 @@ def measure_loudness(
     filters: Sequence[Filter] = (),
     expected_ms: float | None = None,
     on_progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> Loudness:
     """Loudness of the whole source, or of what `filters` (trim, tempo) leave of it."""
     meter = LoudnessMeter()
@@ -90,7 +89,7 @@ def measure_loudness(
             total_ms = container.duration / 1000
         progress = Progress(on_progress, total_ms)
         graph = make_graph(stream, [*filters, METER])
-        frames = decode_frames(container, stream, should_stop=should_stop)
+        frames = decode_frames(container, stream)
         for frame in run_graph(graph, frames):
             meter.feed(frame)
             progress.advance_samples(frame.samples, frame.sample_rate)

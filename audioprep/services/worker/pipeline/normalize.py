@@ -81,7 +81,6 @@ def normalize(
     codec: str,
     encode: EncodeFn,
     verify: VerifyFn,
-    should_stop: Callable[[], bool] | None = None,
     cache: PcmCache | None = None,
     stage: StageFn | None = None,
     length_ms: float | None = None,
@@ -100,7 +99,6 @@ def normalize(
         codecs=[codec],
         encode=lambda gain, ceiling, _which: encode(gain, ceiling),
         verify=lambda _index: verify(),
-        should_stop=should_stop,
         cache=cache,
         stage=stage,
         length_ms=length_ms,
@@ -138,7 +136,6 @@ def normalize_outputs(
     codecs: Sequence[str],
     encode: EncodeManyFn,
     verify: VerifyOneFn,
-    should_stop: Callable[[], bool] | None = None,
     cache: PcmCache | None = None,
     stage: StageFn | None = None,
     length_ms: float | None = None,
@@ -154,10 +151,10 @@ def normalize_outputs(
     if excerpt is not None and excerpt.raw_lufs is not None and start is not None:
         offset = excerpt.raw_lufs - start
         calibration = _Calibration(
-            excerpt.path, excerpt.signal, target, should_stop, PcmCache(), stage, excerpt.length_ms
+            excerpt.path, excerpt.signal, target, PcmCache(), stage, excerpt.length_ms
         )
     else:
-        calibration = _Calibration(src_path, path, target, should_stop, cache, stage, length_ms)
+        calibration = _Calibration(src_path, path, target, cache, stage, length_ms)
     headroom = max(CODEC_HEADROOM_DB.get(codec, LOSSY_HEADROOM_DB) for codec in codecs)
     ceiling = target.true_peak_db - headroom - PEAK_MARGIN_DB
     everyone = list(range(len(codecs)))
@@ -324,12 +321,11 @@ class _Calibration:
         src_path: str,
         path: SignalPath,
         target: LoudnessTarget,
-        should_stop: Callable[[], bool] | None,
         cache: PcmCache | None,
         stage: StageFn | None,
         length_ms: float | None,
     ) -> None:
-        self._args = (src_path, path, target, should_stop, cache)
+        self._args = (src_path, path, target, cache)
         self._stage = stage
         self._length_ms = length_ms
         self._target = target
@@ -388,7 +384,6 @@ def _dry_run(
     src_path: str,
     path: SignalPath,
     target: LoudnessTarget,
-    should_stop: Callable[[], bool] | None,
     cache: PcmCache | None,
     progress: Progress,
 ) -> float | None:
@@ -398,7 +393,6 @@ def _dry_run(
         gain_db=gain,
         ceiling_db=ceiling,
         tail=list(LOUDNESS_ONLY_CHAIN),
-        should_stop=should_stop,
         cache=cache,
     )
     # only the one figure the target is about: ebur128's integrated loudness, or plain RMS

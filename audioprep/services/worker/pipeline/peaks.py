@@ -104,7 +104,6 @@ def compute_peaks(
     *,
     points: int = 2000,
     on_progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Peaks of a whole source in one streaming decode."""
     with open_audio(path) as (container, stream):
@@ -115,7 +114,7 @@ def compute_peaks(
         )
         progress = Progress(on_progress, total_ms)
         graph = make_graph(stream, [planar_float_for(stream.codec_context.channels)])
-        for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
+        for frame in run_graph(graph, decode_frames(container, stream)):
             acc.feed(frame.to_ndarray())  # type: ignore[arg-type]
             progress.advance_samples(frame.samples, rate)
     progress.done()

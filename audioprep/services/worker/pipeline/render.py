@@ -115,7 +115,6 @@ def render(
     title: str | None = None,
     on_progress: Callable[[float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
     source_info: MediaInfo | None = None,
     source_loudness: Loudness | None = None,
     source_voice: VoiceAnalysisInfo | None = None,
@@ -135,7 +134,6 @@ def render(
         title=title,
         on_progress=on_progress,
         on_stage=on_stage,
-        should_stop=should_stop,
         source_info=source_info,
         source_loudness=source_loudness,
         source_voice=source_voice,
@@ -152,7 +150,6 @@ def render_outputs(
     title: str | None = None,
     on_progress: Callable[[float], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
     source_info: MediaInfo | None = None,
     source_loudness: Loudness | None = None,
     source_voice: VoiceAnalysisInfo | None = None,
@@ -183,7 +180,6 @@ def render_outputs(
             rate_for,
             source_info,
             source_loudness,
-            should_stop,
             staged,
             source_voice,
             intro=intro,
@@ -191,7 +187,7 @@ def render_outputs(
         )
         wanted = recipe.sample_rate or plan.path.source_rate
         rates = [s.fmt.output_rate(wanted) for s in settings]
-        return _Renderer(src_path, outputs, settings, rates, plan, title, staged, should_stop).run()
+        return _Renderer(src_path, outputs, settings, rates, plan, title, staged).run()
     except BaseException:
         for output in outputs:
             with contextlib.suppress(FileNotFoundError):
@@ -211,10 +207,9 @@ class _Renderer:
         plan: Plan,
         title: str | None,
         staged: StagedProgress,
-        should_stop: Callable[[], bool] | None,
     ) -> None:
         self.src_path, self.outputs, self.settings, self.rates = src_path, outputs, settings, rates
-        self.plan, self.title, self.staged, self.should_stop = plan, title, staged, should_stop
+        self.plan, self.title, self.staged = plan, title, staged
         self.samples = [0] * len(outputs)  # what each output got in its last encode
 
     def run(self) -> RenderResult:
@@ -265,7 +260,6 @@ class _Renderer:
                 without_joins(plan.path),
                 end_ms=plan.end_ms,
                 scratch=scratch,
-                should_stop=self.should_stop,
             )
         try:
             outcomes = normalize_outputs(
@@ -276,7 +270,6 @@ class _Renderer:
                 codecs=[s.codec for s in self.settings],
                 encode=lambda gain, ceiling, which: self.encode(gain, ceiling, which, cache),
                 verify=self.verify,
-                should_stop=self.should_stop,
                 cache=cache,
                 stage=self.staged.stage,
                 length_ms=plan.length_ms,
@@ -326,7 +319,6 @@ class _Renderer:
                 ceiling_db=ceiling,
                 tail=tail,
                 frame_size=frame_size,
-                should_stop=self.should_stop,
                 stats=run,
                 cache=cache,
             ):
@@ -353,7 +345,6 @@ class _Renderer:
         # the true peak is what a ceiling is checked against: measured when normalising
         return measure_file(
             self.outputs[index].dst_path,
-            should_stop=self.should_stop,
             true_peak=self.plan.target is not None,
         )
 

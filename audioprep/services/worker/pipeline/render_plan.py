@@ -87,7 +87,6 @@ def plan_render(
     rate_for: Callable[[int], int],
     info: MediaInfo | None,
     source_loudness: Loudness | None,
-    should_stop: Callable[[], bool] | None,
     staged: StagedProgress,
     source_voice: VoiceAnalysisInfo | None = None,
     *,
@@ -101,9 +100,7 @@ def plan_render(
     analysis: VoiceAnalysis | None = None
     have_summary = source_voice is not None
     if needs_analysis(recipe, have_summary):
-        analysis = measure_voice(
-            src_path, on_progress=staged.stage("analysing voice"), should_stop=should_stop
-        )
+        analysis = measure_voice(src_path, on_progress=staged.stage("analysing voice"))
     if recipe.trim_silence and analysis is not None:
         bounds = trim_bounds_ms(analysis)
     window = kept_window(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
@@ -131,13 +128,12 @@ def plan_render(
             filters=timing,
             expected_ms=window.length_ms(info.duration_ms),
             on_progress=staged.stage("measuring"),
-            should_stop=should_stop,
         )
     rate = rate_for(recipe.sample_rate or info.sample_rate)
     voice = _voice_plan(recipe, analysis, source_voice, info.sample_rate, window, info.duration_ms)
     episode = output_length_ms(recipe, source_duration_ms=info.duration_ms, sound_bounds_ms=bounds)
     episode -= sum(b - a for a, b in voice.cuts_ms) / recipe.speed
-    parts = _plan_parts(intro, outro, before, episode, should_stop)
+    parts = _plan_parts(intro, outro, before, episode)
     joins = _joins(intro, outro, parts)
     length = episode + sum(p.length_ms - p.crossfade_ms for p in parts)
     path = SignalPath(
@@ -172,7 +168,6 @@ def _plan_parts(
     outro: JoinSource | None,
     episode_loudness: Loudness | None,
     episode_ms: float,
-    should_stop: Callable[[], bool] | None,
 ) -> list[PartPlan]:
     """Length, loudness and matching gain of each part; overlaps no longer than the part,
     and together at most the episode's length."""
@@ -184,7 +179,7 @@ def _plan_parts(
         info = source.info or probe(source.path)
         loud = source.loudness
         if loud is None or loud.integrated_lufs is None:
-            loud = measure_loudness(source.path, should_stop=should_stop)
+            loud = measure_loudness(source.path)
         parts.append(
             PartPlan(
                 name=name,

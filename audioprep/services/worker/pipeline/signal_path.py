@@ -8,7 +8,7 @@ and whatever the consumer needs at the end (the encoder's format, or the meter).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from av.audio.frame import AudioFrame
 
-from audioprep.domain.errors import RENDER_FAILED, Cancelled, Retryable
+from audioprep.domain.errors import RENDER_FAILED, Retryable
 from audioprep.services.worker.pipeline.cutter import Cutter
 from audioprep.services.worker.pipeline.decode import decode_frames, open_audio
 from audioprep.services.worker.pipeline.denoise import Denoiser
@@ -175,20 +175,17 @@ def run_path(
     ceiling_db: float | None,
     tail: list[Filter],
     frame_size: int | None = None,
-    should_stop: Callable[[], bool] | None = None,
     stats: PathRun | None = None,
     cache: PcmCache | None = None,
 ) -> Iterator[AudioFrame]:
     """Frames of the rendered signal; `tail` ends the last graph (encoder format or meter)."""
     stats = stats if stats is not None else PathRun()
     if ceiling_db is not None or path.staged:
-        yield from _limited(
-            src_path, path, gain_db, ceiling_db, tail, frame_size, should_stop, stats, cache
-        )
+        yield from _limited(src_path, path, gain_db, ceiling_db, tail, frame_size, stats, cache)
         return
     voice = path.voice or VoicePlan()
     with open_audio(src_path) as (container, source):
-        frames = decode_frames(container, source, should_stop=should_stop)
+        frames = decode_frames(container, source)
         chain = [
             *path.timing,
             *([FLOAT_PLANAR, *voice.pre] if voice.pre else []),
@@ -211,7 +208,6 @@ def _limited(
     ceiling_db: float | None,
     tail: list[Filter],
     frame_size: int | None,
-    should_stop: Callable[[], bool] | None,
     stats: PathRun,
     cache: PcmCache | None,
 ) -> Iterator[AudioFrame]:
@@ -223,7 +219,7 @@ def _limited(
     gain = 10 ** (gain_db / 20)
     stats.limited = limiter is not None
     pts = 0
-    blocks = _SourceBlocks(src_path, path, should_stop, cache, detect=limiter is not None)
+    blocks = _SourceBlocks(src_path, path, cache, detect=limiter is not None)
     for block, peaks in blocks.blocks():
         if limiter is not None:
             limited = limiter.push(block * np.float32(gain), peaks * gain)
@@ -256,24 +252,20 @@ class _SourceBlocks:
         self,
         src_path: str,
         path: SignalPath,
-        should_stop: Callable[[], bool] | None,
         cache: PcmCache | None,
         *,
         detect: bool = True,
     ) -> None:
-        self._src, self._path, self._stop, self._cache = src_path, path, should_stop, cache
+        self._src, self._path, self._cache = src_path, path, cache
         self._detect = detect
         self.tail_peaks: Floats = np.zeros(0)
 
     def blocks(self) -> Iterator[tuple[Samples, Floats]]:
-        cache, should_stop = self._cache, self._stop
+        cache = self._cache
         ready = cache.ready() if cache is not None else None
         if ready is not None:
             cached, self.tail_peaks = ready
-            for i, item in enumerate(cached):
-                if should_stop is not None and i % 16 == 0 and should_stop():
-                    raise Cancelled("stopped on request")
-                yield item
+            yield from cached
             return
         spilled = cache.spilled_peaks() if cache is not None else None
         if cache is not None and spilled is not None:
@@ -315,7 +307,7 @@ class _SourceBlocks:
         voice = path.voice or VoicePlan()
         stages = voice_stages(path)
         with open_audio(self._src) as (container, source):
-            frames = decode_frames(container, source, should_stop=self._stop)
+            frames = decode_frames(container, source)
             work = path.work_rate if stages else path.rate
             first_chain = [
                 *path.timing,
@@ -334,9 +326,7 @@ class _SourceBlocks:
             size = 0
             blocks = _run_stages(stages, _graph_blocks(first, frames))
             if path.joins is not None:
-                blocks = joined(
-                    blocks, path.joins, rate=path.rate, layout=path.layout, should_stop=self._stop
-                )
+                blocks = joined(blocks, path.joins, rate=path.rate, layout=path.layout)
             for block in blocks:
                 pending.append(block)
                 size += block.shape[1]

@@ -254,7 +254,6 @@ def measure_voice(
     path: str,
     *,
     on_progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> VoiceAnalysis:
     """The measuring pass over the whole source (source rate, channels averaged)."""
     with open_audio(path) as (container, stream):
@@ -263,7 +262,7 @@ def measure_voice(
         analyzer = VoiceAnalyzer(stream.codec_context.sample_rate)
         channels = stream.codec_context.channels
         graph = make_graph(stream, [("asetpts", "PTS-STARTPTS"), planar_float_for(channels)])
-        for frame in run_graph(graph, decode_frames(container, stream, should_stop=should_stop)):
+        for frame in run_graph(graph, decode_frames(container, stream)):
             analyzer.feed(np.asarray(frame.to_ndarray()[:, : frame.samples], dtype=np.float32))
             progress.advance_samples(frame.samples, frame.sample_rate)
     progress.done()

@@ -1,4 +1,5 @@
-"""A pull loop on a durable consumer with bounded concurrency and a clean stop."""
+"""A pull loop on a durable consumer with bounded concurrency and a clean stop: the one
+fetch / resubscribe / hand-back loop of the notifier's consumers and the dead-letter failer."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from nats.js.errors import FetchTimeoutError, NotFoundError, ServiceUnavailableE
 
 from audioprep.shared.nats_conn import is_transient
 
-log = logging.getLogger("audioprep.notifier")
+log = logging.getLogger("audioprep.pull")
 
+# A fetch that finds nothing within this time is idle, not a failure. nats-py says so with
+# FetchTimeoutError or nats.errors.TimeoutError, and a fetch whose deadline runs out between
+# its two pull requests with a plain asyncio TimeoutError: all three are caught as idle.
 FETCH_TIMEOUT_S = 2.0
 Handler = Callable[[Msg], Awaitable[None]]
 

@@ -38,10 +38,11 @@ system-deps:
 	test -z "$$missing" || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \
 		|| echo "warning: could not install$$missing (need root + Debian); tests needing them are skipped"
 
-# Debian's ffmpeg CLI: the baseline bench/render.py and bench/loudness.py compare against.
+# Debian's ffmpeg CLI: the baseline bench/render.py and bench/loudness.py compare against;
+# wrk: the HTTP load generator of bench/api.py and bench/growth.py (bench/loadgen.py without it).
 bench-deps:
-	@command -v ffmpeg >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; } \
-		|| echo "warning: could not install ffmpeg; CLI baselines are skipped"
+	@command -v ffmpeg >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg wrk; } \
+		|| echo "warning: could not install ffmpeg/wrk; CLI baselines are skipped, HTTP load from bench/loadgen.py"
 
 test-browser: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser

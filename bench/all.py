@@ -1,9 +1,8 @@
 """Run every benchmark (each in its own process with its own nats-server), then print one table
 of results with ratios against the baselines measured in the same run.
 
-python -m bench.all [--only api,projector,workers,e2e,render,loudness,voice,webhooks,publish,
-                     fairness]
-                    [--quick]
+python -m bench.all [--only api,projector,workers,e2e,growth,render,loudness,voice,webhooks,
+                     publish,fairness] [--quick]
 Each benchmark writes bench/results/<name>.json; this writes bench/results/all.json too.
 """
 
@@ -28,6 +27,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], float]] = {
     "projector": (["-m", "bench.projector"], ["--events", "30000", "--lag-seconds", "3"], 300),
     "workers": (["-m", "bench.workers"], ["--dispatches", "20", "--batch", "16"], 300),
     "e2e": (["-m", "bench.e2e"], ["--jobs", "30"], 240),
+    "growth": (["-m", "bench.growth"], ["--jobs", "30000", "--duration", "2"], 1500),
     "render": (["bench/render.py"], ["--runs", "1", "--skip-long"], 420),
     "loudness": (["bench/loudness.py"], ["--skip-long"], 1800),
     "voice": (["bench/voice.py"], ["--minutes", "5"], 1800),

@@ -18,7 +18,9 @@ from audioprep.shared.names import Names
 from bench.common import (
     Env,
     bench_env,
+    has_granian,
     http_load,
+    http_load_cpu,
     log,
     provision_env,
     row,
@@ -31,7 +33,6 @@ NAMES = Names()  # the default prefix: what `audioprep up` uses
 INGEST_BODY = json.dumps({"source": "url", "url": "https://example.com/a.mp3"})
 SAVE_PATH = "/api/audio/edit/save"
 INGEST_PATH = "/api/audio/ingest"
-P99_TARGET_MS = 25.0
 
 
 def _post(url: str, body: str) -> tuple[int, str]:
@@ -100,6 +101,26 @@ async def _job_ids(env: Env, count: int) -> list[str]:
         await nc.close()
 
 
+async def _job_ids_newest(env: Env, count: int) -> list[str]:
+    """The `count` most recently requested job ids (the enqueue rows' jobs)."""
+    from audioprep.shared.nats_conn import connect
+
+    nc = await connect(env.settings, "bench")
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(NAMES.stream)).state.last_seq
+        ids: list[str] = []
+        seq = last
+        while len(ids) < count and seq > 0:
+            msg = await js.get_msg(NAMES.stream, seq, direct=True)
+            if msg.subject and msg.subject.endswith(".requested"):
+                ids.append(msg.subject.split(".")[-2])
+            seq -= 1
+        return ids
+    finally:
+        await nc.close()
+
+
 async def _wait_projected(env: Env, timeout: float) -> tuple[int, float]:
     """Wait until the projector's checkpoint reaches the stream's last sequence."""
     from nats.js.errors import KeyNotFoundError
@@ -129,94 +150,98 @@ async def _wait_projected(env: Env, timeout: float) -> tuple[int, float]:
 def run(duration: float, connections: int, reps: int) -> dict[str, Any]:
     with bench_env("api") as env:
         asyncio.run(provision_env(env))
-        api, _ = start_http_app(env, "api", "/healthz")
-        base, _ = start_http_app(env, "baseline", "/const")
-        path, body, label = enqueue_request(env, api)
+        kinds = ["api", "baseline"]
+        if has_granian():
+            kinds += ["api-granian", "baseline-granian"]
+        else:
+            log("granian not installed: uvicorn only")
+        apps = {k: start_http_app(env, k, "/healthz" if "api" in k else "/const") for k in kinds}
+        path, body, label = enqueue_request(env, apps["api"][0])
         log(f"enqueue: {label}, {connections} connections, {duration}s × {reps} per side")
 
-        def load(url: str, **kw: Any) -> dict[str, Any]:
-            return http_load(env.tmp, url, connections=connections, duration=duration, **kw)
+        def alternate(urls: dict[str, str], **kw: Any) -> dict[str, dict[str, Any]]:
+            """Warm every side, then `reps` rounds in turn (drift hits all sides alike); the
+            median-throughput run of each, with its CPU per request."""
+            for url in urls.values():
+                http_load(env.tmp, url, duration=2, connections=connections, **kw)
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
+            for _ in range(reps):
+                for k, url in urls.items():
+                    pid = apps[k][1].pid
+                    runs[k].append(
+                        http_load_cpu(
+                            pid, env.tmp, url, connections=connections, duration=duration, **kw
+                        )
+                    )
+                log("  " + ", ".join(f"{k} {r[-1]['rps']:.0f} req/s" for k, r in runs.items()))
+            return {k: median(r) | {"all": r} for k, r in runs.items()}
 
-        # warm both up, then alternate so slow drift on the box hits both sides alike
-        http_load(env.tmp, base + "/publish", method="POST", body=body, duration=2)
-        http_load(env.tmp, api + path, method="POST", body=body, duration=2)
-        enq_base, enq_api = [], []
-        for _ in range(reps):
-            enq_base.append(load(base + "/publish", method="POST", body=body))
-            enq_api.append(load(api + path, method="POST", body=body))
-            log(f"  baseline {enq_base[-1]['rps']:.0f} req/s, api {enq_api[-1]['rps']:.0f} req/s")
-        eb, ea = median(enq_base), median(enq_api)
+        def url(kind: str, api_path: str, base_path: str) -> str:
+            return apps[kind][0] + (api_path if kind.startswith("api") else base_path)
+
+        enq = alternate({k: url(k, path, "/publish") for k in kinds}, method="POST", body=body)
 
         env.audioprep("projector")
         last_seq, catch_up_s = asyncio.run(_wait_projected(env, timeout=180))
         log(f"projector caught up on {last_seq} events in {catch_up_s:.1f}s")
         ids = asyncio.run(_job_ids(env, 1000))
         poll_paths = [f"/api/audio/jobs/{i}" for i in ids]
-        http_load(env.tmp, api + "/api/audio/jobs/x", paths=poll_paths, duration=2)
-        http_load(env.tmp, base + "/const", duration=2)
-        poll_base, poll_api = [], []
-        for _ in range(reps):
-            poll_base.append(load(base + "/const"))
-            poll_api.append(load(api + "/api/audio/jobs/x", paths=poll_paths))
-            log(f"  const {poll_base[-1]['rps']:.0f} req/s, poll {poll_api[-1]['rps']:.0f} req/s")
-        pb, pa = median(poll_base), median(poll_api)
+        poll = alternate(
+            {k: url(k, "/api/audio/jobs/x", "/const") for k in kinds}, paths=poll_paths
+        )
 
-    for r in (eb, ea, pb, pa):
-        if r["errors"] or r["non2xx"]:
-            log(f"warning: {r['errors']} errors, {r['non2xx']} non-2xx answers in a run")
-    rows = [
-        row(
-            "1 enqueue",
-            f"{label} throughput",
-            ea["rps"],
-            eb["rps"],
-            "req/s",
-            higher_is_better=True,
-            target="≥ 0.9× baseline",
-            met=ea["rps"] >= 0.9 * eb["rps"],
-            notes=f"{connections} keep-alive clients ({ea['tool']}); baseline = bare Litestar "
-            "+ one JetStream publish",
-        ),
-        row(
-            "1 enqueue",
-            "p99 latency",
-            ea["p99_ms"],
-            eb["p99_ms"],
-            "ms",
-            higher_is_better=False,
-            target="< 25 ms",
-            met=ea["p99_ms"] < P99_TARGET_MS,
-            notes=f"p50 {ea['p50_ms']:.1f} ms (baseline {eb['p50_ms']:.1f} ms)",
-        ),
-        row(
-            "4 poll",
-            "GET /api/audio/jobs/{id} throughput",
-            pa["rps"],
-            pb["rps"],
-            "req/s",
-            higher_is_better=True,
-            notes="1000 projected jobs, random order; baseline = bare Litestar constant route",
-        ),
-        row(
-            "4 poll",
-            "p99 latency",
-            pa["p99_ms"],
-            pb["p99_ms"],
-            "ms",
-            higher_is_better=False,
-            notes=f"p50 {pa['p50_ms']:.1f} ms (baseline {pb['p50_ms']:.1f} ms)",
-        ),
-    ]
+    for side in (enq, poll):
+        for k, r in side.items():
+            if r["errors"] or r["non2xx"]:
+                log(f"warning: {k}: {r['errors']} errors, {r['non2xx']} non-2xx answers")
+    rows = _rows(label, connections, enq, poll, "api", "baseline", "")
+    if "api-granian" in enq:
+        rows += _rows(label, connections, enq, poll, "api-granian", "baseline-granian", "granian")
+        for name, side in (("enqueue", enq), ("poll", poll)):
+            g, u = side["api-granian"], side["api"]
+            rows.append(
+                row("1 server", f"{name}: API on granian vs on uvicorn", g["rps"], u["rps"],
+                    "req/s", higher_is_better=True,
+                    notes=f"p99 {g['p99_ms']:.1f} vs {u['p99_ms']:.1f} ms; CPU/req "
+                    f"{g['cpu_us_per_req']:.0f} vs {u['cpu_us_per_req']:.0f} µs (server process)")
+            )  # fmt: skip
     return {
         "rows": rows,
-        "runs": {
-            "enqueue_api": enq_api,
-            "enqueue_baseline": enq_base,
-            "poll_api": poll_api,
-            "poll_baseline": poll_base,
-        },
+        "runs": {"enqueue": enq, "poll": poll},
         "projector_catch_up": {"events": last_seq, "seconds": round(catch_up_s, 2)},
     }
+
+
+def _rows(
+    label: str,
+    connections: int,
+    enq: dict[str, dict[str, Any]],
+    poll: dict[str, dict[str, Any]],
+    api: str,
+    base: str,
+    server: str,
+) -> list[dict[str, Any]]:
+    """Enqueue and poll against the bare app on the same server."""
+    ea, eb, pa, pb = enq[api], enq[base], poll[api], poll[base]
+    on = f" ({server})" if server else ""
+    cpu = "CPU/req {:.0f} vs {:.0f} µs"
+    return [
+        row("1 enqueue", f"{label} throughput{on}", ea["rps"], eb["rps"], "req/s",
+            higher_is_better=True, target="≥ 0.9× baseline", met=ea["rps"] >= 0.9 * eb["rps"],
+            notes=f"{connections} keep-alive clients ({ea['tool']}); baseline = bare Litestar "
+            "+ one JetStream publish; " + cpu.format(ea["cpu_us_per_req"], eb["cpu_us_per_req"])),
+        row("1 enqueue", f"p99 latency{on}", ea["p99_ms"], eb["p99_ms"], "ms",
+            higher_is_better=False, target="≤ 1.25× baseline",
+            met=ea["p99_ms"] <= 1.25 * eb["p99_ms"],
+            notes=f"p50 {ea['p50_ms']:.1f} ms (baseline {eb['p50_ms']:.1f} ms)"),
+        row("4 poll", f"GET /api/audio/jobs/{{id}} throughput{on}", pa["rps"], pb["rps"], "req/s",
+            higher_is_better=True, target="≥ 0.6× baseline", met=pa["rps"] >= 0.6 * pb["rps"],
+            notes="1000 projected jobs, random order; baseline = bare Litestar constant route; "
+            + cpu.format(pa["cpu_us_per_req"], pb["cpu_us_per_req"])),
+        row("4 poll", f"p99 latency{on}", pa["p99_ms"], pb["p99_ms"], "ms",
+            higher_is_better=False, target="≤ 2× baseline", met=pa["p99_ms"] <= 2 * pb["p99_ms"],
+            notes=f"p50 {pa['p50_ms']:.1f} ms (baseline {pb['p50_ms']:.1f} ms)"),
+    ]  # fmt: skip
 
 
 def main() -> None:

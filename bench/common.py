@@ -234,11 +234,30 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def has_granian() -> bool:
+    return shutil.which("granian", path=str(Path(sys.executable).parent)) is not None
+
+
+def granian_cmd(target: str, port: int, *, factory: bool = False) -> list[str]:
+    """Granian serving `target` like our uvicorn set-up: one worker, uvloop, one runtime
+    thread (its Rust I/O threads come on top: that is the difference being measured)."""
+    exe = str(Path(sys.executable).parent / "granian")
+    cmd = [exe, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--loop", "uvloop", "--workers", "1", "--runtime-mode", "st", "--log-level", "warning"]
+    return [*cmd, *(["--factory"] if factory else []), target]
+
+
 def start_http_app(env: Env, kind: str, ready_path: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """`api` (audioprep api) or `baseline` (bench/baseline_app.py), both uvicorn+uvloop."""
+    """`api` (audioprep api) or `baseline` (bench/baseline_app.py), both uvicorn+uvloop; or
+    `api-granian` / `baseline-granian`, the same two apps on granian."""
     port = free_port()
     if kind == "api":
         proc = env.audioprep("api", "--port", str(port), log_name="api")
+    elif kind == "api-granian":
+        cmd = granian_cmd("audioprep.services.api.asgi:create", port, factory=True)
+        proc = env.spawn(cmd, log_name=kind)
+    elif kind == "baseline-granian":
+        proc = env.spawn(granian_cmd("bench.baseline_app:app", port), log_name=kind)
     else:
         cmd = [sys.executable, "-m", "bench.baseline_app", "--port", str(port)]
         proc = env.spawn(cmd, log_name="baseline")
@@ -246,7 +265,7 @@ def start_http_app(env: Env, kind: str, ready_path: str) -> tuple[str, subproces
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
-            log_tail = (env.tmp / f"{'api' if kind == 'api' else 'baseline'}.log").read_text()
+            log_tail = (env.tmp / f"{kind}.log").read_text()
             raise RuntimeError(f"{kind} exited with {proc.returncode}:\n{log_tail[-3000:]}")
         try:
             wait_http(base + ready_path, timeout=0.5)
@@ -346,6 +365,30 @@ def http_load(
         cmd += ["--paths-file", str(paths_file)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process and its live children (granian's worker) have used
+    so far (children that exited and were waited for are in cutime/cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks + sum(cpu_seconds(c) for c in children)
+
+
+def http_load_cpu(pid: int, tmp: Path, url: str, **kw: Any) -> dict[str, Any]:
+    """`http_load`, plus the server process's CPU per answered request (µs): a figure that the
+    other work on a shared box moves much less than throughput."""
+    before = cpu_seconds(pid)
+    result = http_load(tmp, url, **kw)
+    used = cpu_seconds(pid) - before
+    result["cpu_us_per_req"] = round(used / max(1, result["requests"]) * 1e6, 1)
+    return result
 
 
 def write_tiled_wav(path: Path, mono: Any, rate: int, seconds: float) -> Path:

@@ -134,6 +134,8 @@ def run(jobs: int, seconds: float) -> dict[str, Any]:
             b["p50_ms"],
             "ms",
             higher_is_better=False,
+            target="≤ 1.3× analyse()",
+            met=e["p50_ms"] <= 1.3 * b["p50_ms"],
             notes=f"{jobs} jobs one at a time, poll every {POLL_EVERY_S * 1000:g} ms; "
             "baseline = analyse() alone in-process; p50 parts: "
             + ", ".join(f"{k} {v['p50_ms']:.0f}" for k, v in parts.items()),

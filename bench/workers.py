@@ -70,6 +70,18 @@ async def put_upload(env: Env, seconds: float) -> str:
     return key
 
 
+async def fresh_uploads(env: Env, wav_key: str, n: int) -> list[str]:
+    """`n` copies of the stored WAV under new upload keys: an ingest moves its upload into
+    sources/, so every job needs its own (copied before anything is timed)."""
+    from audioprep.shared.storage import open_storage
+
+    storage = open_storage(env.settings.storage)
+    keys = [f"uploads/{new_job_id()}/tone.wav" for _ in range(n)]
+    for key in keys:
+        await storage.copy(wav_key, key)
+    return keys
+
+
 def ingest_request(upload_key: str) -> JobRequested:
     return JobRequested(
         job_id=new_job_id(),
@@ -124,7 +136,7 @@ async def measure_dispatch(env: Env, upload_key: str, count: int) -> list[float]
         await outcomes.subscribe(nc)
         latencies: list[float] = []
         for i in range(count + 3):
-            req = ingest_request(upload_key)
+            req = ingest_request((await fresh_uploads(env, upload_key, 1))[0])
             t0 = time.perf_counter()
             await store.request_job(req)
             job_id = req.job_id
@@ -199,7 +211,7 @@ async def run_batch(env: Env, upload_key: str, size: int) -> float:
         store = EventStore(nc, js, NAMES)
         outcomes = Outcomes()
         await outcomes.subscribe(nc)
-        reqs = [ingest_request(upload_key) for _ in range(size)]
+        reqs = [ingest_request(k) for k in await fresh_uploads(env, upload_key, size)]
         ids = {r.job_id for r in reqs}
         t0 = time.perf_counter()
         await asyncio.gather(*(store.request_job(r) for r in reqs))
@@ -303,8 +315,8 @@ def run(dispatches: int, batch: int, seconds: float) -> dict[str, Any]:
                 rates[1],
                 "jobs/s",
                 higher_is_better=True,
-                target="≥ 1.8× one" if n == 2 else "",
-                met=rates[n] >= 1.8 * rates[1] if n == 2 else None,
+                target="≥ 1.9× one" if n == 2 else "",
+                met=rates[n] >= 1.9 * rates[1] if n == 2 else None,
                 notes=f"batch of {batch} {seconds:g}-s WAV uploads, concurrency 1 per process; "
                 f"baseline = 1 process; cores busy {busy[1]:.0%} (1) vs {busy[n]:.0%} ({n})",
             )

@@ -70,3 +70,10 @@ def sequence(msg: Msg) -> int:
 def subject_of(msg: Msg) -> str:
     """A direct-get message's original subject."""
     return (msg.headers or {})["Nats-Subject"]
+
+
+def num_pending(msg: Msg) -> int | None:
+    """How many messages on the request's subject follow this one in the stream (None when the
+    server does not say)."""
+    value = (msg.headers or {}).get("Nats-Num-Pending")
+    return int(value) if value is not None and value.isdigit() else None

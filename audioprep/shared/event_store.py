@@ -292,23 +292,35 @@ class EventStore:
     async def history(
         self, job_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        """All events of one job in stream order, via batched direct gets (one round trip)."""
+        """All events of one job in stream order, via batched direct gets.
+
+        The first read takes one event, whose `Nats-Num-Pending` says how many follow; the
+        next asks for exactly that many. A batch asked for more than there are makes the
+        server look through the rest of the stream for them, so sized reads keep the cost of
+        an old job's history flat however long the stream has grown (bench/growth.py).
+        """
         out: list[StoredEvent] = []
         next_seq = after_seq + 1
         subject = self.names.job_subjects(job_id)
+        batch = 1
         while True:
-            batch = HISTORY_BATCH if limit is None else min(HISTORY_BATCH, limit - len(out))
-            got = await self._direct_batch(subject, next_seq, batch)
+            if limit is not None:
+                batch = min(batch, limit - len(out))
+            got, pending = await self._direct_batch(subject, next_seq, batch)
             out.extend(got)
-            if len(got) < batch or (limit is not None and len(out) >= limit):
+            if len(got) < batch or (limit is not None and len(out) >= limit) or pending == 0:
                 return out
             next_seq = got[-1].seq + 1
+            batch = min(HISTORY_BATCH, pending) if pending is not None else HISTORY_BATCH
 
-    async def _direct_batch(self, subject: str, start_seq: int, batch: int) -> list[StoredEvent]:
+    async def _direct_batch(
+        self, subject: str, start_seq: int, batch: int
+    ) -> tuple[list[StoredEvent], int | None]:
+        """Up to `batch` events, and how many more the stream has on `subject` after them."""
         msgs = await direct_get.next_by_subject(
             self.nc, self.names.stream, subject, start_seq, batch, self.timeout
         )
-        return [
+        events = [
             StoredEvent(
                 seq=direct_get.sequence(msg),
                 subject=direct_get.subject_of(msg),
@@ -316,3 +328,4 @@ class EventStore:
             )
             for msg in msgs
         ]
+        return events, direct_get.num_pending(msgs[-1]) if msgs else None

@@ -20,6 +20,7 @@ from audioprep.domain.events import Event
 from audioprep.domain.fold import fold, fold_history
 from audioprep.domain.views import JobView, decode_view
 from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.view_cache import ViewCache
 
 LOOKUP_CONCURRENCY = 32  # direct gets in flight when reading many views
 
@@ -27,16 +28,27 @@ LOOKUP_CONCURRENCY = 32  # direct gets in flight when reading many views
 class JobViews:
     """A job's view from KV `jobs` and stream JOBS."""
 
-    def __init__(self, kv: KeyValue, events: EventStore) -> None:
+    def __init__(self, kv: KeyValue, events: EventStore, *, cache: ViewCache | None = None) -> None:
+        """`cache`: a watch-fed copy of the bucket (the API's polls); `stored` reads it first."""
         self.kv = kv
         self.events = events
+        self.cache = cache
 
     async def stored(self, job_id: str) -> JobView | None:
         """What the projector has written for the job, if anything."""
+        cache = self.cache
+        token = None
+        if cache is not None:
+            token = cache.token()
+            raw = cache.get(job_id, token)
+            if raw is not None:
+                return decode_view(raw)
         try:
             entry = await self.kv.get(job_id)
         except KeyNotFoundError:
             return None
+        if cache is not None and entry.revision is not None:
+            cache.learned(job_id, entry.value, entry.revision, token)
         return decode_view(entry.value) if entry.value else None
 
     async def get(self, job_id: str) -> JobView | None:

@@ -87,10 +87,13 @@ def prepared_key(tenant: str, job_id: str, name: str, ext: str) -> str:
     return _scoped(tenant, f"prepared/{check_token(job_id)}/{safe_filename(stem(name))}.{ext}")
 
 
+_CONTROL_CHAR = re.compile("[\x00-\x1f]")
+
+
 def is_safe_key(key: str) -> bool:
     """Reject keys that could escape storage (absolute, `..`, empty segments, control chars)."""
     if not key or key.startswith("/") or len(key) > 1024:
         return False
-    if any(ord(ch) < 32 for ch in key):
+    if _CONTROL_CHAR.search(key):
         return False
     return all(part not in ("", ".", "..") for part in key.split("/"))

@@ -294,6 +294,15 @@ def projector_applied(seq: int, event_type: str, pending: int | None = None) -> 
         projector_lag().set(pending)
 
 
+def projector_applied_many(counts: Mapping[str, int], seq: int, pending: int | None) -> None:
+    """A batch of events folded: per type how many, the last sequence, the lag right now."""
+    for event_type, n in counts.items():
+        PROJECTOR_EVENTS.labels(event_type).inc(n)
+    projector_applied_seq().set(seq)
+    if pending is not None:
+        projector_lag().set(pending)
+
+
 # ---- sampling from NATS at scrape time ---------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from audioprep.shared.job_views import JobViews
 from audioprep.shared.nats_conn import connect
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import open_storage
+from audioprep.shared.view_cache import ViewCache
 
 log = logging.getLogger("audioprep.api")
 
@@ -66,13 +67,19 @@ def create_app(settings: Settings) -> Litestar:
         nc = await connect(settings, "api")
         js = nc.jetstream()
         events = EventStore(nc, js, settings.names)
+        # Polls read views from a watch-fed copy of the bucket (no NATS round trip per poll);
+        # decisions keep reading the events (`JobViews.fresh`). audioprep/shared/view_cache.py
+        view_cache = ViewCache(nc, js, settings.names.jobs_bucket)
+        await view_cache.start()
         holder["ctx"] = ApiContext(
             settings=settings,
             nc=nc,
             js=js,
             events=events,
             storage=open_storage(settings.storage),
-            views=JobViews(await js.key_value(settings.names.jobs_bucket), events),
+            views=JobViews(
+                await js.key_value(settings.names.jobs_bucket), events, cache=view_cache
+            ),
             cache_kv=await render_cache.bucket(js, settings.names),
         )
         if not settings.api_keys:
@@ -86,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            await view_cache.stop()
             await _close_nats(nc)
 
     def provide_api() -> ApiContext:

@@ -79,8 +79,33 @@ async def json_body(request: Request[Any, Any, Any], type_: type[T]) -> T:
     return decode_json(await json_bytes(request), type_)
 
 
+_DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def typed_decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
+    decoder = _DECODERS.get(type_)
+    if decoder is None:
+        decoder = _DECODERS[type_] = msgspec.json.Decoder(type_)
+    return decoder
+
+
 def decode_json(raw: bytes, type_: type[T]) -> T:
-    """Parse first (any syntax error is a 400, wherever it is), then convert strictly."""
+    """Parse first (any syntax error is a 400, wherever it is), then convert strictly.
+
+    A well-formed body takes one pass of a prebuilt typed decoder (what almost every request
+    is). Anything that pass refuses goes the long way: the generic parse, `3.0` → `3`, the
+    strict conversion, so every error, and every body that needs the float rule, comes out
+    exactly as before (tests/unit/test_bodies_fast_path.py compares the two).
+    """
+    try:
+        return typed_decoder(type_).decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    return decode_json_slow(raw, type_)
+
+
+def decode_json_slow(raw: bytes, type_: type[T]) -> T:
+    """The reference decoding: generic parse, integral floats as ints, strict conversion."""
     try:
         document = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

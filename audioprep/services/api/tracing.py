@@ -18,14 +18,18 @@ def trace_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"traceparent"]
-        incoming = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"traceparent"), None
-        )
+        headers = scope["headers"]
+        incoming = None
+        for k, v in headers:
+            if k.lower() == b"traceparent":
+                incoming = v.decode("latin-1")
+                break
         traceparent = incoming if incoming and logs.parse_traceparent(incoming) else None
-        traceparent = traceparent or logs.new_traceparent()
-        headers.append((b"traceparent", traceparent.encode()))
-        scope["headers"] = headers
+        if traceparent is None:
+            traceparent = logs.new_traceparent()
+        if incoming is not None:  # one traceparent, the one we keep (ours if theirs was bad)
+            headers = [(k, v) for k, v in headers if k.lower() != b"traceparent"]
+        scope["headers"] = [*headers, (b"traceparent", traceparent.encode())]
         token = logs.bind(trace_id=logs.trace_id_of(traceparent))
         try:
             await app(scope, receive, send)

@@ -13,7 +13,7 @@ from audioprep.shared.settings import Settings
 async def run_projector(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     async with service_deps(settings, "projector") as deps:
-        projector = Projector(deps.js, settings.names)
+        projector = Projector(deps.js, settings.names, nc=deps.nc)
         sampler = metrics.projector_sampler(deps.js, settings.names, lambda: projector.applied_seq)
         async with metrics.serving(settings.api_host, settings.metrics_port, sampler):
             await projector.run(stop)

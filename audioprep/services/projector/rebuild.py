@@ -244,14 +244,20 @@ class RebuildWriter:
         return True
 
     async def refold(self, key: str) -> tuple[JobView | None, Current | None]:
-        """The job's view from its whole history, and the bucket's entry right now."""
+        """The job's view from its whole history, and the bucket's entry right now.
+
+        The entry is read first: the history read after it covers every event the entry was
+        folded from, so a CAS on that entry never sets back a view a live projector wrote in
+        between (read the other way round, a projector's newer view could be replaced by the
+        older fold: tests/faults/test_rebuild_concurrent.py caught it once the projector got
+        fast enough to write between the two reads)."""
         self.report.refolded += 1
-        view = fold_history(await self.events.history(key))
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
-            return view, None  # absent or deleted: `create` handles both
-        if entry.value is None or entry.revision is None:
+            entry = None  # absent or deleted: `create` handles both
+        view = fold_history(await self.events.history(key))
+        if entry is None or entry.value is None or entry.revision is None:
             return view, None
         return view, Current(entry.value, entry.revision)
 

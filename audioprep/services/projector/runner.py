@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections import OrderedDict
+import uuid
+from collections import Counter, OrderedDict
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -30,18 +33,35 @@ CAS_RETRIES = 20
 # presumed lost (nats-py does not always recreate it after a restart): subscribe again from
 # applied_seq + 1.
 STALL_S = 5.0
-# Events taken from the queue at once: one KV write per job per batch, jobs written
-# concurrently (with fsync on every write, sequential per-event CAS capped the projector at
-# ~1.5k events/s and let lag grow without bound at 1k events/s; see bench/RESULTS.md).
-BATCH_MAX = 512
+# Events taken from the queue at once: one KV write per job per batch (with fsync on every
+# write, sequential per-event CAS capped the projector at ~1.5k events/s and let lag grow
+# without bound at 1k events/s; see bench/RESULTS.md).
+BATCH_MAX = 10_000
+# The views of one batch go to the bucket as atomic batches of up to this many messages (the
+# server takes 1000), committed concurrently: one fsync per batch instead of one per view, each
+# message still compare-and-set on its key's revision. A batch that any key refuses is not
+# applied at all; its jobs are then written one by one with CAS (also the path when the
+# bucket's stream does not allow atomic batches).
+ATOMIC_MAX = 1000
+# Fewer views than this are written one by one (concurrently, CAS): an atomic batch's commit
+# answers a few ms later than a plain update, which a live job's next poll would see
+# (bench/e2e.py "visible": 8 ms per key vs 11-14 ms as a batch of one).
+ATOMIC_MIN = 8
+ATOMIC_TIMEOUT_S = 10.0
+LOAD_CONCURRENCY = 64
 
 
 class ViewWriter:
     """Applies events to KV views with compare-and-set, caching (view, revision) per job."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, *, atomic_via: Client | None = None, bucket: str = "") -> None:
         self.kv = kv
+        # set: the bucket's stream allows atomic batches, written through this connection
+        self.atomic_via = atomic_via
+        self.bucket = bucket
         self.cache: OrderedDict[str, tuple[JobView, int]] = OrderedDict()
+        self.atomic_batches = 0
+        self.fallbacks = 0
 
     async def _load(self, job_id: str) -> tuple[JobView | None, int]:
         try:
@@ -53,13 +73,96 @@ class ViewWriter:
         return decode_view(entry.value), entry.revision
 
     async def apply_batch(self, items: list[tuple[int, Event]]) -> None:
-        """Apply events given in stream order: one write per job, the jobs concurrently."""
+        """Apply events given in stream order: one write per job (atomic batches when the
+        bucket allows them, else the jobs concurrently, each with CAS)."""
         by_job: dict[str, list[tuple[int, Event]]] = {}
         for seq, event in items:
             by_job.setdefault(event.job_id, []).append((seq, event))
+        if self.atomic_via is None or len(by_job) < ATOMIC_MIN:
+            await self._apply_each(by_job, list(by_job))
+            return
+        bases = await self._bases(by_job)
+        writes: list[tuple[str, JobView, int]] = []
+        for job_id, job_items in by_job.items():
+            view, revision = bases[job_id]
+            new = _folded(view, job_items)
+            if new is not None and new is not view:
+                writes.append((job_id, new, revision))
+        chunks = [writes[i : i + ATOMIC_MAX] for i in range(0, len(writes), ATOMIC_MAX)]
+        applied = await asyncio.gather(*(self._write_atomic(chunk) for chunk in chunks))
+        refused = [
+            job_id for ok, c in zip(applied, chunks, strict=True) if not ok for job_id, _, _ in c
+        ]
+        if refused:
+            self.fallbacks += 1
+            await self._apply_each(by_job, refused)
+
+    async def _apply_each(
+        self, by_job: dict[str, list[tuple[int, Event]]], jobs: list[str]
+    ) -> None:
         async with asyncio.TaskGroup() as group:
-            for job_id, job_items in by_job.items():
-                group.create_task(self.apply_job(job_id, job_items))
+            for job_id in jobs:
+                group.create_task(self.apply_job(job_id, by_job[job_id]))
+
+    async def _bases(
+        self, by_job: dict[str, list[tuple[int, Event]]]
+    ) -> dict[str, tuple[JobView | None, int]]:
+        """Each job's (view, revision) before the batch: cached, new, or read from KV."""
+        bases: dict[str, tuple[JobView | None, int]] = {}
+        missing: list[str] = []
+        for job_id, job_items in by_job.items():
+            cached = self.cache.get(job_id)
+            if cached:
+                bases[job_id] = cached
+            elif isinstance(job_items[0][1], JobRequested):
+                bases[job_id] = (None, 0)  # a new job: create-only; CAS catches an old view
+            else:
+                missing.append(job_id)
+        if missing:
+            gate = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+            async def load(job_id: str) -> None:
+                async with gate:
+                    bases[job_id] = await self._load(job_id)
+
+            await asyncio.gather(*(load(j) for j in missing))
+        return bases
+
+    async def _write_atomic(self, chunk: list[tuple[str, JobView, int]]) -> bool:
+        """Write views as one atomic batch, each message CAS on its key's revision (0: the key
+        must not exist). True when applied (the cache then holds the new revisions); False
+        when the server refused it (nothing was written)."""
+        assert self.atomic_via is not None
+        nc = self.atomic_via
+        batch_id = uuid.uuid4().hex
+        last = len(chunk)
+        reply: Msg | None = None
+        for n, (job_id, view, revision) in enumerate(chunk, start=1):
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(n),
+                "Nats-Expected-Last-Subject-Sequence": str(revision),
+            }
+            subject = names.kv_subject(self.bucket, job_id)
+            if n < last:
+                await nc.publish(subject, encode_view(view), headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await nc.request(
+                    subject, encode_view(view), headers=headers, timeout=ATOMIC_TIMEOUT_S
+                )
+        assert reply is not None
+        answer = json.loads(reply.data or b"{}")
+        if "error" in answer or "seq" not in answer:
+            # 10071 (a key moved: another projector or a rebuild wrote it) or anything else
+            # the server says about batches: write these jobs one by one instead.
+            log.debug("atomic batch refused", extra={"error": answer.get("error")})
+            return False
+        first = int(answer["seq"]) - int(answer.get("count", last)) + 1
+        for n, (job_id, view, _) in enumerate(chunk):
+            self._remember(job_id, view, first + n)  # a batch's messages are consecutive
+        self.atomic_batches += 1
+        return True
 
     async def apply_job(self, job_id: str, items: list[tuple[int, Event]]) -> JobView | None:
         """Fold one job's events (stream order) and write its view once, with CAS."""
@@ -71,11 +174,7 @@ class ViewWriter:
         else:
             view, revision = await self._load(job_id)
         for _ in range(CAS_RETRIES):
-            new = view
-            for seq, event in items:
-                folded = fold(new, event, seq)
-                if folded is not None:
-                    new = folded
+            new = _folded(view, items)
             if new is None or new is view:
                 return view
             try:
@@ -97,17 +196,41 @@ class ViewWriter:
             self.cache.popitem(last=False)
 
 
+def _folded(view: JobView | None, items: list[tuple[int, Event]]) -> JobView | None:
+    """`view` with one job's events (stream order) folded in; `view` itself if none changed it."""
+    new = view
+    for seq, event in items:
+        folded = fold(new, event, seq)
+        if folded is not None:
+            new = folded
+    return new
+
+
 class Projector:
     """Runs the fold over the live stream, resuming from its checkpoint."""
 
-    def __init__(self, js: JetStreamContext, n: Names) -> None:
+    def __init__(self, js: JetStreamContext, n: Names, *, nc: Client | None = None) -> None:
+        """`nc` (the connection `js` belongs to) lets the projector write atomic batches when
+        the bucket's stream allows them; without it every view is written on its own."""
         self.js = js
+        self.nc = nc
         self.names = n
         self.applied_seq = 0
         self._writer: ViewWriter | None = None
         self._state: KeyValue | None = None
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=2 * BATCH_MAX)
         self._stall_checked = 0.0
+
+    async def _make_writer(self) -> ViewWriter:
+        bucket = self.names.jobs_bucket
+        kv = await self.js.key_value(bucket)
+        atomic = False
+        if self.nc is not None:
+            info = await self.js.stream_info(names.kv_stream(bucket))
+            atomic = bool(info.config.allow_atomic)
+            if not atomic:
+                log.info("bucket has no atomic batches: views written one by one")
+        return ViewWriter(kv, atomic_via=self.nc if atomic else None, bucket=bucket)
 
     async def load_checkpoint(self) -> int:
         state = await self.js.key_value(self.names.projector_state_bucket)
@@ -154,7 +277,7 @@ class Projector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set; the checkpoint is saved about once a second."""
-        self._writer = ViewWriter(await self.js.key_value(self.names.jobs_bucket))
+        self._writer = await self._make_writer()
         self.applied_seq = await self.load_checkpoint()
         log.info("projector starting", extra={"from_seq": self.applied_seq + 1})
         sub: JetStreamContext.PushSubscription | None = await self._subscribe()
@@ -235,9 +358,9 @@ class Projector:
         if items and not await self._apply_patiently(items, stop):
             return False
         self.applied_seq = last
-        for i, (seq, event) in enumerate(items, 1):
-            pending = msgs[-1].metadata.num_pending if i == len(items) else None
-            metrics.projector_applied(seq, type(event).__name__, pending)
+        if items:
+            counts = Counter(type(event).__name__ for _, event in items)
+            metrics.projector_applied_many(counts, items[-1][0], msgs[-1].metadata.num_pending)
         return True
 
     async def _checkpoint_loop(self, stop: asyncio.Event) -> None:

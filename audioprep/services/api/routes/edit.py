@@ -158,8 +158,14 @@ async def preview(
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, _ = await body_with_preset(request, api, tenant, PreviewRequest, save=False)
-    fingerprint = body_fingerprint(PREVIEW, data) if has_idempotency_key(request) else None
-    replayed = await replayed_job(api, job_id, tenant, kind="preview", fingerprint=fingerprint)
+    keyed = has_idempotency_key(request)
+    fingerprint = body_fingerprint(PREVIEW, data) if keyed else None
+    # Without a key the id is fresh: there is nothing to replay (two lookups saved).
+    replayed = (
+        await replayed_job(api, job_id, tenant, kind="preview", fingerprint=fingerprint)
+        if keyed
+        else None
+    )
     if replayed is not None:
         view = await load_view(api, replayed, tenant)
         return _accepted(replayed, view.status)
@@ -201,8 +207,13 @@ async def save(
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, preset_revision = await body_with_preset(request, api, tenant, SaveRequest, save=True)
-    fingerprint = body_fingerprint(SAVE, data) if has_idempotency_key(request) else None
-    replayed = await replayed_job(api, job_id, tenant, kind="save", fingerprint=fingerprint)
+    keyed = has_idempotency_key(request)
+    fingerprint = body_fingerprint(SAVE, data) if keyed else None
+    replayed = (
+        await replayed_job(api, job_id, tenant, kind="save", fingerprint=fingerprint)
+        if keyed
+        else None
+    )
     if replayed is not None:
         view = await load_view(api, replayed, tenant)
         return _accepted(replayed, view.status)

@@ -7,6 +7,7 @@ the OpenAPI document for now, like the webhook routes. docs/publishing.md.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from audioprep.domain.recipe import OutputOptions, Recipe, RecipeError, SaveFormat, check_recipe
+from audioprep.services.api import bodies
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import decode_json, json_body, json_bytes, malformed_json
 from audioprep.services.api.context import ApiContext
@@ -202,6 +204,12 @@ async def body_with_preset(
     """The preview/save body with its `preset` resolved (request fields win), and the
     preset's KV revision (None without one). Same error mapping as `json_body`."""
     raw = await json_bytes(request)
+    with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+        # One typed pass for a body without a preset (the common case); any other body
+        # (a preset to merge, an error to report) takes the path below, as before.
+        data = bodies.typed_decoder(type_).decode(raw)
+        if getattr(data, "preset", None) is None:
+            return data, None
     try:
         document = msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -1,0 +1,60 @@
+"""The hot-path forms of small helpers give exactly what their plain forms give."""
+
+from __future__ import annotations
+
+import random
+import string
+from unittest import mock
+
+import pytest
+
+from audioprep.shared import ids, keys, names
+
+
+def _reference_job_id(ms: int, rand: bytes) -> str:
+    """The per-character encoding the ids used to be built with."""
+    return ids._b32(ms, 10) + ids._b32(int.from_bytes(rand, "big"), 16)
+
+
+@pytest.mark.parametrize("ms", [0, 1, 1_764_590_000_000, 2**48 - 1])
+def test_new_job_id_matches_the_reference_encoding(ms: int) -> None:
+    rng = random.Random(ms)
+    for _ in range(200):
+        rand = rng.randbytes(10)
+        with mock.patch.object(ids.os, "urandom", return_value=rand):
+            got = ids.new_job_id(ms)
+        assert got == _reference_job_id(ms, rand)
+        assert ids.is_job_id(got)
+
+
+def test_new_job_ids_sort_by_time() -> None:
+    a, b = ids.new_job_id(1_000), ids.new_job_id(1_001)
+    assert a < b
+
+
+def _reference_safe_key(key: str) -> bool:
+    if not key or key.startswith("/") or len(key) > 1024:
+        return False
+    if any(ord(ch) < 32 for ch in key):
+        return False
+    return all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _reference_token_ok(value: str) -> bool:
+    return bool(value) and not any(ch in ". *>\t\r\n" for ch in value)
+
+
+def test_safe_key_and_token_checks_match_the_reference() -> None:
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + "./ *>\t\r\n\x00\x1f\x7f-é"
+    samples = ["", "/", ".", "..", "a/../b", "sources/x/a.wav", "a//b", "a\x1fb", "é/ü"]
+    for _ in range(5000):
+        samples.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
+    for s in samples:
+        assert keys.is_safe_key(s) == _reference_safe_key(s), s
+        try:
+            names.check_token(s)
+            ok = True
+        except ValueError:
+            ok = False
+        assert ok == _reference_token_ok(s), s

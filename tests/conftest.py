@@ -22,6 +22,15 @@ from audioprep.shared.settings import Settings
 from tests.waiting import close_clients
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `-n 2` (make test): the fault suites run one after another on one process (they
+    kill, pause, fill and partition servers, mount tmpfs and make network namespaces, and
+    time against ack_wait); everything else is spread over both."""
+    for item in items:
+        if "/tests/faults/" in str(item.path) or "/tests/fairness/" in str(item.path):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats-store"))

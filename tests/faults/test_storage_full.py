@@ -34,6 +34,7 @@ from tests.faults.harness import (
     tmpfs,
     wait_terminal,
 )
+from tests.jobs_helpers import wait_for_job
 from tests.media import measure_duration_s, write_tone
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,8 @@ async def test_full_media_storage_refuses_uploads_retries_jobs_and_heals(tmp_pat
                 for _ in range(2):
                     assert await upload() == 202
                 assert not await wait_terminal(events, accepted, timeout=60)
-                view = (await st.client.get(f"/api/audio/jobs/{accepted[0]}")).json()
+                # the view as the API shows it once the projector has it (not just the event)
+                view = await wait_for_job(st.client, accepted[0], timeout=30)
                 source_key = view["result"]["sourceKey"]
                 before = _objects(volume)
 

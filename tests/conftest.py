@@ -23,12 +23,14 @@ from tests.waiting import close_clients
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `-n 2` (make test): the fault suites run one after another on one process (they
-    kill, pause, fill and partition servers, mount tmpfs and make network namespaces, and
-    time against ack_wait); everything else is spread over both."""
+    """Under `-n 2` (make test): each test file stays on one process (its module fixtures,
+    and tests that check what the file's other tests saw), and the fault suites run one after
+    another on one process (they kill, pause, fill and partition servers, mount tmpfs, make
+    network namespaces and time against ack_wait); files are spread over both processes."""
     for item in items:
-        if "/tests/faults/" in str(item.path) or "/tests/fairness/" in str(item.path):
-            item.add_marker(pytest.mark.xdist_group("faults"))
+        path = str(item.path)
+        heavy = "/tests/faults/" in path or "/tests/fairness/" in path
+        item.add_marker(pytest.mark.xdist_group("faults" if heavy else path))
 
 
 @pytest.fixture(scope="session")

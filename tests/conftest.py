@@ -28,8 +28,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     another on one process (they kill, pause, fill and partition servers, mount tmpfs, make
     network namespaces and time against ack_wait); files are spread over both processes."""
     for item in items:
-        path = str(item.path)
-        heavy = "/tests/faults/" in path or "/tests/fairness/" in path
+        path = item.nodeid.split("::", 1)[0]  # the file, also for generated (parametrized) items
+        heavy = path.startswith(("tests/faults/", "tests/fairness/"))
         item.add_marker(pytest.mark.xdist_group("faults" if heavy else path))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import standardwebhooks
 from nats.aio.client import Client
 
 from audioprep.shared.nats_server import free_port
+from audioprep.shared.provision import provision
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_store import DeliveryStore
 from tests.conftest import running_stack
@@ -36,11 +37,13 @@ from tests.webhooks.conftest import (
 
 
 @pytest.fixture(scope="module")
-def notifier(
+async def notifier(
     base_settings: Settings, nc: Client, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[NotifierProcess]:
+) -> AsyncIterator[NotifierProcess]:
     """One notifier process for the module (it serves every tenant)."""
     settings = webhook_settings(base_settings)
+    # the suite's names exist before the notifier starts (no other test may have run yet)
+    await provision(nc.jetstream(), settings)
     proc = NotifierProcess(settings, tmp_path_factory.mktemp("notifier") / "notifier.log")
     proc.start()
     yield proc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -139,6 +139,37 @@ def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
     )
 
 
+async def _replay(
+    request: Request[Any, Any, Any],
+    api: ApiContext,
+    job_id: str,
+    tenant: str,
+    kind: Literal["preview", "save"],
+    route: str,
+    data: msgspec.Struct,
+) -> tuple[str | None, Response[JobAccepted] | None]:
+    """The request's fingerprint (with an Idempotency-Key) and, for a replay of the key, the
+    answer the first request got. Without a key the id is fresh: there is nothing to replay
+    (two lookups saved)."""
+    if not has_idempotency_key(request):
+        return None, None
+    fingerprint = body_fingerprint(route, data)
+    replayed = await replayed_job(api, job_id, tenant, kind=kind, fingerprint=fingerprint)
+    if replayed is None:
+        return fingerprint, None
+    view = await load_view(api, replayed, tenant)
+    return fingerprint, _accepted(replayed, view.status)
+
+
+async def _check_render(api: ApiContext, source_key: str, recipe: Recipe, tenant: str) -> None:
+    """What a preview and a save check before they publish: the recipe, the source, the trim
+    against the source's length, the intro/outro sources."""
+    _check_recipe(recipe)
+    await _check_source(api, source_key, tenant)
+    await _check_trim_in_source(api, source_key, recipe, tenant)
+    await _check_joins(api, recipe, tenant)
+
+
 @post(
     "/api/audio/edit/preview",
     summary="Preview a recipe",
@@ -158,21 +189,10 @@ async def preview(
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, _ = await body_with_preset(request, api, tenant, PreviewRequest, save=False)
-    keyed = has_idempotency_key(request)
-    fingerprint = body_fingerprint(PREVIEW, data) if keyed else None
-    # Without a key the id is fresh: there is nothing to replay (two lookups saved).
-    replayed = (
-        await replayed_job(api, job_id, tenant, kind="preview", fingerprint=fingerprint)
-        if keyed
-        else None
-    )
-    if replayed is not None:
-        view = await load_view(api, replayed, tenant)
-        return _accepted(replayed, view.status)
-    _check_recipe(data.recipe)
-    await _check_source(api, data.source_key, tenant)
-    await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
-    await _check_joins(api, data.recipe, tenant)
+    fingerprint, replay = await _replay(request, api, job_id, tenant, "preview", PREVIEW, data)
+    if replay is not None:
+        return replay
+    await _check_render(api, data.source_key, data.recipe, tenant)
     answer = await request_preview(
         api,
         job_id=job_id,
@@ -207,21 +227,11 @@ async def save(
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, preset_revision = await body_with_preset(request, api, tenant, SaveRequest, save=True)
-    keyed = has_idempotency_key(request)
-    fingerprint = body_fingerprint(SAVE, data) if keyed else None
-    replayed = (
-        await replayed_job(api, job_id, tenant, kind="save", fingerprint=fingerprint)
-        if keyed
-        else None
-    )
-    if replayed is not None:
-        view = await load_view(api, replayed, tenant)
-        return _accepted(replayed, view.status)
+    fingerprint, replay = await _replay(request, api, job_id, tenant, "save", SAVE, data)
+    if replay is not None:
+        return replay
     _check_outputs(data)
-    _check_recipe(data.recipe)
-    await _check_source(api, data.source_key, tenant)
-    await _check_trim_in_source(api, data.source_key, data.recipe, tenant)
-    await _check_joins(api, data.recipe, tenant)
+    await _check_render(api, data.source_key, data.recipe, tenant)
     options: OutputOptions | None = data.options
     metadata, chapters = await publishing_fields(api, tenant, data.metadata, data.chapters)
     outputs = [msgspec.to_builtins(o) for o in data.outputs] if data.outputs else None

@@ -16,13 +16,12 @@ from audioprep.shared.event_store import EventStore
 from audioprep.shared.names import Names
 from audioprep.shared.nats_cluster import NatsCluster, wait_for_jetstream
 from audioprep.shared.nats_conn import connect
-from audioprep.shared.provision import provision
-from audioprep.shared.settings import Settings
 from tests.faults.harness import (
     Submitter,
     Workers,
     by_job,
     fault_settings,
+    provision_when_ready,
     read_stream,
     tally,
     wait_terminal,
@@ -32,23 +31,6 @@ from tests.media import write_tone
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
-
-
-async def provision_when_ready(settings: Settings, timeout: float = 30.0) -> None:
-    """A fresh cluster can refuse R3 assets for a moment (peers still joining): retry."""
-    nc = await connect(settings, "fault-test")
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                await provision(nc.jetstream(), settings)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-    finally:
-        await nc.close()
 
 
 async def test_kill_stream_leader_under_load(tmp_path: Path) -> None:

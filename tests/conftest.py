@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _pytest.nodeid import coerce_node_id
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 
@@ -22,15 +23,26 @@ from audioprep.shared.settings import Settings
 from tests.waiting import close_clients
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `-n 2` (make test): each test file stays on one process (its module fixtures,
     and tests that check what the file's other tests saw), and the fault suites run one after
     another on one process (they kill, pause, fill and partition servers, mount tmpfs, make
-    network namespaces and time against ack_wait); files are spread over both processes."""
+    network namespaces and time against ack_wait); files are spread over both processes.
+
+    xdist's `--dist loadgroup` schedules by a `@group` suffix on the node id, which its own
+    hook sets through `item._nodeid`; pytest 9 keeps the id in `item._id`, so that suffix
+    never arrives and every test would be scheduled alone. The suffix is set here instead.
+    schemathesis also gives every item it generates for one test the same node id (the
+    operation is only in the name), and xdist would run one of them: each gets its name."""
+    on_xdist_worker = hasattr(config, "workerinput")
     for item in items:
         path = item.nodeid.split("::", 1)[0]  # the file, also for generated (parametrized) items
         heavy = path.startswith(("tests/faults/", "tests/fairness/"))
-        item.add_marker(pytest.mark.xdist_group("faults" if heavy else path))
+        group = "faults" if heavy else path
+        item.add_marker(pytest.mark.xdist_group(group))
+        if on_xdist_worker:
+            head, _, _ = item.nodeid.rpartition("::")
+            item._id = coerce_node_id(f"{head}::{item.name}@{group}")
 
 
 @pytest.fixture(scope="session")

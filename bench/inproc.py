@@ -3,7 +3,12 @@ the bare baseline app, on its own nats-server: the figure the profiles in bench/
 about, free of the load generator and the server. Optionally a cProfile by CPU time.
 
 python -m bench.inproc [--requests 9600] [--concurrency 32] [--profile save|poll|publish|const]
+    [--only save|publish] [--reps 5]
 (`--tmpfs` puts the nats store in /dev/shm, so fsync waits don't shape the batching)
+
+python -m bench.inproc --before REV [--reps 5]: save's CPU per request for the API of git
+revision REV and of this tree, alternating run by run (each run its own process and
+nats-server, driven by this tree's bench code), next to the bare publish of the same runs.
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ import json
 import logging
 import os
 import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from bench import api as bench_api
-from bench.common import Env, bench_env, log, provision_env
+from bench.common import ROOT, Env, bench_env, log, provision_env
 
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -93,7 +103,28 @@ async def drive(
             "rps_wall": round(done / wall), "statuses": statuses}  # fmt: skip
 
 
-def run(env: Env, n: int, concurrency: int, profile: str | None) -> dict[str, Any]:
+def _repeat(
+    name: str, app: ASGIApp, reqs: list[tuple[str, str, bytes]], n: int, concurrency: int,
+    reps: int, profile: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """`reps` runs of one case (each its own lifespan); the median run, with the CPU range."""
+    runs = []
+    for _ in range(reps):
+        prof = cProfile.Profile(time.process_time) if profile == name else None
+        runs.append(uvloop.run(drive(app, reqs, n, concurrency, prof)))
+        log(f"{name}: {runs[-1]}")
+        if prof is not None:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+    cpu = sorted(r["cpu_us_per_req"] for r in runs)
+    return runs[[r["cpu_us_per_req"] for r in runs].index(cpu[len(cpu) // 2])] | {
+        "cpu_us_range": [cpu[0], cpu[-1]]
+    }
+
+
+def run(
+    env: Env, n: int, concurrency: int, profile: str | None, only: str | None = None,
+    reps: int = 1,
+) -> dict[str, Any]:  # fmt: skip
     os.environ.update({k: v for k, v in env.env().items() if k.startswith("AUDIOPREP_")})
     from audioprep.services.api.app import create_app
     from audioprep.shared.logs import setup_logging
@@ -111,24 +142,62 @@ def run(env: Env, n: int, concurrency: int, profile: str | None) -> dict[str, An
         "const": (baseline, [("GET", "/const", b"")]),
     }
     out: dict[str, Any] = {}
-    for name in ("publish", "save"):
-        app, reqs = cases[name]
-        prof = cProfile.Profile(time.process_time) if profile == name else None
-        out[name] = uvloop.run(drive(app, reqs, n, concurrency, prof))
-        log(f"{name}: {out[name]}")
-        if prof is not None:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+    names = ("publish", "save") if only is None else (only,)
+    # Sides alternate rep by rep, so drift on the shared box hits both.
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            app, reqs = cases[name]
+            raw[name].append(_repeat(name, app, reqs, n, concurrency, 1, profile))
+    for name, runs in raw.items():
+        cpu = sorted(r["cpu_us_per_req"] for r in runs)
+        median_run = next(r for r in runs if r["cpu_us_per_req"] == cpu[len(cpu) // 2])
+        out[name] = median_run | {"cpu_us_range": [cpu[0], cpu[-1]]}
+    if only is not None:
+        return out
     env.audioprep("projector")
     asyncio.run(bench_api._wait_projected(env, timeout=120))
     ids = asyncio.run(bench_api._job_ids(env, 1000))
     cases["poll"] = (create_app(settings), [("GET", f"/api/audio/jobs/{i}", b"") for i in ids])
     for name in ("const", "poll"):
         app, reqs = cases[name]
-        prof = cProfile.Profile(time.process_time) if profile == name else None
-        out[name] = uvloop.run(drive(app, reqs, n, concurrency, prof))
-        log(f"{name}: {out[name]}")
-        if prof is not None:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        out[name] = _repeat(name, app, reqs, n, concurrency, reps, profile)
+    return out
+
+
+def _one_run(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.inproc", "--requests", str(args.requests),
+           "--concurrency", str(args.concurrency), "--reps", "1"]  # fmt: skip
+    cmd += ["--tmpfs"] if args.tmpfs else []
+    env = os.environ | {"PYTHONPATH": str(tree)}
+    done = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def before_after(args: argparse.Namespace) -> dict[str, Any]:
+    """Save (and the bare publish) for revision `args.before` and this tree, alternating."""
+    from bench.ab import export_tree
+
+    with tempfile.TemporaryDirectory(prefix="audioprep-inproc-ab-") as tmp:
+        old = export_tree(args.before, Path(tmp) / "before")
+        shutil.rmtree(old / "bench")
+        shutil.copytree(ROOT / "bench", old / "bench", ignore=shutil.ignore_patterns("results"))
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for _ in range(args.reps):
+            for side, tree in (("before", old), ("after", ROOT)):
+                runs[side].append(_one_run(tree, args))
+                r = runs[side][-1]
+                log(f"{side}: save {r['save']['cpu_us_per_req']} µs, "
+                    f"bare publish {r['publish']['cpu_us_per_req']} µs")  # fmt: skip
+    out: dict[str, Any] = {"before": args.before}
+    for side, rs in runs.items():
+        for case in ("save", "publish"):
+            cpu = sorted(r[case]["cpu_us_per_req"] for r in rs)
+            out[f"{side}_{case}_cpu_us"] = {
+                "median": cpu[len(cpu) // 2],
+                "range": [cpu[0], cpu[-1]],
+            }
     return out
 
 
@@ -138,7 +207,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--profile", choices=["save", "poll", "publish", "const"])
     parser.add_argument("--tmpfs", action="store_true")
+    parser.add_argument("--only", choices=["save", "publish"], help="just this case")
+    parser.add_argument("--reps", type=int, default=1, help="runs of each case (median, range)")
+    parser.add_argument("--before", help="git revision: save before (that revision) vs after")
     args = parser.parse_args()
+    if args.before:
+        print(json.dumps(before_after(args), indent=1))
+        return
     if args.tmpfs:
         os.makedirs("/dev/shm/audioprep-bench", exist_ok=True)
         os.environ["TMPDIR"] = "/dev/shm/audioprep-bench"
@@ -147,7 +222,7 @@ def main() -> None:
         tempfile.tempdir = None
     with bench_env("inproc") as env:
         asyncio.run(provision_env(env))
-        result = run(env, args.requests, args.concurrency, args.profile)
+        result = run(env, args.requests, args.concurrency, args.profile, args.only, args.reps)
     print(json.dumps(result, indent=1))
 
 

@@ -27,6 +27,7 @@ from audioprep.domain.events import (
     encode_event,
 )
 from audioprep.shared import direct_get
+from audioprep.shared.js_publish import AckPublisher, header_block, header_value
 from audioprep.shared.names import Names
 
 WRONG_LAST_SEQUENCE = 10071
@@ -86,6 +87,7 @@ class EventStore:
         self.js = js
         self.names = names
         self.timeout = timeout
+        self._acks = AckPublisher(nc)  # request_job's publish (the API's hot path)
 
     async def append(self, event: Event, *, traceparent: str | None = None) -> int:
         """Publish one event and wait until the server has it on disk; returns its sequence."""
@@ -106,17 +108,20 @@ class EventStore:
 
         Raises JobAlreadyExists when another request already created this job id.
         """
-        headers = {
-            "Nats-Msg-Id": event.job_id,
-            "Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
-        }
-        if traceparent:
-            headers["traceparent"] = traceparent
+        job_id = event.job_id.encode()
+        block = header_block(
+            (b"Nats-Msg-Id", job_id),
+            (b"Nats-Expected-Last-Subject-Sequence", b"0"),
+            (
+                b"Nats-Expected-Last-Subject-Sequence-Subject",
+                self.names.job_subjects(event.job_id).encode(),
+            ),
+            *([(b"traceparent", header_value(traceparent))] if traceparent else []),
+        )
         subject = self.names.event_subject(event.kind, event.job_id, "requested")
         try:
-            ack = await self.js.publish(
-                subject, encode_event(event), timeout=self.timeout, headers=headers
+            ack = await self._acks.publish(
+                subject, encode_event(event), block, timeout=self.timeout
             )
         except BadRequestError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:

@@ -18,6 +18,7 @@ from audioprep.services.api.docs_ui import render_plugins
 from audioprep.services.api.openapi import complete_schema
 from audioprep.services.api.problems import handle_exception
 from audioprep.services.api.rate_limit import rate_limit_middleware
+from audioprep.services.api.raw_routes import API_STATE
 from audioprep.services.api.routes.cancel import cancel_job
 from audioprep.services.api.routes.downloads import storage_download
 from audioprep.services.api.routes.edit import preview, preview_audio, save
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
             ),
             cache_kv=await render_cache.bucket(js, settings.names),
         )
+        app.state[API_STATE] = holder["ctx"]  # for the routes served raw (raw_routes.py)
         if not settings.api_keys:
             # Loud in production; in dev mode (the default, `make run`) it is the expected
             # set-up and the README's flows must run without a warning in the log.

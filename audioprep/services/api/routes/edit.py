@@ -27,6 +27,7 @@ from audioprep.services.api.links import LINK_TTL_S
 from audioprep.services.api.openapi import JSON_BODY, problems
 from audioprep.services.api.previews import replayed_job, request_preview
 from audioprep.services.api.problems import ProblemError
+from audioprep.services.api.raw_routes import Accepted, served_raw
 from audioprep.services.api.routes.images import publishing_fields
 from audioprep.services.api.routes.presets import body_with_preset
 from audioprep.services.api.schemas import DownloadLink, JobAccepted, PreviewRequest, SaveRequest
@@ -131,7 +132,8 @@ async def _check_trim_in_source(
         )
 
 
-def _accepted(job_id: str, status: str = "pending") -> Response[JobAccepted]:
+def _accepted(answer: Accepted) -> Response[JobAccepted]:
+    job_id, status = answer
     return Response(
         JobAccepted(job_id=job_id, status=status),
         status_code=HTTP_202_ACCEPTED,
@@ -147,7 +149,7 @@ async def _replay(
     kind: Literal["preview", "save"],
     route: str,
     data: msgspec.Struct,
-) -> tuple[str | None, Response[JobAccepted] | None]:
+) -> tuple[str | None, Accepted | None]:
     """The request's fingerprint (with an Idempotency-Key) and, for a replay of the key, the
     answer the first request got. Without a key the id is fresh: there is nothing to replay
     (two lookups saved)."""
@@ -158,7 +160,7 @@ async def _replay(
     if replayed is None:
         return fingerprint, None
     view = await load_view(api, replayed, tenant)
-    return fingerprint, _accepted(replayed, view.status)
+    return fingerprint, (replayed, view.status)
 
 
 async def _check_render(api: ApiContext, source_key: str, recipe: Recipe, tenant: str) -> None:
@@ -170,22 +172,8 @@ async def _check_render(api: ApiContext, source_key: str, recipe: Recipe, tenant
     await _check_joins(api, recipe, tenant)
 
 
-@post(
-    "/api/audio/edit/preview",
-    summary="Preview a recipe",
-    description=(
-        "Renders a browser-playable preview (opus in Ogg, or aac in M4A). A render-cache hit "
-        "(same source, normalized recipe, format and renderer version) answers with a job "
-        "that is already `completed` (`result.fromCache`) and no worker work; while an "
-        "identical preview is being rendered, the request joins that job (same `jobId`)."
-    ),
-    status_code=HTTP_202_ACCEPTED,
-    responses=problems(400, 401, 404, 409, 413, 415, 422),
-    opt={JSON_BODY: PreviewRequest},
-)
-async def preview(
-    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
-) -> Response[JobAccepted]:
+async def preview_job(request: Request[Any, Any, Any], api: ApiContext) -> Accepted:
+    """POST /api/audio/edit/preview: the job that renders (or already has) the preview."""
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, _ = await body_with_preset(request, api, tenant, PreviewRequest, save=False)
@@ -203,27 +191,11 @@ async def preview(
         fingerprint=fingerprint,
         traceparent=traceparent_of(request),
     )
-    return _accepted(answer.job_id, answer.status)
+    return answer.job_id, answer.status
 
 
-@post(
-    "/api/audio/edit/save",
-    summary="Render and save",
-    description=(
-        "Renders the recipe into `format` (wav, flac, mp3, opus, aac) with optional encoder "
-        "`options`; the result's `preparedKey` names the file and the job view carries a "
-        "signed `downloadUrl`. With `outputs` (1-5 formats, instead of `format`) the recipe "
-        "runs once and feeds every encoder: `result.outputs[]` has each file's key, size, "
-        "loudness report and `downloadUrl`. `metadata` and `chapters` go into every file "
-        "(docs/publishing.md)."
-    ),
-    status_code=HTTP_202_ACCEPTED,
-    responses=problems(400, 401, 404, 409, 413, 415, 422),
-    opt={JSON_BODY: SaveRequest},
-)
-async def save(
-    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
-) -> Response[JobAccepted]:
+async def save_job(request: Request[Any, Any, Any], api: ApiContext) -> Accepted:
+    """POST /api/audio/edit/save: the job that renders and stores the result."""
     tenant = tenant_for(request, api.settings)
     job_id = job_id_for(request, tenant)
     data, preset_revision = await body_with_preset(request, api, tenant, SaveRequest, save=True)
@@ -252,7 +224,51 @@ async def save(
         preset_revision=preset_revision,
     )
     await submit(api, event, traceparent_of(request))
-    return _accepted(job_id)
+    return job_id, "pending"
+
+
+@post(
+    "/api/audio/edit/preview",
+    summary="Preview a recipe",
+    description=(
+        "Renders a browser-playable preview (opus in Ogg, or aac in M4A). A render-cache hit "
+        "(same source, normalized recipe, format and renderer version) answers with a job "
+        "that is already `completed` (`result.fromCache`) and no worker work; while an "
+        "identical preview is being rendered, the request joins that job (same `jobId`)."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    responses=problems(400, 401, 404, 409, 413, 415, 422),
+    opt={JSON_BODY: PreviewRequest},
+    middleware=[served_raw(preview_job)],
+)
+async def preview(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
+) -> Response[JobAccepted]:
+    # Declares the route (router, OpenAPI); `served_raw` answers it with `preview_job`.
+    return _accepted(await preview_job(request, api))
+
+
+@post(
+    "/api/audio/edit/save",
+    summary="Render and save",
+    description=(
+        "Renders the recipe into `format` (wav, flac, mp3, opus, aac) with optional encoder "
+        "`options`; the result's `preparedKey` names the file and the job view carries a "
+        "signed `downloadUrl`. With `outputs` (1-5 formats, instead of `format`) the recipe "
+        "runs once and feeds every encoder: `result.outputs[]` has each file's key, size, "
+        "loudness report and `downloadUrl`. `metadata` and `chapters` go into every file "
+        "(docs/publishing.md)."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    responses=problems(400, 401, 404, 409, 413, 415, 422),
+    opt={JSON_BODY: SaveRequest},
+    middleware=[served_raw(save_job)],
+)
+async def save(
+    request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
+) -> Response[JobAccepted]:
+    # Declares the route (router, OpenAPI); `served_raw` answers it with `save_job`.
+    return _accepted(await save_job(request, api))
 
 
 @get(

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -119,6 +120,23 @@ def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
         modified=meta.get("last_modified"),
         etag=meta.get("e_tag"),
     )
+
+
+# What `Path.is_file` treats as "not there" (pathlib's _IGNORED_ERRNOS); others are raised.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _is_file(path: str) -> bool:
+    """`Path(path).is_file()` without building a Path (a third of the cost, on the API's save
+    path); `path` joined as pathlib would (`root / key`: a trailing slash dropped)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno not in _NOT_THERE:
+            raise
+        return False
+    except ValueError:  # an embedded NUL
+        return False
 
 
 class Storage:
@@ -255,7 +273,7 @@ class Storage:
     async def exists(self, key: str) -> bool:
         """Whether `key` exists; on local disk a plain stat (the API checks this per request)."""
         if self.local_root is not None:
-            return (self.local_root / key).is_file()
+            return _is_file(os.path.join(self.local_root, key.rstrip("/")))
         return await self.head(key) is not None
 
     async def head(self, key: str) -> ObjectInfo | None:

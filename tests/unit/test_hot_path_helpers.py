@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 import string
+from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from audioprep.shared import ids, keys, names
+from audioprep.shared.storage import Storage
 
 
 def _reference_job_id(ms: int, rand: bytes) -> str:
@@ -58,3 +60,22 @@ def test_safe_key_and_token_checks_match_the_reference() -> None:
         except ValueError:
             ok = False
         assert ok == _reference_token_ok(s), s
+
+
+async def test_local_exists_matches_path_is_file(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "sources" / "j").mkdir(parents=True)
+    (root / "sources" / "j" / "a.wav").write_bytes(b"x")
+    (root / "sources" / "j" / "link.wav").symlink_to(root / "sources" / "j" / "a.wav")
+    (root / "sources" / "j" / "dangling.wav").symlink_to(root / "nowhere")
+    (root / "loop").symlink_to(root / "loop")
+    storage = Storage(None, local_root=root, url=root.as_uri())
+    samples = ["sources/j/a.wav", "sources/j/a.wav/", "sources//j/a.wav", "sources/./j/a.wav"]
+    samples += ["sources/j", "sources/j/", "sources/j/link.wav", "sources/j/dangling.wav"]
+    samples += ["loop", "loop/x", "sources/j/a.wav/x", "nope", "", "/", "a\x00b", "é/ü"]
+    for key in samples:
+        try:
+            expected = (root / key).is_file()
+        except ValueError:
+            expected = False
+        assert await storage.exists(key) == expected, key

@@ -15,7 +15,7 @@ from audioprep.domain.views import JobView
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.limits import admit_request
 from audioprep.services.api.problems import ProblemError
-from audioprep.shared import metrics
+from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import JobAlreadyExists
 from audioprep.shared.ids import idempotent_job_id, is_job_id, new_job_id
 
@@ -136,7 +136,7 @@ async def submit(
                 headers={"Retry-After": "1"},
             ) from None
         log.info("idempotent replay", extra={"job_id": event.job_id})
-    log.info("job requested", extra={"job_id": event.job_id, "kind": event.kind})
+    logs.info_line(log, "job requested", job_id=event.job_id, kind=event.kind)
     return event.job_id
 
 

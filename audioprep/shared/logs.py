@@ -134,7 +134,7 @@ def _only_our_json_handler(logger: logging.Logger) -> logging.StreamHandler | No
         if node.filters or node.disabled:
             return None
         if node.handlers:
-            if node.handlers != [handler] or node.parent is not None and node.propagate:
+            if node.handlers != [handler] or (node.parent is not None and node.propagate):
                 return None
             return handler
         node = node.parent if node.propagate else None

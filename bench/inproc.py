@@ -6,9 +6,10 @@ python -m bench.inproc [--requests 9600] [--concurrency 32] [--profile save|poll
     [--only save|publish] [--reps 5]
 (`--tmpfs` puts the nats store in /dev/shm, so fsync waits don't shape the batching)
 
-python -m bench.inproc --before REV [--reps 5]: save's CPU per request for the API of git
-revision REV and of this tree, alternating run by run (each run its own process and
-nats-server, driven by this tree's bench code), next to the bare publish of the same runs.
+python -m bench.inproc --before REV [--after REV2] [--reps 5]: save's CPU per request for the
+API of git revision REV and of this tree (or REV2), alternating run by run (each run its own
+process and nats-server, driven by this tree's bench code), next to the bare publish of the
+same runs.
 """
 
 from __future__ import annotations
@@ -180,17 +181,23 @@ def before_after(args: argparse.Namespace) -> dict[str, Any]:
     from bench.ab import export_tree
 
     with tempfile.TemporaryDirectory(prefix="audioprep-inproc-ab-") as tmp:
-        old = export_tree(args.before, Path(tmp) / "before")
-        shutil.rmtree(old / "bench")
-        shutil.copytree(ROOT / "bench", old / "bench", ignore=shutil.ignore_patterns("results"))
+        trees = {"before": Path(tmp) / "before", "after": Path(tmp) / "after"}
+        for side, rev in (("before", args.before), ("after", args.after)):
+            if rev is None:
+                trees[side] = ROOT
+                continue
+            export_tree(rev, trees[side])
+            shutil.rmtree(trees[side] / "bench")
+            ignore = shutil.ignore_patterns("results", "__pycache__")
+            shutil.copytree(ROOT / "bench", trees[side] / "bench", ignore=ignore)
         runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for _ in range(args.reps):
-            for side, tree in (("before", old), ("after", ROOT)):
+            for side, tree in trees.items():
                 runs[side].append(_one_run(tree, args))
                 r = runs[side][-1]
                 log(f"{side}: save {r['save']['cpu_us_per_req']} µs, "
                     f"bare publish {r['publish']['cpu_us_per_req']} µs")  # fmt: skip
-    out: dict[str, Any] = {"before": args.before}
+    out: dict[str, Any] = {"before": args.before, "after": args.after or "this tree"}
     for side, rs in runs.items():
         for case in ("save", "publish"):
             cpu = sorted(r[case]["cpu_us_per_req"] for r in rs)
@@ -210,6 +217,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["save", "publish"], help="just this case")
     parser.add_argument("--reps", type=int, default=1, help="runs of each case (median, range)")
     parser.add_argument("--before", help="git revision: save before (that revision) vs after")
+    parser.add_argument("--after", help="git revision for the after side (default: this tree)")
     args = parser.parse_args()
     if args.before:
         print(json.dumps(before_after(args), indent=1))

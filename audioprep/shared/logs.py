@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import re
 import sys
@@ -95,11 +96,28 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 _json = msgspec.json.Encoder(enc_hook=str)
 
 
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
+
+
+def iso_ms(created: float) -> str:
+    """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, formatting the
+    date and time only once a second (datetime's rounding: microseconds half-even, then cut)."""
+    frac, whole = math.modf(created)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:  # before 1970
+        whole, micros = whole - 1, micros + 1_000_000
+    if whole != _second[0]:
+        _second[:] = [whole, datetime.fromtimestamp(whole, UTC).isoformat()[:19]]
+    return f"{_second[1]}.{micros // 1000:03d}+00:00"
+
+
 def _json_line(
     created: float, level: str, logger: str, msg: str, fields: dict[str, object]
 ) -> dict[str, object]:
     doc: dict[str, object] = {
-        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "ts": iso_ms(created),
         "level": level,
         "logger": logger,
         "msg": msg,

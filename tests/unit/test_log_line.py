@@ -3,8 +3,10 @@ any set-up it can't stand in for (another handler, a filter, console format) to 
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
+import random
 from collections.abc import Iterator
 from unittest import mock
 
@@ -95,3 +97,16 @@ def test_other_set_ups_go_through_logging(json_root: io.StringIO) -> None:
     logs._installed.setFormatter(logs.ConsoleFormatter())
     plain, fast = _both(log, json_root, job_id="x")
     assert plain == fast and "job_id=x" in plain and not plain.startswith("{")
+
+
+def test_timestamps_are_datetimes_to_the_millisecond() -> None:
+    rng = random.Random(3)
+    samples = [1_764_590_000 + rng.uniform(-5, 5) for _ in range(5000)]
+    samples += [rng.uniform(-1e9, 4e9) for _ in range(5000)]
+    edges = (0, 5e-7, 4.995e-4, 5e-4, 9.995e-4, 0.9999995, 0.9999996)
+    samples += [1_764_590_000 + k / 1000 + d for k in range(200) for d in edges]
+    samples += [0.0, -0.5, 1.9999995, 1.9999996, -1e-7]
+    for t in samples:
+        assert logs.iso_ms(t) == dt.datetime.fromtimestamp(t, dt.UTC).isoformat(
+            timespec="milliseconds"
+        ), t

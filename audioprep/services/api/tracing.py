@@ -24,13 +24,16 @@ def trace_middleware(app: ASGIApp) -> ASGIApp:
             if k.lower() == b"traceparent":
                 incoming = v.decode("latin-1")
                 break
-        traceparent = incoming if incoming and logs.parse_traceparent(incoming) else None
-        if traceparent is None:
+        parsed = logs.parse_traceparent(incoming) if incoming else None
+        if parsed is not None and incoming is not None:
+            traceparent, trace_id = incoming, parsed[0]
+        else:
             traceparent = logs.new_traceparent()
+            trace_id = traceparent[3:35]  # 00-<trace id>-<parent id>-01
         if incoming is not None:  # one traceparent, the one we keep (ours if theirs was bad)
             headers = [(k, v) for k, v in headers if k.lower() != b"traceparent"]
         scope["headers"] = [*headers, (b"traceparent", traceparent.encode())]
-        token = logs.bind(trace_id=logs.trace_id_of(traceparent))
+        token = logs.bind(trace_id=trace_id)
         try:
             await app(scope, receive, send)
         finally:

@@ -87,10 +87,14 @@ class AckPublisher:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._ids = itertools.count()
         self._started: asyncio.Task[None] | None = None
+        # The connection's loop, looked up once: `asyncio.get_running_loop()` costs a getpid
+        # syscall each time (CPython 3.11 checks the pid for forks).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _start(self) -> None:
         prefix = self.nc.new_inbox() + "."
         await self.nc.subscribe(prefix + "*", cb=self._on_ack)
+        self._loop = asyncio.get_running_loop()
         self._prefix = prefix
 
     async def _on_ack(self, msg: Msg) -> None:
@@ -107,7 +111,8 @@ class AckPublisher:
                 self._started = asyncio.ensure_future(self._start())
             await asyncio.shield(self._started)
         reply = self._prefix + str(next(self._ids))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[reply] = future
         timer = loop.call_later(timeout, _expire, future)

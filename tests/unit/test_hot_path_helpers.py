@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import string
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_new_job_id_matches_the_reference_encoding(ms: int) -> None:
     rng = random.Random(ms)
     for _ in range(200):
         rand = rng.randbytes(10)
-        with mock.patch.object(ids.os, "urandom", return_value=rand):
+        with mock.patch.object(ids, "_random80", return_value=int.from_bytes(rand, "big")):
             got = ids.new_job_id(ms)
         assert got == _reference_job_id(ms, rand)
         assert ids.is_job_id(got)
@@ -32,6 +33,23 @@ def test_new_job_id_matches_the_reference_encoding(ms: int) -> None:
 def test_new_job_ids_sort_by_time() -> None:
     a, b = ids.new_job_id(1_000), ids.new_job_id(1_001)
     assert a < b
+
+
+def test_random_pool_hands_out_each_value_once_and_not_to_a_forked_child() -> None:
+    ids._randoms.clear()
+    draws = [ids._random80() for _ in range(3 * ids._RANDOMS_PER_DRAW + 7)]
+    assert len(set(draws)) == len(draws) and all(0 <= d < 2**80 for d in draws)
+    assert len({ids.new_job_id(5) for _ in range(1000)}) == 1000  # same ms, distinct ids
+    left = list(ids._randoms)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first value is fresh, not the parent's next one
+        os.write(write, str(ids._random80() in left).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"False"
+    assert ids._randoms == left
 
 
 def _reference_safe_key(key: str) -> bool:

@@ -69,7 +69,10 @@ def alternate(
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for _ in range(reps):
         for name, (url, pid) in sides.items():
-            runs[name].append(http_load_cpu(pid, env.tmp, url, duration=duration, **load))
+            nats_pid = env.server.proc.pid if env.server.proc else None
+            runs[name].append(
+                http_load_cpu(pid, env.tmp, url, nats_pid=nats_pid, duration=duration, **load)
+            )
         log(
             "  "
             + ", ".join(
@@ -109,8 +112,8 @@ def run(before: str, rows: list[str], duration: float, reps: int) -> dict[str, A
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| row | before req/s | after req/s | after/before | before p99 ms | after p99 ms "
-        "| before µs CPU/req | after µs CPU/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| before µs CPU/req | after µs CPU/req | nats-server µs CPU/req (before / after) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in ("save", "poll"):
         if key not in result:
@@ -119,7 +122,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {key} | {b['rps']:,.0f} | {a['rps']:,.0f} | {a['rps'] / b['rps']:.2f}× "
             f"| {b['p99_ms']:.1f} | {a['p99_ms']:.1f} "
-            f"| {b['cpu_us_per_req']:.0f} | {a['cpu_us_per_req']:.0f} |"
+            f"| {b['cpu_us_per_req']:.0f} | {a['cpu_us_per_req']:.0f} "
+            f"| {b.get('nats_cpu_us_per_req', 0):.0f} / {a.get('nats_cpu_us_per_req', 0):.0f} |"
         )
     return "\n".join(lines)
 

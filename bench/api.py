@@ -157,6 +157,7 @@ def run(duration: float, connections: int, reps: int) -> dict[str, Any]:
             log("granian not installed: uvicorn only")
         apps = {k: start_http_app(env, k, "/healthz" if "api" in k else "/const") for k in kinds}
         path, body, label = enqueue_request(env, apps["api"][0])
+        nats_pid = env.server.proc.pid if env.server.proc else None
         log(f"enqueue: {label}, {connections} connections, {duration}s × {reps} per side")
 
         def alternate(urls: dict[str, str], **kw: Any) -> dict[str, dict[str, Any]]:
@@ -170,7 +171,13 @@ def run(duration: float, connections: int, reps: int) -> dict[str, Any]:
                     pid = apps[k][1].pid
                     runs[k].append(
                         http_load_cpu(
-                            pid, env.tmp, url, connections=connections, duration=duration, **kw
+                            pid,
+                            env.tmp,
+                            url,
+                            nats_pid=nats_pid,
+                            connections=connections,
+                            duration=duration,
+                            **kw,
                         )
                     )
                 log("  " + ", ".join(f"{k} {r[-1]['rps']:.0f} req/s" for k, r in runs.items()))
@@ -225,15 +232,29 @@ def _rows(
     ea, eb, pa, pb = enq[api], enq[base], poll[api], poll[base]
     on = f" ({server})" if server else ""
     cpu = "CPU/req {:.0f} vs {:.0f} µs"
+    nats = "; nats-server CPU/req {:.0f} vs {:.0f} µs"
+
+    def spread(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
+        """The ratio in each alternating round, lowest to highest."""
+        ratios = sorted(x[key] / y[key] for x, y in zip(a["all"], b["all"], strict=True))
+        return f"; rounds {ratios[0]:.2f}–{ratios[-1]:.2f}×" if ratios else ""
+
+    def server_cpu(a: dict[str, Any], b: dict[str, Any]) -> str:
+        if "nats_cpu_us_per_req" not in a or "nats_cpu_us_per_req" not in b:
+            return ""
+        return nats.format(a["nats_cpu_us_per_req"], b["nats_cpu_us_per_req"])
+
     return [
         row("1 enqueue", f"{label} throughput{on}", ea["rps"], eb["rps"], "req/s",
             higher_is_better=True, target="≥ 0.9× baseline", met=ea["rps"] >= 0.9 * eb["rps"],
             notes=f"{connections} keep-alive clients ({ea['tool']}); baseline = bare Litestar "
-            "+ one JetStream publish; " + cpu.format(ea["cpu_us_per_req"], eb["cpu_us_per_req"])),
+            "+ one JetStream publish; " + cpu.format(ea["cpu_us_per_req"], eb["cpu_us_per_req"])
+            + server_cpu(ea, eb) + spread(ea, eb, "rps")),
         row("1 enqueue", f"p99 latency{on}", ea["p99_ms"], eb["p99_ms"], "ms",
             higher_is_better=False, target="≤ 1.25× baseline",
             met=ea["p99_ms"] <= 1.25 * eb["p99_ms"],
-            notes=f"p50 {ea['p50_ms']:.1f} ms (baseline {eb['p50_ms']:.1f} ms)"),
+            notes=f"p50 {ea['p50_ms']:.1f} ms (baseline {eb['p50_ms']:.1f} ms)"
+            + spread(ea, eb, "p99_ms")),
         row("4 poll", f"GET /api/audio/jobs/{{id}} throughput{on}", pa["rps"], pb["rps"], "req/s",
             higher_is_better=True, target="≥ 0.6× baseline", met=pa["rps"] >= 0.6 * pb["rps"],
             notes="1000 projected jobs, random order; baseline = bare Litestar constant route; "

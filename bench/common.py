@@ -381,13 +381,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / ticks + sum(cpu_seconds(c) for c in children)
 
 
-def http_load_cpu(pid: int, tmp: Path, url: str, **kw: Any) -> dict[str, Any]:
+def http_load_cpu(
+    pid: int, tmp: Path, url: str, *, nats_pid: int | None = None, **kw: Any
+) -> dict[str, Any]:
     """`http_load`, plus the server process's CPU per answered request (µs): a figure that the
-    other work on a shared box moves much less than throughput."""
+    other work on a shared box moves much less than throughput; with `nats_pid`, nats-server's
+    CPU per request too (the other half of a publish's cost on a shared 2-core box)."""
     before = cpu_seconds(pid)
+    nats_before = cpu_seconds(nats_pid) if nats_pid else 0.0
     result = http_load(tmp, url, **kw)
     used = cpu_seconds(pid) - before
     result["cpu_us_per_req"] = round(used / max(1, result["requests"]) * 1e6, 1)
+    if nats_pid:
+        nats_used = cpu_seconds(nats_pid) - nats_before
+        result["nats_cpu_us_per_req"] = round(nats_used / max(1, result["requests"]) * 1e6, 1)
     return result
 
 

@@ -16,7 +16,10 @@ class QueuePositions:
     """Waiting jobs' positions as the dispatcher last said, asked at most once a second per
     job. A poll waits at most FIRST_WAIT_S for the first answer (a healthy dispatcher answers
     in well under a millisecond); a later one never waits: it shows the last answer and asks
-    again in the background when that one is older than REFRESH_S."""
+    again in the background when that one is older than REFRESH_S. No answer (no dispatcher
+    running, or it timed out) counts as an answer without a position: the polls of the next
+    REFRESH_S don't wait for it again (before, every poll of a waiting job waited up to
+    FIRST_WAIT_S while no dispatcher ran; bench/RESULTS.md)."""
 
     FIRST_WAIT_S = 0.02
     REFRESH_S = 1.0
@@ -48,9 +51,8 @@ class QueuePositions:
             PositionReply,
             POSITION_TIMEOUT_S,
         )
-        if reply is None:
-            return
-        self._known[job_id] = (reply.positions.get(job_id), time.monotonic())
+        position = reply.positions.get(job_id) if reply is not None else None
+        self._known[job_id] = (position, time.monotonic())
         self._known.move_to_end(job_id)
         while len(self._known) > self.SIZE:
             self._known.popitem(last=False)

@@ -52,12 +52,15 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return own, reaped + live
 
 
-def snapshot(workers: list[int], server: int) -> dict[str, float]:
+def snapshot(workers: list[int], server: int, dispatcher: int | None) -> dict[str, float]:
     own = desc = 0.0
     for pid in workers:
         o, d = proc_cpu(pid)
         own, desc = own + o, desc + d
-    return {"worker": own, "media": desc, "nats": sum(proc_cpu(server))}
+    out = {"worker": own, "media": desc, "nats": sum(proc_cpu(server))}
+    if dispatcher is not None:
+        out["dispatcher"] = sum(proc_cpu(dispatcher))
+    return out
 
 
 def measure(
@@ -67,6 +70,8 @@ def measure(
     workers: int,
     env_extra: dict[str, str],
     profile: str | None = None,
+    cprofile: str | None = None,
+    dispatcher_apart: bool = False,
 ) -> Any:
     with bench_env("worker-cpu") as env:
         if "AUDIOPREP_DISPATCH" in env_extra:  # the consumers' filter follows the mode
@@ -75,33 +80,44 @@ def measure(
         asyncio.run(provision_env(env))
         upload_key = asyncio.run(put_upload(env, seconds))
         names = [f"worker-cpu-{i}" for i in range(workers)]
-        procs = [
-            env.audioprep("worker", "--concurrency", "1", log_name=n, **env_extra) for n in names
-        ]
+        apart = None
+        if dispatcher_apart:  # leads before any worker starts: its CPU is counted on its own
+            apart = env.audioprep("dispatcher", log_name="dispatcher", **env_extra)
+            time.sleep(3.0)
+        if cprofile:  # the worker's own process under cProfile with a CPU clock
+            cmd = [sys.executable, "-m", "bench.worker_cpu", "--profiled-worker", cprofile]
+            procs = [
+                env.spawn([*cmd, str(i)], log_name=n, **env_extra) for i, n in enumerate(names)
+            ]
+        else:
+            procs = [
+                env.audioprep("worker", "--concurrency", "1", log_name=n, **env_extra)
+                for n in names
+            ]
         warm_up(env, upload_key, names, per_worker=3)
         server = env.server.proc.pid if env.server.proc else 0
         pids = [p.pid for p in procs]
         # What the processes burn with nothing to do (fetch loops, leases, reconciler).
-        s0 = snapshot(pids, server)
+        s0 = snapshot(pids, server, apart.pid if apart else None)
         time.sleep(3.0)
-        s1 = snapshot(pids, server)
+        s1 = snapshot(pids, server, apart.pid if apart else None)
         idle_per_s = {k: (s1[k] - s0[k]) / 3.0 for k in s0}
         spies = []
         if profile:  # py-spy on each worker's own process, CPU samples only (not idle waits)
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             for i, pid in enumerate(pids):
                 out = Path(profile) / f"worker-{i}.txt"
-                cmd = [spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out)]
+                cmd = [spy, "record", "--gil", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(out)]
                 quiet = subprocess.DEVNULL
                 spies.append(subprocess.Popen(cmd, stdout=quiet, stderr=quiet))
             time.sleep(1.0)
         runs = []
         for _ in range(reps):
-            a = snapshot(pids, server)
+            a = snapshot(pids, server, apart.pid if apart else None)
             t0 = time.perf_counter()
             elapsed = asyncio.run(run_batch(env, upload_key, jobs))
             wall = time.perf_counter() - t0
-            b = snapshot(pids, server)
+            b = snapshot(pids, server, apart.pid if apart else None)
             per_job = {k: (b[k] - a[k]) / jobs * 1000 for k in a}
             per_job["wall_ms"] = elapsed / jobs * 1000
             per_job["_span_s"] = wall
@@ -113,7 +129,7 @@ def measure(
         for spy_proc in spies:
             spy_proc.send_signal(2)
             spy_proc.wait(30)
-    keys = ["worker", "media", "nats", "wall_ms"]
+    keys = [k for k in runs[0] if not k.startswith("_")]
     med = {k: statistics.median(r[k] for r in runs) for k in keys}
     spread = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in keys}
     return {
@@ -122,10 +138,25 @@ def measure(
         "workers": workers,
         "per_job_ms": {k: round(v, 2) for k, v in med.items()},
         "spread_ms": {k: [round(x, 2) for x in v] for k, v in spread.items()},
-        "total_ms": round(med["worker"] + med["media"], 2),
+        "total_ms": round(med["worker"] + med["media"] + med.get("dispatcher", 0), 2),
         "idle_ms_per_s": {k: round(v * 1000, 2) for k, v in idle_per_s.items()},
         "runs": runs,
     }
+
+
+def profiled_worker(out: str, index: str) -> None:
+    """`audioprep worker --concurrency 1` under cProfile (CPU clock); stats written at exit."""
+    import cProfile
+
+    from audioprep.services.cli.main import main as cli
+
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        cli(["worker", "--concurrency", "1"])
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(out) / f"worker-{index}.prof"))
 
 
 def main() -> None:
@@ -136,10 +167,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--tree", help="measure another checkout (see the docstring)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw profiles of the workers")
+    parser.add_argument("--cprofile", metavar="DIR", help="cProfile stats of the workers")
+    parser.add_argument(
+        "--dispatcher-apart", action="store_true", help="the dispatcher in its own process"
+    )
+    parser.add_argument("--profiled-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the workers")
     args = parser.parse_args()
+    if args.profiled_worker:
+        profiled_worker(*args.profiled_worker)
+        return
     extra = dict(e.split("=", 1) for e in args.env)
-    result = measure(args.jobs, args.reps, args.seconds, args.workers, extra, args.profile)
+    result = measure(
+        args.jobs,
+        args.reps,
+        args.seconds,
+        args.workers,
+        extra,
+        args.profile,
+        args.cprofile,
+        args.dispatcher_apart,
+    )
     if not args.tree:
         from bench.common import write_result
 

@@ -46,7 +46,7 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
     """Store the original under sources/<jobId>/ (deterministic key: reruns overwrite)."""
     req = ingest_request(ctx.request)
     if req.upload_key is not None:
-        await ctx.progress(2, "storing", force=True)
+        ctx.announce(2, "storing")
         key = await _move_upload(ctx, req, req.upload_key)
         if ctx.request.upload_bytes is not None:  # metering: what the upload stored
             ctx.stored_bytes += ctx.request.upload_bytes
@@ -62,7 +62,7 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
 async def run_ingest(ctx: JobContext) -> JobResult:
     source_key, title = await _bring_source(ctx)
     path = await local_source(ctx, source_key)
-    await ctx.progress(40, "analysing", force=True)
+    ctx.announce(40, "analysing")
     analysis: Analysis = await run_media_call(
         analyse,
         str(path),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from audioprep.domain.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
 from audioprep.domain.events import JobResult, LoudnessInfo
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.fetch_url import fetch_source
 from audioprep.services.worker.media_process import run_media_call
-from audioprep.services.worker.pipeline.analyse import Analysis, analyse
+from audioprep.services.worker.pipeline.analyse import IngestAnalysis, analyse_for_ingest
 from audioprep.services.worker.pipeline.voice_analysis import summary as voice_summary
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys
@@ -63,8 +61,8 @@ async def run_ingest(ctx: JobContext) -> JobResult:
     source_key, title = await _bring_source(ctx)
     path = await local_source(ctx, source_key)
     ctx.announce(40, "analysing")
-    analysis: Analysis = await run_media_call(
-        analyse,
+    analysis: IngestAnalysis = await run_media_call(
+        analyse_for_ingest,
         str(path),
         points=PEAK_POINTS,
         on_progress=ctx.progress_callback(40, 95, "analysing"),
@@ -78,9 +76,8 @@ async def run_ingest(ctx: JobContext) -> JobResult:
             code=TOO_LONG,
         )
     peaks_key = keys.peaks_key(ctx.request.tenant, ctx.job_id)
-    peaks = msgspec.json.encode(analysis.peaks)
-    await ctx.storage.put_bytes(peaks_key, peaks)
-    ctx.stored_bytes += len(peaks)
+    await ctx.storage.put_bytes(peaks_key, analysis.peaks_json)
+    ctx.stored_bytes += len(analysis.peaks_json)
     loud = analysis.loudness
     return JobResult(
         source_key=source_key,

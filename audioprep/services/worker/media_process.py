@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -98,8 +99,9 @@ def _limits() -> tuple[int, int]:
 
 
 def _cpu_spent() -> int:
+    """CPU seconds this process used, rounded up: a limit of spent + n leaves at least n."""
     used = resource.getrusage(resource.RUSAGE_SELF)
-    return int(used.ru_utime + used.ru_stime)
+    return math.ceil(used.ru_utime + used.ru_stime)
 
 
 def _apply_child_limits(cpu_s: int, memory_mb: int) -> None:

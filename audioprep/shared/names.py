@@ -113,6 +113,12 @@ def direct_get_subject(stream: str) -> str:
     return f"$JS.API.DIRECT.GET.{stream}"
 
 
+def stream_leader_stepdown_subject(stream: str) -> str:
+    """The JetStream API subject asking a clustered stream's leader to step down (what
+    `nats stream cluster step-down` sends; a KV bucket's stream is `kv_stream(bucket)`)."""
+    return f"$JS.API.STREAM.LEADER.STEPDOWN.{check_token(stream)}"
+
+
 class Names:
     """Every prefixed name of one deployment. Built once (in `Settings`), then only read."""
 

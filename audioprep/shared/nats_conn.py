@@ -132,7 +132,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.APIError):
         # 10158: a publish with this Msg-Id is still being stored (our own earlier try);
         # any other API answer is a real answer
-        return exc.err_code == 10158
+        # (nats-py's KV errors are APIErrors without an err_code attribute)
+        return getattr(exc, "err_code", None) == 10158
     return isinstance(
         exc,
         TimeoutError

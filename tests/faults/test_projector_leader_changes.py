@@ -84,25 +84,24 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 JOBS = 500
-LOAD_S = 14.0  # the jobs' starts are spread over this long
-FAULT_EVERY_S = 2.0
-SHORT_PAUSE_S = 2.5  # under raft's election timeout: the stream just stalls
-LONG_PAUSE_S = 6.0  # past it: the others elect a leader, then the old one wakes up
+LOAD_S = 17.0  # the jobs' starts are spread over this long: the faults' time
+SHORT_PAUSE_S = 2.0  # a stall: shorter than the clients' 5 s request timeouts
+LONG_PAUSE_S = 5.5  # past them (a KV write or publish times out, then may land after all),
+# and into raft's 4-9 s election timeout: the others may elect a leader while it sleeps
 CONNECTIONS = 3  # the load's clients (an API and two workers)
 SEED = 20
 
 JOBS_STREAM = NAMES.stream
 VIEW_STREAM = names.kv_stream(NAMES.jobs_bucket)
-# What happens every FAULT_EVERY_S while the load runs, in this order (then again).
-FAULTS: list[tuple[str, str, float]] = [
-    ("stepdown", JOBS_STREAM, 0.0),
-    ("stepdown", VIEW_STREAM, 0.0),
-    ("pause", JOBS_STREAM, SHORT_PAUSE_S),
-    ("stepdown", VIEW_STREAM, 0.0),
-    ("stepdown", JOBS_STREAM, 0.0),
-    ("pause", VIEW_STREAM, LONG_PAUSE_S),
-    ("stepdown", JOBS_STREAM, 0.0),
-    ("stepdown", VIEW_STREAM, 0.0),
+# What happens while the load runs: (seconds after the previous fault ended, fault, whose
+# leader). About every 2 s a leader change: a step-down, or a frozen leader node.
+FAULTS: list[tuple[float, str, str, float]] = [
+    (1.5, "stepdown", JOBS_STREAM, 0.0),
+    (2.0, "stepdown", VIEW_STREAM, 0.0),
+    (2.0, "pause", JOBS_STREAM, SHORT_PAUSE_S),
+    (1.5, "stepdown", VIEW_STREAM, 0.0),
+    (1.5, "pause", VIEW_STREAM, LONG_PAUSE_S),
+    (1.5, "stepdown", JOBS_STREAM, 0.0),
 ]
 
 STATUS_OF = {"JobCompleted": "completed", "JobFailed": "failed", "JobCancelled": "cancelled"}
@@ -313,18 +312,10 @@ class Faults:
     refused: int = 0  # step-downs the server declined (an election still going on)
 
 
-async def make_faults(
-    nc: Client, cluster: NatsCluster, stop: asyncio.Event, faults: Faults
-) -> None:
-    js = nc.jetstream(timeout=5)
-    n = 0
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=FAULT_EVERY_S)
-        if stop.is_set():
-            return
-        action, stream, pause_s = FAULTS[n % len(FAULTS)]
-        n += 1
+async def make_faults(nc: Client, cluster: NatsCluster, faults: Faults) -> None:
+    js = nc.jetstream(timeout=1)
+    for gap, action, stream, pause_s in FAULTS:
+        await asyncio.sleep(gap)
         leader = await retrying(lambda s=stream: leader_of(js, s), timeout=20)
         if action == "pause":
             node = cluster.node(leader)
@@ -342,7 +333,7 @@ async def make_faults(
                 ok = False
             if not ok:
                 faults.refused += 1
-                continue
+                continue  # an election still going on: the next fault comes soon
             faults.stepdowns[stream] += 1
         with contextlib.suppress(Exception):
             now = await retrying(lambda s=stream: leader_of(js, s), timeout=10)
@@ -417,14 +408,13 @@ async def test_two_projectors_under_leader_changes(tmp_path: Path) -> None:
         watcher = await watch_views(js, watch)
         load = Load([EventStore(c, c.jetstream(), NAMES) for c in load_conns])
         faults = Faults()
-        stop = asyncio.Event()
-        chaos = asyncio.create_task(make_faults(nc, cluster, stop, faults))
+        load_started = time.monotonic()
+        chaos = asyncio.create_task(make_faults(nc, cluster, faults))
         try:
             await load.run()
         finally:
-            stop.set()
-            await chaos  # a frozen node is always woken up
-        load_s = time.monotonic() - started
+            await chaos  # the plan ends with every node awake
+        load_s = time.monotonic() - load_started
 
         # Both projectors apply the whole stream; their checkpoint says so.
         events = EventStore(nc, js, NAMES)
@@ -433,6 +423,8 @@ async def test_two_projectors_under_leader_changes(tmp_path: Path) -> None:
 
             async def caught_up() -> list[int] | None:
                 nonlocal last_seq
+                dead = [p.logs() for p in projectors if not p.alive()]
+                assert not dead, "a projector died:\n" + "\n".join(dead)
                 last_seq = (await retrying(lambda: js.stream_info(JOBS_STREAM))).state.last_seq
                 applied = [await p.applied_seq(http) for p in projectors]
                 if min(applied) < last_seq or await _checkpoint(js) < last_seq:
@@ -503,7 +495,8 @@ async def test_two_projectors_under_leader_changes(tmp_path: Path) -> None:
             f"applied={','.join(map(str, applied))} "
             f"write_retries={sum(p.count('view not written') for p in projectors)} "
             f"resubscribes={sum(p.count('resubscribing') for p in projectors)} "
-            f"check_exit={check.returncode} load_s={load_s:.1f} "
+            f"check_exit={check.returncode} setup_s={load_started - started:.1f} "
+            f"load_s={load_s:.1f} "
             f"wall_s={time.monotonic() - started:.1f}"
         )
         logs = "\n".join(p.logs() for p in projectors)

@@ -200,10 +200,9 @@ class RebuildWriter:
                 if current is not None and current.value == data:
                     self.report.unchanged += 1
                     return
-                if current is None:
-                    await self.kv.create(key, data)
-                else:
-                    await self.kv.update(key, data, last=current.revision)
+                # last=0 is create-only (kv.create re-reads the key by direct get on a conflict,
+                # and a replica behind answers KeyNotFoundError instead of the conflict).
+                await self.kv.update(key, data, last=current.revision if current else 0)
                 self.report.written += 1
                 return
             except KeyWrongLastSequenceError:

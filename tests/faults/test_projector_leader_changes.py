@@ -32,13 +32,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
@@ -298,10 +299,33 @@ async def leader_of(js: JetStreamContext, stream: str) -> str:
     return str(cluster.leader)
 
 
-async def step_down(nc: Client, stream: str) -> bool:
-    """Ask the stream's leader to hand over (`nats stream cluster step-down`)."""
-    reply = await nc.request(names.stream_leader_stepdown_subject(stream), b"", timeout=5)
-    return bool(json.loads(reply.data or b"{}").get("success"))
+async def step_down(nc: Client, stream: str, faults: Faults) -> None:
+    """Ask the stream's leader to hand over (`nats stream cluster step-down`); while an
+    election is still going on the server declines, and the request is made again."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply = await nc.request(names.stream_leader_stepdown_subject(stream), b"", timeout=2)
+            if json.loads(reply.data or b"{}").get("success"):
+                faults.stepdowns[stream] += 1
+                return
+        except NatsError:
+            pass
+        faults.refused += 1
+        assert time.monotonic() < deadline, f"{stream}: no step-down for 10 s"
+        await asyncio.sleep(0.25)
+
+
+async def leader_after(js: JetStreamContext, stream: str, old: str, wait_s: float) -> str:
+    """The stream's leader, waiting up to `wait_s` for it to be another than `old`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(NatsError, TimeoutError):
+            now = await leader_of(js, stream)
+            if now != old or time.monotonic() > deadline:
+                return now
+        assert time.monotonic() < deadline + 20, f"{stream} has no leader"
+        await asyncio.sleep(0.1)
 
 
 @dataclass
@@ -326,18 +350,11 @@ async def make_faults(nc: Client, cluster: NatsCluster, faults: Faults) -> None:
             finally:
                 os.kill(node.proc.pid, signal.SIGCONT)
             faults.pauses.append(f"{stream}@{leader}:{pause_s}s")
+            now = await leader_after(js, stream, leader, 0.0)  # whoever leads once it woke
         else:
-            try:
-                ok = await step_down(nc, stream)
-            except Exception:
-                ok = False
-            if not ok:
-                faults.refused += 1
-                continue  # an election still going on: the next fault comes soon
-            faults.stepdowns[stream] += 1
-        with contextlib.suppress(Exception):
-            now = await retrying(lambda s=stream: leader_of(js, s), timeout=10)
-            faults.leader_changes += int(now != leader)
+            await step_down(nc, stream, faults)
+            now = await leader_after(js, stream, leader, 5.0)
+        faults.leader_changes += int(now != leader)
 
 
 # ---- watching the view: no key ever goes back to an older fold ----------------------------------
@@ -367,7 +384,7 @@ class ViewWatch:
         self.last_seq[key] = max(seq, before)
 
 
-async def watch_views(js: JetStreamContext, watch: ViewWatch) -> Any:
+async def watch_views(js: JetStreamContext, watch: ViewWatch) -> JetStreamContext.PushSubscription:
     return await js.subscribe(
         names.kv_subject(NAMES.jobs_bucket, ">"),
         stream=VIEW_STREAM,
@@ -486,7 +503,8 @@ async def test_two_projectors_under_leader_changes(tmp_path: Path) -> None:
             f"stepdowns={sum(faults.stepdowns.values())} "
             f"(JOBS={faults.stepdowns[JOBS_STREAM]} KV_jobs={faults.stepdowns[VIEW_STREAM]}) "
             f"pauses={len(faults.pauses)} ({','.join(faults.pauses)}) "
-            f"leader_changes={faults.leader_changes} mismatches={len(mismatches)} "
+            f"leader_changes={faults.leader_changes} refused={faults.refused} "
+            f"mismatches={len(mismatches)} "
             f"diffs={len(report.differences)} lost={len(lost)} duplicates={len(duplicates)} "
             f"behind={len(behind)} backwards={len(watch.backwards)} "
             f"completed={outcomes['completed']} failed={outcomes['failed']} "

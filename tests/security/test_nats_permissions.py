@@ -35,7 +35,7 @@ NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 T = TypeVar("T")
 PROD_CONFIG = REPO_ROOT / "deploy" / "nats-prod.conf"
-USERS = ("admin", "api", "worker", "projector")
+USERS = ("admin", "api", "worker", "projector", "notifier")
 DENY_TIMEOUT_S = 1.0
 ASYNC_REFUSAL = object()
 

@@ -177,8 +177,8 @@ def wait_for_tcp(address: str, port: int, timeout: float = 15.0) -> None:
 
 
 # A system account, for the operator requests a cluster needs (`$JS.API.SERVER.REMOVE`: the
-# peer-remove of docs/reliability.md). Services log in as nobody and land in APP (no_auth_user),
-# as they would without accounts.
+# peer-remove of docs/reliability.md). Clients without credentials (the services) still land in
+# the global account, as without it.
 SYSTEM_USER = "sys"
 SYSTEM_PASSWORD = "sys-secret"
 
@@ -201,11 +201,9 @@ jetstream {{
   max_file_store: 2GB
 }}
 accounts {{
-  APP: {{ jetstream: enabled, users: [{{ user: app, password: app-secret }}] }}
   SYS: {{ users: [{{ user: {SYSTEM_USER}, password: {SYSTEM_PASSWORD} }}] }}
 }}
 system_account: SYS
-no_auth_user: app
 cluster {{
   name: {CLUSTER_NAME}
   listen: {me.address}:{NATS_ROUTE_PORT}

@@ -238,15 +238,13 @@ async def test_a_paused_worker_under_cpu_starvation_ends_every_job_once(tmp_path
                 await events.request_job(victim)
                 await _wait_for(lambda: victim.job_id in starts, 30)
                 assert starts[victim.job_id] == [first.pid]
-                # idle, ready to take the job over; two slots, so a heartbeat that misfired
-                # on its own render would show as a second start by the same worker
-                workers.settings = settings.with_(worker_concurrency=2)
-                second = workers.start(prefix=pin)
-                await _wait_for(
-                    lambda: "worker ready" in (tmp_path / "worker-2.log").read_text(), 30
-                )
                 hog = _hog(pin, stress)
                 starved_at = time.monotonic()
+                # The second worker boots on the starved core and takes the job over; two
+                # slots, so a heartbeat that misfired on its own render would show as a
+                # second start by the same worker.
+                workers.settings = settings.with_(worker_concurrency=2)
+                second = workers.start(prefix=pin)
                 await _wait_for(lambda: any(p > 1 for p in progressed), 30)
                 os.killpg(first.pid, signal.SIGSTOP)  # frozen: no heartbeats, no lease renewals
                 paused_at = time.monotonic()

@@ -33,11 +33,16 @@ def redact_url(url: str) -> str:
     return ",".join(out)
 
 
+def user_inbox_prefix(user: str) -> str:
+    """The inbox prefix of a NATS user (`_INBOX.<user>`): its replies arrive only there."""
+    return f"_INBOX.{user}"
+
+
 def inbox_prefix_for(url: str) -> str:
     """`_INBOX.<user>` when the URL names a user, so NATS permissions can keep inboxes apart."""
     user = urlsplit(url.split(",")[0].strip()).username
     if user and user.replace("-", "").replace("_", "").isalnum():
-        return f"_INBOX.{user}"
+        return user_inbox_prefix(user)
     return "_INBOX"
 
 

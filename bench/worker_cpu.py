@@ -107,7 +107,8 @@ def measure(
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
             for i, pid in enumerate(pids):
                 out = Path(profile) / f"worker-{i}.txt"
-                cmd = [spy, "record", "--gil", "-p", str(pid), "-r", "500", "-f", "raw", "-o", str(out)]
+                cmd = [spy, "record", "--gil", "-p", str(pid), "-r", "500", "-f", "raw"]
+                cmd += ["-o", str(out)]
                 quiet = subprocess.DEVNULL
                 spies.append(subprocess.Popen(cmd, stdout=quiet, stderr=quiet))
             time.sleep(1.0)

@@ -52,6 +52,7 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
             ctx.stored_bytes += info.size
         return key, None
     fetched = await fetch_source(ctx)
+    await ctx.store_unless_ended()  # a late fetch may have got other bytes: keep the winner's
     key = keys.source_key(req.tenant, req.job_id, fetched.filename)
     ctx.stored_bytes += await ctx.storage.put_file(key, fetched.path)
     return key, fetched.title
@@ -76,6 +77,7 @@ async def run_ingest(ctx: JobContext) -> JobResult:
             code=TOO_LONG,
         )
     peaks_key = keys.peaks_key(ctx.request.tenant, ctx.job_id)
+    await ctx.store_unless_ended()
     await ctx.storage.put_bytes(peaks_key, analysis.peaks_json)
     ctx.stored_bytes += len(analysis.peaks_json)
     loud = analysis.loudness

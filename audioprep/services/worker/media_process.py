@@ -119,13 +119,29 @@ def _apply_child_limits(cpu_s: int, memory_mb: int) -> None:
 
 
 def _allow_call_cpu(cpu_s: int) -> None:
-    """This call may use `cpu_s` more CPU seconds before the kernel sends SIGXCPU."""
+    """This call may use `cpu_s` more CPU seconds, then the child dies of SIGXCPU.
+
+    Exactly: a CPU-time timer (ITIMER_PROF, all threads) whose handler kills the child with
+    SIGXCPU once Python code runs again (a decode loop does, every frame). The kernel's soft
+    limit, in whole seconds, is the backstop for a call stuck inside C: at most a second
+    later (spent time rounded up, so a call never gets less than `cpu_s`)."""
     if cpu_s:
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         soft = _cpu_spent() + cpu_s
         if hard != resource.RLIM_INFINITY:
             soft = min(soft, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        signal.setitimer(signal.ITIMER_PROF, cpu_s)
+
+
+def _call_done() -> None:
+    signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def _out_of_cpu(_signum: int, _frame: object) -> None:
+    """The call's CPU time is used up: end as the kernel's limit would (SIGXCPU)."""
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGXCPU)
 
 
 def _run_call(
@@ -161,6 +177,7 @@ def _child_main(conn: multiprocessing.connection.Connection, limits: tuple[int, 
     # call finishes, or is handed back and this child terminated), a KeyboardInterrupt here
     # would turn it into a crash instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPROF, _out_of_cpu)
     try:
         while True:
             try:
@@ -170,7 +187,10 @@ def _child_main(conn: multiprocessing.connection.Connection, limits: tuple[int, 
             if call is None:
                 return
             _allow_call_cpu(cpu_s)
-            _run_call(conn, *call)
+            try:
+                _run_call(conn, *call)
+            finally:
+                _call_done()
     finally:
         conn.close()
 

@@ -40,7 +40,8 @@ from audioprep.domain.errors import (
 # Resource limits of every media call (0 = none). A decompression bomb or a decoder stuck
 # in a loop ends as a dead child (SIGXCPU, or MemoryError/abort past the address space), which
 # run_media_call reports as `media_crash`: retried once, then the job fails. The CPU limit is
-# per call (the soft limit is moved on before each call), the address space per child.
+# per call (a CPU-time timer, the rlimit as backstop: _allow_call_cpu), the address space per
+# child.
 CPU_LIMIT_ENV = "AUDIOPREP_MEDIA_CPU_S"
 MEMORY_LIMIT_ENV = "AUDIOPREP_MEDIA_MEMORY_MB"
 DEFAULT_CPU_S = 3600

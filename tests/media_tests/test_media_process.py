@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audioprep.domain.errors import MEDIA_CRASH, Permanent, Retryable
+from audioprep.services.worker import media_process
 from audioprep.services.worker.media_process import CPU_LIMIT_ENV, run_media_call
 from audioprep.services.worker.pipeline import decode
 from audioprep.services.worker.pipeline.analyse import analyse
@@ -101,3 +102,14 @@ def test_other_files_keep_the_large_probe(tmp_path: Path) -> None:
     for name, codec in (("a.flac", None), ("a.mp3", None), ("b.wav", "adpcm_ms")):
         path = media.write_tone(tmp_path / name, seconds=1.0, codec=codec)
         assert not decode.check_header(str(path)), name
+
+
+async def test_an_idle_child_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(media_process, "IDLE_S", 0.3)
+    idle = await run_media_call(pid)
+    for _ in range(100):  # until the expiry has ended it (≈ IDLE_S + 1 s)
+        if not _alive(idle):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(idle)
+    assert await run_media_call(pid) != idle

@@ -267,6 +267,7 @@ class _Children:
     def __init__(self) -> None:
         self.idle: list[_Child] = []
         self._ending: set[asyncio.Task[None]] = set()
+        self._expiry: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     def _end_later(self, child: _Child) -> None:
         task = asyncio.get_running_loop().create_task(child.end())
@@ -284,14 +285,28 @@ class _Children:
     def give_back(self, child: _Child) -> None:
         child.idle_since = time.monotonic()
         self.idle.append(child)
-        asyncio.get_running_loop().call_later(IDLE_S + 1, self._expire)
+        self._expire_in(IDLE_S + 1)
+
+    def _expire_in(self, delay: float) -> None:
+        """One timer at a time, on the running loop (a test's loop may have closed)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._expiry is not None:
+            pending_loop, pending = self._expiry
+            if pending_loop is loop and pending.when() <= when:
+                return
+            pending.cancel()
+        self._expiry = (loop, loop.call_at(when, self._expire))
 
     def _expire(self) -> None:
+        self._expiry = None
         cutoff = time.monotonic() - IDLE_S
         old = [c for c in self.idle if c.idle_since <= cutoff]
         self.idle = [c for c in self.idle if c.idle_since > cutoff]
         for child in old:
             self._end_later(child)
+        if self.idle:
+            self._expire_in(min(c.idle_since for c in self.idle) - cutoff + 1)
 
 
 _CHILDREN = _Children()

@@ -49,7 +49,7 @@ test-browser: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 pytest: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
 
 test: lint typecheck pytest
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from audioprep.domain.errors import Superseded
 from audioprep.domain.events import JobProgressed, JobRequested
 from audioprep.shared import logs
 from audioprep.shared.event_store import EventStore
@@ -73,6 +74,20 @@ class JobContext:
             extra["trace_id"] = trace_id
         extra.update(more)
         return extra
+
+    async def store_unless_ended(self) -> None:
+        """Call before writing outputs to their (deterministic) keys: raises Superseded when
+        the job already has a terminal event, i.e. another attempt finished it while this one
+        ran, so a late attempt can't replace the files that event describes. When NATS can't
+        answer, the write goes ahead (as before this check): the end-once append still
+        decides which attempt is recorded."""
+        try:
+            ended = await self.events.terminal_event(self.job_id)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("job end not checked", extra=self.log_extra(error=repr(exc)))
+            return
+        if ended is not None:
+            raise Superseded(f"the job already ended ({ended.event.name}, seq {ended.seq})")
 
     async def progress(self, percent: float, stage: str, *, force: bool = False) -> None:
         """Emit JobProgressed when the value moved and enough time passed (or forced)."""

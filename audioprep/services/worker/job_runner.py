@@ -28,6 +28,7 @@ from audioprep.domain.errors import (
     Cancelled,
     Permanent,
     Retryable,
+    Superseded,
 )
 from audioprep.domain.events import (
     ErrorInfo,
@@ -280,6 +281,12 @@ class JobRunner:
         began = time.monotonic()
         try:
             result = await self._run_with_cancel(ctx)
+        except Superseded:
+            # Another attempt ended the job while this one ran (we were frozen or cut off
+            # past ack_wait): its outputs and its ending stand; nothing to clean up or record.
+            log.info("job already ended by another attempt; storing nothing", extra=base)
+            await self._ack(msg)
+            return
         except Cancelled:
             await self._cleanup(ctx)
             await self._emit_cancelled(request, attempt, traceparent, _spent(began))
@@ -348,6 +355,12 @@ class JobRunner:
         cleanup = self.cleanups.get(ctx.request.kind)
         if cleanup is None:
             return
+        with contextlib.suppress(Exception):  # can't tell: clean up as before
+            if await self._finished(ctx.job_id):
+                # Another attempt ended the job while this one ran: the files at the job's
+                # keys are that attempt's, described by its terminal event. Leave them.
+                log.info("job ended by another attempt; outputs left", extra=ctx.log_extra())
+                return
         try:
             await cleanup(ctx)
         except Exception as exc:

@@ -54,6 +54,7 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
             ctx.stored_bytes += info.size
         return key, None
     fetched = await fetch_source(ctx)
+    await ctx.store_unless_ended()  # a late fetch may have got other bytes: keep the winner's
     key = keys.source_key(req.tenant, req.job_id, fetched.filename)
     ctx.stored_bytes += await ctx.storage.put_file(key, fetched.path)
     return key, fetched.title
@@ -79,6 +80,7 @@ async def run_ingest(ctx: JobContext) -> JobResult:
         )
     peaks_key = keys.peaks_key(ctx.request.tenant, ctx.job_id)
     peaks = msgspec.json.encode(analysis.peaks)
+    await ctx.store_unless_ended()
     await ctx.storage.put_bytes(peaks_key, peaks)
     ctx.stored_bytes += len(peaks)
     loud = analysis.loudness

@@ -37,6 +37,14 @@ class Cancelled(AudioprepError):
     default_code = "cancelled"
 
 
+class Superseded(AudioprepError):
+    """Another attempt ended the job while this one ran (its worker was frozen or cut off
+    past ack_wait, and the job was redelivered): store nothing, record nothing, so the
+    winner's outputs stay the ones its terminal event describes."""
+
+    default_code = "superseded"
+
+
 # Stable error codes, in one place so API, worker and docs agree.
 UNSUPPORTED_MEDIA = "unsupported_media"
 NO_AUDIO_STREAM = "no_audio_stream"

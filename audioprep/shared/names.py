@@ -108,9 +108,94 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+def kv_keys_subjects(bucket: str) -> str:
+    """Every key of a bucket, as subjects (`$KV.<bucket>.>`): what a writer of it publishes to."""
+    return f"$KV.{bucket}.>"
+
+
+# ---- JetStream API subjects --------------------------------------------------------------------
+# What nats-py sends for each call, named here so that the NATS permissions
+# (audioprep/shared/nats_permissions.py) are built from the same table as everything else.
+# `consumer` may be "*" in a permission (any consumer of that stream).
+
+_JS_API: Final = "$JS.API"
+
+
 def direct_get_subject(stream: str) -> str:
-    """The JetStream direct-get API subject of a stream."""
-    return f"$JS.API.DIRECT.GET.{stream}"
+    """The JetStream direct-get API subject of a stream (by sequence, batches, multi_last)."""
+    return f"{_JS_API}.DIRECT.GET.{stream}"
+
+
+def direct_get_last_subjects(stream: str) -> str:
+    """Direct get of the last message on a subject, named in the request subject
+    (`$JS.API.DIRECT.GET.<stream>.<subject>`: what nats-py's KV get and get_last_msg send)."""
+    return f"{_JS_API}.DIRECT.GET.{stream}.>"
+
+
+def account_info_subject() -> str:
+    """JetStream account info (`js.account_info()`, readiness checks)."""
+    return f"{_JS_API}.INFO"
+
+
+def stream_info_subject(stream: str) -> str:
+    """Stream info (also what `js.key_value(bucket)` sends for the bucket's stream)."""
+    return f"{_JS_API}.STREAM.INFO.{stream}"
+
+
+def stream_delete_subject(stream: str) -> str:
+    return f"{_JS_API}.STREAM.DELETE.{stream}"
+
+
+def stream_purge_subject(stream: str) -> str:
+    return f"{_JS_API}.STREAM.PURGE.{stream}"
+
+
+def msg_get_subject(stream: str) -> str:
+    """Get one stored message through the API (KV gets when direct get is off)."""
+    return f"{_JS_API}.STREAM.MSG.GET.{stream}"
+
+
+def msg_delete_subject(stream: str) -> str:
+    return f"{_JS_API}.STREAM.MSG.DELETE.{stream}"
+
+
+def consumer_create_subject(stream: str) -> str:
+    """Create an unnamed (ephemeral, ordered) consumer; NATS can't restrict it by name."""
+    return f"{_JS_API}.CONSUMER.CREATE.{stream}"
+
+
+def durable_create_subject(stream: str, durable: str) -> str:
+    """Create or update a durable consumer, the name in the subject (nats-py's add_consumer)."""
+    return f"{_JS_API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
+
+
+def consumer_delete_subject(stream: str, consumer: str) -> str:
+    return f"{_JS_API}.CONSUMER.DELETE.{stream}.{consumer}"
+
+
+def consumer_info_subject(stream: str, consumer: str) -> str:
+    return f"{_JS_API}.CONSUMER.INFO.{stream}.{consumer}"
+
+
+def consumer_next_subject(stream: str, consumer: str) -> str:
+    """Pull request of a pull consumer (`fetch`)."""
+    return f"{_JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def ack_subjects(stream: str, consumer: str) -> str:
+    """Where acks, naks, in-progress and terms of a consumer's messages go."""
+    return f"$JS.ACK.{stream}.{consumer}.>"
+
+
+def flow_control_subjects(stream: str) -> str:
+    """Flow-control replies of push (ordered) consumers on a stream."""
+    return f"$JS.FC.{stream}.>"
+
+
+def stream_leader_stepdown_subject(stream: str) -> str:
+    """The JetStream API subject asking a clustered stream's leader to step down (what
+    `nats stream cluster step-down` sends; a KV bucket's stream is `kv_stream(bucket)`)."""
+    return f"$JS.API.STREAM.LEADER.STEPDOWN.{check_token(stream)}"
 
 
 class Names:
@@ -215,6 +300,14 @@ class Names:
         """Every cancel request, for running workers to listen to."""
         return f"{self._jobs}.*.*.cancel_requested"
 
+    def event_filter(self, event: EventName, kind: Kind | None = None) -> str:
+        """One event name of every job (of one kind or of all): `jobs.<kind|*>.*.<event>`."""
+        return f"{self._jobs}.{kind or '*'}.*.{event}"
+
+    def every_job_event(self) -> str:
+        """Every job event subject (`jobs.*.*.>`): what a per-job subscription falls under."""
+        return f"{self._jobs}.*.*.>"
+
     def kind_filter(self, kind: Kind | None) -> str:
         """All events of one kind (or of every kind)."""
         return f"{self._jobs}.{kind}.>" if kind else self.stream_subjects
@@ -250,6 +343,10 @@ class Names:
     def endpoint_delivery_subjects(self, endpoint_id: str) -> str:
         """Every event of every delivery of one endpoint."""
         return f"{self._webhooks}.{check_token(endpoint_id)}.>"
+
+    def webhook_event_filter(self, event: WebhookEventName) -> str:
+        """One webhook event name of every delivery: `webhooks.*.*.<event>`."""
+        return f"{self._webhooks}.*.*.{event}"
 
     def deliveries_created_filter(self) -> str:
         """What the notifier's delivery consumer takes: one message per delivery to make."""

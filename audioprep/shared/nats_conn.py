@@ -33,11 +33,16 @@ def redact_url(url: str) -> str:
     return ",".join(out)
 
 
+def user_inbox_prefix(user: str) -> str:
+    """The inbox prefix of a NATS user (`_INBOX.<user>`): its replies arrive only there."""
+    return f"_INBOX.{user}"
+
+
 def inbox_prefix_for(url: str) -> str:
     """`_INBOX.<user>` when the URL names a user, so NATS permissions can keep inboxes apart."""
     user = urlsplit(url.split(",")[0].strip()).username
     if user and user.replace("-", "").replace("_", "").isalnum():
-        return f"_INBOX.{user}"
+        return user_inbox_prefix(user)
     return "_INBOX"
 
 
@@ -132,7 +137,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.APIError):
         # 10158: a publish with this Msg-Id is still being stored (our own earlier try);
         # any other API answer is a real answer
-        return exc.err_code == 10158
+        # (nats-py's KV errors are APIErrors without an err_code attribute)
+        return getattr(exc, "err_code", None) == 10158
     return isinstance(
         exc,
         TimeoutError

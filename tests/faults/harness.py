@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -41,7 +42,7 @@ from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
 from tests.services import service_env
-from tests.waiting import wait_until
+from tests.waiting import close_clients, wait_until
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
@@ -145,6 +146,7 @@ async def connected(settings: Settings, *, provision_it: bool = True) -> AsyncIt
             await provision(nc.jetstream(), settings)
         yield nc
     finally:
+        await close_clients(settings.nats_url)  # tests.waiting's wake-ups on this server
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), timeout=5)
 
@@ -538,6 +540,12 @@ class KeyedClient:
         self.codes: Counter[str] = Counter()
         self.retry_after_missing = 0
         self.answers: dict[str, list[str]] = {}  # key → job ids of its 202s
+        self.accepted_at: list[float] = []  # time.monotonic() of each 202
+
+    def longest_gap_s(self, since: float) -> float:
+        """The longest time without a 202 after `since` (until the last one)."""
+        times = [since, *sorted(t for t in self.accepted_at if t > since)]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     async def post(self, key: str, *, pause_s: float = 0.25) -> None:
         deadline = time.monotonic() + self.retry_for_s
@@ -556,6 +564,7 @@ class KeyedClient:
             self.statuses[resp.status_code] += 1
             if resp.status_code == 202:
                 self.answers.setdefault(key, []).append(resp.json()["jobId"])
+                self.accepted_at.append(time.monotonic())
                 return
             self.codes[resp.json().get("code", "?")] += 1
             assert resp.status_code == 503, resp.text  # never a 500, never a 4xx

@@ -176,11 +176,21 @@ def wait_for_tcp(address: str, port: int, timeout: float = 15.0) -> None:
 # ---- a NATS cluster whose nodes are hosts -------------------------------------------------------
 
 
-def netns_node_config(index: int, hosts: list[Host]) -> str:
+# A system account, for the operator requests a cluster needs (`$JS.API.SERVER.REMOVE`: the
+# peer-remove of docs/reliability.md). Clients without credentials (the services) still land in
+# the global account, as without it.
+SYSTEM_USER = "sys"
+SYSTEM_PASSWORD = "sys-secret"
+
+
+def netns_node_config(index: int, hosts: list[Host], routes_to: list[Host] | None = None) -> str:
     """nats-server config for node `index` listening on its host's address (the same shape as
-    deploy/cluster/, which listens on loopback)."""
+    deploy/cluster/, which listens on loopback, plus a system account). Its routes go to
+    `routes_to` (default: every host)."""
     me = hosts[index]
-    routes = "\n".join(f"    nats-route://{h.address}:{NATS_ROUTE_PORT}" for h in hosts)
+    routes = "\n".join(
+        f"    nats-route://{h.address}:{NATS_ROUTE_PORT}" for h in (routes_to or hosts)
+    )
     return f"""server_name: {node_name(index)}
 listen: {me.address}:{NATS_CLIENT_PORT}
 http: {me.address}:{NATS_MONITOR_PORT}
@@ -190,6 +200,10 @@ jetstream {{
   max_memory_store: 64MB
   max_file_store: 2GB
 }}
+accounts {{
+  SYS: {{ users: [{{ user: {SYSTEM_USER}, password: {SYSTEM_PASSWORD} }}] }}
+}}
+system_account: SYS
 cluster {{
   name: {CLUSTER_NAME}
   listen: {me.address}:{NATS_ROUTE_PORT}
@@ -203,13 +217,15 @@ cluster {{
 class NetNode:
     """One nats-server on its own host; kill -9 it, wipe its store, start it again."""
 
-    def __init__(self, index: int, hosts: list[Host], root: Path) -> None:
+    def __init__(
+        self, index: int, hosts: list[Host], root: Path, routes_to: list[Host] | None = None
+    ) -> None:
         self.index = index
         self.host = hosts[index]
         self.name = node_name(index)
         self.store = root / f"n{index + 1}"
         self.config = root / f"node{index + 1}.conf"
-        self.config.write_text(netns_node_config(index, hosts))
+        self.config.write_text(netns_node_config(index, hosts, routes_to))
         self.log = root / f"node{index + 1}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -265,7 +281,19 @@ class NetNode:
 class NetCluster:
     def __init__(self, hosts: list[Host], root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.hosts = list(hosts)
         self.nodes = [NetNode(i, hosts, root) for i in range(len(hosts))]
+
+    def replace(self, lost: NetNode, host: Host) -> NetNode:
+        """A new node on `host` in place of `lost` (already dead): the next server name
+        (`audioprep-n4`), an empty store, routes to the nodes still here; started."""
+        self.nodes.remove(lost)
+        self.hosts.append(host)
+        index = len(self.hosts) - 1
+        node = NetNode(index, self.hosts, self.root, [n.host for n in self.nodes] + [host])
+        self.nodes.append(node)
+        return node.start()
 
     @property
     def url(self) -> str:

@@ -7,8 +7,10 @@ test process is the client host. Partitions are nftables drop rules.
   times, while uploads keep arriving; then a worker host cut off from every node for longer
   than ack_wait. A client connected only to the cut-off node publishes to an R3 stream all
   along: it must get errors, never an ack that the healed cluster does not hold.
-- Scenario 7: one node killed with kill -9, its store wiped, and replaced by the procedure in
-  docs/reliability.md ("Replacing a node"), under load.
+- Scenario 7: one node killed with kill -9, its store wiped, and brought back by the
+  procedures in docs/reliability.md, under load: under its own name ("A node lost its data"),
+  and, with its host gone for good, replaced by a new node under a new name after its peer
+  was removed ("A node is gone for good").
 
 Afterwards nothing acknowledged is missing, each job ended once, and every node's JOBS
 `last_seq` agrees.
@@ -47,7 +49,7 @@ from tests.faults.harness import (
     retrying,
     wait_terminal,
 )
-from tests.faults.netns import Host, Lab, NetCluster, lab
+from tests.faults.netns import SYSTEM_PASSWORD, SYSTEM_USER, Host, Lab, NetCluster, lab
 from tests.media import write_tone
 
 pytestmark = pytest.mark.slow
@@ -377,3 +379,159 @@ async def _until_current(js: Any, name: str, timeout: float = 60.0) -> float:
 async def _stream_names(js: Any) -> AsyncIterator[str]:
     for info in await js.streams_info():
         yield info.config.name
+
+
+async def test_a_lost_node_is_replaced_under_a_new_name(hosts: Site, tmp_path: Path) -> None:
+    """kill -9 + wiped store of the JOBS leader, its host gone for good: the procedure of
+    docs/reliability.md ("A node is gone for good") under load — remove its peer
+    (`$JS.API.SERVER.REMOVE` from the system account), start a new node on a new host under
+    a new name with an empty store. Every stream and durable consumer is placed on the new
+    peer again (3 replicas, the lost one gone, the meta group too), nothing acknowledged is
+    lost, and the new node's own copy of JOBS agrees with the others."""
+    tone = write_tone(tmp_path / "tone.wav", seconds=0.3).read_bytes()
+    s = hosts
+    nc = await connect(s.settings, "fault-test")
+    js = nc.jetstream()
+    events = EventStore(nc, js, NAMES)
+    system = await nats.connect(
+        [n.url for n in s.cluster.nodes], user=SYSTEM_USER, password=SYSTEM_PASSWORD
+    )
+    try:
+        async with httpx.AsyncClient(base_url=s.api.url, timeout=30) as client:
+            kc = KeyedClient(client, tone, retry_for_s=60)
+            with Load(kc, "replace") as load:
+                await asyncio.sleep(0.5)
+                # 1. kill -9, store gone, and the host with it.
+                lost = s.cluster.node(await retrying(lambda: _leader(js)))
+                lost.kill()
+                lost.wipe()
+                killed_at = time.monotonic()
+                # 2. Once the two left have elected leaders for every stream (the lost node
+                #    led JOBS), remove its peer: the meta leader answers (after an election
+                #    of its own, if the lost node led the meta group too).
+                await _until_led(js, lost.name)
+                await retrying(lambda: _server_remove(system, lost.name))
+                removed_at = time.monotonic()
+                removed_s = removed_at - killed_at
+                # 3. A new node, new host, new name, empty store, routes to the two left.
+                new = s.cluster.replace(lost, s.lab.add_host("n4"))
+                placed_s = await _until_placed(js, new.name, lost.name)
+                meta = await _meta_peers(s.cluster)
+                seqs_at_placed = await _converged(s.cluster, NAMES.stream)
+                # 4. The new copy is used: the new node takes over as JOBS leader under load.
+                await retrying(lambda: _step_down_to(nc, NAMES.stream, new.name))
+                led_by = await retrying(lambda: _leader(js))
+                await asyncio.sleep(1.0)
+                await load.finish()
+        accepted = [ids[0] for ids in kc.answers.values()]
+        unfinished = await wait_terminal(events, accepted, timeout=90)
+        jobs_seqs = await _converged(s.cluster, NAMES.stream)
+        history = by_job(await read_stream(js))
+        server_errors = sum(n for st, n in kc.statuses.items() if st >= 500 and st != 503)
+        counts = audit(accepted, history, server_errors=server_errors)
+        streams = [n async for n in _stream_names(js)]
+        print(
+            "\n"
+            + counts.line(
+                "node-replaced",
+                removed=lost.name,
+                new=new.name,
+                longest_202_gap_s=round(kc.longest_gap_s(killed_at), 1),
+                longest_202_gap_after_remove_s=round(kc.longest_gap_s(removed_at), 1),
+                removed_after_s=round(removed_s, 1),
+                placed_s=round(placed_s, 1),
+                streams_on_new_peer=len(streams),
+                meta_peers=",".join(sorted(meta)),
+                jobs_leader_after=led_by,
+                answered_503=kc.statuses[503],
+                last_seq_at_placed=",".join(str(v) for v in seqs_at_placed.values()),
+                jobs_last_seq=",".join(str(v) for v in jobs_seqs.values()),
+            )
+        )
+        assert not unfinished, s.workers.logs()
+        counts.assert_clean()
+        assert counts.completed == len(accepted)
+        assert set(meta) == {n.name for n in s.cluster.nodes}  # the lost one is out
+        assert new.name in jobs_seqs and len(jobs_seqs) == 3
+        assert led_by == new.name
+    finally:
+        await system.close()
+        await nc.close()
+
+
+async def _server_remove(system: Any, name: str) -> None:
+    """`nats server raft peer-remove NAME`: the JetStream API request from the system
+    account; an error answer (not a member, no such server) fails the test."""
+    import json
+
+    reply = await system.request(
+        "$JS.API.SERVER.REMOVE", json.dumps({"peer": name}).encode(), timeout=2
+    )
+    answer = json.loads(reply.data)
+    if answer.get("error"):
+        raise AssertionError(f"peer-remove {name}: {answer['error']}")
+
+
+async def _step_down_to(nc: Any, stream: str, name: str) -> None:
+    """`nats stream cluster step-down STREAM --preferred NAME` (nats-server 2.11+)."""
+    import json
+
+    reply = await nc.request(
+        f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+        json.dumps({"placement": {"preferred": name}}).encode(),
+        timeout=2,
+    )
+    answer = json.loads(reply.data)
+    if answer.get("error"):
+        raise AssertionError(f"step-down {stream} to {name}: {answer['error']}")
+
+
+async def _until_led(js: Any, lost: str, timeout: float = 60.0) -> None:
+    """Until every stream answers its info from a leader other than `lost`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            leaders = [await _leader(js, name) async for name in _stream_names(js)]
+            if leaders and lost not in leaders:
+                return
+        except Exception:  # an election under way
+            pass
+        assert time.monotonic() < deadline, f"streams without a leader after {timeout}s"
+        await asyncio.sleep(0.25)
+
+
+async def _until_placed(js: Any, new: str, lost: str, timeout: float = 60.0) -> float:
+    """Seconds until every stream and durable consumer has three peers, `new` a current one
+    and `lost` none of them."""
+    started = time.monotonic()
+    while True:
+        try:
+            if await _placed(js, new, lost):
+                return time.monotonic() - started
+        except Exception:  # an election under way
+            pass
+        assert time.monotonic() - started < timeout, f"{new} not placed after {timeout}s"
+        await asyncio.sleep(0.25)
+
+
+async def _placed(js: Any, new: str, lost: str) -> bool:
+    def ok(cluster: Any) -> bool:
+        peers = {cluster.leader: True} | {r.name: bool(r.current) for r in cluster.replicas or []}
+        return len(peers) == 3 and peers.get(new, False) and lost not in peers
+
+    for info in await js.streams_info():
+        if not ok(info.cluster):
+            return False
+        for consumer in await js.consumers_info(info.config.name):
+            if consumer.config.durable_name and not ok(consumer.cluster):
+                return False
+    return True
+
+
+async def _meta_peers(cluster: NetCluster) -> set[str]:
+    """The JetStream meta group's members, as a node of it reports them (/jsz)."""
+    node = cluster.nodes[0]
+    async with httpx.AsyncClient(timeout=2) as client:
+        meta = (await client.get(f"{node.monitor}/jsz")).json()["meta_cluster"]
+    # `replicas` are the members other than the node answering
+    return {node.name, *(r["name"] for r in meta.get("replicas", []))}

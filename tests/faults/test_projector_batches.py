@@ -46,7 +46,7 @@ async def test_atomic_batches_and_the_fallback_agree_with_the_fold(tmp_path: Pat
             for i, job_id in enumerate(jobs):
                 for event in _job(job_id, i)[:2]:
                     stored.append((await events.append(event), event))
-            writer = ViewWriter(kv, atomic_via=nc, bucket=NAMES.jobs_bucket)
+            writer = ViewWriter(kv, js, bucket=NAMES.jobs_bucket, atomic_via=nc)
 
             # 1. new jobs: one atomic batch; the cached revisions are the bucket's
             await writer.apply_batch(stored)
@@ -82,3 +82,32 @@ async def test_atomic_batches_and_the_fallback_agree_with_the_fold(tmp_path: Pat
                 assert expected is not None and entry.value is not None
                 assert decode_view(entry.value) == expected
                 assert expected.status == "completed"
+
+
+async def test_a_view_is_written_over_a_delete_marker_and_read_from_the_leader(
+    tmp_path: Path,
+) -> None:
+    """A key holding a delete marker (a rebuild removed a stray view) takes a new job's view:
+    the create-only write is refused, the leader's read gives the marker's revision, the CAS on
+    it lands. A job with no view (only strays of it in a batch) is not written at all."""
+    with private_server(tmp_path / "nats") as server:
+        settings = fault_settings(server.url, tmp_path / "data")
+        async with connected(settings) as nc:
+            js = nc.jetstream()
+            events = EventStore(nc, js, NAMES)
+            kv = await js.key_value(NAMES.jobs_bucket)
+            job_id, stray = new_job_id(), new_job_id()
+            await kv.put(job_id, b"{}")
+            await kv.delete(job_id)
+            writer = ViewWriter(kv, js, bucket=NAMES.jobs_bucket)
+            items = [(await events.append(e), e) for e in _job(job_id, 3)]
+            await writer.apply_job(job_id, items)
+            entry = await kv.get(job_id)
+            assert entry.value is not None
+            assert decode_view(entry.value) == fold_history(await events.history(job_id))
+            assert writer.current_reads == 1
+
+            started = JobStarted(job_id=stray, kind="ingest", attempt=1, worker="test:1")
+            assert await writer.apply_job(stray, [(await events.append(started), started)]) is None
+            assert writer.current_reads == 2  # "not found" by direct get is asked again
+            assert stray not in await kv.keys()

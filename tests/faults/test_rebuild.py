@@ -90,8 +90,8 @@ def flaky_http(tone: Path) -> Iterator[str]:
 
 
 async def bucket_values(nc: Client) -> dict[str, bytes]:
-    kv = await nc.jetstream().key_value(NAMES.jobs_bucket)
-    return {k: c.value for k, c in (await read_bucket(kv)).items() if c.value is not None}
+    current = await read_bucket(nc.jetstream(), NAMES.jobs_bucket)
+    return {k: c.value for k, c in current.items() if c.value is not None}
 
 
 async def wait_caught_up(nc: Client, timeout: float = 30.0) -> int:

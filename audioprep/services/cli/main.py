@@ -10,6 +10,7 @@ import sys
 import httpx
 
 from audioprep.services.cli import dlq, events, jobs, projection, run_services, submit, up
+from audioprep.services.cli import nats_config as nats_config_cli
 from audioprep.services.cli import presets as presets_cli
 from audioprep.services.cli import storage as storage_cli
 from audioprep.services.cli import usage as usage_cli
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks_cli.register(commands)
     presets_cli.register(commands)
     usage_cli.register(commands)
+    nats_config_cli.register(commands)
     return parser
 
 

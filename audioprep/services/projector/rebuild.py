@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from audioprep.domain.events import decode_event
 from audioprep.domain.fold import fold, fold_history
@@ -146,21 +146,57 @@ async def fold_stream(
     return views, count
 
 
-async def read_bucket(kv: KeyValue) -> dict[str, Current]:
-    """Every key's latest entry (delete markers included, for CAS), in one watch."""
+async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, Current]:
+    """Every key's latest entry (delete markers included, for CAS): the bucket's stream read
+    with an ordered consumer, last message per key, up to the stream's last sequence when the
+    read began (that message is always some key's latest, so it is delivered).
+
+    Not `kv.watchall()`: its "caught up" marker comes from the consumer's info, which can say
+    nothing is pending while the messages are still on their way to the callback; after a
+    leader change of the bucket's stream it answered an empty bucket for 500 keys about one
+    time in five (tests/faults/test_projector_leader_changes.py), and `rebuild --check` then
+    reported every key as different."""
+    stream = names.kv_stream(bucket)
+    last = (await js.stream_info(stream)).state.last_seq or 0
     out: dict[str, Current] = {}
-    watcher = await kv.watchall()
+    if last == 0:
+        return out
+    prefix = names.kv_subject(bucket, "")
+    done = asyncio.Event()
+    count = 0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal count
+        count += 1
+        seq = msg.metadata.sequence.stream
+        headers = msg.headers or {}
+        deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
+        out[msg.subject.removeprefix(prefix)] = Current(None if deleted else msg.data, seq)
+        if seq >= last:
+            done.set()
+
+    sub = await js.subscribe(
+        names.kv_subject(bucket, ">"),
+        stream=stream,
+        ordered_consumer=True,
+        idle_heartbeat=1.0,
+        cb=on_msg,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+    )
     try:
-        while True:
-            entry = await watcher.updates(timeout=READ_TIMEOUT_S)  # type: ignore[no-untyped-call]
-            if entry is None:
-                return out  # caught up (also what an empty bucket answers first)
-            if entry.revision is None:
-                continue
-            deleted = entry.operation in (KV_DEL, KV_PURGE)
-            out[entry.key] = Current(None if deleted else entry.value, entry.revision)
+        seen, last_seen = -1, time.monotonic()
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=0.5)
+            if count != seen:
+                seen, last_seen = count, time.monotonic()
+            elif time.monotonic() - last_seen > READ_TIMEOUT_S:
+                raise TimeoutError(f"bucket read stalled at {count} keys (up to seq {last})")
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await sub.unsubscribe()
+    return out
 
 
 async def _pool(items: Iterable[str], work: Callable[[str], Awaitable[None]], size: int) -> None:
@@ -200,10 +236,9 @@ class RebuildWriter:
                 if current is not None and current.value == data:
                     self.report.unchanged += 1
                     return
-                if current is None:
-                    await self.kv.create(key, data)
-                else:
-                    await self.kv.update(key, data, last=current.revision)
+                # last=0 is create-only (kv.create re-reads the key by direct get on a conflict,
+                # and a replica behind answers KeyNotFoundError instead of the conflict).
+                await self.kv.update(key, data, last=current.revision if current else 0)
                 self.report.written += 1
                 return
             except KeyWrongLastSequenceError:
@@ -292,7 +327,7 @@ async def rebuild(
     report.jobs = len(views)
     report.read_seconds = time.monotonic() - started
     kv = await js.key_value(events.names.jobs_bucket)
-    current = await read_bucket(kv)
+    current = await read_bucket(js, events.names.jobs_bucket)
     if progress is not None:
         progress("compare", len(current), len(current))
 

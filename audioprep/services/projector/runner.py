@@ -14,8 +14,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from audioprep.domain.events import Event, JobRequested, decode_event
 from audioprep.domain.fold import fold
@@ -29,6 +29,10 @@ log = logging.getLogger("audioprep.projector")
 CHECKPOINT_EVERY_S = 1.0
 CACHE_SIZE = 10_000
 CAS_RETRIES = 20
+# A compare-and-set refused while nobody wrote the key waits this long before trying again,
+# doubling up to the cap (about 5 s over all tries).
+CAS_PAUSE_S = 0.01
+CAS_PAUSE_MAX_S = 0.5
 # With events waiting in the stream and none applied for this long, the ordered consumer is
 # presumed lost (nats-py does not always recreate it after a restart): subscribe again from
 # applied_seq + 1.
@@ -51,26 +55,69 @@ ATOMIC_TIMEOUT_S = 10.0
 LOAD_CONCURRENCY = 64
 
 
-class ViewWriter:
-    """Applies events to KV views with compare-and-set, caching (view, revision) per job."""
+class ViewContended(Exception):
+    """A view's compare-and-set kept being refused for every try: retried later, like an
+    outage (the projector never skips an event)."""
 
-    def __init__(self, kv: KeyValue, *, atomic_via: Client | None = None, bucket: str = "") -> None:
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"could not write view of {job_id} after {CAS_RETRIES} tries")
+        self.job_id = job_id
+
+
+class ViewWriter:
+    """Applies events to KV views with compare-and-set, caching (view, revision) per job.
+
+    Reads of a view are direct gets (cheap, answered by any replica of the bucket), so in a
+    cluster one can come from a replica that has not got the latest revision yet. CAS makes a
+    stale read harmless for a write (it is refused), but not for a decision not to write: a
+    direct get saying "no such key" for a job that exists would have the job's events dropped
+    (nothing folds onto no view). So "not found", and every re-read after a refused write, is
+    asked of the bucket stream's leader (`_current`), which has every acknowledged revision
+    (tests/faults/test_projector_leader_changes.py: two projectors while leaders change).
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        js: JetStreamContext,
+        *,
+        bucket: str,
+        atomic_via: Client | None = None,
+    ) -> None:
         self.kv = kv
+        self.js = js
+        self.bucket = bucket
         # set: the bucket's stream allows atomic batches, written through this connection
         self.atomic_via = atomic_via
-        self.bucket = bucket
         self.cache: OrderedDict[str, tuple[JobView, int]] = OrderedDict()
         self.atomic_batches = 0
         self.fallbacks = 0
+        self.current_reads = 0
 
     async def _load(self, job_id: str) -> tuple[JobView | None, int]:
+        """The job's view and its revision; (None, 0) only if the key really doesn't exist."""
         try:
             entry = await self.kv.get(job_id)
         except KeyNotFoundError:
-            return None, 0
+            return await self._current(job_id)  # absent, deleted, or a replica behind: ask
         if entry.value is None or entry.revision is None:
-            return None, 0
+            return await self._current(job_id)
         return decode_view(entry.value), entry.revision
+
+    async def _current(self, job_id: str) -> tuple[JobView | None, int]:
+        """The key's latest revision as the bucket stream's leader has it (a message get, not a
+        direct get); a delete marker gives (None, its revision) so a CAS can write over it."""
+        self.current_reads += 1
+        try:
+            msg = await self.js.get_last_msg(
+                names.kv_stream(self.bucket), names.kv_subject(self.bucket, job_id)
+            )
+        except NotFoundError:
+            return None, 0
+        revision = msg.seq or 0
+        if not msg.data or (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE):
+            return None, revision
+        return decode_view(msg.data), revision
 
     async def apply_batch(self, items: list[tuple[int, Event]]) -> None:
         """Apply events given in stream order: one write per job (atomic batches when the
@@ -173,21 +220,30 @@ class ViewWriter:
             view, revision = None, 0  # a new job: create-only write; CAS catches an old view
         else:
             view, revision = await self._load(job_id)
+        pause = CAS_PAUSE_S
         for _ in range(CAS_RETRIES):
             new = _folded(view, items)
             if new is None or new is view:
                 return view
             try:
-                if revision:
-                    revision = await self.kv.update(job_id, encode_view(new), last=revision)
-                else:
-                    revision = await self.kv.create(job_id, encode_view(new))
+                # last=0 is create-only. Not kv.create(): on a conflict it re-reads the key by
+                # direct get, and a replica without the other writer's revision yet answered
+                # KeyNotFoundError (which crashed the projector) instead of the conflict.
+                revision = await self.kv.update(job_id, encode_view(new), last=revision)
             except KeyWrongLastSequenceError:
-                view, revision = await self._load(job_id)  # someone else wrote: re-read
+                tried = revision
+                view, revision = await self._current(job_id)  # someone else wrote: re-read
+                if revision == tried:
+                    # Refused although nobody wrote since: another writer's update of this key
+                    # is still being replicated (the leader refuses a compare-and-set on a key
+                    # with a write in flight, "wrong last sequence" without a number). Wait
+                    # for it to land instead of spending every try in a millisecond.
+                    await asyncio.sleep(pause)
+                    pause = min(CAS_PAUSE_MAX_S, pause * 2)
                 continue
             self._remember(job_id, new, revision)
             return new
-        raise RuntimeError(f"could not write view of {job_id} after {CAS_RETRIES} tries")
+        raise ViewContended(job_id)
 
     def _remember(self, job_id: str, view: JobView, revision: int) -> None:
         self.cache[job_id] = (view, revision)
@@ -230,7 +286,7 @@ class Projector:
             atomic = bool(info.config.allow_atomic)
             if not atomic:
                 log.info("bucket has no atomic batches: views written one by one")
-        return ViewWriter(kv, atomic_via=self.nc if atomic else None, bucket=bucket)
+        return ViewWriter(kv, self.js, bucket=bucket, atomic_via=self.nc if atomic else None)
 
     async def load_checkpoint(self) -> int:
         state = await self.js.key_value(self.names.projector_state_bucket)
@@ -331,7 +387,7 @@ class Projector:
             except Exception as exc:
                 # TaskGroup wraps failures: retry if every one of them is transient
                 errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
-                if not all(is_transient(e) for e in errors):
+                if not all(is_transient(e) or isinstance(e, ViewContended) for e in errors):
                     raise
                 seq = items[-1][0]
                 log.warning("view not written, retrying", extra={"seq": seq, "error": repr(exc)})

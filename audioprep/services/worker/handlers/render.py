@@ -201,6 +201,7 @@ async def run_render(ctx: JobContext) -> JobResult:
         on_progress=relay.fraction,
         on_stage=relay.stage,
     )
+    await ctx.store_unless_ended()  # a late attempt (frozen past ack_wait) stores nothing
     await ctx.progress(96, "storing", force=True)
     files = [
         PublishedFile(Path(spec.dst_path), spec.fmt, done.duration_ms)

@@ -48,6 +48,9 @@ log = logging.getLogger("audioprep.kv_read")
 FIRST_TRY_S = 0.25
 LAST_TRY_S = 2.0
 RETRY_PAUSE_S = 0.05
+# The server removes a read's consumer this long after the read unsubscribed (nats-py's KV
+# watch leaves its consumer 5 minutes, and a stream takes 1000 consumers at most, measured)
+CONSUMER_GONE_S = 2.0
 NO_MESSAGE = 10037  # JetStream: no message found (a missing stream is 10059)
 
 
@@ -174,6 +177,7 @@ async def _by_consumer(
         cb=on_msg,
         pending_msgs_limit=-1,
         pending_bytes_limit=-1,
+        inactive_threshold=CONSUMER_GONE_S,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
     )
     try:

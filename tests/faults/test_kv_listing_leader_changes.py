@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ PRESETS, PRESETS_DELETED = 150, 10
 TENANTS_OF_DAY = 400
 ENDPOINTS, ENDPOINTS_DELETED = 60, 6
 WRITE_PAUSE_S = 0.02  # between updates of one bucket while the reads run
-STEPDOWNS = 18  # one bucket's stream after the other
+STEPDOWNS = 15  # one bucket's stream after the other
 # After each step-down every node's connections list the bucket this long after it: the old
 # code's wrong answers come mostly in the first 40 ms (measured: /tmp runs, docs/reliability.md)
 OLD_READS_AFTER_S = (0.0, 0.0, 0.01, 0.02, 0.03, 0.04)
@@ -283,7 +284,10 @@ def _endpoint(endpoint_id: str) -> Endpoint:
     )
 
 
-async def test_listings_are_complete_right_after_leader_changes(tmp_path: Path) -> None:
+async def test_listings_are_complete_right_after_leader_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="audioprep.kv_read")
     started = time.monotonic()
     cluster = NatsCluster(tmp_path / "cluster").start()
     conns: list[Client] = []
@@ -343,6 +347,7 @@ async def test_listings_are_complete_right_after_leader_changes(tmp_path: Path) 
             f"wrong_new={sum(new.wrong.values())}/{sum(new.reads.values())} ({new.line()}) "
             f"old_wrong_sizes={old.sizes} errors_old={sum(old.errors.values())} "
             f"errors_new={sum(new.errors.values())} "
+            f"new_by_consumer={sum('reading by consumer' in r.message for r in caplog.records)} "
             f"sizes=presets:{len(truth['presets'])},usage:{len(truth['usage'])},"
             f"webhooks:{len(truth['webhooks'])} "
             f"created={','.join(f'{b}:{len(w.acked)}' for b, w in written.items())} "

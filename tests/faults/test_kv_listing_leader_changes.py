@@ -52,10 +52,7 @@ TENANTS_OF_DAY = 400
 ENDPOINTS, ENDPOINTS_DELETED = 60, 6
 WRITE_PAUSE_S = 0.02  # between updates of one bucket while the reads run
 STEPDOWNS = 15  # one bucket's stream after the other
-# After each step-down every node's connections list the bucket this long after it: the old
-# code's wrong answers come mostly in the first 40 ms (measured: /tmp runs, docs/reliability.md)
-OLD_READS_AFTER_S = (0.0, 0.0, 0.01, 0.02, 0.03, 0.04)
-NEW_READS_AFTER_S = (0.0, 0.02)
+READS_PER_STEPDOWN = 4  # per node connection, of the old and of the new code, one at a time
 
 BUCKETS = {
     "presets": NAMES.presets_bucket,
@@ -119,6 +116,7 @@ async def new_endpoint_ids(nc: Client, kv: KeyValue) -> set[str]:
 
 
 Reader = Callable[[Client, KeyValue], Awaitable[set[str]]]
+Node = tuple[Client, dict[str, KeyValue]]  # a connection to one node and its buckets
 READERS: dict[str, tuple[Reader, Reader]] = {
     "presets": (old_preset_names, new_preset_names),
     "usage": (old_usage_tenants, new_usage_tenants),
@@ -151,13 +149,11 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     sizes: dict[str, list[int]] = field(default_factory=dict)  # sizes of the wrong answers
 
-    async def read(
-        self, bucket: str, reader: Reader, c: Client, kv: KeyValue, want: Written, after: float
-    ) -> None:
-        await asyncio.sleep(after)
+    async def read(self, bucket: str, reader: Reader, node: Node, want: Written) -> None:
+        c, kvs = node
         started = time.monotonic()
         try:
-            got = await asyncio.wait_for(reader(c, kv), timeout=15)
+            got = await asyncio.wait_for(reader(c, kvs[bucket]), timeout=15)
         except Exception:  # an error is a 503 to a client, not a wrong answer
             self.errors[bucket] += 1
             return
@@ -168,6 +164,16 @@ class Tally:
 
     def line(self) -> str:
         return " ".join(f"{b}={self.wrong[b]}/{self.reads[b]}" for b in BUCKETS)
+
+
+async def turns(
+    bucket: str, old: tuple[Tally, Node], new: tuple[Tally, Node], want: Written
+) -> None:
+    """One node's listings after a step-down: the old code and the new one, turn by turn."""
+    old_reader, new_reader = READERS[bucket]
+    for _ in range(READS_PER_STEPDOWN):
+        await old[0].read(bucket, old_reader, old[1], want)
+        await new[0].read(bucket, new_reader, new[1], want)
 
 
 # ---- the data -----------------------------------------------------------------------------------
@@ -300,15 +306,15 @@ async def test_listings_are_complete_right_after_leader_changes(
         truth = await write_data(admin)
         written = {bucket: Written(base=keys) for bucket, keys in truth.items()}
         # one connection per node for each kind of reader, so every node answers some reads
-        per_node = []
+        per_node: list[tuple[Node, Node]] = []
         for node in cluster.nodes:
-            pair = []
+            pair: list[Node] = []
             for kind in ("old", "new"):
                 c = await connect(settings.with_(nats_url=node.url), f"{kind}-{node.port}")
                 conns.append(c)
                 kvs = {b: await c.jetstream(timeout=5).key_value(n) for b, n in BUCKETS.items()}
                 pair.append((c, kvs))
-            per_node.append(pair)
+            per_node.append((pair[0], pair[1]))
         for bucket, (_, new) in READERS.items():  # quiet cluster: the answers are right
             c, kvs = per_node[0][1]
             assert await new(c, kvs[bucket]) == truth[bucket], bucket
@@ -324,18 +330,8 @@ async def test_listings_are_complete_right_after_leader_changes(
             bucket = list(BUCKETS)[i % len(BUCKETS)]
             refused += await step_down(admin, names.kv_stream(BUCKETS[bucket]))
             stepdowns[bucket] += 1
-            old_reader, new_reader = READERS[bucket]
             await asyncio.gather(
-                *(
-                    old.read(bucket, old_reader, c, kvs[bucket], written[bucket], after=delay)
-                    for (c, kvs), _ in per_node
-                    for delay in OLD_READS_AFTER_S
-                ),
-                *(
-                    new.read(bucket, new_reader, c, kvs[bucket], written[bucket], after=delay)
-                    for _, (c, kvs) in per_node
-                    for delay in NEW_READS_AFTER_S
-                ),
+                *(turns(bucket, (old, o), (new, n), written[bucket]) for o, n in per_node)
             )
         faults_s = time.monotonic() - faults_started
         stop.set()

@@ -1,21 +1,30 @@
 """Every key of a KV bucket matching a filter, with its latest entry and revision: complete,
 also right after a leader change of the bucket's stream (docs/reliability.md, "Listing KV
-keys").
+keys under leader changes").
 
 Not nats-py's `kv.watch()`, `kv.keys()` or `kv.history()`: they stop at the watcher's "caught
 up" marker (`None`), which nats-py puts first when the consumer's info says nothing is pending
-and nothing has arrived yet. Right after a leader change of the bucket's stream that info can
-come before the values (1-7 % of reads in a 3-node cluster, answering an empty bucket;
-tests/faults/test_kv_listing_leader_changes.py). Its `keys(filters=…)` also filters by
-substring, so a subject filter such as `<tenant>.*` matched nothing.
+and nothing has arrived yet. In a 3-node cluster that info can overtake the values (the
+consumer on another node than the client's): 2-6 % of the listings after leader step-downs
+and a few percent even in a quiet cluster answered an empty set (bench/kv_read.py,
+tests/faults/test_kv_listing_leader_changes.py; nats-io/nats.py#842). Nor the ordered
+consumer's per-message `num_pending` reaching 0: under concurrent writes it can reach 0 and
+rise again (nats-io/nats.py#995), and it counts on the consumer's replica, which may be
+behind. Nor `STREAM.INFO` with `subjects_filter`: it sends every subject name back. And each
+watch leaves its consumer on the server for 5 minutes, and a stream takes 1000 consumers (then
+"maximum consumers limit reached"): 1000 listings in 5 minutes stopped every listing.
+`kv.keys(filters=…)` also matches filters as substrings: `<tenant>.*` matched no key.
 
 How a read knows it has everything, without trusting any marker:
 1. The bucket stream's leader names the last message matching the filter (a message get with
    `last_by_subj`, a wildcard filter): its sequence L bounds the answer, and "none" is the
-   empty answer. Only the leader is asked, since it holds every acknowledged write.
+   empty answer. Only the leader is asked, since it holds every acknowledged write; while an
+   election runs nobody answers, and the request is made again (0.25 s, doubling) until
+   `timeout`, then the read fails (the API answers 503) rather than guess.
 2. One multi_last direct get brings the latest message of every matching key. Any replica may
    answer it; the answer is taken if it reaches L (a replica holding L holds everything
-   before it), so a replica behind is caught, not believed.
+   before it), so a replica behind is caught, not believed (unchecked, it missed
+   acknowledged keys in 1 of 117 listings: bench/kv_read.py).
 3. Otherwise — more keys than one direct get answers (1024), or that replica was behind — an
    ordered consumer, last message per key, is read until a message at L or later arrives.
 

@@ -30,9 +30,10 @@ typecheck: $(STAMP)
 # independent reader of tags and chapters (tests/publish), gcc to build RNNoise with SIMD at
 # first use (third_party/rnnoise; without a compiler the pyrnnoise wheel's slower library runs),
 # `ip` (iproute2) and `nft` (nftables) for the simulated hosts of tests/faults/netns.py,
-# stress-ng to starve the paused workers of tests/faults/test_paused_worker.py of CPU.
+# stress-ng to starve the paused workers of tests/faults/test_paused_worker.py of CPU,
+# `faketime` (its libfaketime) to step the clock of API and workers in tests/faults/test_clock_jump.py.
 # `command:package` when the command is not named like its package.
-SYSTEM_DEPS := chromium espeak-ng ffmpeg gcc ip:iproute2 nft:nftables stress-ng
+SYSTEM_DEPS := chromium espeak-ng ffmpeg gcc ip:iproute2 nft:nftables stress-ng faketime
 system-deps:
 	@missing=""; for d in $(SYSTEM_DEPS); do c=$${d%%:*}; p=$${d#*:}; \
 		command -v $$c >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $$c >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -75,8 +75,11 @@ async def client_for(settings: Settings) -> Client:
     return nc
 
 
-async def close_clients() -> None:
-    for nc in _clients.values():
-        with contextlib.suppress(NatsError):
-            await nc.close()
-    _clients.clear()
+async def close_clients(nats_url: str | None = None) -> None:
+    """Close the wake-up connections (to one server, or all). A test that stops its own
+    server closes its connections first: left reconnecting to a server that is gone, they
+    kept the session's event loop from closing at the end of the run."""
+    for key in [k for k in _clients if nats_url is None or k[1] == nats_url]:
+        nc = _clients.pop(key)
+        with contextlib.suppress(NatsError, TimeoutError, OSError):
+            await asyncio.wait_for(nc.close(), timeout=5)

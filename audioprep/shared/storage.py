@@ -275,14 +275,25 @@ class Storage:
     async def list_info(self, prefix: str) -> InfoList:
         """Keys under `prefix` with size and modification time."""
         found: InfoList = []
-        try:
-            async for batch in obstore.list(self.store, prefix or None):
-                found.extend(_info(item["path"], item) for item in batch)
-        except (BaseError, OSError) as exc:
-            if self.is_local and _is_missing(exc):
-                return found
-            raise _unavailable("list", prefix, exc) from exc
+        async for page in self.pages(prefix):
+            found.extend(page)
         return found
+
+    async def pages(self, prefix: str, size: int = 1000) -> AsyncIterator[InfoList]:
+        """`list_info` a page of about `size` keys at a time: a scan of any number of
+        objects holds one page (storage gc)."""
+        page: InfoList = []
+        try:
+            async for batch in obstore.list(self.store, prefix or None, chunk_size=size):
+                page.extend(_info(item["path"], item) for item in batch)
+                if len(page) >= size:
+                    yield page
+                    page = []
+        except (BaseError, OSError) as exc:
+            if not (self.is_local and _is_missing(exc)):
+                raise _unavailable("list", prefix, exc) from exc
+        if page:
+            yield page
 
     # -- deleting, copying, signing -------------------------------------------------------
 

@@ -44,7 +44,7 @@ from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage, open_storage
 from tests.media import write_tone
 from tests.services import service_env
-from tests.waiting import wait_until
+from tests.waiting import close_clients, wait_until
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
@@ -148,6 +148,7 @@ async def connected(settings: Settings, *, provision_it: bool = True) -> AsyncIt
             await provision(nc.jetstream(), settings)
         yield nc
     finally:
+        await close_clients(settings.nats_url)  # tests.waiting's wake-ups on this server
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), timeout=5)
 

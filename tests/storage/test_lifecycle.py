@@ -24,6 +24,7 @@ from audioprep.domain.events import (
 )
 from audioprep.domain.fold import fold
 from audioprep.domain.views import encode_view
+from audioprep.services.cli import storage as storage_cli
 from audioprep.services.cli.storage import (
     CANCELLED,
     COPIED_UPLOAD,
@@ -93,9 +94,13 @@ async def _exists(storage: Storage, key: str) -> bool:
     return await storage.head(key) is not None
 
 
+# A page of 3 splits every job's objects over pages (the scan holds one page at a time): a
+# copied upload still goes only once its source, listed on another page, is found.
+@pytest.mark.parametrize("page", [1000, 3], ids=["one-page", "pages-of-3"])
 async def test_gc_removes_leftovers_and_keeps_what_jobs_need(
-    storage: Storage, own_nc: Client
+    storage: Storage, own_nc: Client, page: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(storage_cli, "GC_PAGE", page)
     js = own_nc.jetstream()
     events = EventStore(own_nc, js, NAMES)
     failed = await _job(events, "ingest", "started", "failed")

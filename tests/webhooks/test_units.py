@@ -8,10 +8,11 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 import standardwebhooks
 
-from audioprep.services.notifier.deliver import retry_delay
+from audioprep.services.notifier.deliver import DueTimes, retry_delay
 from audioprep.shared.settings import Settings
 from audioprep.shared.webhook_crypto import (
     SecretBox,
@@ -24,6 +25,7 @@ from audioprep.shared.webhook_crypto import (
 from audioprep.shared.webhook_events import (
     DeliveryAttempted,
     DeliveryCreated,
+    DeliveryView,
     decode_webhook_event,
     delivery_id_for,
     encode_webhook_event,
@@ -152,3 +154,61 @@ def test_fold_ends_at_the_first_final_outcome() -> None:
     midway = fold_deliveries(enumerate(events[:2], 1))["msg_X"]
     assert midway.status == "retrying" and midway.next_attempt_at == retry.next_attempt_at
     assert midway.last_status_code == 500
+
+
+class Clocks:
+    """A monotonic and a wall clock that a test moves by hand (and steps, as NTP does)."""
+
+    def __init__(self, wall: datetime) -> None:
+        self.mono = 1000.0
+        self.wall = wall
+
+    def advance(self, seconds: float, step: timedelta = timedelta(0)) -> None:
+        self.mono += seconds
+        self.wall += timedelta(seconds=seconds) + step
+
+    def due_times(self) -> DueTimes:
+        return DueTimes(monotonic=lambda: self.mono, wall=lambda: self.wall)
+
+
+def test_retry_waits_do_not_move_with_the_wall_clock() -> None:
+    """A retry due in 60 s stays due in 60 s when the wall clock steps (docs/webhooks.md)."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    view = DeliveryView(
+        id="msg_A",
+        endpoint_id="ep_1",
+        event="job.completed",
+        job_id="J",
+        kind="save",
+        status="retrying",
+        attempts=1,
+        created_at=t0,
+        updated_at=t0,  # the attempt
+        occurred_at=t0,
+        seq=2,
+        next_attempt_at=t0 + timedelta(seconds=60),
+    )
+    clocks = Clocks(t0)
+    due = clocks.due_times()
+    # scheduled here; the clock steps back 2 h, then forward 4 h: 50 s left either way
+    due.scheduled("msg_A", t0 + timedelta(seconds=60), 60.0)
+    clocks.advance(10, -timedelta(hours=2))
+    assert due.wait_s(view) == pytest.approx(50)
+    clocks.advance(0, timedelta(hours=4))
+    assert due.wait_s(view) == pytest.approx(50)
+
+    # scheduled by another notifier (or before a restart): the wall says 2 h 50 s, the step
+    # that was chosen is 60 s; after waiting that once it is due (not another step, nor 2 h)
+    clocks.wall = t0 + timedelta(seconds=10) - timedelta(hours=2)
+    fresh = clocks.due_times()
+    assert fresh.wait_s(view) == pytest.approx(60)
+    clocks.advance(60)
+    assert fresh.wait_s(view) == 0
+    # without a step the wall clock is believed; past due is 0; no next attempt is 0
+    clocks.wall = t0 + timedelta(seconds=20)
+    assert clocks.due_times().wait_s(view) == pytest.approx(40)
+    clocks.wall = t0 + timedelta(hours=2)
+    assert clocks.due_times().wait_s(view) == 0
+    due.forget("msg_A")
+    ended = DeliveryView(**{**msgspec.structs.asdict(view), "next_attempt_at": None})
+    assert due.wait_s(ended) == 0

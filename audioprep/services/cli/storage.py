@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -40,6 +40,7 @@ log = logging.getLogger("audioprep.storage")
 JOB_AREAS = ("uploads", "sources", "peaks", "prepared")
 PREVIEWS = "previews"
 DELETE_BATCH = 200
+GC_PAGE = 1000  # objects per page of a gc scan
 LOOKUP_CONCURRENCY = 32
 DEFAULT_GRACE = timedelta(hours=24)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -127,10 +128,15 @@ def plan_gc(
     *,
     now: datetime,
     grace: timedelta,
+    present: Container[str] | None = None,
 ) -> tuple[list[Doomed], Counter[str]]:
-    """Pure decision: which objects no job needs. Unknown history is kept, never guessed."""
+    """Pure decision: which objects no job needs. Unknown history is kept, never guessed.
+
+    `present`: the keys known to exist (a completed ingest's upload goes only once its source
+    is among them); by default the keys of `objects`."""
     objects = list(objects)
-    present = {o.info.key for o in objects}
+    if present is None:
+        present = {o.info.key for o in objects}
     doomed: list[Doomed] = []
     kept: Counter[str] = Counter()
     for obj in objects:
@@ -173,15 +179,6 @@ async def cache_entries(kv: KeyValue, cache_keys: Iterable[str]) -> dict[str, st
     return dict(await asyncio.gather(*(one(k) for k in cache_keys)))
 
 
-async def _scan(storage: Storage, out: TextIO) -> tuple[list[Stored], int, int]:
-    print(f"scanning {storage.describe()} …", file=out, flush=True)
-    infos = await storage.list_info("")
-    parsed = [p for p in map(parse_key, infos) if p is not None]
-    total = sum(i.size for i in infos)
-    print(f"  {len(infos)} objects, {human_bytes(total)}", file=out, flush=True)
-    return parsed, len(infos), total
-
-
 async def plan_storage_gc(
     storage: Storage,
     js: JetStreamContext,
@@ -191,20 +188,61 @@ async def plan_storage_gc(
     now: datetime | None = None,
     out: TextIO = sys.stdout,
 ) -> Plan:
-    """Scan storage, look up every job and cache key it names, decide what goes."""
-    objects, scanned, scanned_bytes = await _scan(storage, out)
-    job_ids = {o.owner for o in objects if _job_owned(o) and is_job_id(o.owner)}
-    cache_keys = {o.owner for o in objects if not _job_owned(o)}
+    """Scan storage a page at a time, look up the jobs and cache keys each page names, decide
+    what goes. Memory holds one page and what is doomed, however many objects there are."""
+    print(f"scanning {storage.describe()} …", file=out, flush=True)
     jobs_kv = await js.key_value(events.names.jobs_bucket)
-    jobs = await JobViews(jobs_kv, events).many(sorted(job_ids))
-    cached = await cache_entries(await render_cache.bucket(js, events.names), sorted(cache_keys))
+    views = JobViews(jobs_kv, events)
+    cache = await render_cache.bucket(js, events.names)
+    now = now or datetime.now(UTC)
+    plan = Plan(doomed=[], scanned=0, scanned_bytes=0, kept=Counter())
+    cache_checked = 0
+    async for page in storage.pages("", GC_PAGE):
+        plan.scanned += len(page)
+        plan.scanned_bytes += sum(i.size for i in page)
+        objects = [p for p in map(parse_key, page) if p is not None]
+        job_ids = {o.owner for o in objects if _job_owned(o) and is_job_id(o.owner)}
+        cache_keys = {o.owner for o in objects if not _job_owned(o)}
+        jobs = await views.many(sorted(job_ids))
+        cached = await cache_entries(cache, sorted(cache_keys))
+        present = {o.info.key for o in objects} | await _sources_elsewhere(storage, objects, jobs)
+        doomed, kept = plan_gc(objects, jobs, cached, now=now, grace=grace, present=present)
+        plan.doomed.extend(doomed)
+        assert plan.kept is not None
+        plan.kept.update(kept)
+        plan.jobs_checked += len(job_ids)
+        cache_checked += len(cache_keys)
+    print(f"  {plan.scanned} objects, {human_bytes(plan.scanned_bytes)}", file=out, flush=True)
     print(
-        f"  {len(job_ids)} jobs and {len(cache_keys)} render-cache keys checked",
+        f"  {plan.jobs_checked} jobs and {cache_checked} render-cache keys checked",
         file=out,
         flush=True,
     )
-    doomed, kept = plan_gc(objects, jobs, cached, now=now or datetime.now(UTC), grace=grace)
-    return Plan(doomed, scanned, scanned_bytes, jobs_checked=len(job_ids), kept=kept)
+    return plan
+
+
+async def _sources_elsewhere(
+    storage: Storage, objects: list[Stored], jobs: Mapping[str, JobView | None]
+) -> set[str]:
+    """Sources of completed ingests whose upload is in this page but whose source is not
+    (another prefix, so usually another page): the ones that exist."""
+    keys = {o.info.key for o in objects}
+    wanted = set()
+    for obj in objects:
+        view = jobs.get(obj.owner)
+        if obj.area == "uploads" and view is not None and view.result is not None:
+            source = view.result.source_key
+            if view.status == "completed" and source and source not in keys:
+                wanted.add(source)
+    gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+    async def exists(key: str) -> bool:
+        async with gate:
+            return await storage.head(key) is not None
+
+    ordered = sorted(wanted)
+    found = await asyncio.gather(*(exists(k) for k in ordered))
+    return {k for k, there in zip(ordered, found, strict=True) if there}
 
 
 async def plan_eviction(
@@ -214,15 +252,18 @@ async def plan_eviction(
     now: datetime | None = None,
     out: TextIO = sys.stdout,
 ) -> Plan:
-    """Every preview (all tenants) last written before now - older_than."""
-    objects, scanned, scanned_bytes = await _scan(storage, out)
+    """Every preview (all tenants) last written before now - older_than (scanned by pages)."""
+    print(f"scanning {storage.describe()} …", file=out, flush=True)
     cutoff = (now or datetime.now(UTC)) - older_than
-    doomed = [
-        Doomed(o.info, EVICTED)
-        for o in objects
-        if o.area == PREVIEWS and o.info.modified is not None and o.info.modified < cutoff
-    ]
-    return Plan(doomed, scanned, scanned_bytes)
+    plan = Plan(doomed=[], scanned=0, scanned_bytes=0)
+    async for page in storage.pages("", GC_PAGE):
+        plan.scanned += len(page)
+        plan.scanned_bytes += sum(i.size for i in page)
+        for o in filter(None, map(parse_key, page)):
+            if o.area == PREVIEWS and o.info.modified is not None and o.info.modified < cutoff:
+                plan.doomed.append(Doomed(o.info, EVICTED))
+    print(f"  {plan.scanned} objects, {human_bytes(plan.scanned_bytes)}", file=out, flush=True)
+    return plan
 
 
 def print_plan(plan: Plan, out: TextIO, *, verbose: bool, apply: bool) -> None:

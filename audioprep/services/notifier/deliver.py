@@ -14,6 +14,9 @@ import logging
 import os
 import random
 import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import msgspec
@@ -40,6 +43,7 @@ log = logging.getLogger("audioprep.notifier")
 
 JITTER = 0.2  # each wait is the schedule's step ± 20 %
 EARLY_S = 0.05  # a redelivery this close to its due time just runs
+DUE_TIMES_SIZE = 100_000  # deliveries waiting for a retry whose due time this process keeps
 
 
 def notifier_name() -> str:
@@ -52,6 +56,52 @@ def retry_delay(settings: Settings, attempt: int, rng: random.Random | None = No
     schedule = settings.webhook_retry_schedule_s or (60.0,)
     base = schedule[min(attempt, len(schedule)) - 1]
     return base * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+
+
+class DueTimes:
+    """When each delivery's next attempt is due, on this process's monotonic clock.
+
+    `next_attempt_at` in the stream is wall clock (it outlives the process, and a person reads
+    it), but a wait computed from it alone moves with the clock: stepped back 2 h between an
+    attempt and its redelivery, a 1-minute retry would be put off by 2 h. So a wait this
+    process scheduled (or already waited for once) runs on its monotonic clock; one it learns
+    from the stream (another notifier scheduled it) is read from the wall clock but never
+    longer than the step that was scheduled (next attempt minus the attempt, both stamped by
+    the one clock that chose them). Bounded: the oldest entries go past `size`."""
+
+    def __init__(
+        self,
+        *,
+        size: int = DUE_TIMES_SIZE,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.size = size
+        self.monotonic = monotonic
+        self.wall = wall
+        self._due: OrderedDict[str, tuple[datetime, float]] = OrderedDict()
+
+    def scheduled(self, delivery_id: str, next_at: datetime, delay_s: float) -> None:
+        """This process chose to try `delivery_id` again at `next_at`, `delay_s` from now."""
+        self._due[delivery_id] = (next_at, self.monotonic() + delay_s)
+        self._due.move_to_end(delivery_id)
+        while len(self._due) > self.size:
+            self._due.popitem(last=False)
+
+    def wait_s(self, view: DeliveryView) -> float:
+        """Seconds until `view`'s next attempt is due (0 when it is, or there is none)."""
+        if view.next_attempt_at is None:
+            return 0.0
+        known = self._due.get(view.id)
+        if known is None or known[0] != view.next_attempt_at:
+            step = (view.next_attempt_at - view.updated_at).total_seconds()
+            left = (view.next_attempt_at - self.wall()).total_seconds()
+            self.scheduled(view.id, view.next_attempt_at, max(0.0, min(left, step)))
+            known = self._due[view.id]
+        return max(0.0, known[1] - self.monotonic())
+
+    def forget(self, delivery_id: str) -> None:
+        self._due.pop(delivery_id, None)
 
 
 class Deliverer:
@@ -72,6 +122,7 @@ class Deliverer:
         self.sender = sender
         self.box = box
         self.name = notifier_name()
+        self.due = DueTimes()
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -99,14 +150,14 @@ class Deliverer:
             await msg.nak(delay=0.5)
             return
         if view.is_final:
+            self.due.forget(view.id)
             await msg.ack()  # a lost ack only brings the message back here: harmless
             return
+        wait = self.due.wait_s(view)
+        if wait > EARLY_S:  # redelivered early (server restart, ack_wait): not due yet
+            await msg.nak(delay=wait)
+            return
         now = utcnow()
-        if view.next_attempt_at is not None:
-            wait = (view.next_attempt_at - now).total_seconds()
-            if wait > EARLY_S:  # redelivered early (server restart, ack_wait): not due yet
-                await msg.nak(delay=wait)
-                return
         found = await self.endpoints.get(created.tenant, created.endpoint_id)
         if found is None:
             await self._end_unsent(
@@ -210,9 +261,12 @@ class Deliverer:
         if outcome == "delivered":  # after the record: a success is written down first
             await self._endpoint_health(endpoint, created, outcome, error, now)
         if next_at is None:
+            self.due.forget(created.delivery_id)
             await msg.ack()  # recorded first: a lost ack only brings the message back here
         else:
-            await msg.nak(delay=max(0.0, (next_at - utcnow()).total_seconds()))
+            delay = max(0.0, (next_at - now).total_seconds())
+            self.due.scheduled(created.delivery_id, next_at, delay)
+            await msg.nak(delay=delay)
 
     async def _end_unsent(
         self, msg: Msg, created: DeliveryCreated, view: DeliveryView, code: str, message: str
@@ -241,10 +295,7 @@ class Deliverer:
         if view is None or view.is_final:
             await patiently("ack delivery", msg.ack_sync)
             return
-        wait = 0.0
-        if view.next_attempt_at is not None:
-            wait = max(0.0, (view.next_attempt_at - utcnow()).total_seconds())
-        await msg.nak(delay=wait)
+        await msg.nak(delay=self.due.wait_s(view))
 
     async def _endpoint_health(
         self,

@@ -53,6 +53,11 @@ class JobContext:
     js: JetStreamContext
     scratch: Path
     traceparent: str | None = None
+    # The sequence of this attempt's latest event while every event of the job since the
+    # delivered message is this attempt's own (each appended expecting the previous one);
+    # None once something else may have come between. While it holds, the terminal event
+    # needs no reads to be the job's only one (job_runner.py).
+    own_seq: int | None = None
     # Metering (docs/fairness.md): set by the handlers, reported on the completed event.
     input_audio_ms: int = 0
     stored_bytes: int = 0
@@ -82,6 +87,12 @@ class JobContext:
         answer, the write goes ahead (as before this check): the end-once append still
         decides which attempt is recorded."""
         try:
+            if self.own_seq is not None:
+                # Every event since the delivery is ours (none an end): if our last one is
+                # still the job's latest, nothing ended it since. One read instead of three.
+                latest = await self.events.last_event(self.job_id)
+                if latest is not None and latest.seq == self.own_seq:
+                    return
             ended = await self.events.terminal_event(self.job_id)
         except (NatsError, TimeoutError) as exc:
             log.warning("job end not checked", extra=self.log_extra(error=repr(exc)))
@@ -108,9 +119,28 @@ class JobContext:
             attempt=self.attempt,
         )
         try:
-            await self.events.append(event, traceparent=self.traceparent)
+            await self.append_own(event)
         except (NatsError, TimeoutError) as exc:  # best effort; the job itself goes on
             log.warning("progress not published", extra=self.log_extra(error=str(exc)))
+
+    async def append_own(self, event: JobProgressed) -> int:
+        """Append one of this attempt's events right after its previous one (keeping
+        `own_seq`), or, once another event came between, as any append."""
+        expected = self.own_seq
+        if expected is not None:
+            seq = await self.events.append_expecting(event, expected, traceparent=self.traceparent)
+            if seq is not None and self.own_seq == expected:
+                self.own_seq = seq
+                return seq
+            self.own_seq = None
+            if seq is not None:
+                return seq
+        return await self.events.append(event, traceparent=self.traceparent)
+
+    def announce(self, percent: float, stage: str) -> None:
+        """A new stage, published in the background: in order after any publish in flight,
+        and before the terminal event (which waits for it), without holding up the work."""
+        self._report(max(0, min(99, int(percent))), stage, force=True)
 
     def progress_callback(self, low: float, high: float, stage: str) -> Callable[[float], None]:
         """A sync callback mapping a 0..1 fraction onto [low, high] percent (media processes)."""

@@ -331,10 +331,22 @@ class DeadLetterReconciler:
         return [(direct_get.sequence(m), direct_get.subject_of(m)) for m in found]
 
     async def _lookback_seq(self) -> int:
-        """The stream sequence just before the first event of the last `lookback_s`."""
-        since = datetime.now(UTC) - timedelta(seconds=self.lookback_s)
+        """The stream sequence just before the first event of the `lookback_s` up to the
+        stream's newest event. Both ends are the server's clock (the time it stored each
+        message), not this worker's: a worker whose clock runs ahead (a wrong RTC at boot,
+        a host NTP has not stepped yet) would otherwise look back less, or not at all."""
+        subject = names.direct_get_subject(self.events.names.stream)
+        newest = await self.events.nc.request(
+            subject,
+            json.dumps({"last_by_subj": self.events.names.stream_subjects}).encode(),
+            timeout=self.events.timeout,
+        )
+        stored_at = server_timestamp(newest)
+        if stored_at is None and (newest.headers or {}).get("Status") == "404":
+            return 0  # an empty stream: nothing to look back at
+        since = (stored_at or datetime.now(UTC)) - timedelta(seconds=self.lookback_s)
         reply = await self.events.nc.request(
-            names.direct_get_subject(self.events.names.stream),
+            subject,
             json.dumps({"start_time": since.isoformat().replace("+00:00", "Z")}).encode(),
             timeout=self.events.timeout,
         )
@@ -343,6 +355,17 @@ class DeadLetterReconciler:
             return int(headers["Nats-Sequence"]) - 1
         info = await self.js.stream_info(self.events.names.stream)  # nothing that recent
         return int(info.state.last_seq or 0)
+
+
+def server_timestamp(msg: Msg) -> datetime | None:
+    """When the server stored a direct-get message (`Nats-Time-Stamp`, its own clock)."""
+    stamp = (msg.headers or {}).get("Nats-Time-Stamp")
+    if not stamp:
+        return None
+    try:  # RFC 3339 with nanoseconds; fromisoformat keeps microseconds
+        return datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -11,13 +11,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from audioprep.domain.errors import (
@@ -47,6 +48,7 @@ from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.shared import logs, metrics
 from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
 from audioprep.shared.storage import Storage
@@ -98,6 +100,47 @@ def backoff_delay(attempt: int) -> float:
     return random.uniform(cap / 2, cap)
 
 
+class CancelWatch:
+    """One subscription to every cancel request, for the jobs this process runs: an attempt
+    registers before its JobStarted, so no cancel published after it can slip by (and one
+    published before it makes JobStarted's expected-sequence append fail, see JobRunner._run)."""
+
+    def __init__(self, nc: Client, names: Names) -> None:
+        self.nc = nc
+        self.names = names
+        self._sub: Subscription | None = None
+        self._jobs: dict[str, set[asyncio.Event]] = {}
+
+    async def start(self) -> None:
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(
+                self.names.cancel_requested_filter(), cb=self._on_cancel
+            )
+            await self.nc.flush()  # the server has it before any attempt relies on it
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            _, job_id, _ = self.names.parse_subject(msg.subject)
+        except ValueError:
+            return
+        for flag in self._jobs.get(job_id, ()):
+            flag.set()
+
+    @contextlib.contextmanager
+    def watching(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set when a cancel of `job_id` arrives while the block runs."""
+        flag = asyncio.Event()
+        self._jobs.setdefault(job_id, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            flags = self._jobs.get(job_id)
+            if flags is not None:
+                flags.discard(flag)
+                if not flags:
+                    del self._jobs[job_id]
+
+
 class JobRunner:
     """Runs handlers for delivered messages with heartbeats, cancel watch and typed outcomes."""
 
@@ -120,6 +163,7 @@ class JobRunner:
         self.handlers = handlers
         self.cleanups = cleanups or {}
         self.worker_name = worker_name
+        self.cancels = CancelWatch(nc, settings.names)
         if swept := sweep_dead_scratch():
             log.info("removed scratch dirs of dead workers", extra={"count": swept})
 
@@ -197,12 +241,25 @@ class JobRunner:
         await self._patiently("ack", msg.ack_sync)
 
     async def _terminal(
-        self, event: JobCompleted | JobFailed | JobCancelled, tp: str | None
+        self,
+        event: JobCompleted | JobFailed | JobCancelled,
+        tp: str | None,
+        own_seq: int | None = None,
     ) -> None:
-        """Record the job's end exactly once (see EventStore.append_terminal)."""
-        seq = await self._patiently(
-            event.name, lambda: self.events.append_terminal(event, traceparent=tp)
-        )
+        """Record the job's end exactly once. While every event of the job since the delivery
+        is this attempt's own (`own_seq`: the latest of them), appending right after it is
+        enough: nothing else, so no other end, came in between, and the delivery was the
+        job's latest event when it started. Otherwise (or if that append finds something
+        after all) EventStore.append_terminal looks first."""
+
+        async def record() -> int | None:
+            if own_seq is not None:
+                seq = await self.events.append_expecting(event, own_seq, traceparent=tp)
+                if seq is not None:
+                    return seq
+            return await self.events.append_terminal(event, traceparent=tp)
+
+        seq = await self._patiently(event.name, record)
         metrics.job_ended(event, recorded=seq is not None)
         if seq is not None:
             metrics.tenant_job_ended(
@@ -260,11 +317,48 @@ class JobRunner:
             attempt=attempt,
             worker=self.worker_name,
         )
-        # Through a leader election, not by handing the delivery back: each hand-back uses
-        # up one of the job's max_deliver deliveries (an outage must not dead-letter it).
-        await self._patiently(
-            "started", lambda: self.events.append(started, traceparent=traceparent)
-        )
+        await self.cancels.start()
+        with self.cancels.watching(request.job_id) as cancel_flag:
+            own_seq: int | None = None
+            if fresh:
+                # Right after the delivered message: if anything came between (a cancel,
+                # another worker's attempt), the full checks below decide.
+                delivered = msg.metadata.sequence.stream
+                own_seq = await self._patiently(
+                    "started",
+                    lambda: self.events.append_expecting(
+                        started, delivered, traceparent=traceparent
+                    ),
+                )
+                if own_seq is None:
+                    if await self._finished(request.job_id):
+                        log.info("already finished, acking redelivery", extra=base)
+                        await self._ack(msg)
+                        return
+                    if await self._cancel_requested(request.job_id):
+                        await self._emit_cancelled(request, attempt, traceparent)
+                        await self._ack(msg)
+                        return
+            if own_seq is None:
+                # Through a leader election, not by handing the delivery back: each hand-back
+                # uses up one of the job's max_deliver deliveries (an outage must not
+                # dead-letter it).
+                await self._patiently(
+                    "started", lambda: self.events.append(started, traceparent=traceparent)
+                )
+            await self._attempt(msg, request, attempt, traceparent, base, own_seq, cancel_flag)
+
+    async def _attempt(
+        self,
+        msg: Msg,
+        request: JobRequested,
+        attempt: int,
+        traceparent: str | None,
+        base: dict[str, object],
+        own_seq: int | None,
+        cancel_flag: asyncio.Event,
+    ) -> None:
+        delivery = msg.metadata.num_delivered or 1
         metrics.job_started(request.kind)
         log.info("job started", extra=base)
         scratch = Path(tempfile.mkdtemp(prefix=f"{request.job_id}-", dir=scratch_root()))
@@ -277,10 +371,11 @@ class JobRunner:
             js=self.js,
             scratch=scratch,
             traceparent=traceparent,
+            own_seq=own_seq,
         )
         began = time.monotonic()
         try:
-            result = await self._run_with_cancel(ctx)
+            result = await self._run_with_cancel(ctx, cancel_flag)
         except Superseded:
             # Another attempt ended the job while this one ran (we were frozen or cut off
             # past ack_wait): its outputs and its ending stand; nothing to clean up or record.
@@ -289,13 +384,13 @@ class JobRunner:
             return
         except Cancelled:
             await self._cleanup(ctx)
-            await self._emit_cancelled(request, attempt, traceparent, _spent(began))
+            await self._emit_cancelled(request, attempt, traceparent, _spent(began), ctx.own_seq)
             log.info("job cancelled", extra=base)
             await self._ack(msg)
             return
         except Permanent as exc:
             await self._cleanup(ctx)
-            await self._emit_failed(request, attempt, exc, traceparent, _spent(began))
+            await self._emit_failed(request, attempt, exc, traceparent, _spent(began), ctx.own_seq)
             log.info("job failed", extra={**base, "code": exc.code, "error": exc.message})
             await self._patiently("term", msg.term)
             return
@@ -318,38 +413,35 @@ class JobRunner:
                 usage=_used(ctx, result, began),
             ),
             traceparent,
+            ctx.own_seq,
         )
         log.info("job completed", extra=base)
         await self._ack(msg)
 
-    async def _run_with_cancel(self, ctx: JobContext) -> JobResult:
-        """Run the handler while listening for JobCancelRequested on the job's subject."""
+    async def _run_with_cancel(self, ctx: JobContext, cancel_flag: asyncio.Event) -> JobResult:
+        """Run the handler; a JobCancelRequested for the job (CancelWatch) cancels it."""
         handler = self.handlers[ctx.request.kind]
         task: asyncio.Task[JobResult] = asyncio.create_task(handler(ctx))
-        cancelled = asyncio.Event()
 
-        async def on_cancel(_: Msg) -> None:
-            cancelled.set()
+        async def on_cancel() -> None:
+            await cancel_flag.wait()
             task.cancel()
 
-        sub = await self.nc.subscribe(
-            self.settings.names.job_event_any_kind(ctx.job_id, "cancel_requested"), cb=on_cancel
-        )
+        watcher = asyncio.create_task(on_cancel())
         try:
-            # The request may have been cancelled between our check and the subscription.
-            if await self._cancel_requested(ctx.job_id):
-                cancelled.set()
-                task.cancel()
+            # Requested before our JobStarted (then its expected-sequence append failed, so
+            # own_seq is None) and already stored: only a read finds it.
+            if ctx.own_seq is None and await self._cancel_requested(ctx.job_id):
+                cancel_flag.set()
             try:
                 return await task
             except asyncio.CancelledError:
-                if cancelled.is_set():
+                if cancel_flag.is_set():
                     raise Cancelled("cancelled by request") from None
                 raise
         finally:
+            watcher.cancel()
             await ctx.flush_progress()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def _cleanup(self, ctx: JobContext) -> None:
         cleanup = self.cleanups.get(ctx.request.kind)
@@ -381,7 +473,9 @@ class JobRunner:
         base = ctx.log_extra(code=error.code, error=error.message)
         if delivery >= self.settings.max_deliver:
             await self._cleanup(ctx)
-            await self._emit_failed(request, ctx.attempt, error, ctx.traceparent, usage)
+            await self._emit_failed(
+                request, ctx.attempt, error, ctx.traceparent, usage, ctx.own_seq
+            )
             log.warning("job failed on last delivery", extra=base)
             await self._patiently("term", msg.term)
             return
@@ -421,6 +515,7 @@ class JobRunner:
         exc: AudioprepError,
         tp: str | None,
         usage: JobUsage | None = None,
+        own_seq: int | None = None,
     ) -> None:
         info = ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable)
         event = JobFailed(
@@ -431,10 +526,15 @@ class JobRunner:
             attempt=attempt,
             usage=usage,
         )
-        await self._terminal(event, tp)
+        await self._terminal(event, tp, own_seq)
 
     async def _emit_cancelled(
-        self, request: JobRequested, attempt: int, tp: str | None, usage: JobUsage | None = None
+        self,
+        request: JobRequested,
+        attempt: int,
+        tp: str | None,
+        usage: JobUsage | None = None,
+        own_seq: int | None = None,
     ) -> None:
         event = JobCancelled(
             job_id=request.job_id,
@@ -443,7 +543,7 @@ class JobRunner:
             attempt=attempt,
             usage=usage,
         )
-        await self._terminal(event, tp)
+        await self._terminal(event, tp, own_seq)
 
 
 def _spent(began: float) -> JobUsage:

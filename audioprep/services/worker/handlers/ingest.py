@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from audioprep.domain.errors import SOURCE_NOT_FOUND, TOO_LONG, Permanent
 from audioprep.domain.events import JobResult, LoudnessInfo
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.fetch_url import fetch_source
 from audioprep.services.worker.media_process import run_media_call
-from audioprep.services.worker.pipeline.analyse import Analysis, analyse
+from audioprep.services.worker.pipeline.analyse import IngestAnalysis, analyse_for_ingest
 from audioprep.services.worker.pipeline.voice_analysis import summary as voice_summary
 from audioprep.services.worker.source_files import local_source
 from audioprep.shared import keys
@@ -46,7 +44,7 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
     """Store the original under sources/<jobId>/ (deterministic key: reruns overwrite)."""
     req = ingest_request(ctx.request)
     if req.upload_key is not None:
-        await ctx.progress(2, "storing", force=True)
+        ctx.announce(2, "storing")
         key = await _move_upload(ctx, req, req.upload_key)
         if ctx.request.upload_bytes is not None:  # metering: what the upload stored
             ctx.stored_bytes += ctx.request.upload_bytes
@@ -63,9 +61,9 @@ async def _bring_source(ctx: JobContext) -> tuple[str, str | None]:
 async def run_ingest(ctx: JobContext) -> JobResult:
     source_key, title = await _bring_source(ctx)
     path = await local_source(ctx, source_key)
-    await ctx.progress(40, "analysing", force=True)
-    analysis: Analysis = await run_media_call(
-        analyse,
+    ctx.announce(40, "analysing")
+    analysis: IngestAnalysis = await run_media_call(
+        analyse_for_ingest,
         str(path),
         points=PEAK_POINTS,
         on_progress=ctx.progress_callback(40, 95, "analysing"),
@@ -79,10 +77,9 @@ async def run_ingest(ctx: JobContext) -> JobResult:
             code=TOO_LONG,
         )
     peaks_key = keys.peaks_key(ctx.request.tenant, ctx.job_id)
-    peaks = msgspec.json.encode(analysis.peaks)
     await ctx.store_unless_ended()
-    await ctx.storage.put_bytes(peaks_key, peaks)
-    ctx.stored_bytes += len(peaks)
+    await ctx.storage.put_bytes(peaks_key, analysis.peaks_json)
+    ctx.stored_bytes += len(analysis.peaks_json)
     loud = analysis.loudness
     return JobResult(
         source_key=source_key,

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from audioprep.domain.errors import TOO_LONG, Permanent
 from audioprep.services.worker.pipeline.decode import decode_frames, open_audio
 from audioprep.services.worker.pipeline.filters import make_graph, run_graph
@@ -24,6 +26,34 @@ class Analysis:
     loudness: Loudness
     peaks: dict[str, Any]
     voice: VoiceAnalysis
+
+
+@dataclass(frozen=True, slots=True)
+class IngestAnalysis:
+    """An analysis as ingest stores it: the peaks already encoded as their JSON file (run in
+    the media child, this crosses the pipe as bytes instead of 4,000 floats to unpickle)."""
+
+    info: MediaInfo
+    loudness: Loudness
+    peaks_json: bytes
+    voice: VoiceAnalysis
+
+
+def analyse_for_ingest(
+    path: str,
+    *,
+    points: int = 2000,
+    on_progress: Callable[[float], None] | None = None,
+    max_duration_s: float | None = None,
+) -> IngestAnalysis:
+    """`analyse`, with the peaks encoded for storage."""
+    found = analyse(path, points=points, on_progress=on_progress, max_duration_s=max_duration_s)
+    return IngestAnalysis(
+        info=found.info,
+        loudness=found.loudness,
+        peaks_json=msgspec.json.encode(found.peaks),
+        voice=found.voice,
+    )
 
 
 def analyse(

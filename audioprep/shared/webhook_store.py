@@ -211,11 +211,12 @@ class DeliveryStore:
         self.names = names
         self.timeout = timeout
 
-    async def create(self, event: DeliveryCreated) -> bool:
-        """Append a delivery's DeliveryCreated once; False when it already exists (also after
-        the duplicate window: expected-last-subject-sequence 0 on the delivery's subjects)."""
+    async def create(self, event: DeliveryCreated) -> int | None:
+        """Append a delivery's DeliveryCreated once: its seq, or None when it already exists
+        (also after the duplicate window: expected-last-subject-sequence 0 on the delivery's
+        subjects)."""
         ack = await self._publish_expecting(event, 0, msg_id=f"{event.delivery_id}:created")
-        return ack is not None and not ack.duplicate
+        return None if ack is None or ack.duplicate else ack.seq
 
     async def append_after(self, event: WebhookEvent, last_seq: int) -> int | None:
         """Append `event` if the delivery's last event is still `last_seq` (optimistic

@@ -118,15 +118,14 @@ def _ordered_consumer(stream: str, reason: str) -> Grant:
     )
 
 
-def _kv_watch(bucket: str, reason: str) -> Grant:
-    """nats-py's KeyValue.watch/keys: an ordered consumer on the bucket's stream, then its info
-    (how many entries the initial values are)."""
-    stream = names.kv_stream(bucket)
-    return _grant(
-        reason,
-        names.consumer_create_subject(stream),
-        names.consumer_info_subject(stream, "*"),
-        names.flow_control_subjects(stream),
+def _kv_list(bucket: str) -> Grant:
+    """shared/kv_read.py's fallback when one direct get can't answer a listing (more than 1024
+    keys, or the replica that answered was behind the leader): an ordered consumer on the
+    bucket's stream. Unlike nats-py's KV watch it needs no consumer info."""
+    return _ordered_consumer(
+        names.kv_stream(bucket),
+        "a listing one direct get can't answer reads the bucket's stream with an ordered "
+        "consumer (shared/kv_read.py)",
     )
 
 
@@ -221,18 +220,19 @@ def _api(n: Names) -> ServiceUser:
                 n.scheduler_admit_subject,
                 n.scheduler_position_subject,
             ),
-            _kv_read(n.usage_bucket, "GET /api/usage: the usage projection (read only)"),
-            _kv_watch(n.usage_bucket, "an admin key's all-tenant read of a day is a KV watch"),
+            _kv_read(
+                n.usage_bucket,
+                "GET /api/usage: the usage projection (read only); an admin key's all-tenant "
+                "read of a day asks the leader for its last revision (message get), then one "
+                "multi_last direct get (shared/kv_read.py)",
+            ),
+            _kv_list(n.usage_bucket),
             _kv_write(
                 n.webhook_endpoints_bucket,
                 "webhook endpoints: register, rotate the secret, enable, delete (CAS), and list "
-                "a tenant's (multi_last direct get)",
+                "a tenant's (the leader's last revision, then a multi_last direct get)",
             ),
-            _kv_watch(
-                n.webhook_endpoints_bucket,
-                "listing a tenant's endpoints falls back to a key watch when one direct get "
-                "can't answer them all",
-            ),
+            _kv_list(n.webhook_endpoints_bucket),
             _stream_read(
                 n.webhooks_stream,
                 "a webhook's deliveries and their attempts: the fold of its events in WEBHOOKS "
@@ -244,10 +244,11 @@ def _api(n: Names) -> ServiceUser:
             ),
             _kv_write(
                 n.presets_bucket,
-                "saved presets: create, replace (CAS), delete, and read one when a preview or "
-                "save names it",
+                "saved presets: create, replace (CAS), delete, read one when a preview or save "
+                "names it, and list a tenant's (the leader's last revision, then a multi_last "
+                "direct get)",
             ),
-            _kv_watch(n.presets_bucket, "listing a tenant's presets is a KV watch on <tenant>.>"),
+            _kv_list(n.presets_bucket),
         ),
         subscribe=(
             _inbox(user),
@@ -386,14 +387,11 @@ def _notifier(n: Names) -> ServiceUser:
             ),
             _kv_write(
                 n.webhook_endpoints_bucket,
-                "a tenant's endpoints at fan-out (multi_last direct get); failing-since, last "
-                "success and disabling recorded with CAS",
+                "a tenant's endpoints at fan-out (the leader's last revision, then a "
+                "multi_last direct get); failing-since, last success and disabling recorded "
+                "with CAS",
             ),
-            _kv_watch(
-                n.webhook_endpoints_bucket,
-                "listing a tenant's endpoints falls back to a key watch when one direct get "
-                "can't answer them all",
-            ),
+            _kv_list(n.webhook_endpoints_bucket),
         ),
         subscribe=(_inbox(user),),
     )

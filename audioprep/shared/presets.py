@@ -13,13 +13,14 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 import msgspec
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from audioprep.domain.events import utcnow
 from audioprep.domain.recipe import OutputOptions, Recipe, SaveFormat, normalized_recipe_bytes
-from audioprep.shared import names
+from audioprep.shared import kv_read, names
 from audioprep.shared.metadata import Metadata, OutputList
 from audioprep.shared.names import Names
 
@@ -80,12 +81,14 @@ _decoder: Final = msgspec.json.Decoder(Preset)
 
 
 class PresetStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, nc: Client, kv: KeyValue, bucket: str) -> None:
+        self.nc = nc
         self.kv = kv
+        self.bucket = bucket
 
     @classmethod
-    async def open(cls, js: JetStreamContext, n: Names) -> PresetStore:
-        return cls(await js.key_value(n.presets_bucket))
+    async def open(cls, nc: Client, js: JetStreamContext, n: Names) -> PresetStore:
+        return cls(nc, await js.key_value(n.presets_bucket), n.presets_bucket)
 
     async def get(self, tenant: str, name: str) -> StoredPreset:
         if not is_preset_name(name):
@@ -98,28 +101,24 @@ class PresetStore:
             raise PresetNotFound(name)
         return StoredPreset(preset=_decoder.decode(entry.value), revision=entry.revision)
 
+    async def _latest(self, tenant: str) -> dict[str, kv_read.KvEntry]:
+        """The tenant's presets as stored now, complete also after a leader change (not a KV
+        watch: its caught-up marker can come first and list no preset, shared/kv_read.py)."""
+        keys = names.tenant_keys(tenant)
+        return await kv_read.read_latest(self.nc, self.bucket, keys)
+
     async def names(self, tenant: str) -> list[str]:
         prefix = f"{names.check_token(tenant)}."
-        # A watch filtered by the server (KeyValue.keys' filters are substring matches).
-        watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
-        found: list[str] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the initial values are all delivered
-                    break
-                found.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return sorted(k[len(prefix) :] for k in found if k.startswith(prefix))
+        return sorted(k.removeprefix(prefix) for k in await self._latest(tenant))
 
     async def list(self, tenant: str) -> list[StoredPreset]:
-        out: list[StoredPreset] = []
-        for name in await self.names(tenant):
-            try:
-                out.append(await self.get(tenant, name))
-            except PresetNotFound:  # deleted in between
-                continue
-        return out
+        found = await self._latest(tenant)
+        out = [
+            StoredPreset(preset=_decoder.decode(e.value), revision=e.revision)
+            for e in found.values()
+            if e.value
+        ]
+        return sorted(out, key=lambda p: p.preset.name)
 
     async def create(self, tenant: str, name: str, fields: PresetFields) -> StoredPreset:
         if len(await self.names(tenant)) >= MAX_PRESETS_PER_TENANT:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
 import msgspec
+from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -24,7 +25,7 @@ from audioprep.domain.events import (
     JobRetrying,
     JobUsage,
 )
-from audioprep.shared import names
+from audioprep.shared import kv_read, names
 
 MAX_DAYS = 366  # one answer covers at most this many days
 READ_CONCURRENCY = 32
@@ -127,29 +128,23 @@ async def _get(kv: KeyValue, key: str) -> TenantDayUsage | None:
     return decode_usage(entry.value) if entry.value else None
 
 
-async def _day_of_everyone(kv: KeyValue, day: str) -> list[TenantDayUsage]:
-    """Every tenant's record of one day (a watcher on `<day>.*`, values included)."""
-    watcher = await kv.watch(names.usage_day_keys(day), ignore_deletes=True)
-    out: list[TenantDayUsage] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # caught up: no more stored values
-                break
-            if entry.value:
-                out.append(decode_usage(entry.value))
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return out
+async def _day_of_everyone(nc: Client, bucket: str, day: str) -> list[TenantDayUsage]:
+    """Every tenant's record of one day, complete also after a leader change (not a KV watch:
+    its caught-up marker can come first and answer no tenant, shared/kv_read.py)."""
+    found = await kv_read.read_latest(nc, bucket, names.usage_day_keys(day))
+    return [decode_usage(e.value) for e in found.values() if e.value]
 
 
-async def read_days(kv: KeyValue, days: Iterable[str], tenant: str | None) -> list[TenantDayUsage]:
-    """The records of one tenant (direct gets), or of every tenant (None)."""
+async def read_days(
+    nc: Client, bucket: str, kv: KeyValue, days: Iterable[str], tenant: str | None
+) -> list[TenantDayUsage]:
+    """The records of one tenant (direct gets on `kv`), or of every tenant (None)."""
     gate = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def one(day: str) -> list[TenantDayUsage]:
         async with gate:
             if tenant is None:
-                return await _day_of_everyone(kv, day)
+                return await _day_of_everyone(nc, bucket, day)
             found = await _get(kv, names.usage_key(day, tenant))
             return [found] if found is not None else []
 

@@ -20,12 +20,11 @@ from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
 from audioprep.domain.kinds import Kind
-from audioprep.shared import direct_get, names
+from audioprep.shared import direct_get, kv_read, names
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names
 from audioprep.shared.webhook_events import (
@@ -119,7 +118,7 @@ class TooManyEndpoints(Exception):
 
 
 class EndpointStore:
-    """CRUD on KV bucket `webhook_endpoints`; listing a tenant is one batched direct get."""
+    """CRUD on KV bucket `webhook_endpoints`; a tenant's listing by shared/kv_read.py."""
 
     def __init__(
         self, nc: Client, js: JetStreamContext, names: Names, *, timeout: float = 5.0
@@ -182,36 +181,17 @@ class EndpointStore:
         return True
 
     async def for_tenant(self, tenant: str) -> list[Endpoint]:
-        """Every endpoint of a tenant, oldest first (one multi-last direct get)."""
-        bucket = self.names.webhook_endpoints_bucket
-        request = {"multi_last": [names.kv_subject(bucket, names.tenant_keys(tenant))]}
-        try:
-            msgs = await direct_get.direct_get(
-                self.nc, names.kv_stream(bucket), request, self.timeout
-            )
-        except direct_get.TooManyResults:  # more keys (deleted ones too) than one answer holds
-            return await self._list_by_keys(tenant)
-        out = []
-        for msg in msgs:
-            operation = (msg.headers or {}).get("KV-Operation")
-            if operation in ("DEL", "PURGE") or not msg.data:
-                continue
-            out.append(decode_endpoint(msg.data))
-        return sorted(out, key=lambda e: e.id)
-
-    async def _list_by_keys(self, tenant: str) -> list[Endpoint]:
-        kv = await self.kv()
-        try:
-            keys = await kv.keys(filters=[names.tenant_keys(tenant)])
-        except NoKeysError:  # nothing stored yet
-            return []
-        out = []
-        for key in keys:
-            endpoint_id = key.partition(".")[2]
-            found = await self.get(tenant, endpoint_id)
-            if found is not None:
-                out.append(found[0])
-        return sorted(out, key=lambda e: e.id)
+        """Every endpoint of a tenant, oldest first: as the bucket stream's leader has them (one
+        multi_last direct get checked against the leader's last revision, shared/kv_read.py),
+        so an endpoint just registered is never missed, also right after a leader change."""
+        found = await kv_read.read_latest(
+            self.nc,
+            self.names.webhook_endpoints_bucket,
+            names.tenant_keys(tenant),
+            timeout=self.timeout,
+        )
+        endpoints = [decode_endpoint(e.value) for e in found.values() if e.value]
+        return sorted(endpoints, key=lambda e: e.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,11 +211,12 @@ class DeliveryStore:
         self.names = names
         self.timeout = timeout
 
-    async def create(self, event: DeliveryCreated) -> bool:
-        """Append a delivery's DeliveryCreated once; False when it already exists (also after
-        the duplicate window: expected-last-subject-sequence 0 on the delivery's subjects)."""
+    async def create(self, event: DeliveryCreated) -> int | None:
+        """Append a delivery's DeliveryCreated once: its seq, or None when it already exists
+        (also after the duplicate window: expected-last-subject-sequence 0 on the delivery's
+        subjects)."""
         ack = await self._publish_expecting(event, 0, msg_id=f"{event.delivery_id}:created")
-        return ack is not None and not ack.duplicate
+        return None if ack is None or ack.duplicate else ack.seq
 
     async def append_after(self, event: WebhookEvent, last_seq: int) -> int | None:
         """Append `event` if the delivery's last event is still `last_seq` (optimistic

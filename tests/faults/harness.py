@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -26,12 +27,13 @@ import httpx
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from audioprep.domain.events import JobCompleted, JobRequested, decode_event
 from audioprep.services.worker.job_runner import sweep_dead_scratch
-from audioprep.shared import keys
+from audioprep.shared import keys, names
 from audioprep.shared.event_store import EventStore, StoredEvent
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names
@@ -574,3 +576,20 @@ class KeyedClient:
             assert time.monotonic() < deadline, f"{key}: no 202 within {self.retry_for_s}s"
             # A real client sleeps Retry-After (1 s); the test retries sooner to press on.
             await asyncio.sleep(pause_s)
+
+
+async def step_down(nc: Client, stream: str, *, timeout: float = 10.0) -> int:
+    """Ask a clustered stream's leader to hand over (`nats stream cluster step-down`), asking
+    again while an election still runs (the server declines then); returns the refusals."""
+    deadline = time.monotonic() + timeout
+    refused = 0
+    while True:
+        try:
+            reply = await nc.request(names.stream_leader_stepdown_subject(stream), b"", timeout=2)
+            if json.loads(reply.data or b"{}").get("success"):
+                return refused
+        except NatsError:
+            pass
+        refused += 1
+        assert time.monotonic() < deadline, f"{stream}: no step-down for {timeout} s"
+        await asyncio.sleep(0.1)

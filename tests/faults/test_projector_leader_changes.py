@@ -478,7 +478,7 @@ async def test_two_projectors_under_leader_changes(tmp_path: Path) -> None:
         report = await rebuild(js, events, check_only=True)
 
         history = by_job(await read_stream(js))
-        views = await read_bucket(js, NAMES.jobs_bucket)
+        views = await read_bucket(nc, NAMES.jobs_bucket)
         lost, duplicates, mismatches, behind = [], [], [], []
         for job_id, planned in load.planned.items():
             stored = history.get(job_id, [])

@@ -90,7 +90,7 @@ def flaky_http(tone: Path) -> Iterator[str]:
 
 
 async def bucket_values(nc: Client) -> dict[str, bytes]:
-    current = await read_bucket(nc.jetstream(), NAMES.jobs_bucket)
+    current = await read_bucket(nc, NAMES.jobs_bucket)
     return {k: c.value for k, c in current.items() if c.value is not None}
 
 

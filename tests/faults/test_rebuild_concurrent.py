@@ -123,7 +123,7 @@ async def test_batch_racing_a_live_write_is_rejected_whole(tmp_path: Path) -> No
                 views[job_id] = view
             a, b, c = sorted(views)
             await kv.put(a, b'{"old": 1}')
-            seen = await read_bucket(js, NAMES.jobs_bucket)  # the rebuild reads ...
+            seen = await read_bucket(nc, NAMES.jobs_bucket)  # the rebuild reads ...
             await kv.put(a, b'{"live": 2}')  # ... a projector writes ...
             report = RebuildReport()
             writer = RebuildWriter(kv, events, report)
@@ -132,7 +132,7 @@ async def test_batch_racing_a_live_write_is_rejected_whole(tmp_path: Path) -> No
             for key in (b, c):  # nothing of the batch was applied
                 with pytest.raises(KeyNotFoundError):
                     await kv.get(key)
-            now = await read_bucket(js, NAMES.jobs_bucket)
+            now = await read_bucket(nc, NAMES.jobs_bucket)
             assert await writer.write_batch([b, c], views, now) is True
             assert report.written == 2
             assert (await kv.get(b)).value == encode_view(views[b])

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from audioprep.domain import kinds
-from audioprep.shared import names
+from audioprep.shared import kv_read, names
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect, inbox_prefix_for
@@ -488,6 +488,34 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
         state = await pjs.key_value(NAMES.projector_state_bucket)
         await state.put("checkpoint-test", b"1")
         await _notifier_does_its_part(u["notifier"].nc, job)
+    assert provisioned.violations()[before:] == []
+
+
+async def test_listings_work_both_ways_under_least_privilege(provisioned: ProdNats) -> None:
+    """shared/kv_read.py as the API and the notifier list keys: the leader's last revision
+    (message get), then one multi_last direct get, or an ordered consumer when that can't
+    answer (more than 1024 keys, a replica behind): both ways, nothing refused."""
+    before = len(provisioned.violations())
+    tenant = f"lp{new_job_id().lower()}"
+    lists = {
+        "api": (NAMES.presets_bucket, NAMES.usage_bucket, NAMES.webhook_endpoints_bucket),
+        "notifier": (NAMES.webhook_endpoints_bucket,),
+    }
+    async with users(provisioned, "admin", "api", "notifier") as u:
+        ajs = u["admin"].nc.jetstream()
+        for bucket in lists["api"]:
+            kv = await ajs.key_value(bucket)
+            await kv.put(f"{tenant}.a", b"{}")
+            await kv.put(f"{tenant}.b", b"{}")
+            await kv.delete(f"{tenant}.b")
+        for user, buckets in lists.items():
+            for bucket in buckets:
+                for direct in (True, False):
+                    found = await kv_read.read_latest(
+                        u[user].nc, bucket, names.tenant_keys(tenant), direct=direct
+                    )
+                    assert list(found) == [f"{tenant}.a"], (user, bucket, direct)
+        assert [e for c in u.values() for e in c.errors] == []
     assert provisioned.violations()[before:] == []
 
 

@@ -86,6 +86,8 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
     thread: threading.Thread | None = None
+    in_flight: int = 0
+    last_arrival: float = 0.0
 
     @property
     def url(self) -> str:
@@ -96,8 +98,20 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                with receiver.lock:
+                    receiver.in_flight += 1
+                    receiver.last_arrival = time.monotonic()
+                try:
+                    self._serve()
+                finally:
+                    with receiver.lock:
+                        receiver.in_flight -= 1
+
+            def _serve(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender died mid-request (a killed notifier): nobody to answer
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 verified, error = receiver.verify(body, headers)
                 with receiver.lock:
@@ -126,6 +140,19 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+    async def quiesce(self, settle_s: float = 0.3, timeout_s: float = 10.0) -> None:
+        """Until every request that reached us is answered and none arrived for `settle_s`:
+        after a notifier is killed, what it sent before dying is served with the status of
+        that time, not with the one the test switches to next."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                idle = self.in_flight == 0 and time.monotonic() - self.last_arrival >= settle_s
+            if idle:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"receiver still busy after {timeout_s} s")
 
     def verify(self, body: bytes, headers: dict[str, str]) -> tuple[bool, str | None]:
         if self.secret is None:

@@ -43,6 +43,7 @@ async def test_sigkill_mid_retry_still_delivers_exactly_once(
         await wait_delivery(client, wh, created["id"], status="retrying", count=5)
         proc.kill()  # mid-retry: every delivery is waiting for its next attempt
         kills = 1
+        await receiver.quiesce()  # what the killed notifier sent is answered 500 first
         receiver.default = 200
         proc.start()
         delivered = await wait_delivery(client, wh, created["id"], status="delivered", count=5)
@@ -76,6 +77,7 @@ async def test_sigkill_during_a_burst_loses_nothing(
         await receiver.wait_for(30)  # every job end has been tried at least once (a 503)
         proc.kill()
         kills += 1
+        await receiver.quiesce()  # what the killed notifier sent is answered 503 first
         receiver.default = 200
         proc.start()
         delivered = await wait_delivery(

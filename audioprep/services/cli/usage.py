@@ -85,7 +85,9 @@ async def _usage(session: Session, args: argparse.Namespace) -> int:
         raise CliError("KV bucket `usage` does not exist: run `audioprep provision`") from None
     if args.tenant is not None and not _TENANT_RE.fullmatch(args.tenant):
         raise CliError(f"{args.tenant!r} is not a tenant name (1-64 of A-Z a-z 0-9 _ -)")
-    records = await usage.read_days(kv, days, args.tenant)
+    records = await usage.read_days(
+        session.nc, session.settings.names.usage_bucket, kv, days, args.tenant
+    )
     totals = usage.totals(records)
     status = (
         await ask(

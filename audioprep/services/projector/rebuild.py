@@ -5,7 +5,8 @@ the same events), only KV revisions differ. Steps:
 
 1. Snapshot the stream's last sequence S and fold events [first, S] in memory (ordered
    consumer with a message callback: the fastest way nats-py reads a stream, docs/benchmarks.md).
-2. Read the bucket's current entries (one watch) and write only keys whose bytes differ, in
+2. Read the bucket's current entries (shared/kv_read.py: an ordered consumer up to the
+   last message the leader has) and write only keys whose bytes differ, in
    atomic batches of 500 (one fsync per batch instead of one per key: ~10× faster with
    `sync_interval: always`; provisioning sets `allow_atomic` on stream KV_jobs). Delete keys
    the stream does not produce.
@@ -30,16 +31,17 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from audioprep.domain.events import decode_event
 from audioprep.domain.fold import fold, fold_history
 from audioprep.domain.views import JobView, decode_view, encode_view
-from audioprep.shared import names
+from audioprep.shared import kv_read, names
 from audioprep.shared.event_store import EventStore
 from audioprep.shared.names import Names
 
@@ -146,57 +148,21 @@ async def fold_stream(
     return views, count
 
 
-async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, Current]:
-    """Every key's latest entry (delete markers included, for CAS): the bucket's stream read
-    with an ordered consumer, last message per key, up to the stream's last sequence when the
-    read began (that message is always some key's latest, so it is delivered).
+async def read_bucket(nc: Client, bucket: str) -> dict[str, Current]:
+    """Every key's latest entry, delete markers included (for CAS): the shared KV reader
+    (shared/kv_read.py) with an ordered consumer, up to the last message the bucket stream's
+    leader has when the read begins.
 
     Not `kv.watchall()`: its "caught up" marker comes from the consumer's info, which can say
     nothing is pending while the messages are still on their way to the callback; after a
     leader change of the bucket's stream it answered an empty bucket for 500 keys about one
     time in five (tests/faults/test_projector_leader_changes.py), and `rebuild --check` then
     reported every key as different."""
-    stream = names.kv_stream(bucket)
-    last = (await js.stream_info(stream)).state.last_seq or 0
-    out: dict[str, Current] = {}
-    if last == 0:
-        return out
-    prefix = names.kv_subject(bucket, "")
-    done = asyncio.Event()
-    count = 0
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal count
-        count += 1
-        seq = msg.metadata.sequence.stream
-        headers = msg.headers or {}
-        deleted = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
-        out[msg.subject.removeprefix(prefix)] = Current(None if deleted else msg.data, seq)
-        if seq >= last:
-            done.set()
-
-    sub = await js.subscribe(
-        names.kv_subject(bucket, ">"),
-        stream=stream,
-        ordered_consumer=True,
-        idle_heartbeat=1.0,
-        cb=on_msg,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+    # direct=False: a whole bucket is nearly always more keys than one direct get answers
+    entries = await kv_read.read_latest(
+        nc, bucket, deletes=True, direct=False, stall_timeout=READ_TIMEOUT_S
     )
-    try:
-        seen, last_seen = -1, time.monotonic()
-        while not done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout=0.5)
-            if count != seen:
-                seen, last_seen = count, time.monotonic()
-            elif time.monotonic() - last_seen > READ_TIMEOUT_S:
-                raise TimeoutError(f"bucket read stalled at {count} keys (up to seq {last})")
-    finally:
-        await sub.unsubscribe()
-    return out
+    return {k: Current(None if e.deleted else e.value, e.revision) for k, e in entries.items()}
 
 
 async def _pool(items: Iterable[str], work: Callable[[str], Awaitable[None]], size: int) -> None:
@@ -327,7 +293,7 @@ async def rebuild(
     report.jobs = len(views)
     report.read_seconds = time.monotonic() - started
     kv = await js.key_value(events.names.jobs_bucket)
-    current = await read_bucket(js, events.names.jobs_bucket)
+    current = await read_bucket(events.nc, events.names.jobs_bucket)
     if progress is not None:
         progress("compare", len(current), len(current))
 

@@ -83,7 +83,7 @@ def _not_found(name: str) -> ProblemError:
 
 
 async def _store(api: ApiContext) -> PresetStore:
-    return await PresetStore.open(api.js, api.settings.names)
+    return await PresetStore.open(api.nc, api.js, api.settings.names)
 
 
 async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> PresetFields:

@@ -118,7 +118,7 @@ async def get_usage(
         raise ProblemError(400, "invalid_date_range", str(exc)) from None
     kv = api.usage_kv or await api.js.key_value(api.settings.names.usage_bucket)
     api.usage_kv = kv
-    records = await usage.read_days(kv, days, scope)
+    records = await usage.read_days(api.nc, api.settings.names.usage_bucket, kv, days, scope)
     return UsageAnswer(
         from_=days[0],
         to=days[-1],

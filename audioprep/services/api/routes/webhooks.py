@@ -43,6 +43,7 @@ from audioprep.shared.webhook_events import (
     DeliveryCreated,
     DeliveryView,
     WebhookType,
+    fold_delivery,
     new_delivery_id,
 )
 from audioprep.shared.webhook_store import (
@@ -409,7 +410,7 @@ async def replay_delivery(
         occurred_at=created_first.occurred_at,
         replay_of=original.id,
     )
-    await store.create(replay)
+    seq = await store.create(replay)
     log.info(
         "webhook delivery replayed",
         extra={
@@ -418,8 +419,10 @@ async def replay_delivery(
             "job_id": replay.job_id,
         },
     )
-    view = await store.delivery(webhook_id, replay.delivery_id)
-    assert view is not None
+    # The replay as it was accepted (pending): read back, it may already be delivered.
+    view = fold_delivery(None, replay, seq or 0)
+    if view is None:  # not reachable: a DeliveryCreated always starts a view
+        raise ProblemError(404, "delivery_not_found", f"no delivery {delivery_id!r}")
     return Response(
         view,
         status_code=HTTP_202_ACCEPTED,

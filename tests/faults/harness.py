@@ -229,30 +229,40 @@ async def read_stream(js: JetStreamContext) -> list[StoredEvent]:
     """Every event in stream JOBS, in order (ordered consumer up to the current last seq)."""
     info = await js.stream_info(NAMES.stream)
     last = info.state.last_seq or 0
-    out: list[StoredEvent] = []
+    out: dict[int, StoredEvent] = {}  # by seq: a retried create may deliver twice
     if last == 0:
-        return out
+        return []
     done = asyncio.Event()
 
     async def on_msg(msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         if seq <= last:
-            out.append(StoredEvent(seq=seq, subject=msg.subject, event=decode_event(msg.data)))
+            out[seq] = StoredEvent(seq=seq, subject=msg.subject, event=decode_event(msg.data))
         if seq >= last:
             done.set()
 
-    sub = await js.subscribe(
-        NAMES.stream_subjects,
-        stream=NAMES.stream,
-        ordered_consumer=True,
-        cb=on_msg,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
+    # Right after a node was killed the cluster may still be electing (a meta or stream
+    # leader): the consumer create then times out, and is asked again.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sub = await js.subscribe(
+                NAMES.stream_subjects,
+                stream=NAMES.stream,
+                ordered_consumer=True,
+                cb=on_msg,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            )
+            break
+        except (TimeoutError, NatsError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     try:
         await asyncio.wait_for(done.wait(), timeout=60)
     finally:
         await sub.unsubscribe()
-    return out
+    return [out[seq] for seq in sorted(out)]
 
 
 def by_job(events: Iterable[StoredEvent]) -> dict[str, list[StoredEvent]]:

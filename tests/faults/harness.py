@@ -16,10 +16,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +222,49 @@ class Submitter:
 
     async def burst(self, n: int) -> None:
         await asyncio.gather(*(self.post() for _ in range(n)))
+
+
+# ---- a flaky HTTP source -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def flaky_http(body: bytes, failures: int = 1) -> Iterator[tuple[str, dict[str, int]]]:
+    """A loopback HTTP source for URL ingests: `/flaky…` answers 503 to its first `failures`
+    GETs, then `body`; `/down.wav` always 503; anything else 404. Yields the base URL and the
+    GETs seen per path."""
+    seen: dict[str, int] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen[self.path] = seen.get(self.path, 0) + 1
+            flaky = self.path.startswith("/flaky")
+            if self.path == "/down.wav" or (flaky and seen[self.path] <= failures):
+                self._empty(503)
+            elif not flaky:
+                self._empty(404)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", "audio/wav")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def _empty(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 # ---- audits -------------------------------------------------------------------------------------

@@ -19,11 +19,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +54,7 @@ from tests.faults.harness import (
     by_job,
     connected,
     fault_settings,
+    flaky_http,
     private_server,
     read_stream,
     wait_terminal,
@@ -159,38 +158,6 @@ class Probe:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
         self.proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def flaky_http(body: bytes, failures: int) -> Iterator[tuple[str, dict[str, int]]]:
-    """/flaky.wav answers 503 `failures` times, then the file."""
-    seen: dict[str, int] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen[self.path] = seen.get(self.path, 0) + 1
-            if self.path != "/flaky.wav" or seen[self.path] <= failures:
-                self.send_response(503 if self.path == "/flaky.wav" else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/flaky.wav", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @dataclass
@@ -389,9 +356,11 @@ async def test_clock_jumps_dead_letter_nothing_early(tmp_path: Path) -> None:
                 await events.request_job(poison)
                 await api.ready()
                 async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
-                    with flaky_http(tone.read_bytes(), FLAKY_FAILURES) as (flaky_url, hits):
+                    with flaky_http(tone.read_bytes(), FLAKY_FAILURES) as (web, hits):
                         flaky = await post(
-                            http, "/api/audio/ingest", json={"source": "url", "url": flaky_url}
+                            http,
+                            "/api/audio/ingest",
+                            json={"source": "url", "url": f"{web}/flaky.wav"},
                         )
                         await uploads(http)
                         await _wait_for(

@@ -7,10 +7,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,6 +31,7 @@ from tests.faults.harness import (
     by_job,
     connected,
     fault_settings,
+    flaky_http,
     make_sources,
     private_server,
     read_stream,
@@ -47,46 +45,6 @@ from tests.media import write_tone
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def flaky_http(tone: Path) -> Iterator[str]:
-    """/flaky-N.wav: 503 on the first GET, then the file; /down.wav: always 503; else 404."""
-    seen: dict[str, int] = {}
-    body = tone.read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen[self.path] = seen.get(self.path, 0) + 1
-            if self.path == "/down.wav" or (
-                self.path.startswith("/flaky") and seen[self.path] == 1
-            ):
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if not self.path.startswith("/flaky"):
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 async def bucket_values(nc: Client) -> dict[str, bytes]:
@@ -129,7 +87,7 @@ async def test_rebuild_equals_live_view_after_mixed_run(tmp_path: Path) -> None:
             ]
             ids: list[str] = []
             try:
-                with flaky_http(tone) as web:
+                with flaky_http(tone.read_bytes()) as (web, _):
                     async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
                         sub = Submitter(client, tone)
                         await sub.burst(4)  # successes

@@ -159,27 +159,30 @@ class DeliveryView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", om
         return self.status in FINAL_STATUSES
 
 
+def pending_delivery(event: DeliveryCreated, seq: int) -> DeliveryView:
+    """A delivery's view right after it was created: pending, no attempt yet."""
+    return DeliveryView(
+        id=event.delivery_id,
+        endpoint_id=event.endpoint_id,
+        event=event.event,
+        job_id=event.job_id,
+        kind=event.kind,
+        status="pending",
+        attempts=0,
+        created_at=event.at,
+        updated_at=event.at,
+        occurred_at=event.occurred_at,
+        seq=seq,
+        replay_of=event.replay_of,
+    )
+
+
 def fold_delivery(
     view: DeliveryView | None, event: WebhookEvent, seq: int, *, keep_history: bool = True
 ) -> DeliveryView | None:
     """Apply one event to a delivery's view (pure). Events after the end change nothing."""
     if isinstance(event, DeliveryCreated):
-        if view is not None:
-            return view
-        return DeliveryView(
-            id=event.delivery_id,
-            endpoint_id=event.endpoint_id,
-            event=event.event,
-            job_id=event.job_id,
-            kind=event.kind,
-            status="pending",
-            attempts=0,
-            created_at=event.at,
-            updated_at=event.at,
-            occurred_at=event.occurred_at,
-            seq=seq,
-            replay_of=event.replay_of,
-        )
+        return view if view is not None else pending_delivery(event, seq)
     if view is None or view.is_final:
         return view
     history = view.history

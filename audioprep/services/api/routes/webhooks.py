@@ -43,8 +43,8 @@ from audioprep.shared.webhook_events import (
     DeliveryCreated,
     DeliveryView,
     WebhookType,
-    fold_delivery,
     new_delivery_id,
+    pending_delivery,
 )
 from audioprep.shared.webhook_store import (
     MAX_ENDPOINTS_PER_TENANT,
@@ -420,11 +420,8 @@ async def replay_delivery(
         },
     )
     # The replay as it was accepted (pending): read back, it may already be delivered.
-    view = fold_delivery(None, replay, seq or 0)
-    if view is None:  # not reachable: a DeliveryCreated always starts a view
-        raise ProblemError(404, "delivery_not_found", f"no delivery {delivery_id!r}")
     return Response(
-        view,
+        pending_delivery(replay, seq or 0),
         status_code=HTTP_202_ACCEPTED,
         headers={"Location": f"/api/webhooks/{webhook_id}/deliveries/{replay.delivery_id}"},
     )

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import BadRequestError, NotFoundError
 
 from audioprep.domain import kinds
@@ -134,6 +135,14 @@ class EventStore:
     ) -> int | None:
         """Append only if the job's latest event is still at `last_seq`; None if it moved on
         (the dispatcher releases a job this way: once, and never after a cancel)."""
+        ack = await self._publish_after(event, last_seq, traceparent)
+        return None if ack is None or ack.duplicate else ack.seq
+
+    async def _publish_after(
+        self, event: Event, last_seq: int, traceparent: str | None
+    ) -> PubAck | None:
+        """Publish `event` if the job's subjects still end at `last_seq` (its Msg-Id, if it has
+        one, for the dedupe window); None when another event landed there first."""
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(last_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
@@ -144,14 +153,13 @@ class EventStore:
             headers["traceparent"] = traceparent
         subject = self.names.event_subject(event.kind, event.job_id, event.name)
         try:
-            ack = await self.js.publish(
+            return await self.js.publish(
                 subject, encode_event(event), timeout=self.timeout, headers=headers
             )
         except BadRequestError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
             return None
-        return None if ack.duplicate else ack.seq
 
     async def request_completed(
         self, request: JobRequested, completed: JobCompleted, *, traceparent: str | None = None
@@ -266,30 +274,14 @@ class EventStore:
         event) makes "at most one terminal event per job" hold across workers, redeliveries and
         the dead-letter failer, also after the Msg-Id dedupe window.
         """
-        job_subject = self.names.job_subjects(event.job_id)
-        subject = self.names.event_subject(event.kind, event.job_id, event.name)
         for _ in range(TERMINAL_CAS_RETRIES):
             ended, last = await asyncio.gather(
                 self.terminal_event(event.job_id), self.last_event(event.job_id)
             )
             if ended is not None:
                 return None
-            headers = {
-                "Nats-Expected-Last-Subject-Sequence": str(last.seq if last else 0),
-                "Nats-Expected-Last-Subject-Sequence-Subject": job_subject,
-            }
-            msg_id = msg_id_for(event)
-            if msg_id:
-                headers["Nats-Msg-Id"] = msg_id
-            if traceparent:
-                headers["traceparent"] = traceparent
-            try:
-                ack = await self.js.publish(
-                    subject, encode_event(event), timeout=self.timeout, headers=headers
-                )
-            except BadRequestError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
+            ack = await self._publish_after(event, last.seq if last else 0, traceparent)
+            if ack is None:
                 continue  # another event landed in between (or our lost-ack retry): look again
             return None if ack.duplicate else ack.seq
         raise RuntimeError(f"could not append {event.name} to {event.job_id}: too much contention")

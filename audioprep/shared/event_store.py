@@ -28,10 +28,15 @@ from audioprep.domain.events import (
     encode_event,
 )
 from audioprep.shared import direct_get
-from audioprep.shared.js_publish import AckPublisher, header_block, header_value
+from audioprep.shared.js_publish import (
+    WRONG_LAST_SEQUENCE,
+    AckPublisher,
+    header_block,
+    header_value,
+    publish_after,
+)
 from audioprep.shared.names import Names
 
-WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
 HISTORY_BATCH = 256
 TERMINAL_CAS_RETRIES = 50
@@ -143,23 +148,20 @@ class EventStore:
     ) -> PubAck | None:
         """Publish `event` if the job's subjects still end at `last_seq` (its Msg-Id, if it has
         one, for the dedupe window); None when another event landed there first."""
-        headers = {
-            "Nats-Expected-Last-Subject-Sequence": str(last_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.job_subjects(event.job_id),
-        }
+        headers: dict[str, str] = {}
         if msg_id := msg_id_for(event):
             headers["Nats-Msg-Id"] = msg_id
         if traceparent:
             headers["traceparent"] = traceparent
-        subject = self.names.event_subject(event.kind, event.job_id, event.name)
-        try:
-            return await self.js.publish(
-                subject, encode_event(event), timeout=self.timeout, headers=headers
-            )
-        except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise
-            return None
+        return await publish_after(
+            self.js,
+            self.names.event_subject(event.kind, event.job_id, event.name),
+            encode_event(event),
+            filter_subject=self.names.job_subjects(event.job_id),
+            last_seq=last_seq,
+            timeout=self.timeout,
+            headers=headers,
+        )
 
     async def request_completed(
         self, request: JobRequested, completed: JobCompleted, *, traceparent: str | None = None

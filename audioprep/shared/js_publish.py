@@ -30,8 +30,12 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.protocol.command import hpub_cmd
 
+# JetStream's answer to a publish whose expected last subject sequence no longer holds
+WRONG_LAST_SEQUENCE = 10071
 _NO_RESPONDERS = "503"
 _HEADER_LINE = b"NATS/1.0\r\n"
 
@@ -156,3 +160,30 @@ class AckPublisher:
 def _expire(future: asyncio.Future[Msg]) -> None:
     if not future.done():
         future.set_exception(nats.errors.TimeoutError())
+
+
+async def publish_after(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    filter_subject: str,
+    last_seq: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> PubAck | None:
+    """Publish only if the messages on `filter_subject` still end at `last_seq` (optimistic
+    concurrency: a job's or a delivery's next event); None when another one landed first.
+    `headers` adds to the two expected-sequence headers (Msg-Id, traceparent)."""
+    expect = {
+        "Nats-Expected-Last-Subject-Sequence": str(last_seq),
+        "Nats-Expected-Last-Subject-Sequence-Subject": filter_subject,
+    }
+    try:
+        return await js.publish(
+            subject, payload, timeout=timeout, headers={**expect, **(headers or {})}
+        )
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        return None

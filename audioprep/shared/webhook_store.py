@@ -17,7 +17,6 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import (
-    BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
@@ -26,6 +25,7 @@ from nats.js.kv import KeyValue
 from audioprep.domain.kinds import Kind
 from audioprep.shared import direct_get, kv_read, names
 from audioprep.shared.ids import new_job_id
+from audioprep.shared.js_publish import publish_after
 from audioprep.shared.names import Names
 from audioprep.shared.webhook_events import (
     DeliveryCreated,
@@ -39,7 +39,6 @@ from audioprep.shared.webhook_events import (
     subject_of,
 )
 
-WRONG_LAST_SEQUENCE = 10071
 MAX_ENDPOINTS_PER_TENANT = 100
 CAS_RETRIES = 20
 DIRECT_BATCH = 256
@@ -228,25 +227,15 @@ class DeliveryStore:
         self, event: WebhookEvent, last_seq: int, *, msg_id: str | None = None
     ) -> PubAck | None:
         """Publish if the delivery's subjects still end at `last_seq`; None when they moved on."""
-        headers = {
-            "Nats-Expected-Last-Subject-Sequence": str(last_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.delivery_subjects(
-                event.endpoint_id, event.delivery_id
-            ),
-        }
-        if msg_id is not None:
-            headers["Nats-Msg-Id"] = msg_id
-        try:
-            return await self.js.publish(
-                subject_of(self.names, event),
-                encode_webhook_event(event),
-                timeout=self.timeout,
-                headers=headers,
-            )
-        except BadRequestError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise
-            return None
+        return await publish_after(
+            self.js,
+            subject_of(self.names, event),
+            encode_webhook_event(event),
+            filter_subject=self.names.delivery_subjects(event.endpoint_id, event.delivery_id),
+            last_seq=last_seq,
+            timeout=self.timeout,
+            headers={"Nats-Msg-Id": msg_id} if msg_id is not None else None,
+        )
 
     async def events(self, subject: str, *, after_seq: int = 0) -> list[StoredWebhookEvent]:
         """Every event on `subject` (a filter) in stream order, by batched direct gets."""

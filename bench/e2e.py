@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import time
 from dataclasses import dataclass
@@ -75,24 +76,84 @@ async def drive(api: str, wav: Path, jobs: int) -> list[Timing]:
         return out
 
 
+def _stamp(msg: Any) -> float:
+    """A direct-get message's store time (`Nats-Time-Stamp`, RFC 3339 with nanoseconds)."""
+    text = (msg.headers or {})["Nats-Time-Stamp"]
+    whole, _, frac = text.rstrip("Z").partition(".")
+    base = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.UTC).timestamp()
+    return base + float(f"0.{frac or 0}")
+
+
+# The hops of one job in order: (part, from mark, to mark). Marks: the client's (posted,
+# accepted, seen), each event's creation time (`<name>.at`, the producer's clock) and store
+# time (`<name>.stored`, nats-server's), the view's KV revision that said completed
+# (`kv.stored`). One machine, one clock.
+HOPS: tuple[tuple[str, str, str], ...] = (
+    ("upload_stored", "posted", "requested.at"),  # body sent, parsed, stored; request built
+    ("requested_stored", "requested.at", "requested.stored"),
+    ("requested_acked", "requested.stored", "accepted"),  # fsync, ack, 202 back to the client
+    ("dispatcher_saw", "requested.stored", "released.at"),
+    ("released_stored", "released.at", "released.stored"),
+    ("worker_took", "released.stored", "started.at"),  # delivery + the release's reads
+    ("started_stored", "started.at", "started.stored"),
+    ("to_analysis", "started.stored", "analysing.at"),  # started's ack, the upload's move
+    ("analysis_and_outputs", "analysing.at", "completed.at"),  # media call, peaks, progress
+    ("completed_stored", "completed.at", "completed.stored"),
+    ("projected", "completed.stored", "kv.stored"),  # delivery, fold, CAS write
+    ("seen", "kv.stored", "seen"),  # KV ack, the API's watch, the client's poll
+)
+
+
 async def breakdown(env: Env, timings: list[Timing]) -> dict[str, dict[str, float]]:
-    """Where the time went, from the events' own timestamps (`at`, same machine clock)."""
-    from audioprep.shared.event_store import EventStore
+    """Where the time went, hop by hop, from the events' own times and nats-server's store
+    times of the job's events and of its view's KV revisions."""
+    from audioprep.domain.events import decode_event
+    from audioprep.domain.views import decode_view
+    from audioprep.shared import direct_get
+    from audioprep.shared import names as nm
     from audioprep.shared.nats_conn import connect
 
     nc = await connect(env.settings, "bench-e2e")
-    parts: dict[str, list[float]] = {"upload_post": [], "queued": [], "work": [], "visible": []}
+    parts: dict[str, list[float]] = {
+        "upload_post": [],
+        "queued": [],
+        "work": [],
+        "visible": [],
+        **{name: [] for name, _, _ in HOPS},
+    }
+    bucket = NAMES.jobs_bucket
     try:
-        store = EventStore(nc, nc.jetstream(), NAMES)
         for t in timings:
-            at = {s.event.name: s.event.at.timestamp() for s in await store.history(t.job_id)}
+            marks = {"posted": t.posted, "accepted": t.accepted, "seen": t.seen}
+            msgs = await direct_get.next_by_subject(
+                nc, NAMES.stream, NAMES.job_subjects(t.job_id), 1, 64, 5.0
+            )
+            for msg in msgs:
+                event = decode_event(msg.data)
+                name = event.name
+                if name == "progressed":
+                    name = getattr(event, "stage", name)
+                if f"{name}.at" in marks:
+                    continue  # the first of a name
+                marks[f"{name}.at"] = event.at.timestamp()
+                marks[f"{name}.stored"] = _stamp(msg)
+            revisions = await direct_get.next_by_subject(
+                nc, nm.kv_stream(bucket), nm.kv_subject(bucket, t.job_id), 1, 64, 5.0
+            )
+            for msg in revisions:
+                if msg.data and decode_view(msg.data).status == "completed":
+                    marks["kv.stored"] = _stamp(msg)
+                    break
             parts["upload_post"].append(t.accepted - t.posted)
-            parts["queued"].append(at["started"] - at["requested"])
-            parts["work"].append(at["completed"] - at["started"])
-            parts["visible"].append(t.seen - at["completed"])
+            parts["queued"].append(marks["started.at"] - marks["requested.at"])
+            parts["work"].append(marks["completed.at"] - marks["started.at"])
+            parts["visible"].append(t.seen - marks["completed.at"])
+            for name, start, end in HOPS:
+                if start in marks and end in marks:
+                    parts[name].append(marks[end] - marks[start])
     finally:
         await nc.close()
-    return {name: summary_ms(values) for name, values in parts.items()}
+    return {name: summary_ms(values) for name, values in parts.items() if values}
 
 
 def bare_analyse(wav: Path, runs: int = 10) -> list[float]:

@@ -1,9 +1,16 @@
-"""Row 6: end to end — a 3-second WAV upload POST until the poll says completed, one job at a
-time through the whole system (API, nats-server, projector, 2 worker processes as
+"""Row 6: end to end — a 3-second WAV upload POST until the client sees it completed, one job
+at a time through the whole system (API, nats-server, projector, 2 worker processes as
 `audioprep up` runs them). Baseline: the media work alone (`analyse` of the same file,
 in-process), so the ratio is the system's overhead factor.
 
-python -m bench.e2e [--jobs 100] [--seconds 3]  → bench/results/e2e.json
+The client sees the end by polling `GET /api/audio/jobs/{id}` every 5 ms (`--client poll`,
+the row's definition: the view in KV, written by the projector) or by following the job's
+SSE events (`--client sse`, what `audioprep submit --wait` and the web UI do: the terminal
+event itself, read from the stream). Each job is broken into its hops (`breakdown`).
+
+python -m bench.e2e [--jobs 100] [--seconds 3] [--client poll|sse|both]
+python -m bench.e2e --before DIR [--rounds 3]   (alternate with another checkout's services)
+  → bench/results/e2e.json
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +45,7 @@ class Timing:
     job_id: str
     posted: float  # POST sent
     accepted: float  # 202 received
-    seen: float  # the poll that said completed
+    seen: float  # the poll (or the SSE event) that said completed
     status: str
 
     @property
@@ -45,7 +53,10 @@ class Timing:
         return self.seen - self.posted
 
 
-async def one_job(client: httpx.AsyncClient, data: bytes) -> Timing:
+ENDS = {"JobCompleted": "completed", "JobFailed": "failed", "JobCancelled": "cancelled"}
+
+
+async def one_job(client: httpx.AsyncClient, data: bytes, mode: str = "poll") -> Timing:
     t0 = time.time()
     resp = await client.post(
         "/api/audio/ingest", files={"file": ("tone.wav", data, "audio/wav")}, timeout=30
@@ -54,6 +65,13 @@ async def one_job(client: httpx.AsyncClient, data: bytes) -> Timing:
     if resp.status_code != 202:
         raise RuntimeError(f"upload answered {resp.status_code}: {resp.text[:300]}")
     job_id = resp.json()["jobId"]
+    if mode == "sse":
+        url = f"/api/audio/jobs/{job_id}/events"
+        async with client.stream("GET", url, timeout=60) as events:
+            async for line in events.aiter_lines():
+                if line.startswith("event:") and (end := ENDS.get(line[6:].strip())):
+                    return Timing(job_id, t0, accepted, time.time(), end)
+        raise RuntimeError(f"job {job_id}: the SSE stream ended without a terminal event")
     while time.time() < t0 + 60:
         view = (await client.get(f"/api/audio/jobs/{job_id}")).json()
         if view.get("status") in ("completed", "failed", "cancelled"):
@@ -62,14 +80,14 @@ async def one_job(client: httpx.AsyncClient, data: bytes) -> Timing:
     raise TimeoutError(f"job {job_id} not finished after 60 s")
 
 
-async def drive(api: str, wav: Path, jobs: int) -> list[Timing]:
+async def drive(api: str, wav: Path, jobs: int, mode: str = "poll") -> list[Timing]:
     data = wav.read_bytes()
     async with httpx.AsyncClient(base_url=api) as client:
         for _ in range(3):  # warm-up: imports, forkservers, connections
-            await one_job(client, data)
+            await one_job(client, data, mode)
         out = []
         for _ in range(jobs):
-            timing = await one_job(client, data)
+            timing = await one_job(client, data, mode)
             if timing.status != "completed":
                 raise RuntimeError(f"e2e job ended {timing.status}")
             out.append(timing)
@@ -101,6 +119,7 @@ HOPS: tuple[tuple[str, str, str], ...] = (
     ("completed_stored", "completed.at", "completed.stored"),
     ("projected", "completed.stored", "kv.stored"),  # delivery, fold, CAS write
     ("seen", "kv.stored", "seen"),  # KV ack, the API's watch, the client's poll
+    ("seen_after_event", "completed.stored", "seen"),  # what an SSE client waits after the end
 )
 
 
@@ -168,7 +187,22 @@ def bare_analyse(wav: Path, runs: int = 10) -> list[float]:
     return out
 
 
-def start_stack(env: Env) -> str:
+def use_tree(env: Env, tree: Path) -> None:
+    """Run the services of another checkout (its code; this tree's bench and provisioning)."""
+
+    def spawn(args: list[str], *, log_name: str, **extra: str) -> subprocess.Popen[bytes]:
+        out = open(env.tmp / f"{log_name}.log", "ab")  # noqa: SIM115
+        environ = env.env(**extra, PYTHONPATH=str(tree))
+        proc = subprocess.Popen(args, env=environ, stdout=out, stderr=out, cwd=tree)
+        env.procs.append(proc)
+        return proc
+
+    env.spawn = spawn  # type: ignore[method-assign]
+
+
+def start_stack(env: Env, tree: Path | None = None) -> str:
+    if tree is not None:
+        use_tree(env, tree)
     asyncio.run(provision_env(env))
     env.audioprep("projector")
     for i in range(WORKERS):
@@ -177,27 +211,78 @@ def start_stack(env: Env) -> str:
     return api
 
 
-def run(jobs: int, seconds: float) -> dict[str, Any]:
+def measure(
+    jobs: int, seconds: float, modes: tuple[str, ...], tree: Path | None = None
+) -> dict[str, Any]:
+    """One stack; for each client mode its jobs, their hops; then analyse() alone."""
+    out: dict[str, Any] = {}
     with bench_env("e2e") as env:
         wav = media.write_tone(env.tmp / "tone.wav", seconds=seconds)
-        api = start_stack(env)
-        timings = asyncio.run(drive(api, wav, jobs))
-        parts = asyncio.run(breakdown(env, timings))
-        base = bare_analyse(wav)
-    e, b = summary_ms([t.latency for t in timings]), summary_ms(base)
-    log(f"e2e {e}; bare analyse {b}")
-    log("breakdown p50: " + ", ".join(f"{k} {v['p50_ms']:.1f} ms" for k, v in parts.items()))
-    rows = [
+        api = start_stack(env, tree)
+        for mode in modes:
+            timings = asyncio.run(drive(api, wav, jobs, mode))
+            parts = asyncio.run(breakdown(env, timings))
+            e = summary_ms([t.latency for t in timings])
+            log(f"{tree or 'this tree'} {mode}: e2e {e}")
+            log("breakdown p50: " + ", ".join(f"{k} {v['p50_ms']:.1f}" for k, v in parts.items()))
+            out[mode] = {"e2e": e, "breakdown": parts}
+        out["bare_analyse"] = summary_ms(bare_analyse(wav))
+    log(f"bare analyse {out['bare_analyse']}")
+    return out
+
+
+def compare(jobs: int, seconds: float, before: Path, rounds: int, mode: str) -> dict[str, Any]:
+    """This tree's services against another checkout's, alternating, one stack each."""
+    got: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        got["before"].append(measure(jobs, seconds, (mode,), before))
+        got["after"].append(measure(jobs, seconds, (mode,)))
+    for side, results in got.items():
+        line = "; ".join(
+            f"p50 {r[mode]['e2e']['p50_ms']:.1f} / analyse {r['bare_analyse']['p50_ms']:.1f} ms"
+            for r in results
+        )
+        log(f"{side}: {line}")
+    return {"compare": got, "before_tree": str(before), "client": mode}
+
+
+def run(jobs: int, seconds: float, modes: tuple[str, ...] = ("poll",)) -> dict[str, Any]:
+    got = measure(jobs, seconds, modes)
+    b = got["bare_analyse"]
+    rows = []
+    for mode in modes:
+        rows += _rows(jobs, seconds, mode, got[mode]["e2e"], b, got[mode]["breakdown"])
+    first = got[modes[0]]
+    return {
+        "rows": rows,
+        "e2e": first["e2e"],
+        "breakdown": first["breakdown"],
+        "clients": {mode: got[mode] for mode in modes},
+        "bare_analyse": b,
+        "workers": WORKERS,
+    }
+
+
+def _rows(
+    jobs: int,
+    seconds: float,
+    mode: str,
+    e: dict[str, float],
+    b: dict[str, float],
+    parts: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
+    seen = f"poll every {POLL_EVERY_S * 1000:g} ms" if mode == "poll" else "SSE events"
+    return [
         row(
             "6 end to end",
-            f"{seconds:g}-s upload → completed poll, p50",
+            f"{seconds:g}-s upload → completed {'poll' if mode == 'poll' else 'SSE event'}, p50",
             e["p50_ms"],
             b["p50_ms"],
             "ms",
             higher_is_better=False,
             target="≤ 1.3× analyse()",
             met=e["p50_ms"] <= 1.3 * b["p50_ms"],
-            notes=f"{jobs} jobs one at a time, poll every {POLL_EVERY_S * 1000:g} ms; "
+            notes=f"{jobs} jobs one at a time, {seen}; "
             "baseline = analyse() alone in-process; p50 parts: "
             + ", ".join(f"{k} {v['p50_ms']:.0f}" for k, v in parts.items()),
         ),
@@ -210,15 +295,23 @@ def run(jobs: int, seconds: float) -> dict[str, Any]:
             higher_is_better=False,
         ),
     ]
-    return {"rows": rows, "e2e": e, "breakdown": parts, "bare_analyse": b, "workers": WORKERS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--client", choices=("poll", "sse", "both"), default="poll")
+    parser.add_argument("--before", type=Path, help="a checkout to alternate with")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    result = run(args.jobs, args.seconds)
+    modes = ("poll", "sse") if args.client == "both" else (args.client,)
+    if args.before is not None:
+        result = compare(args.jobs, args.seconds, args.before.resolve(), args.rounds, modes[0])
+        path = write("e2e_compare", result)
+        log(f"wrote {path}")
+        return
+    result = run(args.jobs, args.seconds, modes)
     path = write("e2e", result)
     print(json.dumps(result["rows"], indent=1))
     log(f"wrote {path}")

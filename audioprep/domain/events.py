@@ -247,10 +247,14 @@ class JobReleased(_Event, tag="JobReleased", frozen=True, kw_only=True):
 
     Written once per job (expected last sequence = the request's), on
     `jobs.<kind>.<id>.released`, the subject the workers' consumers take; `request_seq` is
-    where the JobRequested is, so a worker reads it with one direct get."""
+    where the JobRequested is, so a worker reads it with one direct get. `attempt_base` is
+    the request's: a worker appends its JobStarted while that read is in flight. None in a
+    release written without it (older dispatchers, a held render-cache hit): the worker reads
+    the request first."""
 
     name = "released"
     request_seq: int
+    attempt_base: int | None = None
 
 
 class JobStarted(_Event, tag="JobStarted", frozen=True, kw_only=True):

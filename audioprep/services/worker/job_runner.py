@@ -47,7 +47,7 @@ from audioprep.domain.events import (
 from audioprep.services.worker.context import JobContext
 from audioprep.services.worker.heartbeat import keep_in_progress
 from audioprep.shared import logs, metrics
-from audioprep.shared.event_store import EventStore, StoredEvent
+from audioprep.shared.event_store import EventStore
 from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import is_transient
 from audioprep.shared.settings import Settings
@@ -141,6 +141,33 @@ class CancelWatch:
                     del self._jobs[job_id]
 
 
+class _Early:
+    """A release that carries its request's `attempt_base`: JobStarted can be appended while
+    the request is read (one round trip instead of two before the work starts)."""
+
+    def __init__(self, events: EventStore, release: JobReleased) -> None:
+        assert release.attempt_base is not None
+        self.events = events
+        self.release = release
+        self.attempt_base = release.attempt_base
+
+    async def gather(
+        self,
+        started: Awaitable[int | None],
+        patiently: Callable[[str, Callable[[], Awaitable[JobRequested | None]]], Awaitable[Any]],
+    ) -> tuple[int | None, JobRequested | None]:
+        """(JobStarted's sequence or None, the request or None if it is gone), both awaited."""
+        seq = self.release.request_seq
+        read = asyncio.ensure_future(patiently("request", lambda: self.events.request_at(seq)))
+        try:
+            own_seq = await started
+        except BaseException:
+            read.cancel()
+            raise
+        request: JobRequested | None = await read
+        return own_seq, request
+
+
 class JobRunner:
     """Runs handlers for delivered messages with heartbeats, cancel watch and typed outcomes."""
 
@@ -171,19 +198,21 @@ class JobRunner:
         """Process one delivery; never raises (every outcome becomes an event + ack/nak/term).
 
         The message is the job's JobRequested (fifo dispatch) or its JobReleased (fair
-        dispatch: the request is read at the sequence it names)."""
+        dispatch: the request is read at the sequence it names; with the release's
+        `attempt_base` that read runs while JobStarted is appended)."""
         try:
             event = decode_event(msg.data)
         except msgspec.DecodeError:
             log.error("undecodable request terminated", extra={"subject": msg.subject})
             await msg.term()
             return
-        latest: StoredEvent | None = None
+        first = (msg.metadata.num_delivered or 1) == 1
+        if isinstance(event, JobReleased) and event.attempt_base is not None and first:
+            await self._delivered(msg, event.job_id, _Early(self.events, event))
+            return
         if isinstance(event, JobReleased):
             try:
-                request, latest = await asyncio.gather(
-                    self.events.request_at(event.request_seq), self.events.last_event(event.job_id)
-                )
+                request = await self.events.request_at(event.request_seq)
             except Exception as exc:
                 log.warning(
                     "request not readable yet, handing back",
@@ -201,21 +230,26 @@ class JobRunner:
         else:
             await msg.term()
             return
-        metrics.run_begins(request)
+        await self._delivered(msg, request.job_id, request)
+
+    async def _delivered(self, msg: Msg, job_id: str, request: JobRequested | _Early) -> None:
+        """Run one delivery with its heartbeat; a failure hands the message back."""
         heartbeat = asyncio.create_task(keep_in_progress(msg, self.settings.ack_wait_s))
+        running: list[JobRequested] = []  # the request, once known (metrics)
         try:
-            await self._run(msg, request, latest)
+            await self._run(msg, request, running)
         except Exception as exc:
             # NATS went away mid-job (or a bug): hand the message back; a redelivery finds the
             # terminal event if we managed to write it, and acks.
             log.warning(
                 "delivery not finished, handing back",
-                extra={"job_id": request.job_id, "kind": request.kind, "error": repr(exc)},
+                extra={"job_id": job_id, "error": repr(exc)},
             )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=backoff_delay(msg.metadata.num_delivered or 1))
         finally:
-            metrics.run_ends(request)
+            for known in running:
+                metrics.run_ends(known)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -275,71 +309,84 @@ class JobRunner:
                 extra={"job_id": event.job_id, "kind": event.kind, "event": event.name},
             )
 
-    async def _untouched(self, msg: Msg, request: JobRequested, latest: StoredEvent | None) -> bool:
-        """The delivered message (the request, or its release) is still the job's latest
-        event (the usual first delivery): it has neither ended nor been cancelled. One direct
-        get instead of four on the dispatch path (read with the request for a release)."""
-        if request.from_cache:
-            return False
-        if latest is None:
-            latest = await self.events.last_event(request.job_id)
+    async def _latest_is(self, msg: Msg, job_id: str) -> bool:
+        """The delivered message is still its job's latest event (one direct get)."""
+        latest = await self.events.last_event(job_id)
         return latest is not None and latest.seq == msg.metadata.sequence.stream
 
     async def _cancel_requested(self, job_id: str) -> bool:
         return await self.events.last_event(job_id, "cancel_requested") is not None
 
-    async def _run(self, msg: Msg, request: JobRequested, latest: StoredEvent | None) -> None:
+    async def _run(
+        self, msg: Msg, delivered: JobRequested | _Early, running: list[JobRequested]
+    ) -> None:
+        """JobStarted right after the delivered message (expected last sequence): if it is
+        appended, the delivery was still the job's latest event, so the job has neither ended
+        nor been cancelled, and every later event of the attempt can follow its own previous
+        one (`own_seq`). If anything came between (a cancel, another attempt, the end), the
+        append is refused and the full checks decide. A first delivery tries that append at
+        once (nearly always the case that holds); a redelivery, whose message is rarely still
+        the latest, reads the job's latest event first, so it publishes no JobStarted that the
+        server refuses (core subscribers see every publish). A render-cache hit
+        (`from_cache`) was requested and completed in one atomic batch: straight to the
+        checks."""
         delivery = msg.metadata.num_delivered or 1
-        attempt = request.attempt_base + delivery
+        early: _Early | None = None
+        known: JobRequested | None = None
+        head: JobRequested | JobReleased
+        if isinstance(delivered, _Early):
+            early, head = delivered, delivered.release
+        else:
+            known = head = delivered
+        attempt = delivered.attempt_base + delivery
         traceparent = (msg.headers or {}).get("traceparent")
-        base = {"job_id": request.job_id, "kind": request.kind, "attempt": attempt}
+        base = {"job_id": head.job_id, "kind": head.kind, "attempt": attempt}
         if trace_id := logs.trace_id_of(traceparent):
             base["trace_id"] = trace_id
         logs.bind(**base)  # handler logs carry job_id, kind, attempt, trace_id
 
-        fresh = await self._untouched(msg, request, latest)
-        # A render-cache hit (from_cache) was requested and completed in one atomic batch, so
-        # its JobCompleted is already there; one written before batches whose API died before
-        # the completion renders normally.
-        if not fresh and await self._finished(request.job_id):
-            log.info("already finished, acking redelivery", extra=base)
-            await self._ack(msg)
-            return
-        if not fresh and await self._cancel_requested(request.job_id):
-            await self._emit_cancelled(request, attempt, traceparent)
-            await self._ack(msg)
-            return
-
         started = JobStarted(
-            job_id=request.job_id,
-            kind=request.kind,
-            tenant=request.tenant,
+            job_id=head.job_id,
+            kind=head.kind,
+            tenant=head.tenant,
             attempt=attempt,
             worker=self.worker_name,
         )
+        at = msg.metadata.sequence.stream
+
+        async def append_started() -> int | None:
+            return await self._patiently(
+                "started",
+                lambda: self.events.append_expecting(started, at, traceparent=traceparent),
+            )
+
         await self.cancels.start()
-        with self.cancels.watching(request.job_id) as cancel_flag:
+        with self.cancels.watching(head.job_id) as cancel_flag:
             own_seq: int | None = None
-            if fresh:
-                # Right after the delivered message: if anything came between (a cancel,
-                # another worker's attempt), the full checks below decide.
-                delivered = msg.metadata.sequence.stream
-                own_seq = await self._patiently(
-                    "started",
-                    lambda: self.events.append_expecting(
-                        started, delivered, traceparent=traceparent
-                    ),
-                )
-                if own_seq is None:
-                    if await self._finished(request.job_id):
-                        log.info("already finished, acking redelivery", extra=base)
-                        await self._ack(msg)
-                        return
-                    if await self._cancel_requested(request.job_id):
-                        await self._emit_cancelled(request, attempt, traceparent)
-                        await self._ack(msg)
-                        return
+            if early is not None:
+                own_seq, found = await early.gather(append_started(), self._patiently)
+                if found is None:
+                    await self._request_missing(msg, early.release, attempt, traceparent, own_seq)
+                    return
+                request = found
+            else:
+                assert known is not None
+                request = known
+                if not request.from_cache and (
+                    delivery == 1 or await self._latest_is(msg, request.job_id)
+                ):
+                    own_seq = await append_started()
+            metrics.run_begins(request)
+            running.append(request)
             if own_seq is None:
+                if await self._finished(request.job_id):
+                    log.info("already finished, acking redelivery", extra=base)
+                    await self._ack(msg)
+                    return
+                if await self._cancel_requested(request.job_id):
+                    await self._emit_cancelled(request, attempt, traceparent)
+                    await self._ack(msg)
+                    return
                 # Through a leader election, not by handing the delivery back: each hand-back
                 # uses up one of the job's max_deliver deliveries (an outage must not
                 # dead-letter it).
@@ -347,6 +394,32 @@ class JobRunner:
                     "started", lambda: self.events.append(started, traceparent=traceparent)
                 )
             await self._attempt(msg, request, attempt, traceparent, base, own_seq, cancel_flag)
+
+    async def _request_missing(
+        self,
+        msg: Msg,
+        release: JobReleased,
+        attempt: int,
+        traceparent: str | None,
+        own_seq: int | None,
+    ) -> None:
+        """A release whose request is no longer in the stream (aged out): nothing to run. If
+        our JobStarted went in, the job ends failed here rather than stay running."""
+        log.error("released job without its request", extra={"job_id": release.job_id})
+        if own_seq is not None:
+            failed = JobFailed(
+                job_id=release.job_id,
+                kind=release.kind,
+                tenant=release.tenant,
+                error=ErrorInfo(
+                    code=INTERNAL_ERROR,
+                    message="the job's request is no longer in the stream",
+                    retryable=False,
+                ),
+                attempt=attempt,
+            )
+            await self._terminal(failed, traceparent, own_seq)
+        await self._patiently("term", msg.term)
 
     async def _attempt(
         self,

@@ -335,6 +335,7 @@ class Dispatcher:
                     kind=entry.kind,
                     tenant=entry.tenant,
                     request_seq=entry.request_seq,
+                    attempt_base=entry.attempt_base,
                 )
                 try:
                     seq = await self.events.append_expecting(

@@ -48,6 +48,7 @@ class Entry:
     hold_until: float = 0.0
     started_at: float | None = None
     traceparent: str | None = None  # the request's, carried onto its release
+    attempt_base: int | None = None  # the request's, carried onto its release (not held ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class DispatchState:
             phase="held" if event.from_cache else "waiting",
             hold_until=now + CACHE_HIT_HOLD_S if event.from_cache else 0.0,
             traceparent=traceparent,
+            attempt_base=None if event.from_cache else event.attempt_base,
         )
         self.jobs[event.job_id] = entry
         self.reservations.pop(event.job_id, None)

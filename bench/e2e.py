@@ -80,17 +80,22 @@ async def one_job(client: httpx.AsyncClient, data: bytes, mode: str = "poll") ->
     raise TimeoutError(f"job {job_id} not finished after 60 s")
 
 
-async def drive(api: str, wav: Path, jobs: int, mode: str = "poll") -> list[Timing]:
+async def drive(
+    api: str, wav: Path, jobs: int, modes: tuple[str, ...] = ("poll",)
+) -> dict[str, list[Timing]]:
+    """`jobs` jobs per client mode, one at a time, the modes taking turns job by job."""
     data = wav.read_bytes()
+    out: dict[str, list[Timing]] = {mode: [] for mode in modes}
     async with httpx.AsyncClient(base_url=api) as client:
-        for _ in range(3):  # warm-up: imports, forkservers, connections
-            await one_job(client, data, mode)
-        out = []
+        for mode in modes:  # warm-up: imports, forkservers, connections
+            for _ in range(3):
+                await one_job(client, data, mode)
         for _ in range(jobs):
-            timing = await one_job(client, data, mode)
-            if timing.status != "completed":
-                raise RuntimeError(f"e2e job ended {timing.status}")
-            out.append(timing)
+            for mode in modes:
+                timing = await one_job(client, data, mode)
+                if timing.status != "completed":
+                    raise RuntimeError(f"e2e job ended {timing.status}")
+                out[mode].append(timing)
         return out
 
 
@@ -214,13 +219,14 @@ def start_stack(env: Env, tree: Path | None = None) -> str:
 def measure(
     jobs: int, seconds: float, modes: tuple[str, ...], tree: Path | None = None
 ) -> dict[str, Any]:
-    """One stack; for each client mode its jobs, their hops; then analyse() alone."""
+    """One stack; the jobs of each client mode (taking turns), their hops; then analyse()
+    alone."""
     out: dict[str, Any] = {}
     with bench_env("e2e") as env:
         wav = media.write_tone(env.tmp / "tone.wav", seconds=seconds)
         api = start_stack(env, tree)
-        for mode in modes:
-            timings = asyncio.run(drive(api, wav, jobs, mode))
+        driven = asyncio.run(drive(api, wav, jobs, modes))
+        for mode, timings in driven.items():
             parts = asyncio.run(breakdown(env, timings))
             e = summary_ms([t.latency for t in timings])
             log(f"{tree or 'this tree'} {mode}: e2e {e}")

@@ -2,7 +2,7 @@
 of results with ratios against the baselines measured in the same run.
 
 python -m bench.all [--only api,projector,workers,e2e,growth,render,loudness,voice,webhooks,
-                     publish,fairness] [--quick]
+                     publish,fairness,fsync] [--quick]
 Each benchmark writes bench/results/<name>.json; this writes bench/results/all.json too.
 """
 
@@ -26,7 +26,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], float]] = {
     "api": (["-m", "bench.api"], ["--duration", "4", "--reps", "1"], 240),
     "projector": (["-m", "bench.projector"], ["--events", "30000", "--lag-seconds", "3"], 300),
     "workers": (["-m", "bench.workers"], ["--dispatches", "20", "--batch", "16"], 300),
-    "e2e": (["-m", "bench.e2e"], ["--jobs", "30"], 240),
+    "e2e": (["-m", "bench.e2e"], ["--jobs", "30"], 300),
+    "fsync": (["-m", "bench.fsync"], ["--rounds", "2"], 120),
     "growth": (["-m", "bench.growth"], ["--jobs", "30000", "--duration", "2"], 1500),
     "render": (["bench/render.py"], ["--runs", "1", "--skip-long"], 420),
     "loudness": (["bench/loudness.py"], ["--skip-long"], 1800),

@@ -8,7 +8,7 @@ the row's definition: the view in KV, written by the projector) or by following 
 SSE events (`--client sse`, what `audioprep submit --wait` and the web UI do: the terminal
 event itself, read from the stream). Each job is broken into its hops (`breakdown`).
 
-python -m bench.e2e [--jobs 100] [--seconds 3] [--client poll|sse|both]
+python -m bench.e2e [--jobs 100] [--seconds 3] [--client both|poll|sse]
 python -m bench.e2e --before DIR [--rounds 3]   (alternate with another checkout's services)
   → bench/results/e2e.json
 """
@@ -307,7 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--client", choices=("poll", "sse", "both"), default="poll")
+    parser.add_argument("--client", choices=("poll", "sse", "both"), default="both")
     parser.add_argument("--before", type=Path, help="a checkout to alternate with")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

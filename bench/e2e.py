@@ -19,11 +19,13 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,6 +36,7 @@ from tests import media
 
 NAMES = Names()  # the default prefix: what `audioprep up` uses
 
+T = TypeVar("T")
 POLL_EVERY_S = 0.005
 WORKERS = 2
 
@@ -81,14 +84,15 @@ async def one_job(client: httpx.AsyncClient, data: bytes, mode: str = "poll") ->
 
 
 async def drive(
-    api: str, wav: Path, jobs: int, modes: tuple[str, ...] = ("poll",)
+    api: str, wav: Path, jobs: int, modes: tuple[str, ...] = ("poll",), warm: int = 0
 ) -> dict[str, list[Timing]]:
-    """`jobs` jobs per client mode, one at a time, the modes taking turns job by job."""
+    """`jobs` jobs per client mode, one at a time, the modes taking turns job by job, after
+    `warm` untimed ones per mode (imports, forkservers, connections)."""
     data = wav.read_bytes()
     out: dict[str, list[Timing]] = {mode: [] for mode in modes}
     async with httpx.AsyncClient(base_url=api) as client:
-        for mode in modes:  # warm-up: imports, forkservers, connections
-            for _ in range(3):
+        for mode in modes:
+            for _ in range(warm):
                 await one_job(client, data, mode)
         for _ in range(jobs):
             for mode in modes:
@@ -192,6 +196,43 @@ def bare_analyse(wav: Path, runs: int = 10) -> list[float]:
     return out
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its descendants (live ones and reaped ones)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+    except OSError:
+        return 0.0
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICK
+    return own + sum(_proc_cpu(c) for c in children)
+
+
+def _with_cpu(env: Env, call: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """`call()` and the CPU seconds each service process (with its media children),
+    nats-server and this client process spent meanwhile."""
+    roles: dict[str, int] = {}
+    for proc in env.procs:  # `python -m audioprep.services.cli.main <role> ...`
+        args = [str(a) for a in proc.args] if isinstance(proc.args, list) else []
+        role = args[3] if len(args) > 3 else str(proc.pid)
+        roles[f"{role}-{sum(r.startswith(role) for r in roles)}"] = proc.pid
+    assert env.server.proc is not None
+    roles["nats-server"] = env.server.proc.pid
+    before = {role: _proc_cpu(pid) for role, pid in roles.items()}
+    client = time.process_time()
+    result = call()
+    spent = {role: _proc_cpu(pid) - before[role] for role, pid in roles.items()}
+    spent["client"] = time.process_time() - client
+    spent["total"] = sum(spent.values())
+    return result, spent
+
+
 def use_tree(env: Env, tree: Path) -> None:
     """Run the services of another checkout (its code; this tree's bench and provisioning)."""
 
@@ -225,7 +266,12 @@ def measure(
     with bench_env("e2e") as env:
         wav = media.write_tone(env.tmp / "tone.wav", seconds=seconds)
         api = start_stack(env, tree)
-        driven = asyncio.run(drive(api, wav, jobs, modes))
+        asyncio.run(drive(api, wav, 0, modes, warm=3))
+        driven, cpu = _with_cpu(env, lambda: asyncio.run(drive(api, wav, jobs, modes)))
+        out["cpu_ms_per_job"] = {
+            k: round(v * 1000 / (jobs * len(modes)), 2) for k, v in cpu.items()
+        }
+        log(f"CPU ms per job: {out['cpu_ms_per_job']}")
         for mode, timings in driven.items():
             parts = asyncio.run(breakdown(env, timings))
             e = summary_ms([t.latency for t in timings])
@@ -265,6 +311,7 @@ def run(jobs: int, seconds: float, modes: tuple[str, ...] = ("poll",)) -> dict[s
         "breakdown": first["breakdown"],
         "clients": {mode: got[mode] for mode in modes},
         "bare_analyse": b,
+        "cpu_ms_per_job": got["cpu_ms_per_job"],
         "workers": WORKERS,
     }
 

@@ -206,18 +206,19 @@ def _range() -> Parameter:
     )
 
 
-def _ingest_body() -> RequestBody:
-    multipart = Schema(
+def _file_part(description: str) -> Schema:
+    """A multipart/form-data body with one required `file` part."""
+    return Schema(
         type=OpenAPIType.OBJECT,
         required=["file"],
         properties={
-            "file": _string(
-                format=OpenAPIFormat.BINARY,
-                min_length=1,
-                description="The audio (or video) file; its name names the source.",
-            )
+            "file": _string(format=OpenAPIFormat.BINARY, min_length=1, description=description)
         },
     )
+
+
+def _ingest_body() -> RequestBody:
+    multipart = _file_part("The audio (or video) file; its name names the source.")
 
     def url_body(source: str, pattern: str, description: str) -> Schema:
         return Schema(
@@ -263,17 +264,7 @@ def _ingest_body() -> RequestBody:
 
 
 def _image_body() -> RequestBody:
-    image = Schema(
-        type=OpenAPIType.OBJECT,
-        required=["file"],
-        properties={
-            "file": _string(
-                format=OpenAPIFormat.BINARY,
-                min_length=1,
-                description="A JPEG or PNG picture (its content decides, not its name or type).",
-            )
-        },
-    )
+    image = _file_part("A JPEG or PNG picture (its content decides, not its name or type).")
     return RequestBody(
         required=True,
         description="A multipart upload with a `file` part.",

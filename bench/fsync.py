@@ -1,5 +1,6 @@
 """nats-server's fsync per acknowledged publish on this disk: the latency of one acked
-JetStream publish (one at a time, a ~400-byte event into a file stream) and of one KV put,
+JetStream publish (one at a time, a ~400-byte event into a file stream) and of one KV put
+(and, for scale, of one direct get),
 with `sync_interval: always` (deploy/nats.conf, what `audioprep up` runs) against the
 server's default (fsync every 2 minutes), two servers side by side, rounds alternating.
 
@@ -42,7 +43,7 @@ def _server(tmp: Path, name: str, config: Path) -> Iterator[NatsServer]:
 async def _setup(url: str) -> Client:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="FS", subjects=["fs.>"]))
+    await js.add_stream(StreamConfig(name="FS", subjects=["fs.>"], allow_direct=True))
     await js.create_key_value(bucket="fskv")
     return nc
 
@@ -67,9 +68,20 @@ async def _puts(nc: Client, n: int) -> list[float]:
     return out
 
 
+async def _gets(nc: Client, n: int) -> list[float]:
+    """A direct get of a subject's last message (how the services read events)."""
+    js = nc.jetstream()
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await js.get_last_msg("FS", f"fs.job.{i % 50}", direct=True)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 async def measure(always: str, default: str, rounds: int, n: int) -> dict[str, list[float]]:
     clients = {"always": await _setup(always), "default": await _setup(default)}
-    got: dict[str, list[float]] = {f"{s}_{w}": [] for s in clients for w in ("pub", "kv")}
+    got: dict[str, list[float]] = {f"{s}_{w}": [] for s in clients for w in ("pub", "kv", "get")}
     try:
         for nc in clients.values():  # warm-up
             await _publishes(nc, 20)
@@ -78,6 +90,7 @@ async def measure(always: str, default: str, rounds: int, n: int) -> dict[str, l
             for side, nc in clients.items():
                 got[f"{side}_pub"] += await _publishes(nc, n)
                 got[f"{side}_kv"] += await _puts(nc, n)
+                got[f"{side}_get"] += await _gets(nc, n)
     finally:
         for nc in clients.values():
             await nc.close()

@@ -246,10 +246,13 @@ def use_tree(env: Env, tree: Path) -> None:
     env.spawn = spawn  # type: ignore[method-assign]
 
 
-def start_stack(env: Env, tree: Path | None = None) -> str:
+def start_stack(env: Env, tree: Path | None = None, *, dispatcher_apart: bool = False) -> str:
     if tree is not None:
         use_tree(env, tree)
     asyncio.run(provision_env(env))
+    if dispatcher_apart:  # leads before any worker starts, so no worker process dispatches
+        env.audioprep("dispatcher")
+        time.sleep(3.0)
     env.audioprep("projector")
     for i in range(WORKERS):
         env.audioprep("worker", log_name=f"worker-{i}")
@@ -258,14 +261,19 @@ def start_stack(env: Env, tree: Path | None = None) -> str:
 
 
 def measure(
-    jobs: int, seconds: float, modes: tuple[str, ...], tree: Path | None = None
+    jobs: int,
+    seconds: float,
+    modes: tuple[str, ...],
+    tree: Path | None = None,
+    *,
+    dispatcher_apart: bool = False,
 ) -> dict[str, Any]:
     """One stack; the jobs of each client mode (taking turns), their hops; then analyse()
     alone."""
     out: dict[str, Any] = {}
     with bench_env("e2e") as env:
         wav = media.write_tone(env.tmp / "tone.wav", seconds=seconds)
-        api = start_stack(env, tree)
+        api = start_stack(env, tree, dispatcher_apart=dispatcher_apart)
         asyncio.run(drive(api, wav, 0, modes, warm=3))
         driven, cpu = _with_cpu(env, lambda: asyncio.run(drive(api, wav, jobs, modes)))
         out["cpu_ms_per_job"] = {
@@ -298,8 +306,10 @@ def compare(jobs: int, seconds: float, before: Path, rounds: int, mode: str) -> 
     return {"compare": got, "before_tree": str(before), "client": mode}
 
 
-def run(jobs: int, seconds: float, modes: tuple[str, ...] = ("poll",)) -> dict[str, Any]:
-    got = measure(jobs, seconds, modes)
+def run(
+    jobs: int, seconds: float, modes: tuple[str, ...] = ("poll",), dispatcher_apart: bool = False
+) -> dict[str, Any]:
+    got = measure(jobs, seconds, modes, dispatcher_apart=dispatcher_apart)
     b = got["bare_analyse"]
     rows = []
     for mode in modes:
@@ -357,6 +367,9 @@ def main() -> None:
     parser.add_argument("--client", choices=("poll", "sse", "both"), default="both")
     parser.add_argument("--before", type=Path, help="a checkout to alternate with")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--dispatcher-apart", action="store_true", help="the dispatcher in its own process"
+    )
     args = parser.parse_args()
     modes = ("poll", "sse") if args.client == "both" else (args.client,)
     if args.before is not None:
@@ -364,7 +377,7 @@ def main() -> None:
         path = write("e2e_compare", result)
         log(f"wrote {path}")
         return
-    result = run(args.jobs, args.seconds, modes)
+    result = run(args.jobs, args.seconds, modes, args.dispatcher_apart)
     path = write("e2e", result)
     print(json.dumps(result["rows"], indent=1))
     log(f"wrote {path}")

@@ -43,6 +43,16 @@ class ProgressPrinter:
         self.out.flush()
 
 
+def _cache_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"not a number of views (1 or more): {text!r}")
+    return n
+
+
 async def _rebuild(session: Session, args: argparse.Namespace) -> int:
     report = await rebuild(
         session.js,
@@ -105,7 +115,7 @@ def register(commands: Any) -> None:
     rb.add_argument("--quiet", action="store_true", help="no progress lines")
     rb.add_argument(
         "--cache",
-        type=int,
+        type=_cache_size,
         default=CACHE,
         metavar="N",
         help=f"views folded in memory at once (default {CACHE:,}; ~1 KB each)",

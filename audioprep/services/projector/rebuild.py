@@ -213,8 +213,8 @@ class Scratch:
         self.db.close()
         self._dir.cleanup()
 
-    def put_view(self, key: str, data: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO views VALUES (?, ?)", (key, data))
+    def put_views(self, views: Iterable[tuple[str, bytes]]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO views VALUES (?, ?)", views)
 
     def get_view(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT data FROM views WHERE key = ?", (key,)).fetchone()
@@ -253,6 +253,7 @@ class FoldCache:
     def __init__(self, scratch: Scratch, size: int, report: RebuildReport) -> None:
         self.scratch = scratch
         self.size = max(1, size)
+        self.evict = max(1, self.size // 20)  # views pushed out at once (one executemany)
         self.report = report
         self.views: OrderedDict[str, JobView] = OrderedDict()
 
@@ -261,7 +262,7 @@ class FoldCache:
         view = self.views.get(key)
         if view is not None:
             self.views.move_to_end(key)
-        elif (data := self.scratch.get_view(key)) is not None:
+        elif self.report.spilled and (data := self.scratch.get_view(key)) is not None:
             view = decode_view(data)
             self.report.read_back += 1
         new = fold(view, event, seq)
@@ -269,14 +270,17 @@ class FoldCache:
             return  # a stray event of a job never requested
         self.views[key] = new
         if len(self.views) > self.size:
-            old_key, old = self.views.popitem(last=False)
-            self.scratch.put_view(old_key, encode_view(old))
-            self.report.spilled += 1
+            self._spill(self.evict)
+            self.report.spilled += self.evict
+
+    def _spill(self, n: int) -> None:
+        """The `n` least recently used views to the scratch table."""
+        pop = self.views.popitem
+        self.scratch.put_views((k, encode_view(v)) for k, v in (pop(last=False) for _ in range(n)))
 
     def flush(self) -> None:
-        while self.views:
-            key, view = self.views.popitem(last=False)
-            self.scratch.put_view(key, encode_view(view))
+        """Every view to the scratch table: it holds all of them now."""
+        self._spill(len(self.views))
 
 
 async def read_bucket(nc: Client, bucket: str) -> dict[str, Current]:

@@ -22,8 +22,9 @@ the same events), only KV revisions differ. Steps:
    projector runs is safe.
 4. Reset the projector checkpoint to S; a projector started afterwards resumes at S + 1.
 
-Memory: the cache (~1 KB a view) and a batch; the scratch file takes ~1 KB a job on disk
-(TMPDIR) and is removed at the end.
+Memory: the cache (~0.85 KB a view), SQLite's page cache (16 MiB) and a batch: 70 MiB peak
+RSS at 300k jobs (bench/RESULTS.md). The scratch file, under TMPDIR and removed at the end,
+takes ~0.35 KB a job for the views and as much for the bucket's entries.
 """
 
 from __future__ import annotations
@@ -284,7 +285,8 @@ class FoldCache:
 
 
 async def read_bucket(nc: Client, bucket: str) -> dict[str, Current]:
-    """Every key's latest entry, delete markers included (for CAS): the shared KV reader
+    """Every key's latest entry, delete markers included, all in memory (tests; the rebuild
+    streams the entries into its scratch table with `kv_read.each_latest`): the shared KV reader
     (shared/kv_read.py) with an ordered consumer, up to the last message the bucket stream's
     leader has when the read begins.
 
@@ -467,7 +469,6 @@ async def _rebuild(
         events.nc,
         events.names.jobs_bucket,
         scratch.put_current,
-        timeout=READ_TIMEOUT_S,
         stall_timeout=READ_TIMEOUT_S,
     )
     entries = scratch.count("SELECT count(*) FROM current")

@@ -118,7 +118,7 @@ def register(commands: Any) -> None:
         type=_cache_size,
         default=CACHE,
         metavar="N",
-        help=f"views folded in memory at once (default {CACHE:,}; ~1 KB each)",
+        help=f"views folded in memory at once (default {CACHE:,}; under 1 KB each)",
     )
     add_nats_url(rb)
     rb.set_defaults(func=lambda a: run_with_nats(a, lambda s: _rebuild(s, a)))

@@ -6,11 +6,13 @@ in-process), so the ratio is the system's overhead factor.
 The client sees the end by polling `GET /api/audio/jobs/{id}` every 5 ms (`--client poll`,
 the row's definition: the view in KV, written by the projector) or by following the job's
 SSE events (`--client sse`, what `audioprep submit --wait` and the web UI do: the terminal
-event itself, read from the stream). Each job is broken into its hops (`breakdown`).
+event itself, read from the stream). Each job is broken into its hops (`breakdown`), and the
+CPU every process spent per timed job is recorded (`cpu_ms_per_job`).
 
-python -m bench.e2e [--jobs 100] [--seconds 3] [--client both|poll|sse]
-python -m bench.e2e --before DIR [--rounds 3]   (alternate with another checkout's services)
+python -m bench.e2e [--jobs 100] [--seconds 3] [--client both|poll|sse] [--dispatcher-apart]
   → bench/results/e2e.json
+python -m bench.e2e --before DIR [--rounds 3] [--client sse]   (whole stacks alternating with
+  another checkout's services, one client: poll unless sse is given) → e2e_compare.json
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from bench.common import bench_env, cpu_seconds, log, provision_env, write_resul
 
 NAMES = Names()
 BARE_STREAM = "BENCH_BASELINE"  # bench/baseline_app.py's stream and subjects
+CONS_STREAM = "BENCH_CONSUMED"  # the same with one durable consumer
 SAVE_BODY = json.dumps(
     {"sourceKey": "sources/01BENCH0000000000000000000/src.wav", "recipe": {"gainDb": -3},
      "format": "wav"}
@@ -93,12 +94,18 @@ def _bare(job_id: str, n: int) -> tuple[str, bytes, bytes]:
     return f"bench.base.{n}", SAVE_BODY, b""
 
 
+def _bare_cons(job_id: str, n: int) -> tuple[str, bytes, bytes]:
+    return f"bench.cons.{n}", SAVE_BODY, b""
+
+
 BARE_NAMES = Names("bare")  # a JOBS-shaped stream with no consumers (only the stream)
 
 VARIANTS = {
     v.name: v
     for v in (
         Variant("bare", "bare app: its body, no headers, bench.base.<n>", _bare),
+        Variant("bare-cons", "the bare publish into a stream with one idle durable consumer",
+                _bare_cons),
         Variant("plain", "JobRequested on JOBS, no headers",
                 _jobs(msg_id=False, expect=None, traceparent=False)),
         Variant("msgid", "+ Nats-Msg-Id", _jobs(msg_id=True, expect=None, traceparent=False)),
@@ -147,7 +154,7 @@ async def _publish(pub: Publisher, variant: Variant, count: int, inflight: int) 
 
 
 async def _setup(env: Any) -> None:
-    from nats.js.api import StorageType, StreamConfig
+    from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 
     from audioprep.shared.nats_conn import connect
     from audioprep.shared.provision import jobs_stream_config
@@ -158,6 +165,13 @@ async def _setup(env: Any) -> None:
         js = nc.jetstream()
         await js.add_stream(
             StreamConfig(name=BARE_STREAM, subjects=["bench.base.>"], storage=StorageType.FILE)
+        )
+        await js.add_stream(
+            StreamConfig(name=CONS_STREAM, subjects=["bench.cons.>"], storage=StorageType.FILE)
+        )
+        # a durable pull consumer no message matches (as the worker consumers and a request)
+        await js.add_consumer(
+            CONS_STREAM, ConsumerConfig(durable_name="idle", filter_subject="bench.cons.none")
         )
         bare = dataclasses.replace(env.settings, names=BARE_NAMES)
         await js.add_stream(jobs_stream_config(bare))

@@ -35,7 +35,7 @@ from audioprep.shared.event_store import encode_event
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.js_publish import AckPublisher, header_block
 from audioprep.shared.names import Names
-from bench.common import bench_env, cpu_seconds, log, provision_env, write_result
+from bench.common import bench_env, log, provision_env, write_result
 
 NAMES = Names()
 BARE_STREAM = "BENCH_BASELINE"  # bench/baseline_app.py's stream and subjects
@@ -68,7 +68,10 @@ def _event(job_id: str) -> bytes:
     )
 
 
-def _jobs(*, msg_id: bool, expect: str | None, traceparent: bool, names: Names = NAMES) -> Any:
+def _jobs(
+    *, msg_id: bool, expect: str | None, traceparent: bool, names: Names = NAMES,
+    trace_header: tuple[bytes, bytes] = (b"traceparent", TRACEPARENT),
+) -> Any:  # fmt: skip
     """A JobRequested on `jobs.save.<id>.requested` with some of the create-once headers;
     `expect` is "wildcard" (`jobs.*.<id>.>`, what request_job sends), "literal" (the
     message's own subject: no -Subject header) or None."""
@@ -83,7 +86,7 @@ def _jobs(*, msg_id: bool, expect: str | None, traceparent: bool, names: Names =
             subjects = names.job_subjects(job_id).encode()
             pairs.append((b"Nats-Expected-Last-Subject-Sequence-Subject", subjects))
         if traceparent:
-            pairs.append((b"traceparent", TRACEPARENT))
+            pairs.append(trace_header)
         block = header_block(*pairs) if pairs else b""
         return names.event_subject("save", job_id, "requested"), _event(job_id), block
 
@@ -119,10 +122,24 @@ VARIANTS = {
                 _jobs(msg_id=True, expect="wildcard", traceparent=True)),
         Variant("plain-nocons", "JobRequested without headers into a JOBS without consumers",
                 _jobs(msg_id=False, expect=None, traceparent=False, names=BARE_NAMES)),
+        Variant("create-tp-unsampled", "request_job's message, traceparent flags 00",
+                _jobs(msg_id=True, expect="wildcard", traceparent=True,
+                      trace_header=(b"traceparent", TRACEPARENT[:-2] + b"00"))),
+        Variant("create-xtp", "request_job's message, the trace context under another name",
+                _jobs(msg_id=True, expect="wildcard", traceparent=True,
+                      trace_header=(b"Audioprep-Trace", TRACEPARENT))),
         Variant("create-tp-nocons", "request_job's message into a JOBS without consumers",
                 _jobs(msg_id=True, expect="wildcard", traceparent=True, names=BARE_NAMES)),
     )
 }  # fmt: skip
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 class Publisher(AckPublisher):
@@ -193,10 +210,14 @@ async def _rounds(
             await _publish(pub, v, 500, inflight)
         for r in range(rounds):
             for v in variants:
-                cpu0, t0 = cpu_seconds(nats_pid), time.perf_counter()
+                (u0, s0), t0 = user_sys(nats_pid), time.perf_counter()
                 await _publish(pub, v, count, inflight)
-                wall, cpu = time.perf_counter() - t0, cpu_seconds(nats_pid) - cpu0
-                runs[v.name].append({"nats_cpu_us": cpu / count * 1e6, "msg_per_s": count / wall})
+                (u1, s1), wall = user_sys(nats_pid), time.perf_counter() - t0
+                runs[v.name].append({
+                    "nats_cpu_us": (u1 - u0 + s1 - s0) / count * 1e6,
+                    "nats_user_us": (u1 - u0) / count * 1e6,
+                    "msg_per_s": count / wall,
+                })  # fmt: skip
             log(f"round {r + 1}: " + ", ".join(
                 f"{k} {x[-1]['nats_cpu_us']:.0f} µs" for k, x in runs.items()))  # fmt: skip
     finally:
@@ -272,20 +293,23 @@ def main() -> None:
             profile = _perf_run(env, VARIANTS[args.perf], args.count * 2, args.inflight, out)
     base = statistics.median(r["nats_cpu_us"] for r in runs.get("bare", runs[variants[0].name]))
     summary: dict[str, Any] = {}
-    print(f"{'variant':18} {'nats µs/msg':>12} {'range':>13} {'vs first':>8} {'msg/s':>7}")
+    print(f"{'variant':18} {'nats µs/msg':>12} {'range':>13} {'vs first':>8} {'user µs':>7} "
+          f"{'msg/s':>7}")  # fmt: skip
     for v in variants:
         cpu = [r["nats_cpu_us"] for r in runs[v.name]]
         rate = [r["msg_per_s"] for r in runs[v.name]]
         med = statistics.median(cpu)
+        user = statistics.median(r["nats_user_us"] for r in runs[v.name])
         summary[v.name] = {
             "about": v.about,
             "nats_cpu_us": round(med, 1),
             "range": [round(min(cpu), 1), round(max(cpu), 1)],
+            "nats_user_us": round(user, 1),
             "msg_per_s": round(statistics.median(rate)),
             "all": runs[v.name],
         }
         print(f"{v.name:18} {med:12.1f} {min(cpu):6.1f}–{max(cpu):<6.1f} {med / base:8.2f} "
-              f"{statistics.median(rate):7.0f}  {v.about}")  # fmt: skip
+              f"{user:7.1f} {statistics.median(rate):7.0f}  {v.about}")  # fmt: skip
     if profile:
         print(profile)
     for name, table in traces.items():

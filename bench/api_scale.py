@@ -1,7 +1,7 @@
 """Row 1 with a second API process: enqueue (`POST /api/audio/edit/save`) through one and two
 `audioprep api` processes, each against the bare app with as many processes, in one run.
 
-python -m bench.api_scale [--duration 4] [--connections 32] [--reps 3] [--netns] [--pin]
+python -m bench.api_scale [--duration 4] [--connections 32] [--reps 3] [--tmpfs] [--netns] [--pin]
 
 The API is stateless: more processes are more `audioprep api --port P` behind a load
 balancer. Here each process gets its own wrk with connections/processes connections (wrk
@@ -9,6 +9,7 @@ talks to one address), all wrks at once; req/s is their sum, p99 the worse of th
 request the processes' sum over all requests. The four sides (api×1, bare×1, api×2, bare×2)
 alternate round by round.
 
+`--tmpfs`: nats-server's store on /dev/shm (no fsync: what the CPU alone allows).
 `--netns`: nats-server on a simulated host (its own network namespace on a bridge,
 tests/faults/netns.py), the apps and wrk in this one: the apps reach NATS over a veth
 instead of loopback. The hosts still share this box's cores; `--pin` also puts nats-server
@@ -183,7 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ))  # fmt: skip
             log(f"round {r + 1}: " + ", ".join(
                 f"{s} {x[-1]['rps']:.0f} req/s" for s, x in runs.items()))  # fmt: skip
-    out: dict[str, Any] = {"label": label, "netns": args.netns, "pin": args.pin, "sides": {}}
+    out: dict[str, Any] = {"label": label, "netns": args.netns, "pin": args.pin,
+                           "tmpfs": args.tmpfs, "load": os.getloadavg(), "sides": {}}  # fmt: skip
     for side, rs in runs.items():
         med = sorted(rs, key=lambda x: x["rps"])[len(rs) // 2]
         out["sides"][side] = med | {"all": rs}
@@ -207,7 +209,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="alternating rounds")
     parser.add_argument("--netns", action="store_true", help="nats-server on a simulated host")
     parser.add_argument("--pin", action="store_true", help="nats-server on CPU 1, the rest on 0")
+    parser.add_argument(
+        "--tmpfs", action="store_true", help="nats-server's store on /dev/shm (no disk fsync)"
+    )
     args = parser.parse_args()
+    if args.tmpfs:
+        tempfile.tempdir = "/dev/shm"
     result = run(args)
     print(f"{'side':8} {'req/s':>7} {'p99 ms':>7} {'CPU µs/req':>10} {'nats µs/req':>11}")
     for side, r in result["sides"].items():

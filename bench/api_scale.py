@@ -168,6 +168,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "api x2": ["api1", "api2"],
             "bare x2": ["baseline1", "baseline2"],
         }
+        if args.sides:
+            sides = {s: sides[s] for s in args.sides.split(",")}
 
         def urls(names: list[str]) -> list[str]:
             return [apps[n][0] + (path if n.startswith("api") else "/publish") for n in names]
@@ -190,6 +192,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         med = sorted(rs, key=lambda x: x["rps"])[len(rs) // 2]
         out["sides"][side] = med | {"all": rs}
     for n in ("x1", "x2"):
+        if f"api {n}" not in runs or f"bare {n}" not in runs:
+            continue
         a, b = runs[f"api {n}"], runs[f"bare {n}"]
         ratios = sorted(x["rps"] / y["rps"] for x, y in zip(a, b, strict=True))
         p99s = sorted(x["p99_ms"] / y["p99_ms"] for x, y in zip(a, b, strict=True))
@@ -207,6 +211,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=32, help="in all, split per process")
     parser.add_argument("--reps", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--sides", default="", help="some of: api x1,bare x1,api x2,bare x2")
     parser.add_argument("--netns", action="store_true", help="nats-server on a simulated host")
     parser.add_argument("--pin", action="store_true", help="nats-server on CPU 1, the rest on 0")
     parser.add_argument(
@@ -221,6 +226,8 @@ def main() -> None:
         print(f"{side:8} {r['rps']:7.0f} {r['p99_ms']:7.1f} {r['cpu_us_per_req']:10.0f} "
               f"{r['nats_cpu_us_per_req']:11.0f}")  # fmt: skip
     for n in ("x1", "x2"):
+        if f"ratio {n}" not in result:
+            continue
         x = result[f"ratio {n}"]
         print(f"api/bare {n}: req/s {x['rps']}× (rounds {x['rps_rounds'][0]}–"
               f"{x['rps_rounds'][1]}), p99 {x['p99']}× (rounds {x['p99_rounds'][0]}–"

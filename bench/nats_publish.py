@@ -101,6 +101,33 @@ def _bare_cons(job_id: str, n: int) -> tuple[str, bytes, bytes]:
     return f"bench.cons.{n}", SAVE_BODY, b""
 
 
+def _bare_on(stream: str) -> Callable[[str, int], tuple[str, bytes, bytes]]:
+    """The bare app's message into ABLATION stream `stream` (bare + one JOBS setting)."""
+
+    def make(job_id: str, n: int) -> tuple[str, bytes, bytes]:
+        return f"bench.{stream}.{n}", SAVE_BODY, b""
+
+    return make
+
+
+def _bare_job_subject(job_id: str, n: int) -> tuple[str, bytes, bytes]:
+    return f"bench.base.save.{job_id}.requested", SAVE_BODY, b""
+
+
+def _event_on_bare(job_id: str, n: int) -> tuple[str, bytes, bytes]:
+    return f"bench.base.{n}", _event(job_id), b""
+
+
+# One JOBS setting each on an otherwise bare stream (subjects bench.<name>.>)
+ABLATION: dict[str, dict[str, Any]] = {
+    "age": {"max_age": 30 * 86400.0},
+    "atomic": {"allow_atomic": True},
+    "direct": {"allow_direct": True},
+    "deny": {"deny_delete": True, "deny_purge": True},
+    "msgsize": {"max_msg_size": 1024 * 1024},
+}
+
+
 BARE_NAMES = Names("bare")  # a JOBS-shaped stream with no consumers (only the stream)
 
 VARIANTS = {
@@ -109,6 +136,12 @@ VARIANTS = {
         Variant("bare", "bare app: its body, no headers, bench.base.<n>", _bare),
         Variant("bare-cons", "the bare publish into a stream with one idle durable consumer",
                 _bare_cons),
+        Variant("bare-jobsubj", "the bare body on a job-shaped subject (bare stream)",
+                _bare_job_subject),
+        Variant("event-on-bare", "a JobRequested body, no headers, into the bare stream",
+                _event_on_bare),
+        *(Variant(f"bare-{k}", f"the bare publish into a bare stream + {v}", _bare_on(k))
+          for k, v in ABLATION.items()),
         Variant("plain", "JobRequested on JOBS, no headers",
                 _jobs(msg_id=False, expect=None, traceparent=False)),
         Variant("msgid", "+ Nats-Msg-Id", _jobs(msg_id=True, expect=None, traceparent=False)),
@@ -190,6 +223,11 @@ async def _setup(env: Any) -> None:
         await js.add_consumer(
             CONS_STREAM, ConsumerConfig(durable_name="idle", filter_subject="bench.cons.none")
         )
+        for k, extra in ABLATION.items():
+            await js.add_stream(StreamConfig(
+                name=f"BENCH_{k.upper()}", subjects=[f"bench.{k}.>"], storage=StorageType.FILE,
+                **extra,
+            ))  # fmt: skip
         bare = dataclasses.replace(env.settings, names=BARE_NAMES)
         await js.add_stream(jobs_stream_config(bare))
     finally:

@@ -53,8 +53,12 @@ FLUSH_EVERY_S = 0.5
 CHECKPOINT_EVERY_S = 1.0
 WAKE_S = 0.25  # with no nudge, read anyway this often
 READ_BATCH = 512
-READ_RETRIES = 16  # after a nudge that found nothing stored yet (fsync of the event)
+# After a nudge that found nothing stored yet (the nudge is the publish itself, which can
+# come before the server has stored the event): look again, 0.25 ms after, doubling up to
+# 8 ms between reads, for up to 50 ms before waiting for the next nudge (or WAKE_S).
 READ_RETRY_S = 0.00025
+READ_RETRY_MAX_S = 0.008
+READ_PATIENCE_S = 0.05
 RESPONDER_GROUP = "dispatch"
 DECODED = frozenset({"requested", "retrying", "completed", "failed", "cancelled"})
 
@@ -220,8 +224,9 @@ class Dispatcher:
         """Read, fold, release, keep the projection and checkpoint; wait for a nudge."""
         assert self._usage is not None
         loop = asyncio.get_running_loop()
+        nudged = self._wake.is_set()  # taken before clearing: the read is for this nudge
         self._wake.clear()
-        read = await self._read(state, loop.time())
+        read = await self._read(state, loop.time(), nudged)
         now = loop.time()
         if read < READ_BATCH:
             self.caught_up = True
@@ -272,17 +277,21 @@ class Dispatcher:
 
         return [await self.nc.subscribe(f, cb=nudge) for f in self.names.dispatch_filters()]
 
-    async def _read(self, state: DispatchState, now: float) -> int:
+    async def _read(self, state: DispatchState, now: float, nudged: bool = False) -> int:
         """Fold the events after the last one read (one batched direct get); returns how many
         messages came. A nudge can arrive a moment before its event is stored: then look
-        again briefly before going back to waiting."""
+        again for a while before going back to waiting (a nudge whose publish the server
+        refused finds nothing, and costs those reads)."""
         assert self._reader is not None
-        nudged = self._wake.is_set()
-        for attempt in range(READ_RETRIES if nudged else 1):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + READ_PATIENCE_S
+        pause = READ_RETRY_S
+        while True:
             msgs = await self._reader.read(self._next_seq, READ_BATCH, self.events.timeout)
-            if msgs or attempt == READ_RETRIES - 1:
+            if msgs or not nudged or loop.time() >= give_up:
                 break
-            await asyncio.sleep(READ_RETRY_S)
+            await asyncio.sleep(pause)
+            pause = min(READ_RETRY_MAX_S, pause * 2)
         effects: list[CancelWaiting] = []
         for msg in msgs:
             effect = self._apply(state, msg, now)

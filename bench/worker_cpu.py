@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -29,9 +30,11 @@ if __name__ == "__main__" and "--tree" in sys.argv:  # import the other tree's b
     sys.path.remove(str(Path(__file__).resolve().parent))
 
 from bench.common import bench_env, log, provision_env
-from bench.workers import put_upload, run_batch, warm_up
+from bench.workers import fresh_uploads, put_upload, run_batch, warm_up
 
 TICK = os.sysconf("SC_CLK_TCK")
+NOT_CPU = ("wall_ms", "jobs_per_s", "idle_share", "_span_s")
+OURS = ("worker", "media", "nats", "dispatcher", "client")  # every process the bench runs
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -52,6 +55,15 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return own, reaped + live
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, from /proc/stat (idle includes
+    iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / TICK, idle / TICK
+
+
 def snapshot(workers: list[int], server: int, dispatcher: int | None) -> dict[str, float]:
     own = desc = 0.0
     for pid in workers:
@@ -60,6 +72,10 @@ def snapshot(workers: list[int], server: int, dispatcher: int | None) -> dict[st
     out = {"worker": own, "media": desc, "nats": sum(proc_cpu(server))}
     if dispatcher is not None:
         out["dispatcher"] = sum(proc_cpu(dispatcher))
+    # The bench's own process: it publishes the requests and follows the events.
+    times = os.times()
+    out["client"] = times.user + times.system
+    out["machine"], out["_idle"] = machine_cpu()
     return out
 
 
@@ -101,7 +117,7 @@ def measure(
         s0 = snapshot(pids, server, apart.pid if apart else None)
         time.sleep(3.0)
         s1 = snapshot(pids, server, apart.pid if apart else None)
-        idle_per_s = {k: (s1[k] - s0[k]) / 3.0 for k in s0}
+        idle_per_s = {k: (s1[k] - s0[k]) / 3.0 for k in s0 if not k.startswith("_")}
         spies = []
         if profile:  # py-spy on each worker's own process, CPU samples only (not idle waits)
             spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
@@ -114,18 +130,31 @@ def measure(
             time.sleep(1.0)
         runs = []
         for _ in range(reps):
+            uploads = asyncio.run(fresh_uploads(env, upload_key, jobs))  # before the clock
             a = snapshot(pids, server, apart.pid if apart else None)
             t0 = time.perf_counter()
-            elapsed = asyncio.run(run_batch(env, upload_key, jobs))
+            if "uploads" in inspect.signature(run_batch).parameters:
+                elapsed = asyncio.run(run_batch(env, upload_key, jobs, uploads))
+            else:  # an older tree's bench (--tree): it copies its uploads inside the batch
+                elapsed = asyncio.run(run_batch(env, upload_key, jobs))
             wall = time.perf_counter() - t0
             b = snapshot(pids, server, apart.pid if apart else None)
-            per_job = {k: (b[k] - a[k]) / jobs * 1000 for k in a}
+            per_job = {k: (b[k] - a[k]) / jobs * 1000 for k in a if not k.startswith("_")}
+            ours = sum(v for k, v in per_job.items() if k != "machine")
+            # Whatever else ran meanwhile (kernel threads, other engineers' processes).
+            per_job["other"] = per_job["machine"] - ours
             per_job["wall_ms"] = elapsed / jobs * 1000
+            per_job["jobs_per_s"] = jobs / elapsed
+            busy, idle = b["machine"] - a["machine"], b["_idle"] - a["_idle"]
+            per_job["idle_share"] = idle / max(1e-9, busy + idle)
             per_job["_span_s"] = wall
             runs.append(per_job)
+            cpu = [k for k in per_job if k not in NOT_CPU]
             log(
-                "per job: "
-                + ", ".join(f"{k} {v:.1f} ms" for k, v in per_job.items() if not k.startswith("_"))
+                "CPU per job: "
+                + ", ".join(f"{k} {per_job[k]:.1f}" for k in cpu)
+                + f" ms; wall {per_job['wall_ms']:.1f} ms/job = {per_job['jobs_per_s']:.1f} jobs/s,"
+                f" cores {per_job['idle_share']:.0%} idle"
             )
         for spy_proc in spies:
             spy_proc.send_signal(2)
@@ -140,6 +169,7 @@ def measure(
         "per_job_ms": {k: round(v, 2) for k, v in med.items()},
         "spread_ms": {k: [round(x, 2) for x in v] for k, v in spread.items()},
         "total_ms": round(med["worker"] + med["media"] + med.get("dispatcher", 0), 2),
+        "ours_ms": round(sum(med[k] for k in med if k in OURS), 2),
         "idle_ms_per_s": {k: round(v * 1000, 2) for k, v in idle_per_s.items()},
         "runs": runs,
     }

@@ -30,7 +30,7 @@ log = logging.getLogger("audioprep.worker")
 
 PRIORITY: dict[kinds.Kind, int] = {"preview": 0, "ingest": 1, "save": 2}
 FETCH_TIMEOUT_S = 2.0  # how long a pull request's answer may take; a stopping worker waits for it
-WAKE_PULL_S = 0.1  # how long a pull for announced work waits for the stream to store it
+WAKE_PULL_S = 0.25  # how long a pull for announced work waits for the stream to store it
 SWEEP_S = 1.0  # an idle worker asks every kind this often (redeliveries are not announced)
 ERROR_PAUSE_S = 0.5
 NO_WAIT = b'{"batch":1,"no_wait":true}'
@@ -220,12 +220,12 @@ class WorkerService:
             fresh = [k for k in ordered if k in announced]
             announced.clear()
             failed = False
-            # Everything the consumers have now, in priority order; then what was announced,
-            # waiting a little for it to be stored.
-            for kind, wait_s in [
-                *((k, 0.0) for k in ordered if sweep),
-                *((k, WAKE_PULL_S) for k in fresh),
-            ]:
+            # Everything the consumers have now, in priority order (several kinds announced:
+            # those, in case one was taken by another worker); then what was announced,
+            # waiting a little for the stream to store it.
+            now = ordered if sweep else fresh if len(fresh) > 1 else []
+            plan = [*((k, 0.0) for k in now), *((k, WAKE_PULL_S) for k in fresh)]
+            for kind, wait_s in plan:
                 msg, ok = await pulls[kind].one(wait_s)
                 failed = failed or not ok
                 if msg is not None:

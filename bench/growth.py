@@ -385,7 +385,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         row("10 growth", "rebuild peak RSS, loaded vs 10 %", full["rebuild_peak_mib"],
             mid["rebuild_peak_mib"], "MiB", higher_is_better=False, target="bounded",
             met=full["rebuild_peak_mib"] <= 1.5 * mid["rebuild_peak_mib"],
-            notes="one view per job is held in memory while folding")
+            notes="an LRU cache of 10,000 views, the rest in a scratch SQLite file")
     )  # fmt: skip
     objects = f"{full['jobs'] // 10:,} vs {mid['jobs'] // 10:,} objects"
     out.append(

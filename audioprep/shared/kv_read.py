@@ -39,6 +39,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -154,14 +155,52 @@ async def _by_direct_get(
     return out
 
 
+async def each_latest(
+    nc: Client,
+    bucket: str,
+    on_entry: Callable[[KvEntry], None],
+    keys: str = ">",
+    *,
+    timeout: float = 5.0,
+    stall_timeout: float = 5.0,
+) -> int:
+    """`on_entry(entry)` for every key matching `keys`, delete markers included, without
+    holding them: a whole big bucket in bounded memory (`projection rebuild`). Read as
+    `read_latest` reads by consumer; after a consumer reset an older revision of a key may
+    come again, always before its latest, so the caller keeps the highest revision. Returns
+    the bucket stream's last revision the read went up to (0: nothing matched)."""
+    last = await last_revision(nc, bucket, keys, timeout=timeout)
+    if last:
+        await _consume(nc, bucket, keys, last, stall_timeout, on_entry)
+    return last
+
+
 async def _by_consumer(
     nc: Client, bucket: str, keys: str, last: int, stall_timeout: float
 ) -> dict[str, KvEntry]:
+    out: dict[str, KvEntry] = {}
+
+    def keep(entry: KvEntry) -> None:
+        # after a reset nats-py's ordered consumer resumes by sequence: older revisions of a
+        # key may come again, always before its latest
+        out[entry.key] = entry
+
+    await _consume(nc, bucket, keys, last, stall_timeout, keep)
+    return dict(sorted(out.items(), key=lambda item: item[1].revision))
+
+
+async def _consume(
+    nc: Client,
+    bucket: str,
+    keys: str,
+    last: int,
+    stall_timeout: float,
+    on_entry: Callable[[KvEntry], None],
+) -> None:
     """An ordered consumer, last message per key, until a message at `last` or later (or, when
     nothing comes for a while, until the leader's last matching message is one already read:
     the one at `last` may have aged out since, max_age)."""
     prefix = names.kv_subject(bucket, "")
-    out: dict[str, KvEntry] = {}
     done = asyncio.Event()
     count = top = 0
 
@@ -172,9 +211,7 @@ async def _by_consumer(
         top = max(top, seq)
         key = msg.subject.removeprefix(prefix)
         deleted = _is_delete(msg.headers)
-        # after a reset nats-py's ordered consumer resumes by sequence: older revisions of a
-        # key may come again, always before its latest
-        out[key] = KvEntry(key, b"" if deleted else msg.data, seq, deleted)
+        on_entry(KvEntry(key, b"" if deleted else msg.data, seq, deleted))
         if seq >= last:
             done.set()
 
@@ -206,4 +243,3 @@ async def _by_consumer(
                     break
     finally:
         await sub.unsubscribe()
-    return dict(sorted(out.items(), key=lambda item: item[1].revision))

@@ -171,3 +171,36 @@ async def test_bad_preset_reference(pub_stack: Stack, source: str) -> None:
         )
         assert resp.status_code in (404, 422), resp.text
         assert resp.json()["field"] == "preset"
+
+
+async def test_a_presets_intro_and_outro_are_checked_like_a_saves(
+    pub_stack: Stack, source: str
+) -> None:
+    """An intro/outro must be a safe key of a source this tenant ingested, at once (not only
+    when a save uses the preset); another tenant's source looks exactly like a missing one."""
+    c = pub_stack.client
+    cases = [
+        ({"intro": {"sourceKey": "../etc/passwd"}}, 422, "invalid_source_key", "intro"),
+        ({"outro": {"sourceKey": "sources/none/jingle.wav"}}, 404, "outro_not_found", "outro"),
+    ]
+    for recipe, status, code, which in cases:
+        for resp in (
+            await c.post("/api/presets", json={"name": "jingled", "recipe": recipe}, headers=A),
+            await c.put("/api/presets/jingled", json={"recipe": recipe}, headers=A),
+        ):
+            assert resp.status_code == status, resp.text
+            assert resp.json()["code"] == code
+            assert resp.json()["field"] == f"recipe.{which}.sourceKey"
+    theirs = await c.post(
+        "/api/presets",
+        json={"name": "jingled", "recipe": {"outro": {"sourceKey": source}}},
+        headers=B,
+    )
+    assert theirs.status_code == 404 and theirs.json()["code"] == "outro_not_found", theirs.text
+    mine = await c.post(
+        "/api/presets",
+        json={"name": "jingled", "recipe": {"outro": {"sourceKey": source}}},
+        headers=A,
+    )
+    assert mine.status_code == 201, mine.text
+    assert (await c.delete("/api/presets/jingled", headers=A)).status_code == 204

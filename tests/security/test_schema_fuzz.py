@@ -15,6 +15,7 @@ disturb nothing. Also here: a real chunked upload over a socket, cut off by the 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 import time
@@ -32,6 +33,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, Phase
+from PIL import Image
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 
@@ -65,11 +67,25 @@ DOCUMENTED_EXCEPTIONS: dict[tuple[type[Failure], str, str], set[str | None] | No
         "recipe.trim.endMs",
         "recipe.normalize.preset",
     },
+    # A preset's recipe follows the same rules (routes/presets.py checks it as a save would).
+    (RejectedPositiveData, "createPreset", "invalid_recipe"): {
+        "recipe.trim.endMs",
+        "recipe.normalize.preset",
+    },
+    (RejectedPositiveData, "replacePreset", "invalid_recipe"): {
+        "recipe.trim.endMs",
+        "recipe.normalize.preset",
+    },
     # The SSRF guard on a webhook URL (docs/webhooks.md "SSRF guard"): a schema-valid string
     # that is no http(s) URL, a private/local target, a name that does not resolve.
     (RejectedPositiveData, "createWebhook", "forbidden_url"): {"url"},
     (RejectedPositiveData, "createWebhook", "invalid_url"): {"url"},
     (RejectedPositiveData, "createWebhook", "unresolvable_host"): {"url"},
+    # POST /api/images: a schema-valid `file` is any bytes; only a JPEG or PNG (by content) of
+    # at most 3000×3000 pixels that decodes is a picture (docs/publishing.md "Cover images").
+    (RejectedPositiveData, "uploadImage", "unsupported_image"): {"file"},
+    (RejectedPositiveData, "uploadImage", "invalid_image"): {"file"},
+    (RejectedPositiveData, "uploadImage", "image_too_large"): {"file"},
     # GET /api/usage: `2026-13-45` has the shape of a date but is none; `to` before `from`,
     # or more than 366 days, is a rule across the two (docs/fairness.md).
     (RejectedPositiveData, "getUsage", "invalid_date"): {"from", "to"},
@@ -216,6 +232,15 @@ def _problem(response: Any) -> dict[str, Any]:
 positive_cases: Counter[str] = Counter()
 
 
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 40, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+_PNG = _png()
+
+
 def _with_state(case: Any, operation_id: str, live_api: LiveApi) -> None:
     """What a schema can't know, for schema-valid cases only (negative ones stay as generated):
 
@@ -224,7 +249,9 @@ def _with_state(case: Any, operation_id: str, live_api: LiveApi) -> None:
     - a random `sourceKey` is a 404: every other edit case names a stored source instead, so
       the accepted path (render cache, coalescing, the job) is fuzzed too;
     - a random job id is a 404: every other job case names one of the finished jobs instead
-      (their views, events, a cancel of a finished job, a preview's audio that isn't there).
+      (their views, events, a cancel of a finished job, a preview's audio that isn't there);
+    - random bytes are no picture (415): every other image upload sends a real PNG, so the
+      re-encode and store path is fuzzed too.
     """
     positive_cases[operation_id] += 1
     turn = positive_cases[operation_id]
@@ -233,6 +260,8 @@ def _with_state(case: Any, operation_id: str, live_api: LiveApi) -> None:
     headers = case.headers or {}
     if "Idempotency-Key" in headers:
         headers["Idempotency-Key"] = f"{headers['Idempotency-Key']}-{uuid.uuid4().hex}"[-200:]
+    if operation_id == "uploadImage" and isinstance(case.body, dict) and turn % 2 == 0:
+        case.body["file"] = _PNG
     if (
         operation_id in ("previewEdit", "saveEdit")
         and isinstance(case.body, dict)

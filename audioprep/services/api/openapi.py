@@ -39,6 +39,7 @@ from audioprep.domain.views import JobView
 from audioprep.services.api.auth import ApiKeyGuard
 from audioprep.services.api.problems import PROBLEM_JSON
 from audioprep.services.api.schemas import (
+    PRESET_RULES,
     SAVE_REQUEST_RULES,
     DownloadLink,
     JobAccepted,
@@ -47,6 +48,7 @@ from audioprep.services.api.schemas import (
 )
 from audioprep.services.api.serving import CONTENT_TYPES
 from audioprep.services.api.url_check import YOUTUBE_HOSTS
+from audioprep.shared.presets import NAME_PATTERN as PRESET_NAME_PATTERN
 
 # Route option (`opt={JSON_BODY: SomeStruct}`): the handler decodes that msgspec type from a
 # JSON body itself (services/api/bodies.py); the schema documents it as the request body.
@@ -102,6 +104,12 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
         "replayWebhookDelivery",
         "webhooks",
     ),
+    ("post", "/api/images"): ("uploadImage", "publishing"),
+    ("post", "/api/presets"): ("createPreset", "publishing"),
+    ("get", "/api/presets"): ("listPresets", "publishing"),
+    ("get", "/api/presets/{name}"): ("getPreset", "publishing"),
+    ("put", "/api/presets/{name}"): ("replacePreset", "publishing"),
+    ("delete", "/api/presets/{name}"): ("deletePreset", "publishing"),
     ("get", "/api/usage"): ("getUsage", "usage"),
     ("get", "/healthz"): ("getLiveness", "health"),
     ("get", "/readyz"): ("getReadiness", "health"),
@@ -112,6 +120,7 @@ TAGS = {
     "jobs": "Every request is a job: poll it, follow its events, cancel it.",
     "storage": "Signed, expiring downloads of stored results.",
     "webhooks": "Signed, retried, replayable notifications when jobs end (docs/webhooks.md).",
+    "publishing": "Cover images and saved presets for publish-ready saves (docs/publishing.md).",
     "usage": "What each tenant used per day (docs/fairness.md).",
     "health": "Liveness and readiness.",
 }
@@ -197,18 +206,19 @@ def _range() -> Parameter:
     )
 
 
-def _ingest_body() -> RequestBody:
-    multipart = Schema(
+def _file_part(description: str) -> Schema:
+    """A multipart/form-data body with one required `file` part."""
+    return Schema(
         type=OpenAPIType.OBJECT,
         required=["file"],
         properties={
-            "file": _string(
-                format=OpenAPIFormat.BINARY,
-                min_length=1,
-                description="The audio (or video) file; its name names the source.",
-            )
+            "file": _string(format=OpenAPIFormat.BINARY, min_length=1, description=description)
         },
     )
+
+
+def _ingest_body() -> RequestBody:
+    multipart = _file_part("The audio (or video) file; its name names the source.")
 
     def url_body(source: str, pattern: str, description: str) -> Schema:
         return Schema(
@@ -253,6 +263,15 @@ def _ingest_body() -> RequestBody:
     )
 
 
+def _image_body() -> RequestBody:
+    image = _file_part("A JPEG or PNG picture (its content decides, not its name or type).")
+    return RequestBody(
+        required=True,
+        description="A multipart upload with a `file` part.",
+        content={"multipart/form-data": OpenAPIMediaType(schema=image)},
+    )
+
+
 def complete_schema(app: Litestar) -> None:
     """Startup hook: add what decorators can't say to the generated OpenAPI document."""
     schema = app.openapi_schema
@@ -286,11 +305,15 @@ def _complete_operation(method: str, path: str, operation: Any, *, keyed: bool) 
         operation.request_body = _ingest_body()
         for status in (400, 409, 413, 415, 422):
             responses.setdefault(str(status), _problem_response(_DESCRIPTIONS[status]))
+    if path == "/api/images":
+        operation.request_body = _image_body()
     if method == "post" and path in ("/api/audio/ingest", *_EDIT_POSTS):
         _add_parameter(operation, _idempotency_key())
     for parameter in operation.parameters or []:
         if parameter.name == "job_id" and parameter.param_in == ParamType.PATH:
             parameter.schema = _JOB_ID
+        if path.startswith("/api/presets/") and parameter.name == "name":
+            parameter.schema = _string(pattern=PRESET_NAME_PATTERN)
     if path in _EDIT_POSTS and "202" in responses:
         responses["202"].headers = {"Location": _header("The job's poll URL", required=True)}
     if path == "/api/audio/jobs/{job_id}/cancel":
@@ -468,14 +491,19 @@ def _add_msgspec_components(app: Litestar, paths: dict[str, Any]) -> None:
             content={"application/json": OpenAPIMediaType(schema=to_openapi(ref))},
         )
     components[EVENT_COMPONENT] = refs[-1]
-    save = components.get(SaveRequest.__name__)
-    if save is not None:  # a rule across fields msgspec's schema can't state
-        save.update(SAVE_REQUEST_RULES)
+    for name, rules in _RULES_ACROSS_FIELDS.items():  # what msgspec's schema can't state
+        if name in components:
+            components[name].update(rules)
     schemas = app.openapi_schema.components.schemas
     for name, component in components.items():
         schemas[name] = to_openapi(component)  # type: ignore[assignment]
 
 
+_RULES_ACROSS_FIELDS = {
+    SaveRequest.__name__: SAVE_REQUEST_RULES,
+    "PresetCreate": PRESET_RULES,
+    "PresetFields": PRESET_RULES,
+}
 _SCHEMA_FIELDS = {
     f.metadata.get("alias", f.name): f.name for f in dataclasses.fields(Schema) if f.init
 }

@@ -60,6 +60,16 @@ SAVE_REQUEST_RULES = {
 }
 
 
+# A preset holds `format` or `outputs` or neither (the save's own fields may add one), never
+# both (routes/presets.py answers 422 `validation_error` on `outputs`).
+PRESET_RULES = {
+    "not": {
+        "required": ["format", "outputs"],
+        "properties": {"format": {"type": "string"}, "outputs": {"type": "array"}},
+    }
+}
+
+
 class JobAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     job_id: str
     status: str = "pending"

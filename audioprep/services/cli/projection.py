@@ -10,7 +10,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError
 
 from audioprep.services.cli.common import Session, add_nats_url, run_with_nats
-from audioprep.services.projector.rebuild import rebuild
+from audioprep.services.projector.rebuild import CACHE, rebuild
 from audioprep.shared import names
 
 STAGES = {"read": "reading stream JOBS", "write": "writing KV bucket jobs", "delete": "deleting"}
@@ -43,18 +43,29 @@ class ProgressPrinter:
         self.out.flush()
 
 
+def _cache_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"not a number of views (1 or more): {text!r}")
+    return n
+
+
 async def _rebuild(session: Session, args: argparse.Namespace) -> int:
     report = await rebuild(
         session.js,
         session.events,
         progress=None if args.quiet else ProgressPrinter(),
         check_only=args.check,
+        cache=args.cache,
     )
     if sys.stderr.isatty() and not args.quiet:
         sys.stderr.write("\n")
     if args.check:
-        if report.differences:
-            print(f"view differs from the stream for {len(report.differences)} key(s):")
+        if report.different:
+            print(f"view differs from the stream for {report.different} key(s):")
             for key in report.differences[:50]:
                 print(f"  {key}")
             return 1
@@ -63,7 +74,7 @@ async def _rebuild(session: Session, args: argparse.Namespace) -> int:
     print(
         f"rebuilt KV bucket jobs from {report.events} events (up to seq {report.last_seq}): "
         f"{report.jobs} jobs, {report.written} written, {report.unchanged} unchanged, "
-        f"{report.deleted} deleted, {report.refolded} re-folded "
+        f"{report.deleted} deleted, {report.refolded} re-folded, {report.read_back} read back "
         f"in {report.seconds:.1f} s ({report.events_per_s:,.0f} events/s)"
     )
     print(f"projector checkpoint reset to {report.last_seq}")
@@ -95,12 +106,20 @@ def register(commands: Any) -> None:
     rb = sub.add_parser(
         "rebuild",
         help="recreate KV bucket jobs from stream JOBS (safe while a projector runs)",
-        description="Fold every event of stream JOBS in memory, write the views that differ, "
-        "delete keys the stream does not produce and reset the projector checkpoint. The "
-        "result equals the live view key for key.",
+        description="Fold every event of stream JOBS, write the views that differ, delete "
+        "keys the stream does not produce and reset the projector checkpoint. The result "
+        "equals the live view key for key. Memory stays bounded: views beyond --cache wait in "
+        "a temporary file under TMPDIR (about 1 KB a job).",
     )
     rb.add_argument("--check", action="store_true", help="only compare; exit 1 if the view differs")
     rb.add_argument("--quiet", action="store_true", help="no progress lines")
+    rb.add_argument(
+        "--cache",
+        type=_cache_size,
+        default=CACHE,
+        metavar="N",
+        help=f"views folded in memory at once (default {CACHE:,}; under 1 KB each)",
+    )
     add_nats_url(rb)
     rb.set_defaults(func=lambda a: run_with_nats(a, lambda s: _rebuild(s, a)))
     st = sub.add_parser("status", help="stream last sequence vs projector checkpoint")

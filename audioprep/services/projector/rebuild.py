@@ -1,22 +1,30 @@
-"""Rebuild KV bucket `jobs` from stream JOBS: fold every event in memory, then write the diff.
+"""Rebuild KV bucket `jobs` from stream JOBS: fold every event, then write the diff, in
+bounded memory.
 
 The result equals what the live projector produces, key for key (the same pure `fold` over
 the same events), only KV revisions differ. Steps:
 
-1. Snapshot the stream's last sequence S and fold events [first, S] in memory (ordered
-   consumer with a message callback: the fastest way nats-py reads a stream, docs/benchmarks.md).
-2. Read the bucket's current entries (shared/kv_read.py: an ordered consumer up to the
-   last message the leader has) and write only keys whose bytes differ, in
-   atomic batches of 500 (one fsync per batch instead of one per key: ~10× faster with
-   `sync_interval: always`; provisioning sets `allow_atomic` on stream KV_jobs). Delete keys
-   the stream does not produce.
+1. Snapshot the stream's last sequence S and fold events [first, S] (ordered consumer with a
+   message callback: the fastest way nats-py reads a stream, docs/benchmarks.md). The views
+   being folded are held in an LRU cache of `cache` jobs; a view pushed out of it goes to a
+   scratch table (SQLite, a temporary file) and is read back from there when a later event
+   of its job comes (rare: a job's events are close together in the stream). Every job is
+   looked up there once, when its first event comes: the table also says "never seen", which
+   the target bucket can't (its entry may be damaged, stale or a live projector's).
+2. Read the bucket's current entries (shared/kv_read.py: an ordered consumer up to the last
+   message the leader has) into a second scratch table, and write only keys whose bytes
+   differ (a join of the two tables), in atomic batches of 500 (one fsync per batch instead
+   of one per key: ~10× faster with `sync_interval: always`; provisioning sets `allow_atomic`
+   on stream KV_jobs). Delete keys the stream does not produce.
 3. Every write is a compare-and-set on the revision just read. A batch that hits a key a live
    projector moved meanwhile is rejected whole and written key by key; such a key, or one
    already newer than S, is re-folded from that job's full history, so rebuilding while a
    projector runs is safe.
 4. Reset the projector checkpoint to S; a projector started afterwards resumes at S + 1.
 
-Memory grows with the number of jobs (one view each, ~0.5 KB).
+Memory: the cache (~0.85 KB a view), SQLite's page cache (16 MiB) and a batch: 70 MiB peak
+RSS at 300k jobs (bench/RESULTS.md). The scratch file, under TMPDIR and removed at the end,
+takes ~0.35 KB a job for the views and as much for the bucket's entries.
 """
 
 from __future__ import annotations
@@ -25,10 +33,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -38,20 +51,24 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from audioprep.domain.events import decode_event
+from audioprep.domain.events import Event, decode_event
 from audioprep.domain.fold import fold, fold_history
 from audioprep.domain.views import JobView, decode_view, encode_view
 from audioprep.shared import kv_read, names
 from audioprep.shared.event_store import EventStore
+from audioprep.shared.kv_read import KvEntry
 from audioprep.shared.names import Names
 
 log = logging.getLogger("audioprep.rebuild")
+T = TypeVar("T")
 
 WRITERS = 128  # key-by-key writes in flight (the fallback when atomic batches are off)
 BATCH_SIZE = 500  # views per atomic batch (the server allows up to 1000)
 BATCH_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 30.0  # no message for this long while reading means the server went away
 CAS_RETRIES = 10
+CACHE = 10_000  # views folded in memory at once (bench/RESULTS.md, 2026-12-01)
+DIFFERENCES_KEPT = 1000  # keys `--check` names (all of them are counted)
 
 # progress(stage, done, total): stage is "read", "compare", "write" or "delete".
 Progress = Callable[[str, int, int], None]
@@ -59,7 +76,9 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class RebuildReport:
-    """What a rebuild did; `seconds` covers the whole run."""
+    """What a rebuild did; `seconds` covers the whole run. `read_back`: views pushed out of
+    the cache and read back from the scratch table; `different` (`--check`): keys that differ,
+    the first DIFFERENCES_KEPT of them (sorted) in `differences`."""
 
     events: int = 0
     jobs: int = 0
@@ -67,6 +86,9 @@ class RebuildReport:
     unchanged: int = 0
     deleted: int = 0
     refolded: int = 0
+    read_back: int = 0
+    spilled: int = 0
+    different: int = 0
     last_seq: int = 0
     seconds: float = 0.0
     read_seconds: float = 0.0
@@ -85,18 +107,19 @@ class Current:
     revision: int
 
 
-async def fold_stream(
+async def read_stream(
     js: JetStreamContext,
     n: Names,
+    on_event: Callable[[Event, int], None],
     *,
     start_seq: int,
     end_seq: int,
     progress: Progress | None = None,
-) -> tuple[dict[str, JobView], int]:
-    """Fold events [start_seq, end_seq] into views in memory; returns (views, events read)."""
-    views: dict[str, JobView] = {}
+) -> int:
+    """`on_event(event, seq)` for every decodable event in [start_seq, end_seq]; returns
+    how many events were read."""
     if end_seq < start_seq:
-        return views, 0
+        return 0
     total = end_seq - start_seq + 1
     done = asyncio.Event()
     count = 0
@@ -114,9 +137,7 @@ async def fold_stream(
         except msgspec.DecodeError:
             log.error("undecodable event skipped", extra={"seq": seq, "subject": msg.subject})
         else:
-            view = fold(views.get(event.job_id), event, seq)
-            if view is not None:
-                views[event.job_id] = view
+            on_event(event, seq)
         if seq >= end_seq:
             done.set()
 
@@ -145,11 +166,127 @@ async def fold_stream(
                 progress("read", count, total)
     finally:
         await sub.unsubscribe()
+    return count
+
+
+async def fold_stream(
+    js: JetStreamContext,
+    n: Names,
+    *,
+    start_seq: int,
+    end_seq: int,
+    progress: Progress | None = None,
+) -> tuple[dict[str, JobView], int]:
+    """Fold events [start_seq, end_seq] into views, all in memory; returns (views, events
+    read). The reference the bounded rebuild is checked against (tests)."""
+    views: dict[str, JobView] = {}
+
+    def on_event(event: Event, seq: int) -> None:
+        view = fold(views.get(event.job_id), event, seq)
+        if view is not None:
+            views[event.job_id] = view
+
+    count = await read_stream(
+        js, n, on_event, start_seq=start_seq, end_seq=end_seq, progress=progress
+    )
     return views, count
 
 
+class Scratch:
+    """The rebuild's working set on disk: table `views` (key → folded view, as written to the
+    bucket) and table `current` (key → the bucket's entry: value, NULL for a delete marker,
+    revision, and the `seq` of the view it holds). A private temporary file: no journal, no
+    fsync; SQLite's page cache bounds what it keeps in memory."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="audioprep-rebuild-", dir=directory)
+        self.db = sqlite3.connect(Path(self._dir.name) / "rebuild.sqlite3", isolation_level=None)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16384"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE views (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE current (key TEXT PRIMARY KEY, value BLOB, revision INTEGER NOT NULL,"
+            " seq INTEGER NOT NULL)"
+        )
+        self.db.execute("BEGIN")  # one transaction: nothing here needs to survive a crash
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+    def put_views(self, views: Iterable[tuple[str, bytes]]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO views VALUES (?, ?)", views)
+
+    def get_view(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM views WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_current(self, entry: KvEntry) -> None:
+        value = None if entry.deleted else entry.value
+        self.db.execute(
+            "INSERT INTO current VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " value = excluded.value, revision = excluded.revision, seq = excluded.seq"
+            " WHERE excluded.revision > current.revision",
+            (entry.key, value, entry.revision, _seq_of(value)),
+        )
+
+    def count(self, sql: str, *args: object) -> int:
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def rows(self, sql: str, *args: object, size: int = BATCH_SIZE) -> Iterator[list[Row]]:
+        """The rows of a query, `size` at a time, as (key, view, current entry)."""
+        cursor = self.db.execute(sql, args)
+        while chunk := cursor.fetchmany(size):
+            yield [Row(k, d, None if r is None else Current(v, r)) for k, d, v, r in chunk]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    data: bytes | None  # the folded view, None: none (a key to delete or refold)
+    current: Current | None  # the bucket's entry, None: no entry
+
+
+class FoldCache:
+    """Views being folded: the `size` most recently used in memory, the rest in the scratch
+    table (see the module docstring)."""
+
+    def __init__(self, scratch: Scratch, size: int, report: RebuildReport) -> None:
+        self.scratch = scratch
+        self.size = max(1, size)
+        self.evict = max(1, self.size // 20)  # views pushed out at once (one executemany)
+        self.report = report
+        self.views: OrderedDict[str, JobView] = OrderedDict()
+
+    def apply(self, event: Event, seq: int) -> None:
+        key = event.job_id
+        view = self.views.get(key)
+        if view is not None:
+            self.views.move_to_end(key)
+        elif self.report.spilled and (data := self.scratch.get_view(key)) is not None:
+            view = decode_view(data)
+            self.report.read_back += 1
+        new = fold(view, event, seq)
+        if new is None:
+            return  # a stray event of a job never requested
+        self.views[key] = new
+        if len(self.views) > self.size:
+            self._spill(self.evict)
+            self.report.spilled += self.evict
+
+    def _spill(self, n: int) -> None:
+        """The `n` least recently used views to the scratch table."""
+        pop = self.views.popitem
+        self.scratch.put_views((k, encode_view(v)) for k, v in (pop(last=False) for _ in range(n)))
+
+    def flush(self) -> None:
+        """Every view to the scratch table: it holds all of them now."""
+        self._spill(len(self.views))
+
+
 async def read_bucket(nc: Client, bucket: str) -> dict[str, Current]:
-    """Every key's latest entry, delete markers included (for CAS): the shared KV reader
+    """Every key's latest entry, delete markers included, all in memory (tests; the rebuild
+    streams the entries into its scratch table with `kv_read.each_latest`): the shared KV reader
     (shared/kv_read.py) with an ordered consumer, up to the last message the bucket stream's
     leader has when the read begins.
 
@@ -165,7 +302,7 @@ async def read_bucket(nc: Client, bucket: str) -> dict[str, Current]:
     return {k: Current(None if e.deleted else e.value, e.revision) for k, e in entries.items()}
 
 
-async def _pool(items: Iterable[str], work: Callable[[str], Awaitable[None]], size: int) -> None:
+async def _pool(items: Iterable[T], work: Callable[[T], Awaitable[None]], size: int) -> None:
     """Run `await work(item)` for every item with at most `size` in flight."""
     it = iter(items)
 
@@ -176,11 +313,6 @@ async def _pool(items: Iterable[str], work: Callable[[str], Awaitable[None]], si
     await asyncio.gather(*(runner() for _ in range(size)))
 
 
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 class RebuildWriter:
     """CAS writes of rebuilt views; a conflict re-folds that job from its full history."""
 
@@ -189,8 +321,9 @@ class RebuildWriter:
         self.events = events
         self.report = report
 
-    async def write(self, key: str, view: JobView | None, current: Current | None) -> None:
-        """One key: create, update or delete it unless it already holds `view`."""
+    async def write(self, key: str, view: JobView | bytes | None, current: Current | None) -> None:
+        """One key: create, update or delete it unless it already holds `view` (a view or its
+        encoding)."""
         for _ in range(CAS_RETRIES):
             try:
                 if view is None:
@@ -198,7 +331,7 @@ class RebuildWriter:
                         await self.kv.delete(key, last=current.revision)
                         self.report.deleted += 1
                     return
-                data = encode_view(view)
+                data = view if isinstance(view, bytes) else encode_view(view)
                 if current is not None and current.value == data:
                     self.report.unchanged += 1
                     return
@@ -213,7 +346,10 @@ class RebuildWriter:
         raise RuntimeError(f"view {key} kept changing under the rebuild")
 
     async def write_batch(
-        self, keys: list[str], views: dict[str, JobView], current: dict[str, Current]
+        self,
+        keys: list[str],
+        views: Mapping[str, JobView | bytes],
+        current: Mapping[str, Current],
     ) -> bool:
         """Write many views as one atomic batch (one fsync): all of them, or none on a conflict.
 
@@ -231,7 +367,8 @@ class RebuildWriter:
                 "Nats-Expected-Last-Subject-Sequence": str(cur.revision if cur else 0),
             }
             subject = names.kv_subject(self.events.names.jobs_bucket, key)
-            data = encode_view(views[key])
+            view = views[key]
+            data = view if isinstance(view, bytes) else encode_view(view)
             if n < len(keys):
                 await nc.publish(subject, data, headers=headers)
                 continue
@@ -280,34 +417,71 @@ async def rebuild(
     check_only: bool = False,
     writers: int = WRITERS,
     batch_size: int = BATCH_SIZE,
+    cache: int = CACHE,
+    scratch_dir: str | None = None,
 ) -> RebuildReport:
     """Recreate the whole `jobs` bucket from the stream (see the module docstring)."""
+    scratch = Scratch(scratch_dir)
+    try:
+        return await _rebuild(js, events, scratch, progress, check_only, writers, batch_size, cache)
+    finally:
+        scratch.close()
+
+
+# The joins of the folded views with the bucket's entries (? is the snapshot S). A key
+# whose entry holds a view newer than S (a live projector is ahead of us) is re-folded from
+# its history instead of being set back to the snapshot.
+CHANGED = """SELECT v.key, v.data, c.value, c.revision FROM views v LEFT JOIN current c
+    ON c.key = v.key WHERE (c.key IS NULL OR c.seq <= ?)
+    AND (c.value IS NULL OR c.value != v.data) ORDER BY v.key"""
+UNCHANGED = """SELECT count(*) FROM views v JOIN current c ON c.key = v.key
+    WHERE c.seq <= ? AND c.value = v.data"""
+STALE = """SELECT c.key, NULL, c.value, c.revision FROM current c WHERE c.value IS NOT NULL
+    AND c.seq <= ? AND NOT EXISTS (SELECT 1 FROM views v WHERE v.key = c.key)
+    ORDER BY c.key"""
+AHEAD = "SELECT key, NULL, value, revision FROM current WHERE seq > ? ORDER BY key"
+
+
+async def _rebuild(
+    js: JetStreamContext,
+    events: EventStore,
+    scratch: Scratch,
+    progress: Progress | None,
+    check_only: bool,
+    writers: int,
+    batch_size: int,
+    cache: int,
+) -> RebuildReport:
     started = time.monotonic()
     report = RebuildReport()
     info = await js.stream_info(events.names.stream)
     first, last = info.state.first_seq or 1, info.state.last_seq or 0
     report.last_seq = last
-    views, report.events = await fold_stream(
-        js, events.names, start_seq=first, end_seq=last, progress=progress
+    folding = FoldCache(scratch, cache, report)
+    report.events = await read_stream(
+        js, events.names, folding.apply, start_seq=first, end_seq=last, progress=progress
     )
-    report.jobs = len(views)
+    folding.flush()
+    report.jobs = scratch.count("SELECT count(*) FROM views")
     report.read_seconds = time.monotonic() - started
     kv = await js.key_value(events.names.jobs_bucket)
-    current = await read_bucket(events.nc, events.names.jobs_bucket)
+    await kv_read.each_latest(
+        events.nc,
+        events.names.jobs_bucket,
+        scratch.put_current,
+        stall_timeout=READ_TIMEOUT_S,
+    )
+    entries = scratch.count("SELECT count(*) FROM current")
     if progress is not None:
-        progress("compare", len(current), len(current))
+        progress("compare", entries, entries)
+    report.unchanged = scratch.count(UNCHANGED, last)
 
-    # Keys already holding a view newer than the snapshot (a live projector is ahead of us)
-    # are re-folded from their history instead of being set back to the snapshot.
-    ahead = {k for k, cur in current.items() if _seq_of(cur.value) > last}
-    stale = [
-        k for k, c in current.items() if c.value is not None and k not in views and k not in ahead
-    ]
-    todo = [k for k in views if k not in ahead]
-    changed = [k for k in todo if (c := current.get(k)) is None or c.value != encode_view(views[k])]
-    report.unchanged = len(todo) - len(changed)
     if check_only:
-        report.differences = sorted(changed + stale)
+        for sql in (CHANGED, STALE):
+            report.different += scratch.count(f"SELECT count(*) FROM ({sql})", last)
+        keys = f"SELECT key FROM ({CHANGED}) UNION SELECT key FROM ({STALE}) ORDER BY key"
+        keys += f" LIMIT {DIFFERENCES_KEPT}"
+        report.differences = [r[0] for r in scratch.db.execute(keys, (last, last))]
         report.seconds = time.monotonic() - started
         return report
 
@@ -315,28 +489,31 @@ async def rebuild(
     atomic = bool(
         (await js.stream_info(names.kv_stream(events.names.jobs_bucket))).config.allow_atomic
     )
+    changed = scratch.count(f"SELECT count(*) FROM ({CHANGED})", last)
 
-    async def write_one(key: str) -> None:
-        await writer.write(key, views.get(key), current.get(key))
+    async def write_one(row: Row) -> None:
+        await writer.write(row.key, row.data, row.current)
 
-    async def delete_one(key: str) -> None:
-        await writer.write(key, None, current.get(key))
-
-    async def refresh_one(key: str) -> None:
-        view, cur = await writer.refold(key)
-        await writer.write(key, view, cur)
+    async def refresh_one(row: Row) -> None:
+        view, cur = await writer.refold(row.key)
+        await writer.write(row.key, view, cur)
 
     done = 0
-    for chunk in _batches(changed, batch_size):
-        if not (atomic and await writer.write_batch(chunk, views, current)):
+    for chunk in scratch.rows(CHANGED, last, size=batch_size):
+        views = {r.key: r.data for r in chunk if r.data is not None}
+        current = {r.key: r.current for r in chunk if r.current is not None}
+        if not (atomic and await writer.write_batch(list(views), views, current)):
             await _pool(chunk, write_one, writers)
         done += len(chunk)
         if progress is not None:
-            progress("write", done, len(changed))
-    await _pool(stale, delete_one, writers)
-    await _pool(ahead, refresh_one, writers)
+            progress("write", done, changed)
+    stale = scratch.count(f"SELECT count(*) FROM ({STALE})", last)
+    for chunk in scratch.rows(STALE, last, size=10 * batch_size):
+        await _pool(chunk, write_one, writers)  # data None: a delete
+    for chunk in scratch.rows(AHEAD, last, size=10 * batch_size):
+        await _pool(chunk, refresh_one, writers)
     if progress is not None:
-        progress("delete", report.deleted, len(stale))
+        progress("delete", report.deleted, stale)
 
     state = await js.key_value(events.names.projector_state_bucket)
     await state.put(names.PROJECTOR_CHECKPOINT_KEY, str(last).encode())
@@ -350,6 +527,7 @@ async def rebuild(
             "unchanged": report.unchanged,
             "deleted": report.deleted,
             "refolded": report.refolded,
+            "read_back": report.read_back,
             "last_seq": last,
             "seconds": round(report.seconds, 2),
         },

@@ -23,6 +23,7 @@ from audioprep.services.api.jobs import (
     submit,
     traceparent_of,
 )
+from audioprep.services.api.joins import check_joins
 from audioprep.services.api.links import LINK_TTL_S
 from audioprep.services.api.openapi import JSON_BODY, problems
 from audioprep.services.api.previews import replayed_job, request_preview
@@ -55,24 +56,6 @@ async def _check_source(api: NamedDependency[ApiContext], key: str, tenant: str)
         raise ProblemError(422, "invalid_source_key", "not a valid storage key", field="sourceKey")
     if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
         raise ProblemError(404, "source_not_found", f"no source {key!r}", field="sourceKey")
-
-
-async def _check_joins(api: NamedDependency[ApiContext], recipe: Recipe, tenant: str) -> None:
-    """An intro/outro is a source this tenant ingested: else 404 `intro_not_found` /
-    `outro_not_found` (another tenant's key looks exactly like a missing one)."""
-    for which, spec in (("intro", recipe.intro), ("outro", recipe.outro)):
-        if spec is None:
-            continue
-        field, key = f"recipe.{which}.sourceKey", spec.source_key
-        if not keys.is_safe_key(key):
-            raise ProblemError(422, "invalid_source_key", "not a valid storage key", field=field)
-        if keys.tenant_of_key(key) != tenant or not await api.storage.exists(key):
-            raise ProblemError(
-                404,
-                f"{which}_not_found",
-                f"no source {key!r} for the {which}; ingest it first",
-                field=field,
-            )
 
 
 def _check_outputs(data: SaveRequest) -> None:
@@ -169,7 +152,7 @@ async def _check_render(api: ApiContext, source_key: str, recipe: Recipe, tenant
     _check_recipe(recipe)
     await _check_source(api, source_key, tenant)
     await _check_trim_in_source(api, source_key, recipe, tenant)
-    await _check_joins(api, recipe, tenant)
+    await check_joins(api, recipe, tenant)
 
 
 async def preview_job(request: Request[Any, Any, Any], api: ApiContext) -> Accepted:

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.context import ApiContext
+from audioprep.services.api.openapi import problems
 from audioprep.services.api.problems import ProblemError
 from audioprep.services.api.uploads import FILE_FIELD, _multipart_events
 from audioprep.shared.metadata import (
@@ -145,9 +146,7 @@ async def _read_file_part(request: Request[Any, Any, Any]) -> bytes:
         "pixels. The picture is re-encoded (no metadata survives) and stored; pass the "
         "answer's `imageKey` as `metadata.coverKey` of a save."
     ),
-    # Out of the OpenAPI document for now, like the webhook routes: the schema fuzz test would
-    # need multipart image strategies first (docs/publishing.md).
-    include_in_schema=False,
+    responses=problems(400, 401, 413, 415, 422),
 )
 async def upload_image(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -22,6 +23,9 @@ from audioprep.services.api import bodies
 from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import decode_json, json_body, json_bytes, malformed_json
 from audioprep.services.api.context import ApiContext
+from audioprep.services.api.joins import check_joins
+from audioprep.services.api.openapi import JSON_BODY, problems
+from audioprep.services.api.options import options_for
 from audioprep.services.api.problems import ProblemError
 from audioprep.services.api.routes.images import publishing_fields
 from audioprep.shared.metadata import Metadata, Output
@@ -94,6 +98,7 @@ async def _checked(api: ApiContext, tenant: str, fields: PresetFields) -> Preset
             field = f"recipe.{exc.field}"
             reason = exc.message.split(" - at ", 1)[0]
             raise ProblemError(422, "invalid_recipe", f"{field} {reason}", field=field) from None
+        await check_joins(api, fields.recipe, tenant)
     await publishing_fields(api, tenant, fields.metadata, None)
     if fields.format is not None and fields.outputs is not None:
         raise ProblemError(
@@ -115,7 +120,19 @@ def _fields_of(body: PresetFields) -> PresetFields:
     )
 
 
-@post("/api/presets", status_code=HTTP_201_CREATED, include_in_schema=False)
+@post(
+    "/api/presets",
+    summary="Save a preset",
+    description=(
+        'A named recipe, metadata and output choice of this tenant, used by `"preset": '
+        '"name"` on a preview or save (the request\'s own fields win). 409 `preset_exists` '
+        "when the name is taken (PUT replaces); a `metadata.coverKey` must be an uploaded image "
+        "(404 `image_not_found`)."
+    ),
+    status_code=HTTP_201_CREATED,
+    responses=problems(400, 401, 404, 409, 413, 415, 422),
+    opt={JSON_BODY: PresetCreate},
+)
 async def create_preset(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> Response[PresetOut]:
@@ -141,7 +158,7 @@ async def create_preset(
     )
 
 
-@get("/api/presets", include_in_schema=False)
+@get("/api/presets", summary="List the tenant's presets", responses=problems(401))
 async def list_presets(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext]
 ) -> PresetList:
@@ -150,7 +167,7 @@ async def list_presets(
     return PresetList(presets=[_out(s) for s in await store.list(tenant)])
 
 
-@get("/api/presets/{name:str}", include_in_schema=False)
+@get("/api/presets/{name:str}", summary="One preset", responses=problems(401, 404))
 async def get_preset(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
 ) -> PresetOut:
@@ -161,7 +178,17 @@ async def get_preset(
         raise _not_found(name) from None
 
 
-@put("/api/presets/{name:str}", status_code=HTTP_200_OK, include_in_schema=False)
+@put(
+    "/api/presets/{name:str}",
+    summary="Replace a preset (or create it)",
+    description="A new version of the preset (200), or a new preset under this name (201).",
+    status_code=HTTP_200_OK,
+    responses={
+        201: ResponseSpec(data_container=PresetOut, description="Created under this name"),
+        **problems(400, 401, 404, 409, 413, 415, 422),
+    },
+    opt={JSON_BODY: PresetFields},
+)
 async def put_preset(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
 ) -> Response[PresetOut]:
@@ -184,7 +211,12 @@ async def put_preset(
     return Response(_out(stored), status_code=HTTP_201_CREATED)
 
 
-@delete("/api/presets/{name:str}", status_code=HTTP_204_NO_CONTENT, include_in_schema=False)
+@delete(
+    "/api/presets/{name:str}",
+    summary="Delete a preset",
+    status_code=HTTP_204_NO_CONTENT,
+    responses=problems(401, 404),
+)
 async def delete_preset(
     request: Request[Any, Any, Any], api: NamedDependency[ApiContext], name: FromPath[str]
 ) -> None:
@@ -195,7 +227,15 @@ async def delete_preset(
         raise _not_found(name) from None
 
 
-preset_handlers = [create_preset, list_presets, get_preset, put_preset, delete_preset]
+preset_handlers = [
+    options_for("/api/presets", "GET, OPTIONS, POST"),
+    options_for("/api/presets/{name:str}", "DELETE, GET, OPTIONS, PUT"),
+    create_preset,
+    list_presets,
+    get_preset,
+    put_preset,
+    delete_preset,
+]
 
 
 async def body_with_preset(

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-from litestar import HttpMethod, Request, Response, delete, get, post, route
+from litestar import Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, Parameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
     HTTP_202_ACCEPTED,
-    HTTP_204_NO_CONTENT,
 )
 
 from audioprep.domain.events import utcnow
@@ -34,6 +32,7 @@ from audioprep.services.api.auth import tenant_for
 from audioprep.services.api.bodies import json_body
 from audioprep.services.api.context import ApiContext
 from audioprep.services.api.openapi import JSON_BODY, problems
+from audioprep.services.api.options import options_for
 from audioprep.services.api.problems import ProblemError
 from audioprep.shared import names
 from audioprep.shared.settings import Settings
@@ -427,20 +426,9 @@ async def replay_delivery(
     )
 
 
-def _options(path: str, methods: str) -> HTTPRouteHandler:
-    """OPTIONS for a path served by two handler functions. Litestar builds its automatic
-    OPTIONS handler with the first route of the path, so its `Allow` would name only the
-    first function's method (`OPTIONS, POST` on /api/webhooks)."""
-
-    async def options_handler() -> Response[None]:
-        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": methods})
-
-    return route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False)(options_handler)
-
-
 webhook_handlers = [
-    _options("/api/webhooks", "GET, OPTIONS, POST"),
-    _options("/api/webhooks/{webhook_id:str}", "DELETE, GET, OPTIONS"),
+    options_for("/api/webhooks", "GET, OPTIONS, POST"),
+    options_for("/api/webhooks/{webhook_id:str}", "DELETE, GET, OPTIONS"),
     create_webhook,
     list_webhooks,
     get_webhook,

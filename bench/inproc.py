@@ -33,9 +33,10 @@ from typing import Any
 import uvloop
 
 from bench import api as bench_api
-from bench.common import ROOT, Env, bench_env, log, provision_env
+from bench.common import ROOT, Env, bench_env, cpu_seconds, log, provision_env
 
 ASGIApp = Callable[..., Awaitable[None]]
+NATS_PID: list[int] = []  # the run's nats-server: its CPU per request is reported too
 
 
 def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
@@ -89,6 +90,7 @@ async def drive(
     await asyncio.gather(*(worker(k, 30) for k in range(concurrency)))
     statuses.clear()
     per = n // concurrency
+    n0 = cpu_seconds(NATS_PID[0]) if NATS_PID else 0.0
     c0, t0 = time.process_time(), time.perf_counter()
     if profile is not None:
         profile.enable()
@@ -96,11 +98,13 @@ async def drive(
     if profile is not None:
         profile.disable()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    nats_cpu = cpu_seconds(NATS_PID[0]) - n0 if NATS_PID else 0.0
     await q_in.put({"type": "lifespan.shutdown"})
     await q_out.get()
     await life
     done = per * concurrency
     return {"requests": done, "cpu_us_per_req": round(cpu / done * 1e6, 1),
+            "nats_cpu_us_per_req": round(nats_cpu / done * 1e6, 1),
             "rps_wall": round(done / wall), "statuses": statuses}  # fmt: skip
 
 
@@ -132,6 +136,8 @@ def run(
     from audioprep.shared.settings import Settings
     from bench.baseline_app import app as baseline
 
+    if env.server.proc is not None:
+        NATS_PID[:] = [env.server.proc.pid]
     settings = Settings.from_env()
     setup_logging("json", "INFO")
     logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115
@@ -143,7 +149,7 @@ def run(
         "const": (baseline, [("GET", "/const", b"")]),
     }
     out: dict[str, Any] = {}
-    names = ("publish", "save") if only is None else (only,)
+    names = ("publish", "save") if only in (None, "enqueue") else (only,)
     # Sides alternate rep by rep, so drift on the shared box hits both.
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(reps):
@@ -214,7 +220,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--profile", choices=["save", "poll", "publish", "const"])
     parser.add_argument("--tmpfs", action="store_true")
-    parser.add_argument("--only", choices=["save", "publish"], help="just this case")
+    parser.add_argument(
+        "--only", choices=["save", "publish", "enqueue"], help="just this case (enqueue: both)"
+    )
     parser.add_argument("--reps", type=int, default=1, help="runs of each case (median, range)")
     parser.add_argument("--before", help="git revision: save before (that revision) vs after")
     parser.add_argument("--after", help="git revision for the after side (default: this tree)")

@@ -203,15 +203,19 @@ async def provision_bare(env: Env) -> None:
 # --- row 5 -------------------------------------------------------------------------------------
 
 
-async def run_batch(env: Env, upload_key: str, size: int) -> float:
-    """Publish `size` ingest jobs at once; seconds until the last one completed."""
+async def run_batch(
+    env: Env, upload_key: str, size: int, uploads: list[str] | None = None
+) -> float:
+    """Publish `size` ingest jobs at once; seconds until the last one completed. `uploads`:
+    keys made beforehand by `fresh_uploads` (else copied here, before the clock starts)."""
     nc = await connect(env.settings, "bench-scale")
     try:
         js = nc.jetstream()
         store = EventStore(nc, js, NAMES)
         outcomes = Outcomes()
         await outcomes.subscribe(nc)
-        reqs = [ingest_request(k) for k in await fresh_uploads(env, upload_key, size)]
+        keys = uploads if uploads is not None else await fresh_uploads(env, upload_key, size)
+        reqs = [ingest_request(k) for k in keys]
         ids = {r.job_id for r in reqs}
         t0 = time.perf_counter()
         await asyncio.gather(*(store.request_job(r) for r in reqs))

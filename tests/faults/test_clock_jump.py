@@ -414,6 +414,11 @@ async def test_clock_jumps_dead_letter_nothing_early(tmp_path: Path) -> None:
                         later = await download(http, link_after, "new_after_-2h")
                         assert later.status_code == 200
                         slow_running_at_steps = not ended(slow.job_id)
+                        # Frozen past two ack_waits whatever the steps took (they take ~2 s
+                        # since workers no longer hold fetched jobs): only heartbeats keep
+                        # the render from being redelivered.
+                        held = 2 * ACK_WAIT_S + 1.0 - (time.monotonic() - frozen_at)
+                        await asyncio.sleep(max(0.0, held))
                         frozen_s = time.monotonic() - frozen_at
                         signal_all(frozen, signal.SIGCONT)
 

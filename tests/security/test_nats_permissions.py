@@ -453,7 +453,12 @@ async def test_services_can_do_their_jobs(provisioned: ProdNats) -> None:
         )
         assert read.headers and read.headers["Nats-Subject"].endswith(f"{job}.requested")
         await nudge.unsubscribe()
+        # an idle worker is woken by the work its consumers take (WorkerService._fetch_loop)
+        announced = await worker.subscribe(NAMES.released_filter("ingest"))
+        await worker.flush()
         await wjs.publish(NAMES.event_subject("ingest", job, "released"), b"{}")
+        assert (await announced.next_msg(timeout=5)).subject.endswith(f"{job}.released")
+        await announced.unsubscribe()
         for bucket in (NAMES.scheduler_lease_bucket, NAMES.scheduler_bucket, NAMES.usage_bucket):
             kv = await wjs.key_value(bucket)
             await kv.put(f"t{job}", b"1")

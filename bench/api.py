@@ -200,7 +200,8 @@ def run(duration: float, connections: int, reps: int) -> dict[str, Any]:
     for side in (enq, poll):
         for k, r in side.items():
             if r["errors"] or r["non2xx"]:
-                log(f"warning: {k}: {r['errors']} errors, {r['non2xx']} non-2xx answers")
+                # a side answering errors measures something else than its row says
+                raise SystemExit(f"{k}: {r['errors']} errors, {r['non2xx']} non-2xx answers")
     rows = _rows(label, connections, enq, poll, "api", "baseline", "")
     if "api-granian" in enq:
         rows += _rows(label, connections, enq, poll, "api-granian", "baseline-granian", "granian")

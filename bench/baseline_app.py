@@ -37,6 +37,14 @@ async def const() -> dict[str, str]:
     return {"jobId": "0", "status": "completed"}
 
 
+@get("/api/audio/jobs/{job_id:str}")
+async def const_job(job_id: str) -> dict[str, str]:
+    """The poll row's baseline: the same paths as the API's poll (a path parameter), a
+    constant answer. (Until 2026-12-01 19:00 the poll's paths went to `/const`'s app, which has
+    no such route: the baseline measured Litestar's 404.)"""
+    return {"jobId": job_id, "status": "completed"}
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     nc = await nats.connect(os.environ["AUDIOPREP_NATS_URL"])
@@ -53,7 +61,10 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
 
 
 app = Litestar(
-    route_handlers=[publish, const], lifespan=[lifespan], debug=False, logging_config=None
+    route_handlers=[publish, const, const_job],
+    lifespan=[lifespan],
+    debug=False,
+    logging_config=None,
 )
 
 

@@ -4,6 +4,7 @@ the route's guards run first, errors are problem+json, and hooks it would skip a
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,8 +14,14 @@ from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import TestClient
 
+from audioprep.domain.views import ErrorInfo, JobResult, JobView
 from audioprep.services.api.problems import ProblemError, handle_exception
-from audioprep.services.api.raw_routes import API_STATE, accepted_messages, served_raw
+from audioprep.services.api.raw_routes import (
+    API_STATE,
+    accepted_messages,
+    json_messages,
+    served_raw,
+)
 from audioprep.services.api.schemas import JobAccepted
 
 
@@ -24,6 +31,10 @@ def _litestar_answer(job_id: str, status: str) -> list[dict[str, Any]]:
         status_code=202,
         headers={"Location": f"/api/audio/jobs/{job_id}"},
     )
+    return _sent(response)
+
+
+def _sent(response: Response[Any]) -> list[dict[str, Any]]:
     scope: Any = {"type": "http", "method": "POST", "path": "/x", "headers": [], "state": {}}
     sent: list[dict[str, Any]] = []
 
@@ -45,6 +56,27 @@ def _litestar_answer(job_id: str, status: str) -> list[dict[str, Any]]:
 )
 def test_the_202_is_litestars_byte_for_byte(answer: tuple[str, str]) -> None:
     assert list(accepted_messages(answer)) == _litestar_answer(*answer)
+
+
+_AT = datetime(2026, 12, 1, 18, 59, 7, 123456, tzinfo=UTC)
+VIEWS = [
+    JobView(job_id="01JBQ4V7Z8X9Y0A1B2C3D4E5F6", kind="save", status="pending", progress=0,
+            stage="", attempt=0, created_at=_AT, updated_at=_AT, seq=7, queue_position=3),
+    JobView(job_id="DFBYXQQA9EJ0JZKD3GJ7MM9Q6Z", kind="ingest", status="completed",
+            progress=100, stage="done", attempt=2, created_at=_AT,
+            updated_at=_AT.replace(microsecond=0), seq=2**40, tenant="t-ä",
+            result=JobResult(source_key="sources/x/Ünïcode ✓.wav", duration_ms=3000,
+                             title='a "quoted" <title>', loudness={"lufs": -16.04}),
+            download_url="/api/storage/download?key=a%2Fb&expires=1&sig=x"),
+    JobView(job_id="01JBQ4V7Z8X9Y0A1B2C3D4E5F7", kind="preview", status="failed", progress=40,
+            stage="rendering", attempt=3, created_at=_AT, updated_at=_AT, seq=9,
+            error=ErrorInfo(code="unsupported_media", message="no audio\nstream")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("view", VIEWS, ids=["pending", "completed", "failed"])
+def test_the_poll_answer_is_litestars_byte_for_byte(view: JobView) -> None:
+    assert list(json_messages(view)) == _sent(Response(view))
 
 
 calls: list[bytes] = []

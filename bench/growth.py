@@ -43,7 +43,7 @@ from audioprep.domain.events import (
 )
 from audioprep.shared import provision as prov
 from audioprep.shared.ids import new_job_id
-from audioprep.shared.names import Names
+from audioprep.shared.names import SCHEDULER_CHECKPOINT_KEY, Names
 from audioprep.shared.nats_conn import connect
 from bench import api as bench_api
 from bench import projector as bench_projector
@@ -123,12 +123,18 @@ async def preload(env: Env, jobs: int, interleave: int = 200) -> tuple[list[str]
 
 
 async def skip_backlog(env: Env) -> None:
-    """Worker and notifier consumers recreated after the stream's last sequence: everything
-    before counts as done (as in a service whose history is acknowledged)."""
+    """Worker and notifier consumers recreated after the stream's last sequence, and the
+    dispatcher's checkpoint put there: everything before counts as done (as in a service whose
+    history is acknowledged). Without the checkpoint, the enqueue rows' saves (never run)
+    would pin the dispatcher's floor, and the dispatch row's worker would first re-read
+    every event since the first of them (2M on the loaded stream: ~80 s)."""
     nc = await connect(env.settings, "bench")
     js = nc.jetstream()
     try:
         last = (await js.stream_info(NAMES.stream)).state.last_seq
+        checkpoints = await js.key_value(NAMES.scheduler_bucket)
+        checkpoint = {"floor": last + 1, "appliedSeq": last}
+        await checkpoints.put(SCHEDULER_CHECKPOINT_KEY, json.dumps(checkpoint).encode())
         configs = [prov.worker_consumer_config(k, env.settings) for k in kinds.KINDS]
         configs.append(prov.notifier_jobs_consumer_config(env.settings))
         for config in configs:

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from audioprep.shared.nats_server import NatsServer, bounded_config, wait_for_port
-from audioprep.shared.settings import Settings
 from bench import api as bench_api
 from bench.common import (
     NATS_CONF,
     Env,
     bench_env,
+    bench_settings,
     cpu_seconds,
     http_load,
     log,
@@ -90,17 +90,7 @@ def netns_env() -> Iterator[Env]:
         server = NetnsServer(
             tmp / "nats", netns=host.netns, address=host.address, log_file=tmp / "nats.log"
         ).start()
-        data = tmp / "data"
-        data.mkdir()
-        settings = Settings(
-            nats_url=server.url,
-            data_dir=data,
-            storage_url=(data / "storage").resolve().as_uri(),
-            signing_secret="bench-secret",
-            signing_secret_is_ephemeral=False,
-            log_format="json",
-        )
-        env = Env(tmp=tmp, server=server, settings=settings)
+        env = Env(tmp=tmp, server=server, settings=bench_settings(server.url, tmp / "data"))
         try:
             yield env
         finally:

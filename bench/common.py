@@ -173,22 +173,25 @@ class Env:
         self.server.start()
 
 
-@contextlib.contextmanager
-def bench_env(name: str, *, config: Path = NATS_CONF) -> Iterator[Env]:
-    """A fresh nats-server (deploy/nats.conf: sync_interval always) in a temp dir, cleaned up."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"audioprep-bench-{name}-"))
-    server = NatsServer(tmp / "nats", config=config, log_file=tmp / "nats.log").start()
-    data = tmp / "data"
-    data.mkdir()
-    settings = Settings(
-        nats_url=server.url,
+def bench_settings(nats_url: str, data: Path) -> Settings:
+    """The services' settings of a benchmark: this server, local storage under `data`."""
+    data.mkdir(exist_ok=True)
+    return Settings(
+        nats_url=nats_url,
         data_dir=data,
         storage_url=(data / "storage").resolve().as_uri(),
         signing_secret="bench-secret",
         signing_secret_is_ephemeral=False,
         log_format="json",
     )
-    env = Env(tmp=tmp, server=server, settings=settings)
+
+
+@contextlib.contextmanager
+def bench_env(name: str, *, config: Path = NATS_CONF) -> Iterator[Env]:
+    """A fresh nats-server (deploy/nats.conf: sync_interval always) in a temp dir, cleaned up."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"audioprep-bench-{name}-"))
+    server = NatsServer(tmp / "nats", config=config, log_file=tmp / "nats.log").start()
+    env = Env(tmp=tmp, server=server, settings=bench_settings(server.url, tmp / "data"))
     try:
         yield env
     finally:

@@ -227,6 +227,35 @@ def test_admission_queue_limit_reserves_and_quotas_refuse() -> None:
     assert state.admit(up_more, used, 0.0, 10.0).code == "quota_exceeded"
 
 
+def test_an_admitted_upload_counts_against_the_quota_before_its_request_is_folded() -> None:
+    """Two uploads one after the other: the first's bytes count from its admission on (its
+    JobRequested may not be folded yet when the second asks), once, not twice after."""
+    state = DispatchState(policies=TenantPolicies(), window=1)
+    feed = Feed(state)
+
+    def upload(job_id: str) -> AdmitRequest:
+        return AdmitRequest(
+            job_id=job_id, tenant="b", kind="ingest", max_upload_bytes_per_day=150, upload_bytes=100
+        )
+
+    assert state.admit(upload("u1"), None, 0.0, 10.0).ok
+    refused = state.admit(upload("u2"), None, 0.0, 10.0)
+    assert (refused.ok, refused.code, refused.quota) == (
+        False,
+        "quota_exceeded",
+        "upload_bytes_per_day",
+    )
+    # folded: the usage says 100 bytes now and the reservation is gone (not counted twice)
+    feed.request("u1", "b", kind="ingest", upload_bytes=100)
+    counted = TenantDayUsage(date="2026-12-01", tenant="b", upload_bytes=100)
+    small = AdmitRequest(
+        job_id="u3", tenant="b", kind="ingest", max_upload_bytes_per_day=150, upload_bytes=50
+    )
+    assert state.admit(small, counted, 0.0, 10.0).ok
+    state.tick(60.0)  # u3 never showed up: its bytes stop counting with its reservation
+    assert state.admit(small, counted, 60.0, 10.0).ok
+
+
 # ---- settings, events --------------------------------------------------------------------------
 
 

@@ -66,7 +66,8 @@ class DispatchState:
     fair: bool = True
     jobs: dict[str, Entry] = field(default_factory=dict)
     applied_seq: int = 0
-    reservations: dict[str, tuple[str, float]] = field(default_factory=dict)  # job → tenant, until
+    # job → (tenant, until, upload bytes): admitted, its request not folded yet
+    reservations: dict[str, tuple[str, float, int]] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)  # per tenant
     unstarted: Counter[str] = field(default_factory=Counter)  # released, not started, per kind
     released_total: Counter[str] = field(default_factory=Counter)  # per kind, since leading
@@ -169,7 +170,7 @@ class DispatchState:
             if entry.phase == "held" and now >= entry.hold_until:
                 entry.phase = "waiting"
                 self.queues[entry.kind].push(entry.tenant, entry.job_id)
-        for job_id, (_, until) in list(self.reservations.items()):
+        for job_id, (_, until, _) in list(self.reservations.items()):
             if now >= until:
                 del self.reservations[job_id]
 
@@ -219,7 +220,7 @@ class DispatchState:
     def queued(self, tenant: str) -> int:
         """Jobs of the tenant not started yet, reservations included."""
         mine = sum(1 for e in self.jobs.values() if e.tenant == tenant and e.phase in NOT_STARTED)
-        return mine + sum(1 for t, _ in self.reservations.values() if t == tenant)
+        return mine + sum(1 for t, _, _ in self.reservations.values() if t == tenant)
 
     def position(self, job_id: str) -> int | None:
         """Jobs of its kind that start before it (an estimate); None once it is not waiting."""
@@ -283,7 +284,11 @@ class DispatchState:
                     quota="processing_s_per_day",
                 )
         if request.max_upload_bytes_per_day is not None:
-            uploaded = today.upload_bytes if today is not None else 0
+            # admitted uploads whose request is not folded yet count too: a second upload
+            # right after a first one's 202 must not squeeze past the quota
+            uploaded = (today.upload_bytes if today is not None else 0) + sum(
+                b for t, _, b in self.reservations.values() if t == request.tenant
+            )
             if uploaded + request.upload_bytes > request.max_upload_bytes_per_day:
                 return AdmitReply(
                     ok=False,
@@ -306,7 +311,11 @@ class DispatchState:
                 queued=queued,
             )
         if request.reserve and request.job_id not in self.jobs:
-            self.reservations[request.job_id] = (request.tenant, now + RESERVATION_S)
+            self.reservations[request.job_id] = (
+                request.tenant,
+                now + RESERVATION_S,
+                request.upload_bytes,
+            )
         return AdmitReply(ok=True, queued=queued + 1)
 
     def _retry_after(self, tenant: str, kind: str) -> int:

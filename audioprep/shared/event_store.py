@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import BadRequestError, NotFoundError
 
 from audioprep.domain import kinds
@@ -230,11 +230,8 @@ class EventStore:
         """The JobRequested at stream sequence `seq`, or the one a JobReleased there points
         at (None if aged out or neither)."""
         for _ in range(2):
-            try:
-                raw = await self.js.get_msg(self.names.stream, seq, direct=True)
-            except NotFoundError:
-                return None
-            if raw.data is None:
+            raw = await self._stored_at(seq)
+            if raw is None or raw.data is None:
                 return None
             try:
                 event = decode_event(raw.data)
@@ -245,6 +242,20 @@ class EventStore:
                 continue
             return event if isinstance(event, JobRequested) else None
         return None
+
+    async def _stored_at(self, seq: int) -> RawStreamMsg | None:
+        """The message at `seq`: a direct get, which any replica may answer; "no message"
+        from it is asked again of the stream's leader (a replica still catching up, e.g. a
+        node just added to the cluster, has not got it yet: tests/faults/test_partitions.py
+        ended a released job `internal_error` on that answer)."""
+        try:
+            return await self.js.get_msg(self.names.stream, seq, direct=True)
+        except NotFoundError:
+            pass
+        try:
+            return await self.js.get_msg(self.names.stream, seq)
+        except NotFoundError:
+            return None
 
     async def last_event(
         self, job_id: str, name: kinds.EventName | None = None

@@ -301,6 +301,11 @@ def _worker(n: Names) -> ServiceUser:
                 "ingest's JobCompleted), a redelivered job's history; stream info for /metrics "
                 "and the dead-letter reconciler",
             ),
+            _grant(
+                "a released job's request from the stream's leader when a direct get (any "
+                "replica) says it is not there (a replica catching up)",
+                names.msg_get_subject(n.stream),
+            ),
             _durable_pull(n.stream, worker_consumers, "take work: the worker consumers"),
             _stream_read(n.dlq_stream, "dead letters: the MAX_DELIVERIES advisories"),
             _durable_pull(n.dlq_stream, [names.DLQ_CONSUMER], "the dead-letter failer's consumer"),

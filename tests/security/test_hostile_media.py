@@ -87,7 +87,14 @@ def _utf8(n: int) -> bytes:
     raise ValueError(n)
 
 
-_FLAC_RATES = {8000: 0b0100, 16000: 0b0101, 44100: 0b1001, 48000: 0b1010, 96000: 0b1011}
+_FLAC_RATES = {
+    8000: 0b0100,
+    16000: 0b0101,
+    44100: 0b1001,
+    48000: 0b1010,
+    96000: 0b1011,
+    192000: 0b0011,
+}
 BLOCK = 65535
 
 
@@ -163,7 +170,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env["AUDIOPREP_MAX_DURATION_S"] = str(MAX_DURATION_S)
     # media children: 3 s of CPU each. The 8 kHz bomb must reach the duration cap inside it
     # on a loaded machine too (with 1 s it was cut by the CPU limit under load, load average
-    # 4-6); the 96 kHz one still runs far past it.
+    # 4-6); the 192 kHz 7.1 one still runs far past it.
     env[CPU_LIMIT_ENV] = "3"
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -210,10 +217,13 @@ async def test_hostile_media_fails_cleanly_and_the_worker_lives(tmp_path: Path) 
                 "failed",
                 "too_long",
             ),
+            # Decoding and analysing 600 s (the duration cap) of it costs far more than the
+            # children's 3 s of CPU: the CPU limit ends it. (96 kHz stereo, ~3.3 s of CPU to
+            # the cap, reached the cap first on an idle box: `too_long`, 2026-12-01.)
             (
-                "flac bomb: 1 h of 96 kHz stereo past the CPU limit",
+                "flac bomb: 1 h of 192 kHz 7.1 past the CPU limit",
                 "b.flac",
-                flac(96_000, 2, frames=frames_for(3600, 96_000)),
+                flac(192_000, 8, frames=frames_for(3600, 192_000)),
                 "failed",
                 "unsupported_media",
             ),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from nats.js.api import DeliverPolicy
 
 from audioprep.domain import kinds
@@ -41,6 +42,7 @@ from audioprep.domain.events import (
     JobStarted,
     encode_event,
 )
+from audioprep.services.worker.dispatch.dispatcher import Checkpoint
 from audioprep.shared import provision as prov
 from audioprep.shared.ids import new_job_id
 from audioprep.shared.names import SCHEDULER_CHECKPOINT_KEY, Names
@@ -133,8 +135,8 @@ async def skip_backlog(env: Env) -> None:
     try:
         last = (await js.stream_info(NAMES.stream)).state.last_seq
         checkpoints = await js.key_value(NAMES.scheduler_bucket)
-        checkpoint = {"floor": last + 1, "appliedSeq": last}
-        await checkpoints.put(SCHEDULER_CHECKPOINT_KEY, json.dumps(checkpoint).encode())
+        checkpoint = Checkpoint(floor=last + 1, applied_seq=last)
+        await checkpoints.put(SCHEDULER_CHECKPOINT_KEY, msgspec.json.encode(checkpoint))
         configs = [prov.worker_consumer_config(k, env.settings) for k in kinds.KINDS]
         configs.append(prov.notifier_jobs_consumer_config(env.settings))
         for config in configs:

@@ -63,7 +63,9 @@ RESPONDER_GROUP = "dispatch"
 DECODED = frozenset({"requested", "retrying", "completed", "failed", "cancelled"})
 
 
-class _Checkpoint(msgspec.Struct, kw_only=True, rename="camel"):
+class Checkpoint(msgspec.Struct, kw_only=True, rename="camel"):
+    """KV `scheduler` key `checkpoint`: where a new leader starts folding (`floor`)."""
+
     floor: int
     applied_seq: int = 0
 
@@ -259,13 +261,13 @@ class Dispatcher:
             return 1
         if not entry.value:
             return 1
-        return max(1, msgspec.json.decode(entry.value, type=_Checkpoint).floor)
+        return max(1, msgspec.json.decode(entry.value, type=Checkpoint).floor)
 
     async def _save(self, checkpoints: KeyValue, state: DispatchState) -> None:
         assert self._usage is not None
         if self._usage.dirty:
             await self._usage.flush()  # the floor may pass events only once they are counted
-        value = _Checkpoint(floor=state.floor(), applied_seq=state.applied_seq)
+        value = Checkpoint(floor=state.floor(), applied_seq=state.applied_seq)
         await checkpoints.put(names.SCHEDULER_CHECKPOINT_KEY, msgspec.json.encode(value))
 
     async def _wake_ups(self) -> list[Subscription]:

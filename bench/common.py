@@ -370,6 +370,21 @@ def http_load(
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def peak_rss_mib(proc: subprocess.Popen[bytes]) -> float:
+    """Poll `proc` until it exits; its peak resident set (VmHWM) in MiB."""
+    peak_kib = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            break
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kib = max(peak_kib, int(line.split()[1]))
+        time.sleep(0.02)
+    return peak_kib / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process and its live children (granian's worker) have used
     so far (children that exited and were waited for are in cutime/cstime)."""

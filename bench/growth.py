@@ -56,6 +56,7 @@ from bench.common import (
     fast_nats_conf,
     http_load,
     log,
+    peak_rss_mib,
     provision_env,
     row,
     start_http_app,
@@ -171,22 +172,13 @@ def run_cli(env: Env, *args: str) -> tuple[float, float]:
         cmd, env=env.env(), cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    peak_kib = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-        except OSError:
-            break
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak_kib = max(peak_kib, int(line.split()[1]))
-        time.sleep(0.02)
+    peak_mib = peak_rss_mib(proc)
     code = proc.wait()
     elapsed = time.perf_counter() - started
     err = proc.stderr.read().decode() if proc.stderr else ""
     if code not in (0, 1):
         raise RuntimeError(f"{' '.join(args)} failed: {err[-2000:]}")
-    return elapsed, peak_kib / 1024
+    return elapsed, peak_mib
 
 
 async def sse_first_event(api: str, job_ids: list[str], n: int = 40) -> list[float]:

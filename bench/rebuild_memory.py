@@ -29,7 +29,16 @@ from typing import Any
 from audioprep.shared import names
 from audioprep.shared.names import Names
 from audioprep.shared.nats_conn import connect
-from bench.common import ROOT, Env, bench_env, fast_nats_conf, log, provision_env, write_result
+from bench.common import (
+    ROOT,
+    Env,
+    bench_env,
+    fast_nats_conf,
+    log,
+    peak_rss_mib,
+    provision_env,
+    write_result,
+)
 from bench.growth import preload, skip_backlog
 
 NAMES = Names()
@@ -56,16 +65,7 @@ def rebuild_once(env: Env, tree: Path, *args: str, empty: bool = True) -> dict[s
         [*cmd, "--quiet", *args], env=env.env(PYTHONPATH=str(tree)), cwd=tree,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    peak_kib = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-        except OSError:
-            break
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak_kib = max(peak_kib, int(line.split()[1]))
-        time.sleep(0.02)
+    peak_mib = peak_rss_mib(proc)
     out, err = proc.communicate()
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -74,7 +74,7 @@ def rebuild_once(env: Env, tree: Path, *args: str, empty: bool = True) -> dict[s
     text = out.decode()
     found = READ_BACK.search(text)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_mib": round(peak_kib / 1024, 1),
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_mib": round(peak_mib, 1),
             "read_back": int(found.group(1)) if found else None,
             "line": text.strip().splitlines()[0]}  # fmt: skip
 

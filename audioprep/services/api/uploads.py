@@ -15,9 +15,6 @@ from audioprep.shared.storage import Storage
 
 MAX_PARTS = 16
 FILE_FIELD = "file"
-# An upload up to this size is held and written with one put: streaming it costs a crossing
-# into the storage library per chunk (0.60 against 0.26 ms for 0.5 MB on local disk).
-ONE_WRITE_MAX = 1024 * 1024
 
 
 class UploadTooLarge(Exception):
@@ -152,38 +149,14 @@ async def _store_part(
                 hasher.update(event)
             yield bytes(event)
 
-    chunks = body()
     try:
-        head: list[bytes] = []
-        held = 0
-        async for chunk in chunks:
-            head.append(chunk)
-            held += len(chunk)
-            if held > ONE_WRITE_MAX:
-                break
-        else:  # all of it is here: one write
-            await storage.put_bytes(key, b"".join(head))
-            return _stored(key, filename, held, segment, hasher)
-
-        async def rest() -> AsyncIterator[bytes]:
-            for chunk in head:
-                yield chunk
-            async for chunk in chunks:
-                yield chunk
-
-        size = await storage.put_stream(key, rest())
+        size = await storage.put_stream(key, body())
     except BaseException:
         # obstore may wrap what our generator raised: the flag says what really happened.
         await storage.delete(key)
         if exceeded:
             raise _too_large(max_bytes) from None
         raise
-    return _stored(key, filename, size, segment, hasher)
-
-
-def _stored(
-    key: str, filename: str, size: int, segment: MultipartSegment, hasher: Any
-) -> StoredUpload:
     return StoredUpload(
         key=key,
         filename=filename,
